@@ -1,0 +1,362 @@
+"""Audio decoding, validation, resampling, silence trimming and segmentation.
+
+Conventions used throughout this module:
+
+* Audio is ``numpy.float32`` with the time axis last. Mono signals have shape
+  ``[samples]``; multichannel signals have shape ``[channels, samples]``.
+* Sample values are full-scale floats (1.0 == 0 dBFS).
+* Sample rates (``sr``) are integers in Hz.
+* Positions and lengths are integer sample indices unless a name ends in ``_s``
+  (seconds) or ``_db`` (decibels relative to full scale, dBFS).
+* Levels in dBFS are ``20 * log10(rms + 1e-10)``, so digital silence reads
+  about -200 dB.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+__all__ = [
+    "AudioError",
+    "MISSING",
+    "UNREADABLE",
+    "EMPTY",
+    "NONFINITE",
+    "SILENT",
+    "REASONS",
+    "SILENCE_PEAK",
+    "DB_EPS",
+    "read_audio",
+    "read_audio_channels",
+    "resample",
+    "load_audio",
+    "frame_rms_db",
+    "trim_bounds",
+    "segment_bounds",
+    "segment_rms_db",
+]
+
+PathLike = Union[str, os.PathLike]
+
+#: Reason code: the path does not exist.
+MISSING = "missing"
+#: Reason code: the file cannot be decoded (corrupt, not audio, unsupported format).
+UNREADABLE = "unreadable"
+#: Reason code: the file decodes to 0 samples.
+EMPTY = "empty"
+#: Reason code: the decoded audio contains NaN or +/-Inf samples.
+NONFINITE = "nonfinite"
+#: Reason code: the decoded audio is digital silence (peak ``< SILENCE_PEAK``).
+SILENT = "silent"
+#: All reason codes, in the order in which they are checked.
+REASONS = (MISSING, UNREADABLE, EMPTY, NONFINITE, SILENT)
+
+#: Peak amplitude (full-scale units, linear) below which audio counts as silent.
+SILENCE_PEAK = 1e-6
+#: Offset added to the RMS before taking ``20 * log10`` (linear amplitude units).
+DB_EPS = 1e-10
+
+
+class AudioError(Exception):
+    """Bad input audio.
+
+    Attributes:
+        reason: short machine-readable code, one of :data:`REASONS`
+            (``"missing"``, ``"unreadable"``, ``"empty"``, ``"nonfinite"``, ``"silent"``).
+        message: human-readable sentence; also what ``str(error)`` returns.
+    """
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"AudioError({self.reason!r}, {self.message!r})"
+
+    def __reduce__(self):
+        # Keep the exception picklable (e.g. across multiprocessing workers):
+        # the default reduction would call AudioError(message) and fail.
+        return (type(self), (self.reason, self.message))
+
+
+def _decode(path: PathLike) -> tuple[np.ndarray, int]:
+    """Decode ``path`` with soundfile.
+
+    Returns ``(data, sr)`` with ``data`` float32 ``[channels, samples]`` and ``sr`` in Hz.
+    Raises AudioError ``missing`` / ``unreadable`` / ``empty``.
+    """
+    import soundfile as sf
+
+    p = Path(path)
+    if not p.exists():
+        raise AudioError(MISSING, f"Audio file does not exist: {p}")
+    if not p.is_file():
+        raise AudioError(UNREADABLE, f"Audio path is not a regular file: {p}")
+    try:
+        data, sr = sf.read(str(p), dtype="float32", always_2d=True)
+    except Exception as exc:  # libsndfile errors, OSError, format errors ...
+        raise AudioError(UNREADABLE, f"Cannot decode audio file {p}: {exc}") from exc
+    if data.ndim != 2 or data.shape[0] == 0 or data.shape[1] == 0:
+        raise AudioError(EMPTY, f"Audio file decodes to 0 samples: {p}")
+    return np.ascontiguousarray(data.T, dtype=np.float32), int(sr)
+
+
+def _check_values(x: np.ndarray, path: PathLike) -> None:
+    """Raise AudioError ``nonfinite`` then ``silent`` for bad sample values of ``x`` (any shape)."""
+    if not np.isfinite(x).all():
+        raise AudioError(NONFINITE, f"Audio file contains NaN or Inf samples: {path}")
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak < SILENCE_PEAK:
+        raise AudioError(
+            SILENT,
+            f"Audio file is digital silence (peak {peak:.3g} < {SILENCE_PEAK:g}): {path}",
+        )
+
+
+def read_audio_channels(path: PathLike, *, check: bool = True) -> tuple[np.ndarray, int]:
+    """Decode a wav/flac/mp3 file keeping its channels.
+
+    Args:
+        path: audio file path.
+        check: if True, also raise AudioError ``nonfinite`` (any NaN/Inf sample, checked
+            first) and ``silent`` (peak over all channels ``< SILENCE_PEAK``).
+
+    Returns:
+        ``(x, sr)``: ``x`` float32 ``[channels, samples]`` at the file's native rate,
+        ``sr`` the native sample rate in Hz.
+
+    Raises:
+        AudioError: ``missing``, ``unreadable`` or ``empty`` always (whatever ``check``),
+            ``nonfinite`` / ``silent`` only when ``check`` is True.
+    """
+    x, sr = _decode(path)
+    if check:
+        _check_values(x, path)
+    return x, sr
+
+
+def read_audio(path: PathLike, *, check: bool = True) -> tuple[np.ndarray, int]:
+    """Decode a wav/flac/mp3 file to mono.
+
+    Channels are downmixed by averaging them.
+
+    Args:
+        path: audio file path.
+        check: if True, also raise AudioError ``nonfinite`` (any NaN/Inf sample, checked
+            before silence) and ``silent`` (peak of the mono downmix ``< SILENCE_PEAK``).
+
+    Returns:
+        ``(x, sr)``: ``x`` float32 ``[samples]`` at the file's native rate, ``sr`` in Hz.
+
+    Raises:
+        AudioError: ``missing``, ``unreadable`` or ``empty`` always (whatever ``check``),
+            ``nonfinite`` / ``silent`` only when ``check`` is True.
+    """
+    x, sr = _decode(path)
+    mono = x[0].copy() if x.shape[0] == 1 else x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    if check:
+        _check_values(mono, path)
+    return mono, sr
+
+
+def _check_rate(name: str, sr) -> int:
+    if isinstance(sr, bool) or int(sr) != sr or sr <= 0:
+        raise ValueError(f"{name} must be a positive integer number of Hz, got {sr!r}")
+    return int(sr)
+
+
+def resample(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample along the last (time) axis with ``torchaudio.functional.resample``.
+
+    Uses torchaudio's default windowed-sinc interpolation; deterministic (CPU).
+
+    Args:
+        x: float32 ``[n]`` samples (or ``[channels, n]``; time axis last).
+        orig_sr: sample rate of ``x`` in Hz.
+        target_sr: output sample rate in Hz.
+
+    Returns:
+        float32 ``[m]`` (or ``[channels, m]``) with ``m = ceil(n * target_sr / orig_sr)``.
+        When ``orig_sr == target_sr`` the input is returned as is (the same object if it
+        is already float32, else a float32 copy).
+    """
+    orig_sr = _check_rate("orig_sr", orig_sr)
+    target_sr = _check_rate("target_sr", target_sr)
+    x = np.asarray(x, dtype=np.float32)
+    if orig_sr == target_sr:
+        return x
+    n = x.shape[-1]
+    m = -(-n * target_sr // orig_sr)  # exact integer ceil
+    if n == 0:
+        return np.zeros(x.shape[:-1] + (0,), dtype=np.float32)
+
+    import torch
+    import torchaudio.functional as AF
+
+    with torch.no_grad():
+        y = AF.resample(torch.from_numpy(np.ascontiguousarray(x)), orig_sr, target_sr)
+    y = y.numpy().astype(np.float32, copy=False)
+    # torchaudio computes the same length in floating point; enforce the exact value.
+    if y.shape[-1] > m:
+        y = y[..., :m]
+    elif y.shape[-1] < m:
+        pad = [(0, 0)] * (y.ndim - 1) + [(0, m - y.shape[-1])]
+        y = np.pad(y, pad)
+    return np.ascontiguousarray(y)
+
+
+def load_audio(path: PathLike, sr: int, *, check: bool = True) -> np.ndarray:
+    """Decode ``path`` to mono (see :func:`read_audio`) and resample it to ``sr`` Hz.
+
+    Returns:
+        float32 ``[samples]`` at ``sr`` Hz.
+
+    Raises:
+        AudioError: as :func:`read_audio`.
+    """
+    x, native_sr = read_audio(path, check=check)
+    return resample(x, native_sr, sr)
+
+
+def _frame_length(sr: int, frame_s: float) -> int:
+    sr = _check_rate("sr", sr)
+    if not frame_s > 0:
+        raise ValueError(f"frame_s must be > 0 seconds, got {frame_s!r}")
+    return max(1, int(round(frame_s * sr)))
+
+
+def _rms_db(sum_sq: np.ndarray, count: np.ndarray) -> np.ndarray:
+    rms = np.sqrt(sum_sq / np.maximum(count, 1))
+    return 20.0 * np.log10(rms + DB_EPS)
+
+
+def frame_rms_db(x: np.ndarray, sr: int, frame_s: float = 0.05) -> np.ndarray:
+    """Level of non-overlapping frames in dBFS.
+
+    Args:
+        x: mono float ``[samples]``.
+        sr: sample rate of ``x`` in Hz.
+        frame_s: frame length in seconds; a frame has ``max(1, round(frame_s * sr))`` samples.
+
+    Returns:
+        float64 ``[n_frames]`` with ``n_frames = ceil(samples / frame_length)``: the RMS of
+        each frame as ``20 * log10(rms + 1e-10)`` dBFS. The last, partial frame is included
+        (its RMS is taken over its own samples only).
+    """
+    L = _frame_length(sr, frame_s)
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    n = x.shape[0]
+    n_frames = -(-n // L)
+    if n_frames == 0:
+        return np.zeros(0, dtype=np.float64)
+    padded = np.zeros(n_frames * L, dtype=np.float64)
+    padded[:n] = x
+    sum_sq = np.square(padded).reshape(n_frames, L).sum(axis=1)
+    count = np.full(n_frames, L, dtype=np.float64)
+    count[-1] = n - (n_frames - 1) * L
+    return _rms_db(sum_sq, count)
+
+
+def trim_bounds(x: np.ndarray, sr: int, threshold_db: float, frame_s: float = 0.05) -> tuple[int, int]:
+    """Sample bounds of the non-silent region of ``x``.
+
+    Args:
+        x: mono float ``[samples]``.
+        sr: sample rate in Hz.
+        threshold_db: level in dBFS a frame must reach (``>=``) to count as sound.
+        frame_s: frame length in seconds (see :func:`frame_rms_db`).
+
+    Returns:
+        ``(start, end)`` sample indices (end exclusive) spanning from the first to the last
+        frame whose RMS is ``>= threshold_db``, aligned to frame boundaries, with ``end``
+        clipped to ``len(x)``. ``(0, 0)`` when no frame reaches the threshold.
+    """
+    L = _frame_length(sr, frame_s)
+    db = frame_rms_db(x, sr, frame_s)
+    loud = np.flatnonzero(db >= threshold_db)
+    if loud.size == 0:
+        return 0, 0
+    n = int(np.asarray(x).reshape(-1).shape[0])
+    start = int(loud[0]) * L
+    end = min((int(loud[-1]) + 1) * L, n)
+    return start, end
+
+
+def segment_bounds(
+    start: int,
+    end: int,
+    sr: int,
+    segment_s: float | None,
+    min_segment_s: float = 0.0,
+) -> list[tuple[int, int]]:
+    """Cut the sample range ``[start, end)`` into consecutive non-overlapping segments.
+
+    Args:
+        start, end: sample indices (end exclusive), ``0 <= start <= end``.
+        sr: sample rate in Hz.
+        segment_s: segment length in seconds; segments have ``round(segment_s * sr)``
+            samples. ``None`` or ``<= 0`` means one segment ``[start, end)``.
+        min_segment_s: minimum length in seconds of a kept segment. Only the last,
+            shorter remainder (or the single segment when ``segment_s`` is None) can be
+            dropped by it: it is kept iff its length in samples is
+            ``>= ceil(min_segment_s * sr)`` (and non-zero).
+
+    Returns:
+        list of ``(seg_start, seg_end)`` sample index pairs, in order; ``[]`` if nothing
+        qualifies (including ``start == end``).
+
+    Raises:
+        ValueError: on negative/inverted bounds, a non-positive ``sr``, a ``segment_s``
+            that rounds to 0 samples, or ``min_segment_s > segment_s`` (every segment
+            would be dropped: a configuration error).
+    """
+    sr = _check_rate("sr", sr)
+    start, end = int(start), int(end)
+    if start < 0 or end < start:
+        raise ValueError(f"invalid sample bounds [{start}, {end})")
+    min_segment_s = float(min_segment_s or 0.0)
+    min_len = max(1, math.ceil(min_segment_s * sr - 1e-9))
+    total = end - start
+    if segment_s is None or segment_s <= 0:
+        return [(start, end)] if total >= min_len else []
+    seg_len = int(round(segment_s * sr))
+    if seg_len <= 0:
+        raise ValueError(f"segment_s={segment_s!r} s is shorter than one sample at {sr} Hz")
+    if min_len > seg_len:
+        raise ValueError(
+            f"min_segment_s={min_segment_s!r} s is longer than segment_s={segment_s!r} s"
+        )
+    n_full = total // seg_len
+    bounds = [(start + i * seg_len, start + (i + 1) * seg_len) for i in range(n_full)]
+    rem_start = start + n_full * seg_len
+    if end - rem_start >= min_len:
+        bounds.append((rem_start, end))
+    return bounds
+
+
+def segment_rms_db(x: np.ndarray, bounds) -> np.ndarray:
+    """Level of each segment of ``x`` in dBFS.
+
+    Args:
+        x: mono float ``[samples]``.
+        bounds: sequence of ``(start, end)`` sample index pairs (end exclusive).
+
+    Returns:
+        float64 ``[len(bounds)]``: ``20 * log10(rms + 1e-10)`` of ``x[start:end]`` for each
+        pair (an empty segment gives ``20 * log10(1e-10) = -200`` dB).
+    """
+    x = np.asarray(x).reshape(-1)
+    out = np.empty(len(bounds), dtype=np.float64)
+    for i, (s, e) in enumerate(bounds):
+        seg = x[int(s):int(e)].astype(np.float64)
+        out[i] = _rms_db(np.square(seg).sum(), np.float64(seg.shape[0]))
+    return out

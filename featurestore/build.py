@@ -1,0 +1,388 @@
+"""``python -m featurestore.build``: extract every hidden layer of a frontend into a Zarr store.
+
+With no arguments it builds the built-in demo store (a synthetic sung-melody corpus, CREPE tiny)
+and prints a summary. Run it again with another ``--backbone`` to add that backbone to the same
+store; run it again after a crash to finish the job.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import featurestore
+from featurestore import layout
+from featurestore.clips import ClipSettings, clip_samples, plan_clips
+from featurestore.extract import UnitAudio, run_unit, window_frames
+from featurestore.frontends import Frontend, load_frontend
+from featurestore.manifest import fingerprint, read_inputs
+from featurestore.registry import ALIASES, DEFAULT_BACKBONE, REGISTRY
+from featurestore.writer import BackgroundWriter, BackbonePlan, create_backbone, open_root, write_clip_table
+
+DTYPES = {"float16": "float16", "float32": "float32"}
+
+
+class SettingsMismatch(RuntimeError):
+    """The store was built with other settings; pass ``overwrite=True`` to rebuild that part."""
+
+
+@dataclass
+class ExtractSettings:
+    """Backbone-level settings. window_s: longest input (seconds) the model sees in one pass;
+    batch_s: padded audio seconds per batch; chunk_frames/shard_frames: Zarr chunking of frames;
+    target_unit_frames: frames per unit of work (a unit is the grain of resume and of parallel writers)."""
+
+    dtype: str = "float16"
+    window_s: float = 30.0
+    batch_s: float = 80.0
+    chunk_frames: int = 256
+    shard_frames: int | None = None
+    target_unit_frames: int = 8192
+
+    def identity(self) -> dict:
+        """What must match for an existing backbone to be resumed instead of rebuilt."""
+        return {"dtype": self.dtype, "window_s": self.window_s, "chunk_frames": self.chunk_frames,
+                "shard_frames": self.shard_frames, "target_unit_frames": self.target_unit_frames}
+
+
+@dataclass
+class BuildReport:
+    store: str
+    clips: int = 0
+    skipped: list = field(default_factory=list)
+    backbones: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _versions() -> dict:
+    out = {"featurestore": featurestore.__version__}
+    for pkg in ("torch", "transformers", "torchcrepe", "zarr", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _norm(d: dict) -> dict:
+    return json.loads(json.dumps(d))
+
+
+def _ensure_clip_table(root, input_path, settings: ClipSettings, *, overwrite: bool, num_workers: int,
+                       progress: bool, vocals_cache: Path) -> list[dict]:
+    """Plan the clip table once per store. Returns the skip report (of this or the earlier planning)."""
+    rows, row_skips = read_inputs(input_path)
+    fp = fingerprint(rows)
+    want = {"clip_settings": settings.as_dict(), "input": str(Path(input_path).resolve()), "input_fingerprint": fp}
+    have = {k: root.attrs.get(k) for k in want}
+    done = layout.CLIPS in root and root[layout.CLIPS].attrs.get("complete", False)
+    if done and _norm(have) != _norm(want):
+        if not overwrite:
+            diff = [k for k in want if _norm(have).get(k) != _norm(want).get(k)]
+            raise SettingsMismatch(
+                f"store {root.store} was planned with other {', '.join(diff)} "
+                f"(stored: {json.dumps({k: have[k] for k in diff})}); pass --overwrite to re-plan the clips "
+                "(this deletes every backbone already in the store)")
+        for name in list(root.attrs.get("backbone_names", [])):
+            if layout.backbone_path(name) in root:
+                del root[layout.backbone_path(name)]
+        root.attrs["backbone_names"] = []
+        done = False
+    if done:
+        return list(root.attrs.get("skipped", []))
+    clips, file_skips = plan_clips(rows, settings, vocals_cache=vocals_cache, num_workers=num_workers,
+                                   progress=progress)
+    skips = [s.as_dict() for s in row_skips] + file_skips
+    root.attrs.update({"format": layout.FORMAT, "versions": _versions(), **want, "skipped": skips})
+    write_clip_table(root, clips)
+    return skips
+
+
+def _plan_backbone(root, fe: Frontend, ext: ExtractSettings, identity: dict, *, overwrite: bool):
+    """Return the backbone group, planning it (offsets, empty arrays) unless a matching plan exists."""
+    path = layout.backbone_path(fe.name)
+    if path in root and root[path].attrs.get("planned", False):
+        g = root[path]
+        stored = _norm(g.attrs.get("identity", {}))
+        if stored == _norm(identity):
+            return g
+        if not overwrite:
+            diff = sorted(k for k in set(stored) | set(identity) if stored.get(k) != _norm(identity).get(k))
+            raise SettingsMismatch(
+                f"backbone {fe.name!r} is already in the store with other settings ({', '.join(diff)}: "
+                f"stored {json.dumps({k: stored.get(k) for k in diff})}, now "
+                f"{json.dumps({k: _norm(identity).get(k) for k in diff})}); pass --overwrite to rebuild it, "
+                "or --name to store it under another name")
+    clips = root[layout.CLIPS]
+    a, b = clip_samples(clips["start_s"][:], clips["end_s"][:], fe.sample_rate)
+    nf = np.array([fe.n_frames(n) for n in (b - a)], dtype=np.int64)
+    align = ext.shard_frames or ext.chunk_frames
+    per_unit = layout.clips_per_unit(nf, ext.target_unit_frames)
+    offsets, total = layout.layout_frames(nf, per_unit, align)
+    plan = BackbonePlan(offsets, per_unit, align, total)
+    ids = clips["id"][:]
+    short = [{"where": str(ids[i]), "reason": "too_short",
+              "message": f"clip {ids[i]}: {int(b[i] - a[i])} samples give no {fe.name} frame "
+                         f"(receptive field {fe.receptive} samples)", "path": ""} for i in np.flatnonzero(nf == 0)]
+    attrs = {"frontend": fe.describe(), "identity": identity, "versions": _versions(), "skipped": short,
+             "dtype": ext.dtype, "n_clips": int(len(nf)), "n_frames": int(nf.sum())}
+    g = create_backbone(root, fe.name, plan, fe.num_layers, fe.dim, dtype=ext.dtype,
+                        chunk_frames=ext.chunk_frames, shard_frames=ext.shard_frames, attrs=attrs)
+    names = list(root.attrs.get("backbone_names", []))
+    if fe.name not in names:
+        root.attrs["backbone_names"] = names + [fe.name]
+    return g
+
+
+def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=False, device="cpu", num_workers=2,
+                     shard: tuple[int, int] = (0, 1), progress=True) -> dict:
+    """Plan (if needed) and extract every unit of one backbone that is not done yet. Returns a summary."""
+    device = torch.device(device)
+    identity = {**ext.identity(), "weights_hash": fe.weights_hash(), "sample_rate": fe.sample_rate,
+                "stride": fe.stride, "receptive": fe.receptive, "pad": fe.pad,
+                "do_normalize": getattr(fe, "do_normalize", None)}
+    g = _plan_backbone(root, fe, ext, identity, overwrite=overwrite)
+    per_unit, align = int(g.attrs["clips_per_unit"]), int(g.attrs["align"])
+    offsets = g["offsets"][:]
+    done = g["unit_done"][:]
+    index, count = shard
+    todo = [u for u in range(len(done)) if not done[u] and u % count == index]
+    clips = root[layout.CLIPS]
+    a, b = clip_samples(clips["start_s"][:], clips["end_s"][:], fe.sample_rate)
+    data = UnitAudio(todo, per_unit, clips["audio"][:], a, b, fe.sample_rate, fe.pad)
+    seconds = float(sum((b[lo:hi] - a[lo:hi]).sum() for lo, hi in
+                        (layout.unit_range(u, per_unit, len(a)) for u in todo))) / fe.sample_rate
+    loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=num_workers,
+                                         prefetch_factor=2 if num_workers > 0 else None,
+                                         persistent_workers=False)
+    bar = tqdm(total=round(seconds, 1), unit="audio-s", desc=f"extract {fe.name}", disable=not progress,
+               dynamic_ncols=True)
+    fe.to(device).eval()
+    t0 = time.perf_counter()
+    writer = BackgroundWriter(g, depth=2)
+    window_k = window_frames(fe, ext.window_s)
+    budget = int(ext.batch_s * fe.sample_rate)
+    np_dtype = np.dtype(ext.dtype)
+    try:
+        for u, waves in loader:
+            lo, _ = layout.unit_range(u, per_unit, len(offsets))
+            fr = layout.unit_frame_range(offsets, u, per_unit, align)
+            res = run_unit(fe, u, waves, offsets, lo, fr, window_k=window_k, budget_samples=budget,
+                           device=device, dtype=np_dtype, on_batch=lambda s: bar.update(round(s, 3)))
+            writer.put(res)
+    finally:
+        writer.close()
+        bar.close()
+    done = g["unit_done"][:]
+    complete = bool(done.all())
+    if complete:
+        g.attrs["complete"] = True
+    return {"units": int(len(done)), "units_done": int(done.sum()), "complete": complete,
+            "frames": int((offsets[:, 1] - offsets[:, 0]).sum()), "frames_allocated": int(g["frames"].shape[0]),
+            "layers": fe.num_layers, "dim": fe.dim, "audio_seconds": seconds,
+            "seconds": time.perf_counter() - t0}
+
+
+def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_settings: ClipSettings | None = None,
+          extract: ExtractSettings | None = None, model_path=None, name=None, local_files_only=False,
+          device=None, num_workers=2, overwrite=False, shard=(0, 1), vocals_cache=None,
+          progress=True) -> BuildReport:
+    """Library entry point of the CLI: plan the clips (once) and extract each backbone."""
+    t0 = time.perf_counter()
+    clip_settings = clip_settings or ClipSettings()
+    extract = extract or ExtractSettings()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    store_path = Path(store_path)
+    root = open_root(store_path)
+    vocals_cache = Path(vocals_cache) if vocals_cache else store_path.with_name(store_path.name + ".vocals")
+    if shard[1] > 1 and not (layout.CLIPS in root and root[layout.CLIPS].attrs.get("complete", False)):
+        raise RuntimeError("--shard needs a planned clip table: run the build once with --plan-only first")
+    skips = _ensure_clip_table(root, input_path, clip_settings, overwrite=overwrite, num_workers=num_workers,
+                               progress=progress, vocals_cache=vocals_cache)
+    report = BuildReport(str(store_path), clips=int(root[layout.CLIPS].attrs["n_clips"]), skipped=list(skips))
+    if report.clips == 0:
+        raise RuntimeError(f"no clip could be planned from {input_path}: " +
+                           "; ".join(s["message"] for s in skips[:5]))
+    for bb in backbones:
+        fe = load_frontend(bb, path=model_path, local_files_only=local_files_only, device=device)
+        if name:
+            fe.name = name
+        summary = extract_backbone(root, fe, extract, overwrite=overwrite, device=device,
+                                   num_workers=num_workers, shard=shard, progress=progress)
+        g = root[layout.backbone_path(fe.name)]
+        report.skipped += list(g.attrs.get("skipped", []))
+        report.backbones[fe.name] = summary
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def plan_only(input_path, store_path, clip_settings=None, *, overwrite=False, num_workers=2, vocals_cache=None,
+              progress=True) -> BuildReport:
+    """Only plan the clip table (the first step before running sharded extractors)."""
+    store_path = Path(store_path)
+    root = open_root(store_path)
+    vc = Path(vocals_cache) if vocals_cache else store_path.with_name(store_path.name + ".vocals")
+    skips = _ensure_clip_table(root, input_path, clip_settings or ClipSettings(), overwrite=overwrite,
+                               num_workers=num_workers, progress=progress, vocals_cache=vc)
+    return BuildReport(str(store_path), clips=int(root[layout.CLIPS].attrs["n_clips"]), skipped=list(skips))
+
+
+def dir_size(path: Path) -> int:
+    """Bytes on disk under a folder."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def format_report(report: BuildReport) -> str:
+    lines = [f"store       {report.store}",
+             f"clips       {report.clips}",
+             f"size        {dir_size(Path(report.store)) / 2**20:.1f} MiB on disk",
+             f"time        {report.seconds:.1f} s"]
+    for name, s in report.backbones.items():
+        state = "complete" if s["complete"] else f"{s['units_done']}/{s['units']} units"
+        lines.append(f"backbone    {name}: {s['frames']} frames x {s['layers']} layers x {s['dim']} dims, "
+                     f"{state}, {s['audio_seconds']:.1f} audio-s in {s['seconds']:.1f} s "
+                     f"({s['audio_seconds'] / max(s['seconds'], 1e-9):.1f}x real time), "
+                     f"{s['frames_allocated'] - s['frames']} alignment frames")
+    if report.skipped:
+        lines.append(f"skipped     {len(report.skipped)}:")
+        lines += [f"  - [{s['reason']}] {s['message']}" for s in report.skipped]
+    else:
+        lines.append("skipped     none")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+
+def default_demo_dir() -> Path:
+    """Where the demo corpus and store live: $SINGFRONT_HOME or ~/.cache/singfront."""
+    return Path(os.environ.get("SINGFRONT_HOME", Path.home() / ".cache" / "singfront")) / "demo"
+
+
+def ensure_demo_corpus() -> Path:
+    """Generate the demo corpus if needed; return its manifest path."""
+    from featurestore.demo import make_demo_corpus
+
+    return make_demo_corpus(default_demo_dir() / "corpus")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    names = ", ".join(sorted(REGISTRY))
+    aliases = ", ".join(f"{k}={v}" for k, v in sorted(ALIASES.items()))
+    p = argparse.ArgumentParser(
+        prog="python -m featurestore.build",
+        description="Run a frontend once over a dataset and store every hidden layer in a Zarr store "
+                    "(frames, per-clip offsets, pooled mean/std, clip table, provenance). With no --input, "
+                    "builds the built-in demo store.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    io = p.add_argument_group("input and store")
+    io.add_argument("--input", help="folder of audio files (wav/flac/mp3), or a CSV/JSON manifest with columns "
+                                    "path, optional id, split, start, end (seconds) and any label columns. "
+                                    "Default: the built-in demo corpus")
+    io.add_argument("--store", help="Zarr store to create or extend. Default: <input>.zarr, or the demo store")
+    io.add_argument("--backbone", action="append",
+                    help=f"frontend(s) to extract; repeat to add several. Registry: {names}. Aliases: {aliases}. "
+                         f"Also any transformers audio model id or local folder. Default: {DEFAULT_BACKBONE}")
+    io.add_argument("--model-path", help="local folder to load the (single) --backbone's weights from")
+    io.add_argument("--name", help="store the (single) backbone under this name")
+    io.add_argument("--local-files-only", action="store_true",
+                    help="load Hugging Face models from the offline cache only (like HF_HUB_OFFLINE=1)")
+    pre = p.add_argument_group("preprocessing (store-level: every backbone sees the same clips)")
+    pre.add_argument("--segment-seconds", type=float, default=5.0,
+                     help="segment length in seconds; 0 keeps whole files (windowed at extraction)")
+    pre.add_argument("--min-segment-seconds", type=float, default=1.0,
+                     help="keep a last, shorter segment only if at least this long")
+    pre.add_argument("--trim-db", type=float, default=None,
+                     help="trim leading/trailing audio whose 50 ms RMS is below this dBFS (e.g. -40)")
+    pre.add_argument("--drop-quiet-db", type=float, default=None,
+                     help="drop segments whose RMS is below this dBFS (non-vocal chunks)")
+    pre.add_argument("--separate-vocals", nargs="?", const="htdemucs", default=None, metavar="MODEL",
+                     help="separate vocals with demucs first (default model htdemucs); cached per file")
+    pre.add_argument("--demucs-repo", help="local folder with the demucs weights (default: demucs' own lookup)")
+    pre.add_argument("--vocals-cache", help="folder for separated vocals (default: <store>.vocals)")
+    ex = p.add_argument_group("extraction")
+    ex.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    ex.add_argument("--batch-seconds", type=float, default=80.0,
+                    help="padded audio seconds per batch (batches are sized by total samples, not clip count)")
+    ex.add_argument("--window-seconds", type=float, default=30.0,
+                    help="longest input (s) the model sees in one pass; longer clips are windowed")
+    ex.add_argument("--num-workers", type=int, default=2, help="audio decoding worker processes")
+    ex.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="storage dtype of frames and pooled")
+    ex.add_argument("--chunk-frames", type=int, default=256, help="frames per Zarr chunk")
+    ex.add_argument("--shard-frames", type=int, default=None,
+                    help="frames per Zarr shard (off by default; for object stores / very many files)")
+    ex.add_argument("--unit-frames", type=int, default=8192,
+                    help="frames per unit of work (the grain of resume and of parallel writers)")
+    ex.add_argument("--shard", default="0/1", metavar="I/N",
+                    help="process only units u with u %% N == I (several processes, one store, no locks); "
+                         "needs --plan-only first")
+    run = p.add_argument_group("control")
+    run.add_argument("--plan-only", action="store_true", help="only plan the clip table, extract nothing")
+    run.add_argument("--overwrite", action="store_true",
+                     help="rebuild what was stored with other settings (clip table or backbone) instead of failing")
+    run.add_argument("--strict", action="store_true", help="exit non-zero if any input was skipped")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = p.parse_args(argv)
+    try:
+        i, n = (int(v) for v in args.shard.split("/"))
+        if not 0 <= i < n:
+            raise ValueError
+        args.shard = (i, n)
+    except ValueError:
+        p.error(f"--shard expects I/N with 0 <= I < N, got {args.shard!r}")
+    if args.model_path and args.backbone and len(args.backbone) > 1:
+        p.error("--model-path applies to a single --backbone")
+    if args.name and args.backbone and len(args.backbone) > 1:
+        p.error("--name applies to a single --backbone")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    progress = not args.no_progress
+    if args.input is None:
+        manifest = ensure_demo_corpus()
+        input_path, store = manifest, Path(args.store) if args.store else default_demo_dir() / "store.zarr"
+    else:
+        input_path = Path(args.input)
+        store = Path(args.store) if args.store else input_path.with_name(input_path.stem + ".zarr")
+    clip_settings = ClipSettings(segment_s=args.segment_seconds or None, min_segment_s=args.min_segment_seconds,
+                                 trim_db=args.trim_db, drop_quiet_db=args.drop_quiet_db,
+                                 separate=args.separate_vocals, demucs_repo=args.demucs_repo)
+    ext = ExtractSettings(dtype=args.dtype, window_s=args.window_seconds, batch_s=args.batch_seconds,
+                          chunk_frames=args.chunk_frames, shard_frames=args.shard_frames,
+                          target_unit_frames=args.unit_frames)
+    try:
+        if args.plan_only:
+            report = plan_only(input_path, store, clip_settings, overwrite=args.overwrite,
+                               num_workers=args.num_workers, vocals_cache=args.vocals_cache, progress=progress)
+        else:
+            report = build(input_path, store, args.backbone or [DEFAULT_BACKBONE], clip_settings=clip_settings,
+                           extract=ext, model_path=args.model_path, name=args.name,
+                           local_files_only=args.local_files_only, device=args.device,
+                           num_workers=args.num_workers, overwrite=args.overwrite, shard=args.shard,
+                           vocals_cache=args.vocals_cache, progress=progress)
+    except (SettingsMismatch, FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.__dict__, indent=2, default=str))
+    else:
+        print(format_report(report))
+    if args.strict and report.skipped:
+        print(f"--strict: {len(report.skipped)} input(s) skipped", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

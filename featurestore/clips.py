@@ -1,0 +1,126 @@
+"""The clip table: which segments of which files a store holds.
+
+Planning decodes every input once (in worker processes), checks it, optionally replaces it with
+its separated vocals, trims leading/trailing silence, cuts fixed-length segments and drops quiet
+(non-vocal) segments. Segment bounds are kept in seconds of the source file, so every backbone,
+whatever its sample rate, reads exactly the same audio for a clip.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from featurestore import audio as au
+from featurestore.manifest import Row, Skip
+
+COLUMNS = ("id", "file_id", "source", "audio", "start_s", "end_s", "split")
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """Store-level preprocessing. Times in seconds, levels in dBFS.
+
+    segment_s: segment length (None or 0: one clip per file, windowed at extraction time).
+    min_segment_s: a last, shorter segment is kept only if at least this long.
+    trim_db: trim leading/trailing audio whose 50 ms RMS is below this level (None: no trim).
+    drop_quiet_db: drop segments whose RMS is below this level, e.g. non-vocal parts after
+        separation (None: keep all).
+    separate: demucs model name to separate vocals first (None: no separation).
+    demucs_repo: local folder holding the demucs weights (None: demucs' own lookup).
+    min_seconds: a file shorter than this is skipped as shorter than one frame.
+    """
+
+    segment_s: float | None = 5.0
+    min_segment_s: float = 1.0
+    trim_db: float | None = None
+    drop_quiet_db: float | None = None
+    separate: str | None = None
+    demucs_repo: str | None = None
+    min_seconds: float = 0.025
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _plan_file(args) -> tuple[list[dict], list[dict]]:
+    """Segments of one row -> (clip records, skip dicts). Runs in a worker process."""
+    row, settings, vocals_cache = args
+    where = row.where or str(row.path)
+    try:
+        audio_path = row.path
+        if not row.path.exists():
+            raise au.AudioError("missing", f"{row.path} does not exist")
+        if settings.separate:
+            from featurestore.separation import VocalSeparator
+
+            sep = VocalSeparator(vocals_cache, name=settings.separate, repo=settings.demucs_repo)
+            audio_path = sep.vocals_path(row.path)
+        x, sr = au.read_audio(audio_path)
+    except au.AudioError as e:
+        return [], [Skip(where, e.reason, f"{where}: {e}", str(row.path)).as_dict()]
+    except Exception as e:  # noqa: BLE001 - any decoder/separator failure is a skip, not a crash
+        return [], [Skip(where, "unreadable", f"{where}: {type(e).__name__}: {e}", str(row.path)).as_dict()]
+    lo = 0 if row.start_s is None else min(len(x), round(row.start_s * sr))
+    hi = len(x) if row.end_s is None else min(len(x), round(row.end_s * sr))
+    if hi - lo < settings.min_seconds * sr:
+        dur = (hi - lo) / sr
+        return [], [Skip(where, "too_short", f"{where}: {dur * 1000:.1f} ms of audio is shorter than one frame "
+                                             f"({settings.min_seconds * 1000:.0f} ms)", str(row.path)).as_dict()]
+    if settings.trim_db is not None:
+        a, b = au.trim_bounds(x[lo:hi], sr, settings.trim_db)
+        if b <= a:
+            return [], [Skip(where, "silent", f"{where}: no audio above {settings.trim_db} dBFS to keep after "
+                                              "trimming", str(row.path)).as_dict()]
+        lo, hi = lo + a, lo + b
+    bounds = au.segment_bounds(lo, hi, sr, settings.segment_s, settings.min_segment_s)
+    if settings.drop_quiet_db is not None and bounds:
+        level = au.segment_rms_db(x, bounds)
+        bounds = [b for b, db in zip(bounds, level) if db >= settings.drop_quiet_db]
+    if not bounds:
+        return [], [Skip(where, "no_segments", f"{where}: no segment left after trimming/segmenting/dropping "
+                                               "quiet parts", str(row.path)).as_dict()]
+    single = not settings.segment_s
+    clips = []
+    for k, (s, e) in enumerate(bounds):
+        clips.append({"id": row.id if single else f"{row.id}#{k:04d}", "file_id": row.id,
+                      "source": str(row.path), "audio": str(audio_path), "start_s": s / sr, "end_s": e / sr,
+                      "split": row.split, "labels": row.labels})
+    return clips, []
+
+
+def plan_clips(rows: list[Row], settings: ClipSettings, *, vocals_cache: Path, num_workers: int = 2,
+               progress: bool = True) -> tuple[list[dict], list[dict]]:
+    """Decode and segment every row. Returns (clips in input order, skip dicts).
+
+    Each clip: id, file_id, source (the input file), audio (the file decoded: source or cached
+    vocals), start_s, end_s (seconds in ``audio``), split, labels (dict of strings).
+    Separation, when asked for, runs in the main process (one model, maybe on the GPU).
+    """
+    jobs = [(r, settings, vocals_cache) for r in rows]
+    bar = tqdm(total=len(jobs), desc="plan clips", unit="file", disable=not progress)
+    results = []
+    if num_workers > 0 and len(jobs) > 1 and not settings.separate:
+        with ProcessPoolExecutor(max_workers=num_workers) as ex:
+            for res in ex.map(_plan_file, jobs, chunksize=max(1, len(jobs) // (8 * num_workers))):
+                results.append(res)
+                bar.update()
+    else:
+        for job in jobs:
+            results.append(_plan_file(job))
+            bar.update()
+    bar.close()
+    clips = [c for cs, _ in results for c in cs]
+    skips = [s for _, ss in results for s in ss]
+    return clips, skips
+
+
+def clip_samples(start_s: np.ndarray, end_s: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sample bounds of clips at rate ``sr``: (round(start*sr), round(start*sr) + n) with
+    n = round(end*sr) - round(start*sr). The same rule is used to plan frames and to cut audio."""
+    a = np.round(np.asarray(start_s, dtype=np.float64) * sr).astype(np.int64)
+    b = np.round(np.asarray(end_s, dtype=np.float64) * sr).astype(np.int64)
+    return a, b

@@ -1,0 +1,83 @@
+"""torch Datasets over a store, so heads train with a plain DataLoader.
+
+- :class:`ClipDataset`: one item per clip: pooled [L, D] (default) or all frames [T, L, D].
+- :class:`FrameWindowDataset`: fixed-length windows of frames [W, L, D] cut from clips, with the
+  clip row and the first frame, for frame-level tasks.
+
+Items are float32 torch tensors. Reads go through Zarr chunk by chunk; a window never reads more
+than the chunks it overlaps.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from featurestore.store import FeatureStore
+
+
+def _rows(store: FeatureStore, split: str | None, rows) -> np.ndarray:
+    if rows is not None:
+        return np.asarray(rows, dtype=np.int64)
+    if split is not None:
+        return store.split_indices(split)
+    return np.arange(len(store))
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Items: dict(x=float32 [L', D] pooled (or [T, L', D] frames if ``pooled=False``), row=int).
+
+    The pooled view is read once into memory ([N, L', D] is small); frames are read per item.
+    """
+
+    def __init__(self, store: FeatureStore, backbone: str, *, layers=None, split: str | None = None, rows=None,
+                 pooled: bool = True, stat: str = "mean"):
+        self.store, self.backbone, self.layers, self.pooled = store, backbone, layers, pooled
+        self.rows = _rows(store, split, rows)
+        self._pooled = store.pooled(backbone, layers=layers, stat=stat, rows=self.rows) if pooled else None
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        row = int(self.rows[i])
+        if self.pooled:
+            x = self._pooled[i]
+        else:
+            x = self.store.frames(row, self.backbone, layers=self.layers)
+        return {"x": torch.from_numpy(np.asarray(x, dtype=np.float32)), "row": row}
+
+
+class FrameWindowDataset(torch.utils.data.Dataset):
+    """Items: dict(x=float32 [W, L', D], row=int clip row, start=int first frame, length=int valid frames).
+
+    Windows of ``window`` frames with hop ``hop`` (default: ``window``, no overlap) tile every clip;
+    the last window of a clip is zero-padded to ``window`` frames and ``length`` says how many are real.
+    Clips with no frame are left out.
+    """
+
+    def __init__(self, store: FeatureStore, backbone: str, *, window: int = 250, hop: int | None = None,
+                 layers=None, split: str | None = None, rows=None):
+        if window < 1:
+            raise ValueError("window must be >= 1 frame")
+        self.store, self.backbone, self.layers = store, backbone, layers
+        self.window, self.hop = int(window), int(hop or window)
+        n = store.n_frames(backbone)
+        index = []
+        for r in _rows(store, split, rows):
+            for s in range(0, max(int(n[r]) - self.window, 0) + 1, self.hop) if n[r] > 0 else []:
+                index.append((int(r), s))
+            if n[r] > self.window and (int(n[r]) - self.window) % self.hop:
+                index.append((int(r), int(n[r]) - self.window))  # last frames not covered by the hop grid
+        self.index = index
+        L, D = store.shape(backbone)
+        self._shape_ld = (L if layers is None else len(np.atleast_1d(layers)), D)
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        row, start = self.index[i]
+        x = self.store.frames(row, self.backbone, layers=self.layers, start=start, stop=start + self.window)
+        out = np.zeros((self.window,) + self._shape_ld, dtype=np.float32)
+        out[:len(x)] = x
+        return {"x": torch.from_numpy(out), "row": row, "start": start, "length": len(x)}

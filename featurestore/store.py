@@ -1,0 +1,179 @@
+"""Reading a store: the clip table, frames, pooled views, frame times.
+
+>>> store = open_store("demo.zarr")
+>>> store.backbones                      # ['crepe-tiny', ...]
+>>> x = store.frames(store.clip_ids[0], backbone="crepe-tiny", layers=[0, 5])   # [T, 2, D]
+>>> p = store.pooled(backbone="crepe-tiny")                                      # [N, L, D]
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from featurestore import layout
+
+
+class BackboneNotInStore(KeyError):
+    def __str__(self):
+        return str(self.args[0])
+
+
+class FeatureStore:
+    """A store opened for reading. ``clips`` is the clip table (dict of 1-D numpy arrays of length N:
+    id, file_id, source, audio, start_s, end_s, split, and ``labels`` -> dict of label arrays)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "zarr.json").is_file():
+            raise FileNotFoundError(f"{self.path} is not a feature store (no zarr.json)")
+        self.root = zarr.open_group(str(self.path), mode="r", zarr_format=3)
+        if layout.CLIPS not in self.root or not self.root[layout.CLIPS].attrs.get("complete", False):
+            raise ValueError(f"{self.path}: the clip table is not complete; run featurestore.build again")
+
+    # ---- clip table -----------------------------------------------------------------------
+    @cached_property
+    def clips(self) -> dict:
+        g = self.root[layout.CLIPS]
+        table = {c: g[c][:] for c in g.attrs["columns"]}
+        table["labels"] = {name: g[f"labels/{name}"][:] for name in g.attrs.get("labels", [])}
+        return table
+
+    @property
+    def clip_ids(self) -> np.ndarray:
+        return self.clips["id"]
+
+    def __len__(self) -> int:
+        return len(self.clip_ids)
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {str(c): i for i, c in enumerate(self.clip_ids)}
+
+    def clip_index(self, clip_id) -> int:
+        """Row of a clip id (or an int row passed through)."""
+        if isinstance(clip_id, (int, np.integer)):
+            return int(clip_id)
+        try:
+            return self._index[str(clip_id)]
+        except KeyError:
+            raise KeyError(f"no clip {clip_id!r} in {self.path}") from None
+
+    def split_indices(self, split: str) -> np.ndarray:
+        """Rows of the clips in a split (``train``/``valid``/``test``...)."""
+        return np.flatnonzero(self.clips["split"] == split)
+
+    def labels(self, name: str) -> np.ndarray:
+        """A label column as strings [N]."""
+        try:
+            return self.clips["labels"][name]
+        except KeyError:
+            have = ", ".join(self.clips["labels"]) or "none"
+            raise KeyError(f"label {name!r} is not in {self.path} (labels: {have})") from None
+
+    @property
+    def skipped(self) -> list[dict]:
+        """What the clip planning left out, and why."""
+        return list(self.root.attrs.get("skipped", []))
+
+    @property
+    def clip_settings(self) -> dict:
+        return dict(self.root.attrs.get("clip_settings", {}))
+
+    # ---- backbones -----------------------------------------------------------------------
+    @property
+    def backbones(self) -> list[str]:
+        """Backbones whose extraction is complete."""
+        if layout.BACKBONES not in self.root:
+            return []
+        return sorted(k for k, g in self.root[layout.BACKBONES].groups() if g.attrs.get("complete", False))
+
+    def group(self, backbone: str) -> zarr.Group:
+        path = layout.backbone_path(backbone)
+        if path not in self.root:
+            have = ", ".join(self.backbones) or "none"
+            raise BackboneNotInStore(f"backbone {backbone!r} is not in {self.path} (complete backbones: {have}); "
+                                     f"build it with: python -m featurestore.build --store {self.path} "
+                                     f"--backbone {backbone}")
+        g = self.root[path]
+        if not g.attrs.get("complete", False):
+            raise BackboneNotInStore(f"backbone {backbone!r} in {self.path} is not complete; run the build again "
+                                     "to finish it")
+        return g
+
+    def info(self, backbone: str) -> dict:
+        """Provenance of one backbone: frontend sizes, weights hash, settings, versions."""
+        return dict(self.group(backbone).attrs)
+
+    def shape(self, backbone: str) -> tuple[int, int]:
+        """(layers L, width D)."""
+        f = self.group(backbone).attrs["frontend"]
+        return int(f["num_layers"]), int(f["dim"])
+
+    def frame_rate(self, backbone: str) -> float:
+        return float(self.group(backbone).attrs["frontend"]["frame_rate"])
+
+    def offsets(self, backbone: str) -> np.ndarray:
+        """int64 [N, 2]: frame range [start, end) of each clip in the frames array."""
+        return self._offsets(backbone)
+
+    def _offsets(self, backbone):
+        cache = self.__dict__.setdefault("_offsets_cache", {})
+        if backbone not in cache:
+            cache[backbone] = self.group(backbone)["offsets"][:]
+        return cache[backbone]
+
+    def n_frames(self, backbone: str) -> np.ndarray:
+        """Frames per clip, int64 [N]."""
+        o = self._offsets(backbone)
+        return o[:, 1] - o[:, 0]
+
+    @staticmethod
+    def _layer_sel(layers):
+        if layers is None:
+            return slice(None)
+        if isinstance(layers, (int, np.integer)):
+            return [int(layers)]
+        return list(layers)
+
+    def frames(self, clip_id, backbone: str, layers=None, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Hidden states of one clip: [T, L', D] in the store dtype (frames [start, stop) of the clip)."""
+        i = self.clip_index(clip_id)
+        a, b = (int(v) for v in self._offsets(backbone)[i])
+        stop = b - a if stop is None else min(stop, b - a)
+        arr = self.group(backbone)["frames"]
+        x = arr[a + start:a + stop]
+        sel = self._layer_sel(layers)
+        return x if isinstance(sel, slice) else x[:, sel]
+
+    def frame_times(self, clip_id, backbone: str) -> np.ndarray:
+        """Centre time of each frame of a clip, in seconds of the clip's audio file -> float64 [T]."""
+        i = self.clip_index(clip_id)
+        fe = self.group(backbone).attrs["frontend"]
+        n = int(self.n_frames(backbone)[i])
+        j = np.arange(n, dtype=np.float64)
+        start = float(self.clips["start_s"][i])
+        return start + (j * fe["stride"] - fe["pad"] + fe["receptive"] / 2) / fe["sample_rate"]
+
+    def pooled(self, backbone: str, layers=None, stat: str = "mean", rows=None) -> np.ndarray:
+        """Clip-level pooled features [N, L', D] (``stat`` = ``mean`` or ``std`` over time)."""
+        if stat not in ("mean", "std"):
+            raise ValueError(f"stat must be 'mean' or 'std', got {stat!r}")
+        x = self.group(backbone)[f"pooled_{stat}"]
+        x = x[:] if rows is None else x.get_orthogonal_selection((np.asarray(rows),))
+        sel = self._layer_sel(layers)
+        return x if isinstance(sel, slice) else x[:, sel]
+
+    def frames_array(self, backbone: str) -> zarr.Array:
+        """The raw [F, L, D] Zarr array (for bulk readers); use :meth:`offsets` to address clips."""
+        return self.group(backbone)["frames"]
+
+    def __repr__(self):
+        return f"FeatureStore({str(self.path)!r}, clips={len(self)}, backbones={self.backbones})"
+
+
+def open_store(path: str | Path) -> FeatureStore:
+    """Open a store built by ``python -m featurestore.build`` for reading."""
+    return FeatureStore(path)
