@@ -25,7 +25,7 @@ class ClipSettings:
     """Store-level preprocessing. Times in seconds, levels in dBFS.
 
     segment_s: segment length (None or 0: one clip per file, windowed at extraction time).
-    min_segment_s: a last, shorter segment is kept only if at least this long.
+    min_segment_s: a last, shorter segment is kept only if at least this long (when segmenting).
     trim_db: trim leading/trailing audio whose 50 ms RMS is below this level (None: no trim).
     drop_quiet_db: drop segments whose RMS is below this level, e.g. non-vocal parts after
         separation (None: keep all).
@@ -76,7 +76,7 @@ def _plan_file(args) -> tuple[list[dict], list[dict]]:
             return [], [Skip(where, "silent", f"{where}: no audio above {settings.trim_db} dBFS to keep after "
                                               "trimming", str(row.path)).as_dict()]
         lo, hi = lo + a, lo + b
-    bounds = au.segment_bounds(lo, hi, sr, settings.segment_s, settings.min_segment_s)
+    bounds = au.segment_bounds(lo, hi, sr, settings.segment_s, settings.min_segment_s if settings.segment_s else 0.0)
     if settings.drop_quiet_db is not None and bounds:
         level = au.segment_rms_db(x, bounds)
         bounds = [b for b, db in zip(bounds, level) if db >= settings.drop_quiet_db]

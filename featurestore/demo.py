@@ -52,11 +52,12 @@ _GLIDE_S = 0.04                  # legato pitch / vowel / level transition lengt
 _SCOOP_S = 0.05                  # time constant of the onset pitch scoop, s
 _VIBRATO_ONSET_S = 0.15          # time for vibrato depth to build up after a note onset, s
 
-# Technique -> (vibrato depth factor, breath-noise factor, harmonic gain, extra spectral tilt).
+# Technique -> (vibrato depth factor, harmonics-to-breath-noise ratio in dB before the singer's
+# breathiness is subtracted, extra spectral tilt of the harmonics).
 _TECHNIQUE_PARAMS = {
-    "straight": (0.0, 0.25, 1.0, 0.0),
-    "vibrato": (1.0, 0.5, 1.0, 0.0),
-    "breathy": (0.25, 5.0, 0.55, 0.6),
+    "straight": (0.0, 32.0, 0.0),
+    "vibrato": (1.0, 28.0, 0.0),
+    "breathy": (0.25, 11.0, 0.4),
 }
 
 # Reference vowel formants (F1, F2, F3) in Hz for an adult male speaker (Peterson & Barney style).
@@ -99,32 +100,33 @@ def _make_singer(*, midi_low, midi_high, vowels, scale, warp, f4, f5, bw_scale, 
 #:   (1.0 is -6 dB/octave);
 #: - ``vibrato_rate_hz``: (low, high) range of the vibrato rate, Hz;
 #: - ``vibrato_depth_cents``: (low, high) range of the vibrato extent (half peak-to-peak), cents;
-#: - ``breathiness``: breath-noise level relative to the harmonic source (before the technique factor).
+#: - ``breathiness``: extra breath noise, dB: the harmonics-to-noise energy ratio of a clip is
+#:   ~32 dB (straight), ~28 dB (vibrato) or ~11 dB (breathy) minus this value.
 SINGERS: dict[str, dict] = {
     "soprano": _make_singer(
-        midi_low=62, midi_high=79, vowels=("a", "e", "o"), scale=1.22, warp=(1.0, 1.04, 1.0),
-        f4=4100.0, f5=4700.0, bw_scale=1.15, gains_db=(0.0, -5.0, -14.0, -20.0, -26.0), tilt=1.5,
-        vibrato_rate_hz=(5.8, 6.4), vibrato_depth_cents=(50.0, 70.0), breathiness=0.05),
+        midi_low=62, midi_high=79, vowels=("a", "e", "o"), scale=1.25, warp=(1.0, 1.05, 1.0),
+        f4=4300.0, f5=5000.0, bw_scale=1.2, gains_db=(0.0, -4.0, -12.0, -16.0, -22.0), tilt=1.3,
+        vibrato_rate_hz=(5.8, 6.4), vibrato_depth_cents=(50.0, 70.0), breathiness=2.0),
     "tenor": _make_singer(
-        midi_low=50, midi_high=67, vowels=("a", "e", "i"), scale=1.04, warp=(1.0, 1.0, 0.96),
-        f4=2900.0, f5=3500.0, bw_scale=0.9, gains_db=(0.0, -3.0, -6.0, -4.0, -12.0), tilt=1.0,
-        vibrato_rate_hz=(5.5, 6.2), vibrato_depth_cents=(40.0, 60.0), breathiness=0.03),
+        midi_low=50, midi_high=67, vowels=("a", "e", "i"), scale=1.02, warp=(1.0, 1.0, 0.96),
+        f4=2900.0, f5=3500.0, bw_scale=0.85, gains_db=(0.0, -3.0, -6.0, -2.0, -12.0), tilt=0.85,
+        vibrato_rate_hz=(5.5, 6.2), vibrato_depth_cents=(40.0, 60.0), breathiness=0.0),
     "alto": _make_singer(
         midi_low=55, midi_high=72, vowels=("o", "u", "a"), scale=1.12, warp=(0.95, 0.92, 1.05),
-        f4=3700.0, f5=4400.0, bw_scale=1.4, gains_db=(0.0, -7.0, -16.0, -24.0, -30.0), tilt=1.8,
-        vibrato_rate_hz=(5.0, 5.6), vibrato_depth_cents=(45.0, 65.0), breathiness=0.12),
+        f4=3700.0, f5=4400.0, bw_scale=1.5, gains_db=(0.0, -8.0, -18.0, -26.0, -32.0), tilt=2.0,
+        vibrato_rate_hz=(5.0, 5.6), vibrato_depth_cents=(45.0, 65.0), breathiness=4.0),
     "bass": _make_singer(
-        midi_low=40, midi_high=57, vowels=("o", "a", "u", "e"), scale=0.9, warp=(1.05, 0.95, 0.95),
-        f4=2600.0, f5=3100.0, bw_scale=1.0, gains_db=(0.0, -4.0, -8.0, -6.0, -14.0), tilt=1.2,
-        vibrato_rate_hz=(5.0, 5.5), vibrato_depth_cents=(40.0, 55.0), breathiness=0.04),
+        midi_low=40, midi_high=57, vowels=("o", "a", "u", "e"), scale=0.86, warp=(1.05, 0.95, 0.95),
+        f4=2500.0, f5=3000.0, bw_scale=1.0, gains_db=(0.0, -4.0, -8.0, -5.0, -14.0), tilt=1.4,
+        vibrato_rate_hz=(5.0, 5.5), vibrato_depth_cents=(40.0, 55.0), breathiness=1.0),
     "mezzo": _make_singer(
         midi_low=57, midi_high=74, vowels=("e", "i", "a"), scale=1.16, warp=(1.02, 1.08, 0.98),
         f4=3500.0, f5=4200.0, bw_scale=1.05, gains_db=(0.0, -2.0, -10.0, -16.0, -22.0), tilt=1.3,
-        vibrato_rate_hz=(5.4, 6.0), vibrato_depth_cents=(45.0, 65.0), breathiness=0.08),
+        vibrato_rate_hz=(5.4, 6.0), vibrato_depth_cents=(45.0, 65.0), breathiness=3.0),
     "baritone": _make_singer(
         midi_low=45, midi_high=62, vowels=("u", "o", "i"), scale=0.96, warp=(1.0, 1.0, 1.0),
         f4=2750.0, f5=3300.0, bw_scale=0.8, gains_db=(0.0, -6.0, -9.0, -8.0, -16.0), tilt=1.1,
-        vibrato_rate_hz=(5.2, 5.8), vibrato_depth_cents=(40.0, 60.0), breathiness=0.06),
+        vibrato_rate_hz=(5.2, 5.8), vibrato_depth_cents=(40.0, 60.0), breathiness=1.5),
 }
 
 
@@ -206,8 +208,8 @@ def _resonator(freq_hz: float, bw_hz: float, sr: int) -> tuple[np.ndarray, np.nd
 
 
 def _vowel_filter(x: np.ndarray, formants, sr: int) -> np.ndarray:
-    """Parallel formant bank: sum of resonators with alternating polarity plus a weak direct path."""
-    y = 0.05 * x
+    """Parallel formant bank: sum of 2nd-order resonators with alternating polarity."""
+    y = np.zeros_like(x)
     for j, (f, bw, gain_db) in enumerate(formants):
         if f >= 0.49 * sr:
             continue
@@ -277,11 +279,13 @@ def synth_melody(notes, *, singer: str, technique: str, duration_s: float,
     Model: a harmonic source (all harmonics below ~0.45 * sr, harmonic k with amplitude
     ``k ** -tilt``, phase-continuous f0 following the notes with an onset scoop of ~-30 cents,
     slow drift of a few cents and, depending on the technique, vibrato at the singer's rate
-    (5-6.5 Hz) that builds up over ~0.15 s after each onset) plus high-passed breath noise, both
-    gated by attack/release envelopes (20-40 ms raised cosine, inside ``[onset_s, offset_s]`` of each
-    legato phrase), filtered by a parallel bank of five 2nd-order formant resonators for a vowel
-    drawn per note from the singer's vowel set. Between notes there is only a noise floor at
-    about -70 dBFS RMS (so files are never digital silence).
+    (5-6.5 Hz) that builds up over ~0.15 s after each onset) and white breath noise, both gated by
+    attack/release envelopes (20-40 ms raised cosine, inside ``[onset_s, offset_s]`` of each legato
+    phrase) and filtered by a parallel bank of five 2nd-order formant resonators for a vowel drawn
+    per note from the singer's vowel set; the noise is mixed at a harmonics-to-noise energy ratio of
+    about 32 dB (straight), 28 dB (vibrato) or 11 dB (breathy) minus the singer's ``breathiness``.
+    Between notes there is only a noise floor at about -70 dBFS RMS (so files are never digital
+    silence).
     """
     if singer not in SINGERS:
         raise ValueError(f"unknown singer {singer!r}; known: {sorted(SINGERS)}")
@@ -297,7 +301,8 @@ def synth_melody(notes, *, singer: str, technique: str, duration_s: float,
     if not notes:
         return np.clip(floor * rng.standard_normal(n), -1.0, 1.0).astype(np.float32)
 
-    vib_factor, breath_factor, harm_gain, extra_tilt = _TECHNIQUE_PARAMS[technique]
+    vib_factor, hnr_db, extra_tilt = _TECHNIQUE_PARAMS[technique]
+    hnr_db -= spec["breathiness"]
     ranges, phrases = _segments(notes, n, sr)
     n_notes = len(notes)
     t = np.arange(n) / sr
@@ -347,10 +352,11 @@ def synth_melody(notes, *, singer: str, technique: str, duration_s: float,
     if vib_factor > 0:
         env *= 1.0 + 0.08 * vib_env * vib                   # slight tremolo with the vibrato
 
-    # --- harmonic source + breath noise (only where voiced) ----------------------------------
+    # --- harmonic source and breath noise (only where voiced) --------------------------------
     voiced = np.flatnonzero(env > 0)
-    source = np.zeros(n)
-    noise = lfilter([1.0, -0.85], [1.0], rng.standard_normal(n))   # breath: tilted-up white noise
+    harm_src = np.zeros(n)
+    noise = rng.standard_normal(n)                         # breath noise: white, formant-shaped
+    noise_src = env * noise
     if voiced.size:
         ph_v = phase[voiced]
         f0_v = f0[voiced]
@@ -369,18 +375,21 @@ def synth_melody(notes, *, singer: str, technique: str, duration_s: float,
                 gate = np.clip((nyq_hi - k * f0_v) / (nyq_hi - nyq_lo), 0.0, 1.0)
                 harm += amp * gate * zk.imag
             zk *= z
-        breath = spec["breathiness"] * breath_factor
-        source[voiced] = env[voiced] * (harm_gain * harm + breath * noise[voiced])
+        harm_src[voiced] = env[voiced] * harm
 
     # --- vowel formant filtering, cross-faded per note ---------------------------------------
-    out = np.zeros(n)
-    used = sorted(set(int(v) for v in vowel_idx))
-    for v in used:
+    voiced_out = 0.05 * harm_src                           # weak unfiltered harmonic path
+    breath_out = np.zeros(n)
+    for v in sorted(set(int(v) for v in vowel_idx)):
         weights = _piecewise([1.0 if int(vi) == v else 0.0 for vi in vowel_idx],
                              ranges, phrases, n, sr)
-        if not weights.any():
-            continue
-        out += weights * _vowel_filter(source, spec["vowels"][vowel_names[v]], sr)
+        formants = spec["vowels"][vowel_names[v]]
+        voiced_out += weights * _vowel_filter(harm_src, formants, sr)
+        breath_out += weights * _vowel_filter(noise_src, formants, sr)
+    p_h, p_n = float(np.dot(voiced_out, voiced_out)), float(np.dot(breath_out, breath_out))
+    out = voiced_out
+    if p_h > 0 and p_n > 0:
+        out = out + np.sqrt(p_h / p_n * 10.0 ** (-hnr_db / 10.0)) * breath_out
 
     peak = np.abs(out).max()
     if peak > 0:

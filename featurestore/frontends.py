@@ -80,7 +80,21 @@ class Frontend(torch.nn.Module):
             raise RuntimeError(f"{self.name}: 1 s gave {h.shape[1]} frames, the stride/receptive-field "
                                f"formula says {expected}")
         self.num_layers, self.dim = int(h.shape[2]), int(h.shape[3])
+        if self.supports_padding:
+            self.supports_padding = self._padding_is_exact(x.to(dev), h)
         return self
+
+    def _padding_is_exact(self, x: torch.Tensor, h_full: torch.Tensor) -> bool:
+        """Does a shorter row zero-padded in a batch give the same valid frames as alone?
+        (Not for group-norm conv encoders, nor for Data2VecAudio's stacked positional convs.)"""
+        n = int(x.shape[1] * 0.6)
+        batch = torch.zeros(2, x.shape[1], device=x.device)
+        batch[0], batch[1, :n] = x[0], x[0, :n]
+        h = self.hidden_states(batch, torch.tensor([x.shape[1], n], device=x.device))
+        alone = self.hidden_states(x[:, :n], torch.tensor([n], device=x.device))
+        m = self.n_frames(n - 2 * self.pad)
+        scale = float(alone.abs().max()) + 1e-6
+        return bool((h[1, :m] - alone[0, :m]).abs().max() <= 1e-3 * scale)
 
     def weights_hash(self) -> str:
         """sha256 over the state dict (names, shapes, bytes), so a store records exactly which weights made it."""
@@ -137,7 +151,8 @@ class HFFrontend(Frontend):
         self.name, self.spec, self.model = spec.name, spec, model
         self.sample_rate, self.do_normalize, self.source = int(sample_rate), bool(do_normalize), source
         self.stride, self.receptive = _conv_geometry(model.config)
-        # Group-norm conv encoders normalise over time: zero padding changes every frame.
+        # Group-norm conv encoders normalise over time: zero padding changes every frame. Whether a
+        # layer-norm model is exact under padding is checked by probe().
         self.supports_padding = getattr(model.config, "feat_extract_norm", "layer") == "layer"
 
     def hidden_states(self, wave, lengths):
