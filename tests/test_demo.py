@@ -106,7 +106,13 @@ def test_constants_and_singers():
         assert s["vowels"] and all(len(f) == 5 for f in s["vowels"].values())
         lo, hi = s["vibrato_rate_hz"]
         assert 5.0 <= lo <= hi <= 6.5
-        assert s["tilt"] > 0 and s["breathiness"] > 0
+        lo, hi = s["vibrato_depth_cents"]
+        assert 0 < lo <= hi
+        assert s["tilt"] > 0 and s["breathiness"] >= 0
+        for formants in s["vowels"].values():
+            assert all(0 < f < SR / 2 and bw > 0 for f, bw, _ in formants)
+    tables = [json.dumps(s["vowels"], sort_keys=True) for s in demo.SINGERS.values()]
+    assert len(set(tables)) == len(tables), "every singer has its own formants"
 
 
 def test_default_corpus_is_fast(corpus):
@@ -256,7 +262,7 @@ def test_breathy_is_noisier(corpus):
             harmonicity_db(x, sr, on, off, m) for on, off, m in r["notes"])
     for singer in {s for s, _ in hnr}:
         straight, breathy = np.median(hnr[(singer, "straight")]), np.median(hnr[(singer, "breathy")])
-        assert straight > 18.0 and breathy < straight - 8.0, (singer, straight, breathy)
+        assert straight > 15.0 and breathy < straight - 8.0, (singer, straight, breathy)
 
 
 def test_singers_separable(corpus):

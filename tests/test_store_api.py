@@ -1,0 +1,114 @@
+"""Several backbones side by side, settings checks, the reading API and the torch datasets."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from featurestore import open_store
+from featurestore.build import ExtractSettings, SettingsMismatch, build, main
+from featurestore.clips import ClipSettings
+from featurestore.datasets import ClipDataset, FrameWindowDataset
+from featurestore.store import BackboneNotInStore
+from tests.conftest import noise_clips
+
+
+@pytest.fixture(scope="module")
+def two_backbones(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("two")
+    noise_clips(tmp / "audio", 16000, [3.2, 2.0, 1.3])
+    store = tmp / "s.zarr"
+    kw = dict(clip_settings=ClipSettings(segment_s=1.0, min_segment_s=0.5), num_workers=0, progress=False)
+    build(tmp / "audio", store, ["crepe-tiny"], extract=ExtractSettings(target_unit_frames=120), **kw)
+    build(tmp / "audio", store, ["logmel"], **kw)
+    return tmp, store, kw
+
+
+def test_backbones_side_by_side_share_the_clip_table(two_backbones):
+    _, path, _ = two_backbones
+    s = open_store(path)
+    assert s.backbones == ["crepe-tiny", "logmel"]
+    # 3.2 s -> 1+1+1 (+0.2 dropped), 2.0 -> 1+1, 1.3 -> 1 (+0.3 dropped)
+    assert list(s.clip_ids) == ["clip00#0000", "clip00#0001", "clip00#0002", "clip01#0000", "clip01#0001",
+                                "clip02#0000"]
+    assert list(s.clips["file_id"]) == ["clip00"] * 3 + ["clip01"] * 2 + ["clip02"]
+    np.testing.assert_allclose(s.clips["start_s"], [0, 1, 2, 0, 1, 0])
+    assert s.shape("crepe-tiny") == (6, 256) and s.shape("logmel") == (1, 128)
+    # 1 s at 16 kHz: CREPE centred frames 1 + 16000 // 320 = 51; log-mel (16000 - 1024) // 320 + 1 = 47
+    assert set(s.n_frames("crepe-tiny")) == {51} and set(s.n_frames("logmel")) == {47}
+    info = s.info("crepe-tiny")
+    assert len(info["identity"]["weights_hash"]) == 64 and info["versions"]["torch"]
+    assert s.clip_settings["segment_s"] == 1.0
+
+
+def test_frames_layers_pooled_and_times(two_backbones):
+    _, path, _ = two_backbones
+    s = open_store(path)
+    x = s.frames("clip01#0001", "crepe-tiny")
+    assert x.shape == (51, 6, 256) and x.dtype == np.float16
+    np.testing.assert_array_equal(s.frames("clip01#0001", "crepe-tiny", layers=[1, 4]), x[:, [1, 4]])
+    np.testing.assert_array_equal(s.frames(4, "crepe-tiny", layers=2), x[:, [2]])
+    # pooled = mean / std over the stored frames (frames are float16-rounded, pooled computed before rounding)
+    for i in range(len(s)):
+        f = s.frames(i, "crepe-tiny").astype(np.float64)
+        scale = np.abs(f).max()
+        np.testing.assert_allclose(s.pooled("crepe-tiny")[i], f.mean(0), rtol=2e-3, atol=1e-3 * scale)
+        np.testing.assert_allclose(s.pooled("crepe-tiny", stat="std")[i], f.std(0), rtol=5e-3, atol=1e-3 * scale)
+    assert s.pooled("crepe-tiny", layers=[0, 5]).shape == (6, 2, 256)
+    t = s.frame_times("clip01#0001", "logmel")
+    np.testing.assert_allclose(t, 1.0 + (np.arange(47) * 320 + 512) / 16000)
+    assert s.frame_rate("logmel") == 50.0
+
+
+def test_datasets(two_backbones):
+    _, path, _ = two_backbones
+    s = open_store(path)
+    ds = FrameWindowDataset(s, "crepe-tiny", window=20, hop=20)
+    covered = {}
+    for item in ds:
+        r, st, n = item["row"], item["start"], item["length"]
+        np.testing.assert_array_equal(item["x"][:n].numpy(), s.frames(r, "crepe-tiny", start=st, stop=st + n))
+        assert torch.all(item["x"][n:] == 0)
+        covered.setdefault(r, set()).update(range(st, st + n))
+    assert all(covered[r] == set(range(51)) for r in range(len(s)))
+    loader = torch.utils.data.DataLoader(ds, batch_size=4)
+    assert next(iter(loader))["x"].shape == (4, 20, 6, 256)
+    clips = ClipDataset(s, "crepe-tiny", layers=[0, 1])
+    np.testing.assert_allclose(clips[3]["x"].numpy(), s.pooled("crepe-tiny", layers=[0, 1])[3].astype(np.float32))
+    framed = ClipDataset(s, "logmel", pooled=False, rows=[5])
+    assert framed[0]["x"].shape == (47, 1, 128) and framed[0]["row"] == 5
+
+
+def test_changed_settings_fail_clearly_unless_overwrite(two_backbones, capsys):
+    tmp, path, kw = two_backbones
+    with pytest.raises(SettingsMismatch, match="window_s"):
+        build(tmp / "audio", path, ["crepe-tiny"], extract=ExtractSettings(target_unit_frames=120, window_s=10),
+              **kw)
+    with pytest.raises(SettingsMismatch, match="clip_settings"):
+        build(tmp / "audio", path, ["logmel"], clip_settings=ClipSettings(segment_s=2.0), num_workers=0,
+              progress=False)
+    code = main(["--input", str(tmp / "audio"), "--store", str(path), "--segment-seconds", "2", "--no-progress",
+                 "--backbone", "logmel"])
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+    s = open_store(path)
+    assert s.backbones == ["crepe-tiny", "logmel"]  # nothing lost by the refused runs
+    # a backbone rebuilt with --overwrite; the other one is untouched
+    before = s.frames(0, "logmel")
+    build(tmp / "audio", path, ["crepe-tiny"], extract=ExtractSettings(target_unit_frames=120, window_s=0.5),
+          overwrite=True, **kw)
+    s = open_store(path)
+    assert s.info("crepe-tiny")["identity"]["window_s"] == 0.5
+    np.testing.assert_array_equal(s.frames(0, "logmel"), before)
+
+
+def test_reader_errors(tmp_path, two_backbones):
+    _, path, _ = two_backbones
+    with pytest.raises(FileNotFoundError):
+        open_store(tmp_path / "nothing")
+    s = open_store(path)
+    with pytest.raises(BackboneNotInStore, match="featurestore.build"):
+        s.frames(0, "mert-v1-95m")
+    with pytest.raises(KeyError, match="no clip"):
+        s.frames("nope", "logmel")
+    with pytest.raises(KeyError, match="label"):
+        s.labels("singer")
