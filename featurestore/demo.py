@@ -52,6 +52,8 @@ _NOISE_FLOOR_DBFS = -70.0        # RMS of the always-present noise floor, dBFS
 _GLIDE_S = 0.04                  # legato pitch / vowel / level transition length, s
 _SCOOP_S = 0.05                  # time constant of the onset pitch scoop, s
 _VIBRATO_ONSET_S = 0.15          # time for vibrato depth to build up after a note onset, s
+_DIRECT_CUTOFF_HZ = 400.0        # cut-off of the low-pass direct (non-formant) path, Hz
+_DIRECT_GAIN = 0.3               # gain of that path relative to a formant peak
 _HNR_WINDOW_S = 0.05             # window over which the harmonics-to-noise ratio is held, s
 
 # Technique -> (vibrato depth factor, harmonics-to-breath-noise ratio in dB before the singer's
@@ -380,7 +382,10 @@ def synth_melody(notes, *, singer: str, technique: str, duration_s: float,
         harm_src[voiced] = env[voiced] * harm
 
     # --- vowel formant filtering, cross-faded per note ---------------------------------------
-    voiced_out = 0.05 * harm_src                           # weak unfiltered harmonic path
+    # low-pass direct path: stands in for the vocal tract's gain below F1 (a cascade formant
+    # filter passes DC), so that the fundamental stays strong even when F1 is far from it
+    a_lp = np.exp(-2.0 * np.pi * _DIRECT_CUTOFF_HZ / sr)
+    voiced_out = _DIRECT_GAIN * lfilter([1.0 - a_lp], [1.0, -a_lp], harm_src)
     breath_out = np.zeros(n)
     for v in sorted(set(int(v) for v in vowel_idx)):
         weights = _piecewise([1.0 if int(vi) == v else 0.0 for vi in vowel_idx],
