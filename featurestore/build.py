@@ -78,7 +78,7 @@ def _norm(d: dict) -> dict:
 
 
 def _ensure_clip_table(root, input_path, settings: ClipSettings, *, overwrite: bool, num_workers: int,
-                       progress: bool, vocals_cache: Path) -> list[dict]:
+                       progress: bool, vocals_cache: Path, device: str = "cpu") -> list[dict]:
     """Plan the clip table once per store. Returns the skip report (of this or the earlier planning)."""
     rows, row_skips = read_inputs(input_path)
     fp = fingerprint(rows)
@@ -100,7 +100,7 @@ def _ensure_clip_table(root, input_path, settings: ClipSettings, *, overwrite: b
     if done:
         return list(root.attrs.get("skipped", []))
     clips, file_skips = plan_clips(rows, settings, vocals_cache=vocals_cache, num_workers=num_workers,
-                                   progress=progress)
+                                   progress=progress, device=device)
     skips = [s.as_dict() for s in row_skips] + file_skips
     root.attrs.update({"format": layout.FORMAT, "versions": _versions(), **want, "skipped": skips})
     write_clip_table(root, clips)
@@ -207,7 +207,7 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
     if shard[1] > 1 and not (layout.CLIPS in root and root[layout.CLIPS].attrs.get("complete", False)):
         raise RuntimeError("--shard needs a planned clip table: run the build once with --plan-only first")
     skips = _ensure_clip_table(root, input_path, clip_settings, overwrite=overwrite, num_workers=num_workers,
-                               progress=progress, vocals_cache=vocals_cache)
+                               progress=progress, vocals_cache=vocals_cache, device=device)
     report = BuildReport(str(store_path), clips=int(root[layout.CLIPS].attrs["n_clips"]), skipped=list(skips))
     if report.clips == 0:
         raise RuntimeError(f"no clip could be planned from {input_path}: " +

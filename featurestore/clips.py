@@ -46,19 +46,16 @@ class ClipSettings:
         return asdict(self)
 
 
-def _plan_file(args) -> tuple[list[dict], list[dict]]:
-    """Segments of one row -> (clip records, skip dicts). Runs in a worker process."""
-    row, settings, vocals_cache = args
+def _plan_file(row: Row, settings: ClipSettings, separator=None) -> tuple[list[dict], list[dict]]:
+    """Segments of one row -> (clip records, skip dicts). Runs in a worker process when there is no
+    separator (a :class:`featurestore.separation.VocalSeparator`, used in the main process)."""
     where = row.where or str(row.path)
     try:
         audio_path = row.path
         if not row.path.exists():
             raise au.AudioError("missing", f"{row.path} does not exist")
-        if settings.separate:
-            from featurestore.separation import VocalSeparator
-
-            sep = VocalSeparator(vocals_cache, name=settings.separate, repo=settings.demucs_repo)
-            audio_path = sep.vocals_path(row.path)
+        if separator is not None:
+            audio_path = separator.vocals_path(row.path)
         x, sr = au.read_audio(audio_path)
     except au.AudioError as e:
         return [], [Skip(where, e.reason, f"{where}: {e}", str(row.path)).as_dict()]
@@ -93,24 +90,31 @@ def _plan_file(args) -> tuple[list[dict], list[dict]]:
 
 
 def plan_clips(rows: list[Row], settings: ClipSettings, *, vocals_cache: Path, num_workers: int = 2,
-               progress: bool = True) -> tuple[list[dict], list[dict]]:
+               progress: bool = True, device: str = "cpu") -> tuple[list[dict], list[dict]]:
     """Decode and segment every row. Returns (clips in input order, skip dicts).
 
     Each clip: id, file_id, source (the input file), audio (the file decoded: source or cached
     vocals), start_s, end_s (seconds in ``audio``), split, labels (dict of strings).
     Separation, when asked for, runs in the main process (one model, maybe on the GPU).
     """
-    jobs = [(r, settings, vocals_cache) for r in rows]
-    bar = tqdm(total=len(jobs), desc="plan clips", unit="file", disable=not progress)
+    bar = tqdm(total=len(rows), desc="plan clips", unit="file", disable=not progress)
     results = []
-    if num_workers > 0 and len(jobs) > 1 and not settings.separate:
+    if settings.separate:
+        from featurestore.separation import VocalSeparator
+
+        separator = VocalSeparator(vocals_cache, name=settings.separate, repo=settings.demucs_repo, device=device)
+        for row in rows:
+            results.append(_plan_file(row, settings, separator))
+            bar.update()
+    elif num_workers > 0 and len(rows) > 1:
         with ProcessPoolExecutor(max_workers=num_workers) as ex:
-            for res in ex.map(_plan_file, jobs, chunksize=max(1, len(jobs) // (8 * num_workers))):
+            chunk = max(1, len(rows) // (8 * num_workers))
+            for res in ex.map(_plan_file, rows, [settings] * len(rows), chunksize=chunk):
                 results.append(res)
                 bar.update()
     else:
-        for job in jobs:
-            results.append(_plan_file(job))
+        for row in rows:
+            results.append(_plan_file(row, settings))
             bar.update()
     bar.close()
     clips = [c for cs, _ in results for c in cs]

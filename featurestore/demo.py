@@ -281,15 +281,17 @@ def synth_melody(notes, *, singer: str, technique: str, duration_s: float,
         float32 waveform of shape ``[round(duration_s * sr)]`` in ``[-1, 1]``, peak ~0.8.
 
     Model: a harmonic source (all harmonics below ~0.45 * sr, harmonic k with amplitude
-    ``k ** -tilt``, phase-continuous f0 following the notes with an onset scoop of ~-30 cents,
-    slow drift of a few cents and, depending on the technique, vibrato at the singer's rate
-    (5-6.5 Hz) that builds up over ~0.15 s after each onset) and white breath noise, both gated by
-    attack/release envelopes (20-40 ms raised cosine, inside ``[onset_s, offset_s]`` of each legato
-    phrase) and filtered by a parallel bank of five 2nd-order formant resonators for a vowel drawn
-    per note from the singer's vowel set; the noise is mixed at a local (50 ms) harmonics-to-noise
-    energy ratio of about 32 dB (straight), 28 dB (vibrato) or 11 dB (breathy) minus the singer's ``breathiness``.
-    Between notes there is only a noise floor at about -70 dBFS RMS (so files are never digital
-    silence).
+    ``k ** -tilt``, tilt steeper by 0.4 for ``breathy``; phase-continuous f0 following the notes
+    with an onset scoop of ~-30 cents, slow drift of a few cents and, depending on the technique,
+    vibrato at the singer's rate (5-6.5 Hz) that builds up over ~0.15 s after each onset) and white
+    breath noise, both gated by attack/release envelopes (20-40 ms raised cosine, inside
+    ``[onset_s, offset_s]`` of each legato phrase) and filtered by a parallel bank of five 2nd-order
+    formant resonators for a vowel drawn per note from the singer's vowel set (cross-faded over
+    ~40 ms at legato boundaries), plus a low-passed (400 Hz) direct path for the harmonics that
+    keeps the fundamental strong. The noise is mixed at a local (50 ms) harmonics-to-noise energy
+    ratio of about 32 dB (straight), 28 dB (vibrato) or 11 dB (breathy) minus the singer's
+    ``breathiness``. Between notes there is only a noise floor at about -70 dBFS RMS (so files are
+    never digital silence).
     """
     if singer not in SINGERS:
         raise ValueError(f"unknown singer {singer!r}; known: {sorted(SINGERS)}")
@@ -325,7 +327,7 @@ def synth_melody(notes, *, singer: str, technique: str, duration_s: float,
     midi = _piecewise([m for _, _, m in notes], ranges, phrases, n, sr)
     cents = 4.0 * _smooth_noise(rng, n, sr, 1.5)          # slow drift, a few cents
     vib_env = np.zeros(n)
-    for k, (a, b) in enumerate(ranges):
+    for a, b in ranges:
         ramp = np.minimum(1.0, (t[a:b] - t[a]) / _VIBRATO_ONSET_S)
         vib_env[a:b] = ramp * ramp * (3.0 - 2.0 * ramp)    # smoothstep
     for ph in phrases:                                     # onset scoop on phrase starts only

@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,3 +207,38 @@ def test_bad_input_raises_audio_error(tiny_repo, tmp_path):
         sep.vocals_path(z)
     assert ei.value.reason == "silent"
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_build_with_vocal_separation_trim_and_quiet_drop(tiny_repo, tmp_path, monkeypatch):
+    """The build path: separated vocals are what the store holds, cached so a re-plan separates nothing."""
+    from featurestore import open_store
+    from featurestore.build import main
+
+    repo, model = tiny_repo
+    (tmp_path / "in").mkdir()
+    stereo = write_mix(tmp_path / "in" / "song.wav", MODEL_SR, 3.0, 2)
+    store = tmp_path / "s.zarr"
+    args = ["--input", str(tmp_path / "in"), "--store", str(store), "--separate-vocals", NAME, "--demucs-repo",
+            str(repo), "--segment-seconds", "1", "--trim-db", "-80", "--drop-quiet-db", "-90", "--no-progress",
+            "--num-workers", "0", "--backbone", "logmel"]
+    assert main(args) == 0
+    s = open_store(store)
+    vocals = Path(s.clips["audio"][0])
+    assert vocals.parent == tmp_path / "s.zarr.vocals" and vocals.suffix == ".flac"
+    assert list(s.clips["source"]) == [str(tmp_path / "in" / "song.wav")] * len(s)
+    v, sr = sf.read(vocals, dtype="float32")
+    assert sr == MODEL_SR
+    np.testing.assert_allclose(v, reference_vocals(model, stereo)[:len(v)], atol=2 * PCM24_STEP + 1e-6)
+    # the stored log-mel frames of clip 1 are those of the vocals, not of the mix
+    from featurestore.frontends import load_frontend
+    fe = load_frontend("logmel")
+    a, b = round(s.clips["start_s"][1] * sr), round(s.clips["end_s"][1] * sr)
+    with torch.no_grad():
+        ref = fe.hidden_states(torch.from_numpy(v[a:b])[None], torch.tensor([b - a]))[0].numpy()
+    np.testing.assert_allclose(s.frames(1, "logmel").astype(np.float32), ref, rtol=2e-3, atol=2e-2)
+    # a rebuilt clip table (--overwrite) reads the cache instead of separating again
+    calls = []
+    monkeypatch.setattr(separation, "apply_model", lambda *a, **k: calls.append(1))
+    args[args.index("--segment-seconds") + 1] = "1.5"
+    assert main(args + ["--overwrite"]) == 0
+    assert calls == [] and len(open_store(store)) == 2
