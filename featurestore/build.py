@@ -144,13 +144,20 @@ def _plan_backbone(root, fe: Frontend, ext: ExtractSettings, identity: dict, *, 
 
 
 def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=False, device="cpu", num_workers=2,
-                     shard: tuple[int, int] = (0, 1), progress=True) -> dict:
-    """Plan (if needed) and extract every unit of one backbone that is not done yet. Returns a summary."""
+                     shard: tuple[int, int] = (0, 1), progress=True, plan_only=False) -> dict:
+    """Plan (if needed) and extract every unit of one backbone that is not done yet (those with
+    ``unit % shard[1] == shard[0]``). Returns a summary."""
     device = torch.device(device)
     identity = {**ext.identity(), "weights_hash": fe.weights_hash(), "sample_rate": fe.sample_rate,
                 "stride": fe.stride, "receptive": fe.receptive, "pad": fe.pad,
                 "do_normalize": getattr(fe, "do_normalize", None)}
+    path = layout.backbone_path(fe.name)
+    if shard[1] > 1 and not (path in root and root[path].attrs.get("planned", False)):
+        raise RuntimeError(f"--shard needs {fe.name!r} planned first: run the build once with --plan-only "
+                           f"--backbone {fe.name}")
     g = _plan_backbone(root, fe, ext, identity, overwrite=overwrite)
+    if plan_only:
+        return {"planned": True}
     per_unit, align = int(g.attrs["clips_per_unit"]), int(g.attrs["align"])
     offsets = g["offsets"][:]
     done = g["unit_done"][:]
@@ -195,8 +202,11 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
 def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_settings: ClipSettings | None = None,
           extract: ExtractSettings | None = None, model_path=None, name=None, local_files_only=False,
           device=None, num_workers=2, overwrite=False, shard=(0, 1), vocals_cache=None,
-          progress=True) -> BuildReport:
-    """Library entry point of the CLI: plan the clips (once) and extract each backbone."""
+          progress=True, plan_only=False) -> BuildReport:
+    """Library entry point of the CLI: plan the clips (once) and extract each backbone.
+
+    ``plan_only``: plan the clip table and the backbones' layouts, extract nothing (the step before
+    several ``shard`` processes write one store)."""
     t0 = time.perf_counter()
     clip_settings = clip_settings or ClipSettings()
     extract = extract or ExtractSettings()
@@ -217,23 +227,13 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
         if name:
             fe.name = name
         summary = extract_backbone(root, fe, extract, overwrite=overwrite, device=device,
-                                   num_workers=num_workers, shard=shard, progress=progress)
+                                   num_workers=num_workers, shard=shard, progress=progress, plan_only=plan_only)
         g = root[layout.backbone_path(fe.name)]
         report.skipped += list(g.attrs.get("skipped", []))
-        report.backbones[fe.name] = summary
+        if not plan_only:
+            report.backbones[fe.name] = summary
     report.seconds = time.perf_counter() - t0
     return report
-
-
-def plan_only(input_path, store_path, clip_settings=None, *, overwrite=False, num_workers=2, vocals_cache=None,
-              progress=True) -> BuildReport:
-    """Only plan the clip table (the first step before running sharded extractors)."""
-    store_path = Path(store_path)
-    root = open_root(store_path)
-    vc = Path(vocals_cache) if vocals_cache else store_path.with_name(store_path.name + ".vocals")
-    skips = _ensure_clip_table(root, input_path, clip_settings or ClipSettings(), overwrite=overwrite,
-                               num_workers=num_workers, progress=progress, vocals_cache=vc)
-    return BuildReport(str(store_path), clips=int(root[layout.CLIPS].attrs["n_clips"]), skipped=list(skips))
 
 
 def dir_size(path: Path) -> int:
@@ -323,9 +323,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="frames per unit of work (the grain of resume and of parallel writers)")
     ex.add_argument("--shard", default="0/1", metavar="I/N",
                     help="process only units u with u %% N == I (several processes, one store, no locks); "
-                         "needs --plan-only first")
+                         "run once with --plan-only first")
     run = p.add_argument_group("control")
-    run.add_argument("--plan-only", action="store_true", help="only plan the clip table, extract nothing")
+    run.add_argument("--plan-only", action="store_true",
+                     help="only plan the clip table and the --backbone layouts, extract nothing")
     run.add_argument("--overwrite", action="store_true",
                      help="rebuild what was stored with other settings (clip table or backbone) instead of failing")
     run.add_argument("--strict", action="store_true", help="exit non-zero if any input was skipped")
@@ -362,15 +363,11 @@ def main(argv=None) -> int:
                           chunk_frames=args.chunk_frames, shard_frames=args.shard_frames,
                           target_unit_frames=args.unit_frames)
     try:
-        if args.plan_only:
-            report = plan_only(input_path, store, clip_settings, overwrite=args.overwrite,
-                               num_workers=args.num_workers, vocals_cache=args.vocals_cache, progress=progress)
-        else:
-            report = build(input_path, store, args.backbone or [DEFAULT_BACKBONE], clip_settings=clip_settings,
-                           extract=ext, model_path=args.model_path, name=args.name,
-                           local_files_only=args.local_files_only, device=args.device,
-                           num_workers=args.num_workers, overwrite=args.overwrite, shard=args.shard,
-                           vocals_cache=args.vocals_cache, progress=progress)
+        report = build(input_path, store, args.backbone or [DEFAULT_BACKBONE], clip_settings=clip_settings,
+                       extract=ext, model_path=args.model_path, name=args.name,
+                       local_files_only=args.local_files_only, device=args.device,
+                       num_workers=args.num_workers, overwrite=args.overwrite, shard=args.shard,
+                       vocals_cache=args.vocals_cache, progress=progress, plan_only=args.plan_only)
     except (SettingsMismatch, FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
