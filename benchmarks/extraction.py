@@ -1,0 +1,443 @@
+"""``python -m benchmarks.extraction``: how close is ``featurestore.build`` to the model's own speed,
+how much faster is it than the naive one-file-at-a-time loop, and how fast can the store be read?
+
+On one demo corpus, in one run, it measures:
+
+1. **forward** (the limit): bare ``fe.hidden_states`` calls over exactly the clips the store holds,
+   audio decoded and batches assembled beforehand, so only the model is timed;
+2. **build**: ``featurestore.build.build`` into a fresh store (planning, model load, decoding,
+   extraction, writing: everything a user waits for);
+3. **naive**: what users do without the store: per file, load the audio, run the model per 5 s
+   segment (batch of one) and ``np.save`` each layer of each segment to its own float16 ``.npy``;
+4. **read**: random batches of windows and a full sequential scan of the frames array, from the
+   Zarr store and from a raw ``np.memmap`` of the same float16 array (warm page cache: the
+   files were just written and are read once before timing; caches cannot be dropped here).
+
+Times are wall clock (``time.perf_counter``); with ``--repeats N`` each measurement is run N times
+and the best is reported (all runs are in the JSON).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from featurestore import open_store
+from featurestore.audio import load_audio, segment_bounds
+from featurestore.build import ExtractSettings, build, dir_size
+from featurestore.clips import ClipSettings, clip_samples
+from featurestore.demo import make_demo_corpus
+from featurestore.extract import plan_windows, window_frames
+from featurestore.frontends import Frontend, load_frontend
+from featurestore.manifest import read_inputs
+from featurestore.registry import DEFAULT_BACKBONE
+
+MB = 1e6  # throughputs are in MB/s with MB = 10**6 bytes
+
+
+# ----------------------------------------------------------------------------------------------
+# arguments, machine facts
+# ----------------------------------------------------------------------------------------------
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line options (see ``--help``)."""
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.extraction",
+        description="Benchmark featurestore extraction against bare forward passes and a naive per-file "
+                    "loop, and Zarr reads against a raw memmap, on the built-in demo corpus.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="frontend to benchmark (registry name)")
+    p.add_argument("--corpus-seconds", "--clip-seconds", dest="corpus_seconds", type=float, default=5.0,
+                   help="length of each demo file in seconds (make_demo_corpus duration_s)")
+    p.add_argument("--n-singers", type=int, default=4, help="demo singers (1..5)")
+    p.add_argument("--clips-per-singer", type=int, default=8, help="demo files per singer (>= 3)")
+    p.add_argument("--workdir", default=None,
+                   help="folder for the corpus, stores and outputs (default: a temporary folder, removed "
+                        "at the end)")
+    p.add_argument("--repeats", type=int, default=1, help="runs of each timed measurement (best is reported)")
+    p.add_argument("--num-workers", type=int, default=2, help="num_workers passed to build()")
+    p.add_argument("--read-batches", type=int, default=200, help="random read batches")
+    p.add_argument("--window", type=int, default=250, help="frames per read window")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per read batch")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random read positions")
+    p.add_argument("--json", metavar="OUT", default=None, help="write the results as JSON to this file")
+    args = p.parse_args(argv)
+    if args.repeats < 1 or args.read_batches < 1 or args.window < 1 or args.batch_size < 1:
+        p.error("--repeats, --read-batches, --window and --batch-size must be >= 1")
+    return args
+
+
+def machine_facts() -> dict:
+    """CPU count/affinity, torch threads, CPU model and library versions of this run."""
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import zarr
+
+    try:
+        nproc = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        nproc = os.cpu_count()
+    return {"nproc": nproc, "cpu_count": os.cpu_count(), "cpu_model": model,
+            "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+            "python": platform.python_version(), "torch": torch.__version__, "zarr": zarr.__version__,
+            "numpy": np.__version__, "platform": platform.platform()}
+
+
+def best_of(repeats: int, fn) -> tuple[float, list[float], object]:
+    """Run ``fn() -> (seconds, extra)`` ``repeats`` times -> (best seconds, all seconds, extra of the best)."""
+    runs, best, extra = [], float("inf"), None
+    for _ in range(repeats):
+        s, e = fn()
+        runs.append(s)
+        if s < best:
+            best, extra = s, e
+    return best, runs, extra
+
+
+def fresh_dir(path: Path) -> Path:
+    """Remove ``path`` (a folder this benchmark made earlier) and return it, so each run starts empty."""
+    if path.exists():
+        shutil.rmtree(path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. bare forward passes
+# ----------------------------------------------------------------------------------------------
+
+def decode_clips(clips: dict, fe: Frontend) -> list[np.ndarray]:
+    """The store's clips as the build feeds them: each file decoded once at the frontend's rate
+    (``load_audio``), cut at ``clip_samples`` bounds, zero-padded by ``fe.pad`` on both sides."""
+    a, b = clip_samples(clips["start_s"], clips["end_s"], fe.sample_rate)
+    decoded: dict[str, np.ndarray] = {}
+    out = []
+    for path, lo, hi in zip(clips["audio"], a, b):
+        path = str(path)
+        if path not in decoded:
+            decoded[path] = load_audio(path, fe.sample_rate, check=False)
+        piece = decoded[path][lo:hi]
+        seg = np.zeros(int(hi - lo) + 2 * fe.pad, dtype=np.float32)
+        seg[fe.pad:fe.pad + len(piece)] = piece
+        out.append(seg)
+    return out
+
+
+def forward_batches(waves: list[np.ndarray], n_frames: np.ndarray, fe: Frontend,
+                    ext: ExtractSettings) -> list[tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]]]]:
+    """Cut padded clips into the build's windows (``plan_windows``, ``ext.window_s``) and group windows
+    of equal length into batches of at most ``ext.batch_s`` seconds of audio.
+
+    Returns [(wave [B, S], lengths [B], [(clip, first frame, frames)] per row)].
+    """
+    k = window_frames(fe, ext.window_s)
+    by_len: dict[int, list[tuple[int, int, int, np.ndarray]]] = {}
+    for c, (w, nf) in enumerate(zip(waves, n_frames)):
+        for f, m, s0, ns in plan_windows(int(nf), k, fe.stride, fe.receptive):
+            by_len.setdefault(ns, []).append((c, f, m, w[s0:s0 + ns]))
+    budget = int(ext.batch_s * fe.sample_rate)
+    batches = []
+    for ns in sorted(by_len, reverse=True):
+        items = by_len[ns]
+        rows = max(1, budget // ns)
+        for i in range(0, len(items), rows):
+            chunk = items[i:i + rows]
+            x = torch.from_numpy(np.stack([it[3] for it in chunk]))
+            lengths = torch.full((len(chunk),), ns, dtype=torch.long)
+            batches.append((x, lengths, [(c, f, m) for c, f, m, _ in chunk]))
+    return batches
+
+
+def time_forward(fe: Frontend, batches) -> tuple[float, None]:
+    """Seconds spent in ``fe.hidden_states`` over all batches (inference mode, outputs discarded)."""
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        for x, lengths, _ in batches:
+            fe.hidden_states(x, lengths)
+        return time.perf_counter() - t0, None
+
+
+def check_against_store(fe: Frontend, batch, frames, offsets: np.ndarray) -> float:
+    """Largest |forward - stored| over one batch, relative to the largest |stored| (float16 rounding
+    and batch-size dependent kernels give ~1e-3)."""
+    x, lengths, rows = batch
+    with torch.inference_mode():
+        h = fe.hidden_states(x, lengths).float().numpy()
+    worst, scale = 0.0, 1e-12
+    for i, (c, f, m) in enumerate(rows):
+        a = int(offsets[c, 0]) + f
+        ref = np.asarray(frames[a:a + m], dtype=np.float32)
+        worst = max(worst, float(np.abs(h[i, :m] - ref).max()))
+        scale = max(scale, float(np.abs(ref).max()))
+    return worst / scale
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. the build
+# ----------------------------------------------------------------------------------------------
+
+def time_build(manifest: Path, store: Path, backbone: str, num_workers: int) -> tuple[float, dict]:
+    """Wall time of ``build()`` into a fresh store -> (seconds, the backbone's summary + total)."""
+    fresh_dir(store)
+    shutil.rmtree(store.with_name(store.name + ".vocals"), ignore_errors=True)
+    t0 = time.perf_counter()
+    report = build(manifest, store, [backbone], num_workers=num_workers, progress=False)
+    seconds = time.perf_counter() - t0
+    summary = dict(next(iter(report.backbones.values())))
+    summary["report_seconds"] = report.seconds
+    return seconds, summary
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. the naive loop
+# ----------------------------------------------------------------------------------------------
+
+def time_naive(manifest: Path, fe: Frontend, out: Path, settings: ClipSettings) -> tuple[float, dict]:
+    """The loop users write today: per file, decode, run the model on each segment alone (batch 1),
+    ``np.save`` every layer of every segment as float16. The model is already loaded (as it is for
+    the forward measurement). Returns (seconds, {files, segments, npy_files, bytes, audio_seconds})."""
+    fresh_dir(out).mkdir(parents=True)
+    rows, _ = read_inputs(manifest)
+    n_seg = n_npy = 0
+    samples = 0
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for row in rows:
+            x = load_audio(row.path, fe.sample_rate)
+            name = row.id.replace("/", "_")
+            bounds = segment_bounds(0, len(x), fe.sample_rate, settings.segment_s, settings.min_segment_s)
+            for k, (a, b) in enumerate(bounds):
+                seg = np.pad(x[a:b], fe.pad)
+                h = fe.hidden_states(torch.from_numpy(seg)[None], torch.tensor([len(seg)]))[0]
+                h = h[:fe.n_frames(b - a)].numpy()
+                for layer in range(h.shape[1]):
+                    np.save(out / f"{name}_{k:04d}_layer{layer:02d}.npy", h[:, layer].astype(np.float16))
+                    n_npy += 1
+                n_seg += 1
+                samples += b - a
+    seconds = time.perf_counter() - t0
+    return seconds, {"files": len(rows), "segments": n_seg, "npy_files": n_npy, "bytes": dir_size(out),
+                     "audio_seconds": samples / fe.sample_rate}
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. reads
+# ----------------------------------------------------------------------------------------------
+
+def write_memmap(frames, path: Path, block: int) -> np.memmap:
+    """Copy the Zarr frames array into a ``.npy`` file and open it as a read-only memmap (same dtype,
+    same [F, L, D] shape)."""
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=frames.dtype, shape=frames.shape)
+    for a in range(0, frames.shape[0], block):
+        mm[a:a + block] = frames[a:a + block]
+    mm.flush()
+    del mm
+    return np.load(path, mmap_mode="r")
+
+
+def read_windows(offsets: np.ndarray, window: int, n: int, seed: int) -> list[tuple[int, int]]:
+    """``n`` random (start frame, frames) windows lying inside clips: clips at least ``window`` frames
+    long get a full window at a uniform position; if no clip is that long, whole clips are read."""
+    rng = np.random.default_rng(seed)
+    lens = offsets[:, 1] - offsets[:, 0]
+    long_enough = np.flatnonzero(lens >= window)
+    pool = long_enough if len(long_enough) else np.flatnonzero(lens > 0)
+    clips = rng.choice(pool, size=n)
+    out = []
+    for c in clips:
+        a, b = int(offsets[c, 0]), int(offsets[c, 1])
+        m = min(window, b - a)
+        out.append((int(rng.integers(a, b - m + 1)), m))
+    return out
+
+
+def time_random_reads(arr, windows: list[tuple[int, int]], batch_size: int) -> tuple[float, dict]:
+    """Read the windows, ``batch_size`` at a time, into a [B, window, L, D] batch buffer (``arr[a:a+m]``
+    per window, as a data loader would) -> (seconds, {bytes, batches})."""
+    width = max(m for _, m in windows)
+    buf = np.empty((batch_size, width) + tuple(arr.shape[1:]), dtype=arr.dtype)
+    nbytes = 0
+    t0 = time.perf_counter()
+    for i in range(0, len(windows), batch_size):
+        for j, (a, m) in enumerate(windows[i:i + batch_size]):
+            buf[j, :m] = arr[a:a + m]
+            nbytes += m * buf[0, 0].nbytes
+    seconds = time.perf_counter() - t0
+    return seconds, {"bytes": nbytes, "batches": -(-len(windows) // batch_size)}
+
+
+def time_scan(arr, block: int) -> tuple[float, dict]:
+    """Read the whole [F, L, D] array front to back in blocks of ``block`` frames -> (seconds, {bytes})."""
+    nbytes = 0
+    t0 = time.perf_counter()
+    for a in range(0, arr.shape[0], block):
+        x = np.asarray(arr[a:a + block])
+        nbytes += x.nbytes
+        float(x[-1, 0, 0])  # touch the data (a memmap slice is lazy)
+    # np.asarray of a memmap slice does not copy: force the pages in like Zarr's copy does
+    seconds = time.perf_counter() - t0
+    return seconds, {"bytes": nbytes}
+
+
+def time_scan_copy(arr, block: int) -> tuple[float, dict]:
+    """Full sequential scan that copies every block into memory (``np.array(arr[a:b])``), so a memmap
+    pays for every page like Zarr does -> (seconds, {bytes})."""
+    nbytes = 0
+    t0 = time.perf_counter()
+    for a in range(0, arr.shape[0], block):
+        x = np.array(arr[a:a + block])
+        nbytes += x.nbytes
+    seconds = time.perf_counter() - t0
+    return seconds, {"bytes": nbytes}
+
+
+def read_benchmark(frames, mm: np.ndarray, offsets: np.ndarray, args) -> dict:
+    """Random batched window reads and a full scan, Zarr vs memmap, warm cache -> results dict."""
+    windows = read_windows(offsets, args.window, args.read_batches * args.batch_size, args.seed)
+    block = frames.chunks[0] * 8
+    # warm both files into the page cache (and Zarr's metadata) before timing
+    time_scan_copy(frames, block)
+    time_scan_copy(mm, block)
+    out = {"cache": "warm", "window_frames_mean": float(np.mean([m for _, m in windows])),
+           "windows": len(windows), "scan_block_frames": block}
+    for kind, fn, arg in (("random", time_random_reads, args.batch_size), ("scan", time_scan_copy, block)):
+        res = {}
+        for name, arr in (("zarr", frames), ("memmap", mm)):
+            s, runs, extra = best_of(args.repeats, lambda: fn(arr, windows, arg) if kind == "random" else fn(arr, arg))
+            res[name] = {"seconds": s, "runs": runs, **extra, "mb_per_s": extra["bytes"] / MB / s}
+        res["ratio_zarr_over_memmap"] = res["zarr"]["mb_per_s"] / res["memmap"]["mb_per_s"]
+        out[kind] = res
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+# ----------------------------------------------------------------------------------------------
+
+def format_table(r: dict) -> str:
+    """The readable summary printed at the end of a run."""
+    m, c = r["machine"], r["corpus"]
+    lines = [f"machine: {m['nproc']} CPUs ({m['cpu_model']}), torch {m['torch']} with {m['torch_threads']} "
+             f"threads, cuda={m['cuda']}",
+             f"corpus:  {c['files']} files, {c['clips']} clips, {c['audio_seconds']:.1f} audio-s -> "
+             f"{c['frames']} frames x {c['layers']} layers x {c['dim']} dims ({r['config']['backbone']}, "
+             f"{c['store_mb']:.1f} MB store)",
+             f"best of {r['config']['repeats']} run(s)", "",
+             f"{'extraction':<34}{'seconds':>9}{'x forward':>11}{'audio-s/s':>11}",
+             "-" * 65]
+    for key, label in (("forward", "bare forward passes (the limit)"), ("build", "featurestore build()"),
+                       ("naive", "naive loop (1 file, .npy/layer)")):
+        e = r[key]
+        lines.append(f"{label:<34}{e['seconds']:>9.2f}{e['ratio_vs_forward']:>11.2f}{e['audio_s_per_s']:>11.1f}")
+    lines.append(f"  (frontend load, in build only: {r['frontend_load_seconds']:.2f} s; forward vs store max rel. "
+                 f"diff {r['forward']['check_max_rel_diff']:.1e})")
+    rd = r["read"]
+    lines += ["", f"reads, warm cache {'':<14}{'zarr MB/s':>11}{'memmap MB/s':>13}{'zarr/memmap':>13}", "-" * 69]
+    for key, label in (("random", f"random {r['config']['read_batches']}x{r['config']['batch_size']} windows "
+                                  f"of {rd['window_frames_mean']:.0f} fr"),
+                       ("scan", "full sequential scan")):
+        e = rd[key]
+        lines.append(f"{label:<32}{e['zarr']['mb_per_s']:>11.0f}{e['memmap']['mb_per_s']:>13.0f}"
+                     f"{e['ratio_zarr_over_memmap']:>13.2f}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+
+def run(args, workdir: Path) -> dict:
+    """All four measurements on one corpus -> the results dict (also what ``--json`` writes)."""
+    t_start = time.perf_counter()
+    manifest = make_demo_corpus(workdir / "corpus", n_singers=args.n_singers,
+                                clips_per_singer=args.clips_per_singer, duration_s=args.corpus_seconds)
+    ext, settings = ExtractSettings(), ClipSettings()
+
+    # 2. the build (first: its store gives the clip table for the other measurements)
+    build_s, build_runs, summary = best_of(
+        args.repeats, lambda: time_build(manifest, workdir / "bench.zarr", args.backbone, args.num_workers))
+    store = open_store(workdir / "bench.zarr")
+    bb = store.backbones[0]
+    offsets = store.offsets(bb)
+    frames = store.frames_array(bb)
+    n_frames = offsets[:, 1] - offsets[:, 0]
+    clips = store.clips
+    a, b = clip_samples(clips["start_s"], clips["end_s"], 1)  # only the durations are used below
+    audio_s = float(np.sum(np.asarray(clips["end_s"]) - np.asarray(clips["start_s"])))
+    del a, b
+
+    # 1. bare forward passes over the same clips
+    t0 = time.perf_counter()
+    fe = load_frontend(args.backbone)
+    load_s = time.perf_counter() - t0
+    batches = forward_batches(decode_clips(clips, fe), n_frames, fe, ext)
+    with torch.inference_mode():  # warm-up: one row of the first batch
+        fe.hidden_states(batches[0][0][:1], batches[0][1][:1])
+    fwd_s, fwd_runs, _ = best_of(args.repeats, lambda: time_forward(fe, batches))
+    check = check_against_store(fe, batches[-1], frames, offsets)
+    del batches
+
+    # 3. the naive loop
+    naive_s, naive_runs, naive = best_of(args.repeats, lambda: time_naive(manifest, fe, workdir / "naive", settings))
+
+    # 4. reads
+    mm = write_memmap(frames, workdir / "frames.npy", frames.chunks[0] * 8)
+    reads = read_benchmark(frames, mm, offsets, args)
+    del mm
+
+    def entry(seconds, runs, **extra):
+        return {"seconds": seconds, "runs": runs, "ratio_vs_forward": seconds / fwd_s,
+                "audio_s_per_s": audio_s / seconds, **extra}
+
+    return {
+        "machine": machine_facts(),
+        "config": {k: v for k, v in vars(args).items() if k not in ("json", "workdir")},
+        "corpus": {"files": len(read_inputs(manifest)[0]), "clips": len(store), "audio_seconds": audio_s,
+                   "frames": int(n_frames.sum()), "frames_allocated": int(frames.shape[0]),
+                   "layers": int(frames.shape[1]), "dim": int(frames.shape[2]), "dtype": str(frames.dtype),
+                   "store_mb": dir_size(workdir / "bench.zarr") / MB},
+        "frontend_load_seconds": load_s,
+        "forward": entry(fwd_s, fwd_runs, check_max_rel_diff=check),
+        "build": entry(build_s, build_runs, summary=summary),
+        "naive": entry(naive_s, naive_runs, **naive),
+        "read": reads,
+        "total_seconds": time.perf_counter() - t_start,
+    }
+
+
+def main(argv=None) -> int:
+    """Run the benchmark, print the table, write ``--json`` if asked."""
+    args = parse_args(argv)
+    tmp = None
+    if args.workdir is None:
+        tmp = Path(tempfile.mkdtemp(prefix="featurestore-bench-"))
+        workdir = tmp
+    else:
+        workdir = Path(args.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        results = run(args, workdir)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(format_table(results))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
