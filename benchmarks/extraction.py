@@ -68,6 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--read-batches", type=int, default=200, help="random read batches")
     p.add_argument("--window", type=int, default=250, help="frames per read window")
     p.add_argument("--batch-size", type=int, default=16, help="windows per read batch")
+    p.add_argument("--scan-seconds", type=float, default=1.0,
+                   help="repeat each full sequential scan until this long (one scan of a small store is too "
+                        "short to time)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random read positions")
     p.add_argument("--json", metavar="OUT", default=None, help="write the results as JSON to this file")
     args = p.parse_args(argv)
@@ -98,14 +101,48 @@ def machine_facts() -> dict:
             "numpy": np.__version__, "platform": platform.platform()}
 
 
-def best_of(repeats: int, fn) -> tuple[float, list[float], object]:
-    """Run ``fn() -> (seconds, extra)`` ``repeats`` times -> (best seconds, all seconds, extra of the best)."""
-    runs, best, extra = [], float("inf"), None
+def cpu_snapshot() -> dict:
+    """Wall clock, CPU seconds of this process and its finished children, and CPU seconds the whole
+    machine was busy (``/proc/stat``; None elsewhere): two snapshots give how much of the machine
+    *other* processes used meanwhile (this benchmark is often run on shared machines)."""
+    import resource
+
+    own = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    busy = None
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"wall": time.perf_counter(), "own": own, "busy": busy}
+
+
+def usage_between(a: dict, b: dict, nproc: int) -> dict:
+    """CPU use between two :func:`cpu_snapshot` s: ``cpu_seconds`` (this process and children) and
+    ``other_load`` (share of all CPUs used by other processes, 0..1; None if unknown or the span is
+    too short to tell)."""
+    wall, own = b["wall"] - a["wall"], b["own"] - a["own"]
+    other = None
+    if a["busy"] is not None and b["busy"] is not None and wall >= 0.25:  # /proc/stat counts 10 ms ticks
+        other = min(1.0, max(0.0, (b["busy"] - a["busy"] - own) / (wall * nproc)))
+    return {"cpu_seconds": own, "other_load": other}
+
+
+def best_of(repeats: int, fn) -> tuple[float, list[float], dict]:
+    """Run ``fn() -> (seconds, extra dict or None)`` ``repeats`` times.
+
+    Returns (best seconds, all seconds, extra of the best run + its CPU usage, see :func:`usage_between`)."""
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    runs, best, extra = [], float("inf"), {}
     for _ in range(repeats):
+        before = cpu_snapshot()
         s, e = fn()
+        usage = usage_between(before, cpu_snapshot(), nproc)
         runs.append(s)
         if s < best:
-            best, extra = s, e
+            best, extra = s, {**(e or {}), **usage}
     return best, runs, extra
 
 
@@ -219,7 +256,8 @@ def time_naive(manifest: Path, fe: Frontend, out: Path, settings: ClipSettings) 
         for row in rows:
             x = load_audio(row.path, fe.sample_rate)
             name = row.id.replace("/", "_")
-            bounds = segment_bounds(0, len(x), fe.sample_rate, settings.segment_s, settings.min_segment_s)
+            bounds = segment_bounds(0, len(x), fe.sample_rate, settings.segment_s,
+                                    min(settings.min_segment_s, settings.segment_s))
             for k, (a, b) in enumerate(bounds):
                 seg = np.pad(x[a:b], fe.pad)
                 h = fe.hidden_states(torch.from_numpy(seg)[None], torch.tensor([len(seg)]))[0]
@@ -280,29 +318,20 @@ def time_random_reads(arr, windows: list[tuple[int, int]], batch_size: int) -> t
     return seconds, {"bytes": nbytes, "batches": -(-len(windows) // batch_size)}
 
 
-def time_scan(arr, block: int) -> tuple[float, dict]:
-    """Read the whole [F, L, D] array front to back in blocks of ``block`` frames -> (seconds, {bytes})."""
-    nbytes = 0
+def time_scan_copy(arr, block: int, min_seconds: float = 0.0) -> tuple[float, dict]:
+    """Full sequential scans of the [F, L, D] array, front to back in blocks of ``block`` frames, each
+    block copied into memory (``np.array(arr[a:b])``, so a memmap pays for every page like Zarr does).
+    Scans again until ``min_seconds`` have passed (one scan of a small store is too short to time)
+    -> (seconds, {bytes, passes})."""
+    nbytes, passes = 0, 0
     t0 = time.perf_counter()
-    for a in range(0, arr.shape[0], block):
-        x = np.asarray(arr[a:a + block])
-        nbytes += x.nbytes
-        float(x[-1, 0, 0])  # touch the data (a memmap slice is lazy)
-    # np.asarray of a memmap slice does not copy: force the pages in like Zarr's copy does
+    while passes == 0 or time.perf_counter() - t0 < min_seconds:
+        for a in range(0, arr.shape[0], block):
+            x = np.array(arr[a:a + block])
+            nbytes += x.nbytes
+        passes += 1
     seconds = time.perf_counter() - t0
-    return seconds, {"bytes": nbytes}
-
-
-def time_scan_copy(arr, block: int) -> tuple[float, dict]:
-    """Full sequential scan that copies every block into memory (``np.array(arr[a:b])``), so a memmap
-    pays for every page like Zarr does -> (seconds, {bytes})."""
-    nbytes = 0
-    t0 = time.perf_counter()
-    for a in range(0, arr.shape[0], block):
-        x = np.array(arr[a:a + block])
-        nbytes += x.nbytes
-    seconds = time.perf_counter() - t0
-    return seconds, {"bytes": nbytes}
+    return seconds, {"bytes": nbytes, "passes": passes}
 
 
 def read_benchmark(frames, mm: np.ndarray, offsets: np.ndarray, args) -> dict:
@@ -314,10 +343,13 @@ def read_benchmark(frames, mm: np.ndarray, offsets: np.ndarray, args) -> dict:
     time_scan_copy(mm, block)
     out = {"cache": "warm", "window_frames_mean": float(np.mean([m for _, m in windows])),
            "windows": len(windows), "scan_block_frames": block}
-    for kind, fn, arg in (("random", time_random_reads, args.batch_size), ("scan", time_scan_copy, block)):
+    for kind in ("random", "scan"):
         res = {}
         for name, arr in (("zarr", frames), ("memmap", mm)):
-            s, runs, extra = best_of(args.repeats, lambda: fn(arr, windows, arg) if kind == "random" else fn(arr, arg))
+            if kind == "random":
+                s, runs, extra = best_of(args.repeats, lambda: time_random_reads(arr, windows, args.batch_size))
+            else:
+                s, runs, extra = best_of(args.repeats, lambda: time_scan_copy(arr, block, min_seconds=args.scan_seconds))
             res[name] = {"seconds": s, "runs": runs, **extra, "mb_per_s": extra["bytes"] / MB / s}
         res["ratio_zarr_over_memmap"] = res["zarr"]["mb_per_s"] / res["memmap"]["mb_per_s"]
         out[kind] = res
@@ -337,22 +369,29 @@ def format_table(r: dict) -> str:
              f"{c['frames']} frames x {c['layers']} layers x {c['dim']} dims ({r['config']['backbone']}, "
              f"{c['store_mb']:.1f} MB store)",
              f"best of {r['config']['repeats']} run(s)", "",
-             f"{'extraction':<34}{'seconds':>9}{'x forward':>11}{'audio-s/s':>11}",
-             "-" * 65]
+             f"{'extraction':<34}{'seconds':>9}{'x forward':>11}{'audio-s/s':>11}{'cpu-s':>8}{'others':>8}",
+             "-" * 81]
     for key, label in (("forward", "bare forward passes (the limit)"), ("build", "featurestore build()"),
                        ("naive", "naive loop (1 file, .npy/layer)")):
         e = r[key]
-        lines.append(f"{label:<34}{e['seconds']:>9.2f}{e['ratio_vs_forward']:>11.2f}{e['audio_s_per_s']:>11.1f}")
+        other = "?" if e["other_load"] is None else f"{100 * e['other_load']:.0f}%"
+        lines.append(f"{label:<34}{e['seconds']:>9.2f}{e['ratio_vs_forward']:>11.2f}{e['audio_s_per_s']:>11.1f}"
+                     f"{e['cpu_seconds']:>8.1f}{other:>8}")
+    lines.append("  cpu-s: CPU seconds of this process and its workers; others: share of the machine's CPUs "
+                 "busy with other processes meanwhile (timings are unreliable when it is not ~0%)")
     lines.append(f"  (frontend load, in build only: {r['frontend_load_seconds']:.2f} s; forward vs store max rel. "
                  f"diff {r['forward']['check_max_rel_diff']:.1e})")
     rd = r["read"]
-    lines += ["", f"reads, warm cache {'':<14}{'zarr MB/s':>11}{'memmap MB/s':>13}{'zarr/memmap':>13}", "-" * 69]
+    lines += ["", f"reads, warm cache {'':<14}{'zarr MB/s':>11}{'memmap MB/s':>13}{'zarr/memmap':>13}{'others':>12}",
+              "-" * 81]
     for key, label in (("random", f"random {r['config']['read_batches']}x{r['config']['batch_size']} windows "
                                   f"of {rd['window_frames_mean']:.0f} fr"),
                        ("scan", "full sequential scan")):
         e = rd[key]
+        loads = [e[src]["other_load"] for src in ("zarr", "memmap")]
+        other = "?" if None in loads else f"{100 * max(loads):.0f}%"
         lines.append(f"{label:<32}{e['zarr']['mb_per_s']:>11.0f}{e['memmap']['mb_per_s']:>13.0f}"
-                     f"{e['ratio_zarr_over_memmap']:>13.2f}")
+                     f"{e['ratio_zarr_over_memmap']:>13.2f}{other:>12}")
     return "\n".join(lines)
 
 
@@ -374,9 +413,7 @@ def run(args, workdir: Path) -> dict:
     frames = store.frames_array(bb)
     n_frames = offsets[:, 1] - offsets[:, 0]
     clips = store.clips
-    a, b = clip_samples(clips["start_s"], clips["end_s"], 1)  # only the durations are used below
     audio_s = float(np.sum(np.asarray(clips["end_s"]) - np.asarray(clips["start_s"])))
-    del a, b
 
     # 1. bare forward passes over the same clips
     t0 = time.perf_counter()
@@ -385,7 +422,7 @@ def run(args, workdir: Path) -> dict:
     batches = forward_batches(decode_clips(clips, fe), n_frames, fe, ext)
     with torch.inference_mode():  # warm-up: one row of the first batch
         fe.hidden_states(batches[0][0][:1], batches[0][1][:1])
-    fwd_s, fwd_runs, _ = best_of(args.repeats, lambda: time_forward(fe, batches))
+    fwd_s, fwd_runs, fwd_usage = best_of(args.repeats, lambda: time_forward(fe, batches))
     check = check_against_store(fe, batches[-1], frames, offsets)
     del batches
 
@@ -409,8 +446,9 @@ def run(args, workdir: Path) -> dict:
                    "layers": int(frames.shape[1]), "dim": int(frames.shape[2]), "dtype": str(frames.dtype),
                    "store_mb": dir_size(workdir / "bench.zarr") / MB},
         "frontend_load_seconds": load_s,
-        "forward": entry(fwd_s, fwd_runs, check_max_rel_diff=check),
-        "build": entry(build_s, build_runs, summary=summary),
+        "forward": entry(fwd_s, fwd_runs, check_max_rel_diff=check, **fwd_usage),
+        "build": entry(build_s, build_runs, **{k: summary.pop(k) for k in ("cpu_seconds", "other_load")},
+                       summary=summary),
         "naive": entry(naive_s, naive_runs, **naive),
         "read": reads,
         "total_seconds": time.perf_counter() - t_start,

@@ -262,6 +262,11 @@ def format_report(report: BuildReport) -> str:
 
 # --------------------------------------------------------------------------------------------
 
+#: The demo store cuts the 5 s demo clips into 1 s segments: 160 clips, so that the demo's train /
+#: valid / test splits hold enough clips to score heads on.
+DEMO_SEGMENT_S = 1.0
+
+
 def default_demo_dir() -> Path:
     """Where the demo corpus and store live: $SINGFRONT_HOME or ~/.cache/singfront."""
     return Path(os.environ.get("SINGFRONT_HOME", Path.home() / ".cache" / "singfront")) / "demo"
@@ -296,8 +301,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     io.add_argument("--local-files-only", action="store_true",
                     help="load Hugging Face models from the offline cache only (like HF_HUB_OFFLINE=1)")
     pre = p.add_argument_group("preprocessing (store-level: every backbone sees the same clips)")
-    pre.add_argument("--segment-seconds", type=float, default=5.0,
-                     help="segment length in seconds; 0 keeps whole files (windowed at extraction)")
+    pre.add_argument("--segment-seconds", type=float, default=None,
+                     help=f"segment length in seconds; 0 keeps whole files (windowed at extraction). "
+                          f"Default 5, or {DEMO_SEGMENT_S} for the demo")
     pre.add_argument("--min-segment-seconds", type=float, default=1.0,
                      help="keep a last, shorter segment only if at least this long")
     pre.add_argument("--trim-db", type=float, default=None,
@@ -356,6 +362,8 @@ def main(argv=None) -> int:
     else:
         input_path = Path(args.input)
         store = Path(args.store) if args.store else input_path.with_name(input_path.stem + ".zarr")
+    if args.segment_seconds is None:
+        args.segment_seconds = DEMO_SEGMENT_S if args.input is None else 5.0
     clip_settings = ClipSettings(segment_s=args.segment_seconds or None, min_segment_s=args.min_segment_seconds,
                                  trim_db=args.trim_db, drop_quiet_db=args.drop_quiet_db,
                                  separate=args.separate_vocals, demucs_repo=args.demucs_repo)

@@ -73,7 +73,8 @@ def _plan_file(row: Row, settings: ClipSettings, separator=None) -> tuple[list[d
             return [], [Skip(where, "silent", f"{where}: no audio above {settings.trim_db} dBFS to keep after "
                                               "trimming", str(row.path)).as_dict()]
         lo, hi = lo + a, lo + b
-    bounds = au.segment_bounds(lo, hi, sr, settings.segment_s, settings.min_segment_s if settings.segment_s else 0.0)
+    min_len = min(settings.min_segment_s, settings.segment_s) if settings.segment_s else 0.0
+    bounds = au.segment_bounds(lo, hi, sr, settings.segment_s, min_len)
     if settings.drop_quiet_db is not None and bounds:
         level = au.segment_rms_db(x, bounds)
         bounds = [b for b, db in zip(bounds, level) if db >= settings.drop_quiet_db]

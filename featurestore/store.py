@@ -16,6 +16,12 @@ import zarr
 from featurestore import layout
 
 
+def _plain(a: np.ndarray) -> np.ndarray:
+    """Zarr's variable-length strings come back as numpy StringDType; hand out plain '<U' arrays,
+    which every library (scikit-learn included) accepts."""
+    return np.array(a.tolist(), dtype=np.str_) if a.dtype.kind == "T" else a
+
+
 class BackboneNotInStore(KeyError):
     def __str__(self):
         return str(self.args[0])
@@ -37,8 +43,8 @@ class FeatureStore:
     @cached_property
     def clips(self) -> dict:
         g = self.root[layout.CLIPS]
-        table = {c: g[c][:] for c in g.attrs["columns"]}
-        table["labels"] = {name: g[f"labels/{name}"][:] for name in g.attrs.get("labels", [])}
+        table = {c: _plain(g[c][:]) for c in g.attrs["columns"]}
+        table["labels"] = {name: _plain(g[f"labels/{name}"][:]) for name in g.attrs.get("labels", [])}
         return table
 
     @property

@@ -1,0 +1,210 @@
+"""Frame-level note transcription heads.
+
+X is a list of clips' hidden states [T_i, L, D]; y a list of note lists [[onset_s, offset_s, midi], ...]
+(seconds of the clip's file). ``offsets`` gives the time (s) of each clip's frame 0 and
+``frame_rate`` the frames per second, so frames and notes share one timeline.
+
+- :class:`FrameClassifierHead` (``frames``): the MIR-ST500 baseline convention of REFERENCES.md
+  section 2: weighted layer sum -> linear layer with 20 outputs per frame (onset, silence, octave,
+  pitch class), its four losses, and the onset-peak / silence parser.
+- :class:`CRFHead` (``crf``): weighted layer sum -> linear emissions over note states (silence,
+  onset and sustain per pitch) -> a linear-chain CRF trained with its log-likelihood and decoded
+  with Viterbi into notes.
+
+Both train on random windows of ``window`` frames and early-stop on the validation COnP F1.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+
+from heads import metrics
+from heads.crf import LinearChainCRF
+from heads.frame_targets import N_OUTPUTS, encode_targets, frame_loss, parse_notes, probabilities
+from heads.modules import SumThenHead
+from heads.note_states import NoteStates
+from heads.notes import notes_to_arrays
+from heads.persist import SaveLoadMixin
+from heads.training import lr_grid, sweep_lr
+
+
+class _FrameHead(SaveLoadMixin, BaseEstimator):
+    """Shared windowed training and decoding. Subclasses define targets, loss, decoding."""
+
+    def _targets(self, notes, n_frames: int, offset: float):
+        raise NotImplementedError
+
+    def _loss(self, module, x, targets, mask):
+        raise NotImplementedError
+
+    def _decode(self, module, x: torch.Tensor, offset: float) -> list:
+        raise NotImplementedError
+
+    def _n_out(self) -> int:
+        raise NotImplementedError
+
+    def _select(self, x: np.ndarray) -> np.ndarray:
+        if self.layers is None or isinstance(self.layers, str):
+            return x
+        return x[:, list(self.layers)]
+
+    def _windows(self, X, targets, gen):
+        """An epoch: every clip cut into windows of ``window`` frames at a random phase, shuffled."""
+        items = []
+        for i, x in enumerate(X):
+            phase = int(torch.randint(0, max(1, min(self.window, len(x))), (1,), generator=gen))
+            starts = [0] + list(range(phase, max(len(x) - 1, 1), self.window)) if phase else \
+                list(range(0, len(x), self.window))
+            items += [(i, s) for s in sorted(set(starts)) if s < len(x)]
+        order = torch.randperm(len(items), generator=gen).tolist()
+        items = [items[j] for j in order]
+        for b in range(0, len(items), self.batch_size):
+            chunk = items[b:b + self.batch_size]
+            W = self.window
+            L, D = X[0].shape[1], X[0].shape[2]
+            x = torch.zeros(len(chunk), W, L, D)
+            mask = torch.zeros(len(chunk), W, dtype=torch.bool)
+            tg = {k: torch.zeros((len(chunk), W) + v.shape[1:], dtype=v.dtype) for k, v in targets[0].items()}
+            for r, (i, s) in enumerate(chunk):
+                n = min(W, len(X[i]) - s)
+                x[r, :n] = X[i][s:s + n]
+                mask[r, :n] = True
+                for k in tg:
+                    tg[k][r, :n] = targets[i][k][s:s + n]
+            yield x.to(self.device), {k: v.to(self.device) for k, v in tg.items()}, mask.to(self.device)
+
+    def fit(self, X, y, frame_rate: float = 50.0, offsets=None, eval_set=None):
+        """X list of [T_i, L, D], y list of note lists, frame_rate (Hz), offsets list of frame-0 times (s);
+        ``eval_set=(X_val, y_val, offsets_val)`` for early stopping and the lr choice."""
+        if len(X) == 0:
+            raise ValueError("no training clips")
+        self.frame_rate_ = float(frame_rate)
+        offsets = [0.0] * len(X) if offsets is None else list(offsets)
+        X = [torch.from_numpy(self._select(np.asarray(x, dtype=np.float32))) for x in X]
+        targets = [self._targets(notes, len(x), off) for x, notes, off in zip(X, y, offsets)]
+        if eval_set is None:
+            n_val = max(1, len(X) // 6)
+            Xv, yv, ov = X[:n_val], y[:n_val], offsets[:n_val]
+            X, targets = X[n_val:], targets[n_val:]
+        else:
+            Xv, yv, ov = eval_set
+            ov = [0.0] * len(Xv) if ov is None else list(ov)
+            Xv = [torch.from_numpy(self._select(np.asarray(x, dtype=np.float32))) for x in Xv]
+        L, D = X[0].shape[1], X[0].shape[2]
+        self.n_layers_in_, self.n_features_in_ = L, D
+
+        def evaluate(module):
+            pairs = {}
+            for i, (x, ref, off) in enumerate(zip(Xv, yv, ov)):
+                ri, rp = notes_to_arrays(ref)
+                ei, ep = notes_to_arrays(self._decode(module, x.to(self.device), off))
+                pairs[i] = (ri, rp, ei, ep)
+            return metrics.transcription_report(pairs)["mean"]["COnP"]["f1"]
+
+        module, lr, scores, res = sweep_lr(
+            lambda: self._make_module(L, D).to(self.device), lr_grid(self.lr), self.seed,
+            loss_fn=lambda m, batch: self._loss(m, *batch), batches=lambda g: self._windows(X, targets, g),
+            evaluate=evaluate, epochs=self.epochs, patience=self.patience, progress=self.progress)
+        self.module_, self.lr_, self.lr_scores_, self.history_ = module.cpu().eval(), lr, scores, res.history
+        self.best_epoch_ = res.best_epoch
+        self.layer_weights_ = self.module_.net.sum.weights().detach().numpy()
+        return self
+
+    def _make_module(self, L, D) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def predict(self, X, offsets=None) -> list:
+        """Notes [[onset_s, offset_s, midi], ...] per clip (whole clips decoded in one piece)."""
+        offsets = [0.0] * len(X) if offsets is None else list(offsets)
+        out = []
+        with torch.no_grad():
+            for x, off in zip(X, offsets):
+                out.append(self._decode(self.module_, torch.from_numpy(self._select(np.asarray(x, np.float32))),
+                                        off))
+        return out
+
+    def score(self, X, y, offsets=None) -> float:
+        """Mean COnP F1 over clips."""
+        pairs = {}
+        for i, (ref, est) in enumerate(zip(y, self.predict(X, offsets))):
+            pairs[i] = (*notes_to_arrays(ref), *notes_to_arrays(est))
+        return metrics.transcription_report(pairs)["mean"]["COnP"]["f1"]
+
+
+class _Net(torch.nn.Module):
+    def __init__(self, L, D, n_out, layer_norm, crf=None):
+        super().__init__()
+        self.net = SumThenHead(L, D, torch.nn.Linear(D, n_out), layer_norm)
+        self.crf = crf
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class FrameClassifierHead(_FrameHead):
+    """The 20-output frame classifier baseline (onset/silence/octave/pitch class) with the onset-peak
+    parser (onset >= 0.4 and local max over +-3 frames, silence >= 0.5 ends a note).
+
+    Parameters: lr (float or grid), epochs, window (frames), batch_size, patience, layer_norm,
+    layers, onset_pos_weight (15), seed, device, progress. Learned: ``layer_weights_``, ``module_``,
+    ``frame_rate_``, ``lr_``, ``history_``.
+    """
+
+    def __init__(self, lr=3e-3, epochs=60, window=250, batch_size=16, patience=10, layer_norm=False, layers=None,
+                 onset_pos_weight=15.0, seed=0, device="cpu", progress=False):
+        self.lr, self.epochs, self.window, self.batch_size, self.patience = lr, epochs, window, batch_size, patience
+        self.layer_norm, self.layers, self.onset_pos_weight = layer_norm, layers, onset_pos_weight
+        self.seed, self.device, self.progress = seed, device, progress
+
+    def _make_module(self, L, D):
+        return _Net(L, D, N_OUTPUTS, self.layer_norm)
+
+    def _targets(self, notes, n_frames, offset):
+        t = encode_targets(notes, n_frames, self.frame_rate_, offset)
+        return {k: torch.from_numpy(np.asarray(v)) for k, v in t.items()}
+
+    def _loss(self, module, x, targets, mask):
+        return frame_loss(module(x), targets, mask, onset_pos_weight=self.onset_pos_weight)
+
+    def _decode(self, module, x, offset):
+        probs = probabilities(module(x).cpu().numpy())
+        return parse_notes(probs, self.frame_rate_, offset)
+
+
+class CRFHead(_FrameHead):
+    """Linear emissions over note states (silence; onset and sustain per MIDI pitch in
+    [midi_low, midi_high]) and a linear-chain CRF with structurally allowed transitions (a sustain
+    only continues the same pitch). Trained with the CRF log-likelihood, decoded with Viterbi.
+
+    Parameters as :class:`FrameClassifierHead` plus midi_low/midi_high. Learned additionally:
+    the CRF's transitions inside ``module_``.
+    """
+
+    def __init__(self, lr=3e-3, epochs=60, window=250, batch_size=16, patience=10, layer_norm=False, layers=None,
+                 midi_low=36, midi_high=83, seed=0, device="cpu", progress=False):
+        self.lr, self.epochs, self.window, self.batch_size, self.patience = lr, epochs, window, batch_size, patience
+        self.layer_norm, self.layers, self.midi_low, self.midi_high = layer_norm, layers, midi_low, midi_high
+        self.seed, self.device, self.progress = seed, device, progress
+
+    @property
+    def states_(self) -> NoteStates:
+        return NoteStates(self.midi_low, self.midi_high)
+
+    def _make_module(self, L, D):
+        ns = self.states_
+        # windows may start inside a note, so any state may start a training window
+        return _Net(L, D, ns.num_states, self.layer_norm, LinearChainCRF(ns.num_states, ns.allowed()))
+
+    def _targets(self, notes, n_frames, offset):
+        return {"states": torch.from_numpy(np.asarray(self.states_.encode(notes, n_frames, self.frame_rate_,
+                                                                          offset), dtype=np.int64))}
+
+    def _loss(self, module, x, targets, mask):
+        em = module(x)
+        return module.crf.nll(em, targets["states"], mask, reduction="sum") / mask.sum().clamp(min=1)
+
+    def _decode(self, module, x, offset):
+        em = module(x)[None]
+        path = module.crf.viterbi(em, torch.ones(em.shape[:2], dtype=torch.bool, device=em.device))[0]
+        return self.states_.decode(path.cpu().numpy(), self.frame_rate_, offset)
