@@ -95,6 +95,15 @@ class _TorchClipClassifier(SaveLoadMixin, ClassifierMixin, BaseEstimator):
             out = module(xv)
             if sweep:
                 acc = (out.argmax(-1).cpu().numpy() == yv[:, None]).mean(0)
+                # each probe keeps its own best epoch (kept on the module: one record per lr of the grid)
+                if not hasattr(module, "best_probe"):
+                    module.best_probe = {"acc": np.full(len(acc), -1.0), "w": module.weight.detach().clone(),
+                                         "b": module.bias.detach().clone()}
+                store = module.best_probe
+                better = torch.from_numpy(acc > store["acc"])
+                store["w"][better] = module.weight.detach()[better]
+                store["b"][better] = module.bias.detach()[better]
+                store["acc"] = np.maximum(acc, store["acc"])
                 return float(acc.mean())
             return float((out.argmax(-1).cpu().numpy() == yv).mean())
 
@@ -110,7 +119,11 @@ class _TorchClipClassifier(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         self.module_, self.lr_, self.lr_scores_, self.history_ = module.cpu().eval(), lr, scores, res.history
         self.best_epoch_ = res.best_epoch
         if sweep:
+            kept = module.best_probe
+            del module.best_probe
             with torch.no_grad():
+                self.module_.weight.copy_(kept["w"].cpu())
+                self.module_.bias.copy_(kept["b"].cpu())
                 out = self.module_(torch.from_numpy(Xv))
             self.layer_scores_ = (out.argmax(-1).numpy() == yv[:, None]).mean(0)
             self.best_layer_ = int(np.argmax(self.layer_scores_))

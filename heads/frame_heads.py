@@ -61,7 +61,7 @@ class _FrameHead(SaveLoadMixin, BaseEstimator):
         items = [items[j] for j in order]
         for b in range(0, len(items), self.batch_size):
             chunk = items[b:b + self.batch_size]
-            W = self.window
+            W = max(min(self.window, len(X[i]) - s) for i, s in chunk)  # pad to the batch, not the window
             L, D = X[0].shape[1], X[0].shape[2]
             x = torch.zeros(len(chunk), W, L, D)
             mask = torch.zeros(len(chunk), W, dtype=torch.bool)
