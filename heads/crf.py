@@ -102,11 +102,20 @@ class LinearChainCRF(nn.Module):
         row's last valid frame.
         """
         trans, start, _ = self._effective(emissions.dtype)
+        # logsumexp_i(alpha_i + trans_ij) as a matrix product in scaled exp space: with
+        # m = max_i alpha_i, it is m + log(exp(alpha - m) @ exp(trans - c)) + c, c = max trans.
+        # One [B, S] x [S, S] matmul per frame instead of a [B, S, S] logsumexp (about 10x faster
+        # for the 97-state note CRF). Disallowed entries (NEG) give exp(...) = 0 exactly; a state no
+        # path reaches gets log(TINY) relative to the best state instead of about NEG: both
+        # contribute nothing measurable to log Z.
+        c = trans.max().detach()
+        exp_trans = torch.exp(trans - c)
+        tiny = torch.finfo(emissions.dtype).tiny
         alpha = start + emissions[:, 0]
         alphas = [alpha] if keep_all else None
         for t in range(1, emissions.shape[1]):
-            # [B, S_from, 1] + [S_from, S_to] -> logsumexp over S_from
-            nxt = torch.logsumexp(alpha.unsqueeze(2) + trans, dim=1) + emissions[:, t]
+            m = alpha.max(dim=1, keepdim=True).values.detach()
+            nxt = m + c + torch.log(torch.clamp(torch.exp(alpha - m) @ exp_trans, min=tiny)) + emissions[:, t]
             alpha = torch.where(mask[:, t:t + 1], nxt, alpha)
             if keep_all:
                 alphas.append(alpha)
