@@ -4,9 +4,11 @@ how much faster is it than the naive one-file-at-a-time loop, and how fast can t
 On one demo corpus, in one run, it measures:
 
 1. **forward** (the limit): bare ``fe.hidden_states`` calls over exactly the clips the store holds,
-   audio decoded and batches assembled beforehand, so only the model is timed;
+   audio decoded and batches assembled beforehand, so only the model is timed. Batches hold
+   equal-length clips, up to the build's own ``batch_s`` of audio (``--forward-batch-seconds``), so
+   build / forward is the build's overhead; on a CPU, smaller batches can be faster;
 2. **build**: ``featurestore.build.build`` into a fresh store (planning, model load, decoding,
-   extraction, writing: everything a user waits for);
+   extraction, writing: everything a user waits for), after one untimed warm-up build;
 3. **naive**: what users do without the store: per file, load the audio, run the model per 5 s
    segment (batch of one) and ``np.save`` each layer of each segment to its own float16 ``.npy``;
 4. **read**: random batches of windows and a full sequential scan of the frames array, from the
@@ -14,7 +16,9 @@ On one demo corpus, in one run, it measures:
    files were just written and are read once before timing; caches cannot be dropped here).
 
 Times are wall clock (``time.perf_counter``); with ``--repeats N`` each measurement is run N times
-and the best is reported (all runs are in the JSON).
+and the best is reported (all runs are in the JSON). Each measurement also records the CPU
+seconds it used and how busy the machine was with *other* processes meanwhile: on a shared machine
+a run with ``others`` well above 0% is not a clean timing.
 """
 from __future__ import annotations
 
@@ -65,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "at the end)")
     p.add_argument("--repeats", type=int, default=1, help="runs of each timed measurement (best is reported)")
     p.add_argument("--num-workers", type=int, default=2, help="num_workers passed to build()")
+    p.add_argument("--forward-batch-seconds", type=float, default=ExtractSettings().batch_s,
+                   help="audio seconds per batch of the bare forward passes (default: the build's own batch_s, "
+                        "so build / forward is the build's overhead)")
     p.add_argument("--read-batches", type=int, default=200, help="random read batches")
     p.add_argument("--window", type=int, default=250, help="frames per read window")
     p.add_argument("--batch-size", type=int, default=16, help="windows per read batch")
@@ -379,8 +386,10 @@ def format_table(r: dict) -> str:
                      f"{e['cpu_seconds']:>8.1f}{other:>8}")
     lines.append("  cpu-s: CPU seconds of this process and its workers; others: share of the machine's CPUs "
                  "busy with other processes meanwhile (timings are unreliable when it is not ~0%)")
-    lines.append(f"  (frontend load, in build only: {r['frontend_load_seconds']:.2f} s; forward vs store max rel. "
-                 f"diff {r['forward']['check_max_rel_diff']:.1e})")
+    f = r["forward"]
+    lines.append(f"  forward: {f['batches']} batches of <= {f['max_rows']} clips ({f['batch_seconds']:g} audio-s); "
+                 f"max rel. diff to the store {f['check_max_rel_diff']:.1e}; frontend load (in build only) "
+                 f"{r['frontend_load_seconds']:.2f} s")
     rd = r["read"]
     lines += ["", f"reads, warm cache {'':<14}{'zarr MB/s':>11}{'memmap MB/s':>13}{'zarr/memmap':>13}{'others':>12}",
               "-" * 81]
@@ -402,9 +411,12 @@ def run(args, workdir: Path) -> dict:
     t_start = time.perf_counter()
     manifest = make_demo_corpus(workdir / "corpus", n_singers=args.n_singers,
                                 clips_per_singer=args.clips_per_singer, duration_s=args.corpus_seconds)
-    ext, settings = ExtractSettings(), ClipSettings()
+    settings = ClipSettings()
+    ext = ExtractSettings(batch_s=args.forward_batch_seconds)  # only window_s and batch_s are used
 
-    # 2. the build (first: its store gives the clip table for the other measurements)
+    # 2. the build: once untimed (warms the process: imports, kernels, file cache, as the other
+    # measurements are warm too), then timed into a fresh store, which the others read the clips of
+    time_build(manifest, workdir / "warmup.zarr", args.backbone, args.num_workers)
     build_s, build_runs, summary = best_of(
         args.repeats, lambda: time_build(manifest, workdir / "bench.zarr", args.backbone, args.num_workers))
     store = open_store(workdir / "bench.zarr")
@@ -423,6 +435,7 @@ def run(args, workdir: Path) -> dict:
     with torch.inference_mode():  # warm-up: one row of the first batch
         fe.hidden_states(batches[0][0][:1], batches[0][1][:1])
     fwd_s, fwd_runs, fwd_usage = best_of(args.repeats, lambda: time_forward(fe, batches))
+    fwd_rows, fwd_batches = max(len(x) for x, _, _ in batches), len(batches)
     check = check_against_store(fe, batches[-1], frames, offsets)
     del batches
 
@@ -446,7 +459,8 @@ def run(args, workdir: Path) -> dict:
                    "layers": int(frames.shape[1]), "dim": int(frames.shape[2]), "dtype": str(frames.dtype),
                    "store_mb": dir_size(workdir / "bench.zarr") / MB},
         "frontend_load_seconds": load_s,
-        "forward": entry(fwd_s, fwd_runs, check_max_rel_diff=check, **fwd_usage),
+        "forward": entry(fwd_s, fwd_runs, check_max_rel_diff=check, batches=fwd_batches,
+                         max_rows=fwd_rows, batch_seconds=args.forward_batch_seconds, **fwd_usage),
         "build": entry(build_s, build_runs, **{k: summary.pop(k) for k in ("cpu_seconds", "other_load")},
                        summary=summary),
         "naive": entry(naive_s, naive_runs, **naive),

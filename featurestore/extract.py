@@ -128,6 +128,8 @@ def run_unit(fe: Frontend, unit: int, waves: list[np.ndarray], offsets: np.ndarr
     n = len(waves)
     sums = np.zeros((n, L, D), dtype=np.float64)
     sqs = np.zeros((n, L, D), dtype=np.float64)
+    clip_frames = (offsets[clip_lo:clip_lo + n, 1] - offsets[clip_lo:clip_lo + n, 0]).astype(np.float64)
+    clip_seconds = [(len(w) - 2 * fe.pad) / fe.sample_rate for w in waves]
     windows = []
     for c, w in enumerate(waves):
         nf = int(offsets[clip_lo + c, 1] - offsets[clip_lo + c, 0])
@@ -155,7 +157,8 @@ def run_unit(fe: Frontend, unit: int, waves: list[np.ndarray], offsets: np.ndarr
             sums[w.clip] += hw.sum(0, dtype=np.float64)
             sqs[w.clip] += np.square(hw, dtype=np.float64).sum(0)
         if on_batch is not None:
-            on_batch(sum(w.n_frames for w in batch) * fe.stride / fe.sample_rate)
+            # audio seconds of the clips covered by this batch (a window's share of its clip)
+            on_batch(sum(w.n_frames / clip_frames[w.clip] * clip_seconds[w.clip] for w in batch))
     counts = (offsets[clip_lo:clip_lo + n, 1] - offsets[clip_lo:clip_lo + n, 0]).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = sums / counts[:, None, None]

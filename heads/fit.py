@@ -52,12 +52,14 @@ def plot_layer_weights(weights: np.ndarray, path: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(weights) + 2), 3))
+    fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(weights) + 2.5), 3.2))
     ax.bar(np.arange(len(weights)), weights, color="#4c72b0")
-    ax.set_xlabel("hidden state (0 = CNN / input layer)")
-    ax.set_ylabel("weight")
+    ax.axhline(1.0 / len(weights), color="grey", lw=0.8, ls="--", label="uniform")
+    ax.set_xlabel("hidden state index (0 = first stored layer)")
+    ax.set_ylabel("softmax weight")
     ax.set_xticks(np.arange(len(weights)))
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
