@@ -37,7 +37,7 @@ import torch
 
 from featurestore import open_store
 from featurestore.audio import load_audio, segment_bounds
-from featurestore.build import ExtractSettings, build, dir_size
+from featurestore.build import ExtractSettings, build, dir_size, resolve_batch_seconds
 from featurestore.clips import ClipSettings, clip_samples
 from featurestore.demo import make_demo_corpus
 from featurestore.extract import plan_windows, window_frames
@@ -69,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "at the end)")
     p.add_argument("--repeats", type=int, default=1, help="runs of each timed measurement (best is reported)")
     p.add_argument("--num-workers", type=int, default=2, help="num_workers passed to build()")
-    p.add_argument("--forward-batch-seconds", type=float, default=ExtractSettings().batch_s,
+    p.add_argument("--forward-batch-seconds", type=float, default=resolve_batch_seconds(None, "cpu"),
                    help="audio seconds per batch of the bare forward passes (default: the build's own batch_s, "
                         "so build / forward is the build's overhead)")
     p.add_argument("--read-batches", type=int, default=200, help="random read batches")
@@ -341,8 +341,10 @@ def time_scan_copy(arr, block: int, min_seconds: float = 0.0) -> tuple[float, di
     return seconds, {"bytes": nbytes, "passes": passes}
 
 
-def read_benchmark(frames, mm: np.ndarray, offsets: np.ndarray, args) -> dict:
-    """Random batched window reads and a full scan, Zarr vs memmap, warm cache -> results dict."""
+def read_benchmark(frames, chunks, mm: np.ndarray, offsets: np.ndarray, args) -> dict:
+    """Random batched window reads and a full scan, warm cache -> results dict: the Zarr array
+    itself, the store's reader (``FeatureStore.frames`` uses it: memory-mapped chunk files) and a
+    raw memmap of the same array."""
     windows = read_windows(offsets, args.window, args.read_batches * args.batch_size, args.seed)
     block = frames.chunks[0] * 8
     # warm both files into the page cache (and Zarr's metadata) before timing
@@ -352,13 +354,14 @@ def read_benchmark(frames, mm: np.ndarray, offsets: np.ndarray, args) -> dict:
            "windows": len(windows), "scan_block_frames": block}
     for kind in ("random", "scan"):
         res = {}
-        for name, arr in (("zarr", frames), ("memmap", mm)):
+        for name, arr in (("zarr", frames), ("store", chunks), ("memmap", mm)):
             if kind == "random":
                 s, runs, extra = best_of(args.repeats, lambda: time_random_reads(arr, windows, args.batch_size))
             else:
                 s, runs, extra = best_of(args.repeats, lambda: time_scan_copy(arr, block, min_seconds=args.scan_seconds))
             res[name] = {"seconds": s, "runs": runs, **extra, "mb_per_s": extra["bytes"] / MB / s}
         res["ratio_zarr_over_memmap"] = res["zarr"]["mb_per_s"] / res["memmap"]["mb_per_s"]
+        res["ratio_store_over_memmap"] = res["store"]["mb_per_s"] / res["memmap"]["mb_per_s"]
         out[kind] = res
     return out
 
@@ -391,16 +394,18 @@ def format_table(r: dict) -> str:
                  f"max rel. diff to the store {f['check_max_rel_diff']:.1e}; frontend load (in build only) "
                  f"{r['frontend_load_seconds']:.2f} s")
     rd = r["read"]
-    lines += ["", f"reads, warm cache {'':<14}{'zarr MB/s':>11}{'memmap MB/s':>13}{'zarr/memmap':>13}{'others':>12}",
-              "-" * 81]
+    lines += ["", f"reads, warm cache {'':<14}{'zarr MB/s':>11}{'store MB/s':>12}{'memmap MB/s':>13}"
+                  f"{'zarr/mm':>9}{'store/mm':>10}{'others':>8}", "-" * 95]
     for key, label in (("random", f"random {r['config']['read_batches']}x{r['config']['batch_size']} windows "
                                   f"of {rd['window_frames_mean']:.0f} fr"),
                        ("scan", "full sequential scan")):
         e = rd[key]
-        loads = [e[src]["other_load"] for src in ("zarr", "memmap")]
-        other = "?" if None in loads else f"{100 * max(loads):.0f}%"
-        lines.append(f"{label:<32}{e['zarr']['mb_per_s']:>11.0f}{e['memmap']['mb_per_s']:>13.0f}"
-                     f"{e['ratio_zarr_over_memmap']:>13.2f}{other:>12}")
+        loads = [e[src]["other_load"] for src in ("zarr", "store", "memmap") if e[src]["other_load"] is not None]
+        other = f"{100 * max(loads):.0f}%" if loads else "?"
+        lines.append(f"{label:<32}{e['zarr']['mb_per_s']:>11.0f}{e['store']['mb_per_s']:>12.0f}"
+                     f"{e['memmap']['mb_per_s']:>13.0f}{e['ratio_zarr_over_memmap']:>9.2f}"
+                     f"{e['ratio_store_over_memmap']:>10.2f}{other:>8}")
+    lines.append("  store: FeatureStore's reader (memory-mapped chunk files, used by frames() and the datasets)")
     return "\n".join(lines)
 
 
@@ -444,7 +449,7 @@ def run(args, workdir: Path) -> dict:
 
     # 4. reads
     mm = write_memmap(frames, workdir / "frames.npy", frames.chunks[0] * 8)
-    reads = read_benchmark(frames, mm, offsets, args)
+    reads = read_benchmark(frames, store._reader(bb), mm, offsets, args)
     del mm
 
     def entry(seconds, runs, **extra):

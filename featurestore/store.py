@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
 
@@ -97,6 +98,13 @@ class FeatureStore:
         return sorted(k for k, g in self.root[layout.BACKBONES].groups() if g.attrs.get("complete", False))
 
     def group(self, backbone: str) -> zarr.Group:
+        """The backbone's Zarr group (opened once per store object)."""
+        cache = self.__dict__.setdefault("_groups", {})
+        if backbone not in cache:
+            cache[backbone] = self._open_group(backbone)
+        return cache[backbone]
+
+    def _open_group(self, backbone: str) -> zarr.Group:
         path = layout.backbone_path(backbone)
         if path not in self.root:
             have = ", ".join(self.backbones) or "none"
@@ -149,10 +157,17 @@ class FeatureStore:
         i = self.clip_index(clip_id)
         a, b = (int(v) for v in self._offsets(backbone)[i])
         stop = b - a if stop is None else min(stop, b - a)
-        arr = self.group(backbone)["frames"]
-        x = arr[a + start:a + stop]
+        x = self._reader(backbone)[a + start:a + stop]
         sel = self._layer_sel(layers)
         return x if isinstance(sel, slice) else x[:, sel]
+
+    def _reader(self, backbone: str):
+        cache = self.__dict__.setdefault("_readers", {})
+        if backbone not in cache:
+            arr = self.group(backbone)["frames"]
+            path = self.path / layout.backbone_path(backbone) / "frames"
+            cache[backbone] = RawChunkReader(arr, path) if RawChunkReader.supports(arr) else arr
+        return cache[backbone]
 
     def frame_times(self, clip_id, backbone: str) -> np.ndarray:
         """Centre time of each frame of a clip, in seconds of the clip's audio file -> float64 [T]."""
@@ -178,6 +193,63 @@ class FeatureStore:
 
     def __repr__(self):
         return f"FeatureStore({str(self.path)!r}, clips={len(self)}, backbones={self.backbones})"
+
+
+class RawChunkReader:
+    """Reads frame ranges straight from the chunk files of an uncompressed, unsharded frames array.
+
+    Each such chunk file is the raw little-endian C-order bytes of a (chunk, L, D) block, so it can
+    be memory-mapped; this skips Zarr's per-call overhead (about 0.4 ms a read, which dominated
+    random window reads). A chunk that was never written reads as the fill value (0).
+    """
+
+    def __init__(self, arr: zarr.Array, path: Path):
+        self.path, self.shape, self.dtype = Path(path), arr.shape, np.dtype(arr.dtype)
+        self.chunk = int(arr.chunks[0])
+        self._maps: OrderedDict[int, np.ndarray | None] = OrderedDict()
+
+    @staticmethod
+    def supports(arr: zarr.Array) -> bool:
+        try:
+            from zarr.codecs import BytesCodec
+
+            codecs = arr.metadata.codecs
+            return (arr.shards is None and len(codecs) == 1 and isinstance(codecs[0], BytesCodec)
+                    and str(getattr(codecs[0].endian, "value", codecs[0].endian)) == "little"
+                    and arr.metadata.chunk_key_encoding.separator == "/"
+                    and tuple(arr.chunks[1:]) == tuple(arr.shape[1:]) and np.dtype(arr.dtype).itemsize > 0)
+        except Exception:  # noqa: BLE001 - any other layout: use Zarr itself
+            return False
+
+    #: memory maps kept open at once (least recently used are closed), to stay far below file limits
+    MAX_OPEN = 256
+
+    def _chunk(self, c: int):
+        if c in self._maps:
+            self._maps.move_to_end(c)
+            return self._maps[c]
+        f = self.path / "c" / str(c) / "0" / "0"
+        m = np.memmap(f, dtype=self.dtype, mode="r").reshape((-1,) + tuple(self.shape[1:])) if f.is_file() else None
+        self._maps[c] = m
+        if len(self._maps) > self.MAX_OPEN:
+            self._maps.popitem(last=False)
+        return m
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        """Frames [a, b) -> [b - a, L, D] (a copy)."""
+        out = np.zeros((max(0, b - a),) + tuple(self.shape[1:]), dtype=self.dtype)
+        pos = a
+        while pos < b:
+            c = pos // self.chunk
+            lo, hi = pos - c * self.chunk, min(b - c * self.chunk, self.chunk)
+            m = self._chunk(c)
+            if m is not None:
+                out[pos - a:pos - a + hi - lo] = m[lo:hi]
+            pos += hi - lo
+        return out
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        return self.read(s.start or 0, self.shape[0] if s.stop is None else s.stop)
 
 
 def open_store(path: str | Path) -> FeatureStore:

@@ -112,3 +112,26 @@ def test_reader_errors(tmp_path, two_backbones):
         s.frames("nope", "logmel")
     with pytest.raises(KeyError, match="label"):
         s.labels("singer")
+
+
+def test_raw_chunk_reads_equal_zarr_and_sharded_layout_reads_back(two_backbones, tmp_path):
+    from featurestore.store import RawChunkReader
+
+    tmp, path, kw = two_backbones
+    s = open_store(path)
+    arr = s.frames_array("crepe-tiny")
+    assert RawChunkReader.supports(arr)
+    off = s.offsets("crepe-tiny")
+    for i in range(len(s)):
+        np.testing.assert_array_equal(s.frames(i, "crepe-tiny"), arr[off[i, 0]:off[i, 1]])
+    reader = RawChunkReader(arr, path / "backbones" / "crepe-tiny" / "frames")
+    np.testing.assert_array_equal(reader.read(0, arr.shape[0]), arr[:])
+    # sharded frames (units aligned to shards): Zarr reads them, same values as the unsharded store
+    sharded = tmp_path / "sharded.zarr"
+    build(tmp / "audio", sharded, ["crepe-tiny"], extract=ExtractSettings(target_unit_frames=120, chunk_frames=64,
+                                                                          shard_frames=128), **kw)
+    t = open_store(sharded)
+    assert not RawChunkReader.supports(t.frames_array("crepe-tiny"))
+    assert t.frames_array("crepe-tiny").shards == (128, 6, 256)
+    for i in range(len(s)):
+        np.testing.assert_array_equal(t.frames(i, "crepe-tiny"), s.frames(i, "crepe-tiny"))
