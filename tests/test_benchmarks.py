@@ -18,7 +18,7 @@ def test_extraction_benchmark_smoke(tmp_path, capsys):
                           "--workdir", str(tmp_path / "work"), "--json", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "bare forward passes" in printed and "zarr/memmap" in printed
+    assert "bare forward passes" in printed and "store/mm" in printed
 
     r = json.loads(out.read_text())
     assert r["machine"]["nproc"] >= 1
@@ -31,7 +31,9 @@ def test_extraction_benchmark_smoke(tmp_path, capsys):
     assert r["forward"]["check_max_rel_diff"] < 1e-2  # the forward pass reproduces the stored frames
     assert r["read"]["cache"] == "warm"
     for kind in ("random", "scan"):
-        for src in ("zarr", "memmap"):
+        for src in ("zarr", "store", "memmap"):
             assert _positive(r["read"][kind][src]["mb_per_s"]), (kind, src)
         assert _positive(r["read"][kind]["ratio_zarr_over_memmap"])
-    assert r["read"]["random"]["zarr"]["bytes"] == r["read"]["random"]["memmap"]["bytes"] > 0
+        assert _positive(r["read"][kind]["ratio_store_over_memmap"])
+    rnd = r["read"]["random"]
+    assert rnd["zarr"]["bytes"] == rnd["store"]["bytes"] == rnd["memmap"]["bytes"] > 0
