@@ -1,0 +1,260 @@
+"""The one path every task pipeline goes through: prepare -> build -> fit -> evaluate -> predict.
+
+A task module (``pipelines.singer``, ``pipelines.transcription``, ``pipelines.technique``) declares a
+:class:`TaskSpec` and calls :func:`main`. Every command works in one work folder::
+
+    WORKDIR/manifest.csv            prepare: the dataset adapter's manifest for featurestore.build
+    WORKDIR/prepare_report.json     prepare: what the adapter skipped, and why
+    WORKDIR/store.zarr              build:   the feature store (featurestore.build with the task's settings)
+    WORKDIR/runs/<backbone>-<head>/ fit:     heads.fit's run folder
+    WORKDIR/runs/<...>/evaluation.json, WORKDIR/results.md   evaluate: task metrics, and a table of all runs
+
+``prepare --demo`` turns the built-in demo corpus into the same manifest, so every pipeline runs
+end to end without a download.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from featurestore.clips import ClipSettings
+from featurestore.manifest import RESERVED
+from heads import metrics
+
+
+@dataclass
+class PrepareResult:
+    """rows: manifest records (path, id, split, start, end, labels...); skipped: {where, reason, message}."""
+
+    rows: list[dict]
+    skipped: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class TaskSpec:
+    """What makes a task: its adapter, its store settings, its heads task and its evaluation.
+
+    prepare(raw_dir, args) / prepare_demo(demo_manifest, args) -> PrepareResult
+    clip_settings(args) -> featurestore ClipSettings (segments, trimming, separation)
+    evaluate(store, run_dir, args) -> dict of metrics (the task's own conventions, e.g. song level)
+    predict(args) -> int exit code (optional)
+    add_arguments(parser, command): task-specific options
+    summary_keys: metric keys (dotted paths into the evaluation dict) for results.md
+    """
+
+    name: str
+    description: str
+    heads_task: str
+    default_head: str
+    prepare: Callable
+    prepare_demo: Callable
+    clip_settings: Callable[[argparse.Namespace], ClipSettings]
+    evaluate: Callable
+    summary_keys: list[str]
+    predict: Callable | None = None
+    add_arguments: Callable | None = None
+    default_class_weight: str | None = None
+
+
+def write_manifest(rows: list[dict], path: Path) -> Path:
+    """CSV with path, id, split, start, end first, then label columns (union over rows)."""
+    labels = sorted({k for r in rows for k in r} - set(RESERVED))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(RESERVED) + labels)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else
+                            json.dumps(r[k]) if isinstance(r.get(k), (list, dict)) else r[k])
+                        for k in list(RESERVED) + labels})
+    return path
+
+
+def cmd_prepare(spec: TaskSpec, args) -> int:
+    work = Path(args.workdir)
+    if args.demo:
+        from featurestore.build import ensure_demo_corpus
+
+        res = spec.prepare_demo(ensure_demo_corpus(), args)
+    else:
+        if not args.raw:
+            print("error: prepare needs --raw DATASET_DIR (or --demo)", file=sys.stderr)
+            return 2
+        raw = Path(args.raw)
+        if not raw.is_dir():
+            print(f"error: {raw} is not a folder", file=sys.stderr)
+            return 2
+        res = spec.prepare(raw, args)
+    if not res.rows:
+        print(f"error: no usable item found ({len(res.skipped)} skipped)", file=sys.stderr)
+        for s in res.skipped[:20]:
+            print(f"  - [{s['reason']}] {s['message']}", file=sys.stderr)
+        return 2
+    write_manifest(res.rows, work / "manifest.csv")
+    (work / "prepare_report.json").write_text(json.dumps({"items": len(res.rows), "skipped": res.skipped},
+                                                         indent=2))
+    splits: dict[str, int] = {}
+    for r in res.rows:
+        splits[r.get("split", "")] = splits.get(r.get("split", ""), 0) + 1
+    print(f"{spec.name}: {len(res.rows)} items -> {work / 'manifest.csv'} "
+          f"({', '.join(f'{k or '-'}: {v}' for k, v in sorted(splits.items()))})")
+    if res.skipped:
+        print(f"skipped {len(res.skipped)}:")
+        for s in res.skipped:
+            print(f"  - [{s['reason']}] {s['message']}")
+    return 0
+
+
+def cmd_build(spec: TaskSpec, args) -> int:
+    from featurestore.build import main as build_main
+
+    work = Path(args.workdir)
+    if not (work / "manifest.csv").is_file():
+        print(f"error: {work / 'manifest.csv'} is missing: run prepare first", file=sys.stderr)
+        return 2
+    cs = spec.clip_settings(args)
+    argv = ["--input", str(work / "manifest.csv"), "--store", str(work / "store.zarr"),
+            "--segment-seconds", str(cs.segment_s or 0), "--min-segment-seconds", str(cs.min_segment_s)]
+    if cs.trim_db is not None:
+        argv += ["--trim-db", str(cs.trim_db)]
+    if cs.drop_quiet_db is not None:
+        argv += ["--drop-quiet-db", str(cs.drop_quiet_db)]
+    if cs.separate:
+        argv += ["--separate-vocals", cs.separate]
+    if cs.demucs_repo:
+        argv += ["--demucs-repo", cs.demucs_repo]
+    for bb in args.backbone:
+        argv += ["--backbone", bb]
+    for opt in ("model_path", "device", "num_workers", "batch_seconds"):
+        v = getattr(args, opt, None)
+        if v is not None:
+            argv += [f"--{opt.replace('_', '-')}", str(v)]
+    if args.overwrite:
+        argv.append("--overwrite")
+    if args.no_progress:
+        argv.append("--no-progress")
+    return build_main(argv)
+
+
+def run_dir(args) -> Path:
+    from featurestore.registry import resolve
+
+    try:
+        bb = resolve(args.backbone[0]).name
+    except KeyError:
+        bb = args.backbone[0]
+    return Path(args.workdir) / "runs" / f"{bb}-{args.head}"
+
+
+def cmd_fit(spec: TaskSpec, args) -> int:
+    from heads.fit import main as fit_main
+
+    argv = ["--store", str(Path(args.workdir) / "store.zarr"), "--backbone", args.backbone[0], "--head", args.head,
+            "--task", spec.heads_task, "--out", str(run_dir(args)), "--lr", args.lr, "--epochs", str(args.epochs),
+            "--seed", str(args.seed), "--device", args.device or "cpu", "--layers", args.layers]
+    if getattr(args, "class_weight", None):
+        argv += ["--class-weight", args.class_weight]
+    if args.no_progress:
+        argv.append("--no-progress")
+    return fit_main(argv)
+
+
+def cmd_evaluate(spec: TaskSpec, args) -> int:
+    from featurestore import open_store
+
+    rd = run_dir(args)
+    if not (rd / "head.joblib").is_file():
+        print(f"error: no fitted head in {rd}: run fit first", file=sys.stderr)
+        return 2
+    store = open_store(Path(args.workdir) / "store.zarr")
+    result = spec.evaluate(store, rd, args)
+    result.update(backbone=rd.name.rsplit("-", 1)[0], head=args.head, task=spec.name)
+    (rd / "evaluation.json").write_text(json.dumps(result, indent=2, default=float))
+    table = results_table(spec, Path(args.workdir))
+    (Path(args.workdir) / "results.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+def _dig(d: dict, dotted: str):
+    for k in dotted.split("."):
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def results_table(spec: TaskSpec, workdir: Path) -> str:
+    """Markdown table of every evaluated run in the work folder (frontend x head)."""
+    rows = []
+    for f in sorted((workdir / "runs").glob("*/evaluation.json")):
+        e = json.loads(f.read_text())
+        rows.append({"run": f.parent.name, **{k: _dig(e, k) for k in spec.summary_keys}})
+    head = "| run | " + " | ".join(spec.summary_keys) + " |"
+    sep = "|---" * (len(spec.summary_keys) + 1) + "|"
+    lines = [f"# {spec.name}: {spec.description}", "", head, sep]
+    for r in rows:
+        cells = [r["run"]] + [("" if r[k] is None else f"{100 * r[k]:.1f}" if isinstance(r[k], float) else str(r[k]))
+                              for k in spec.summary_keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("(values in %)")
+    return "\n".join(lines)
+
+
+def build_parser(spec: TaskSpec) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m pipelines.{spec.name}", description=spec.description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    commands = {"prepare": "turn the dataset folder (or --demo) into WORKDIR/manifest.csv",
+                "build": "extract features into WORKDIR/store.zarr with the task's settings",
+                "fit": "train a head on the store (heads.fit) into WORKDIR/runs/<backbone>-<head>",
+                "evaluate": "score a fitted run with the task's conventions and update WORKDIR/results.md"}
+    if spec.predict is not None:
+        commands["predict"] = "predict for new audio with a fitted run"
+    for name, help_ in commands.items():
+        c = sub.add_parser(name, help=help_, description=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        c.add_argument("--workdir", required=True, help="work folder of this task")
+        c.add_argument("--no-progress", action="store_true")
+        if name == "prepare":
+            c.add_argument("--raw", help="the dataset folder, as downloaded")
+            c.add_argument("--demo", action="store_true", help="use the built-in demo corpus instead")
+        if name in ("build", "fit", "evaluate", "predict"):
+            c.add_argument("--backbone", action="append", default=None,
+                           help="backbone (repeat for several in build); default crepe")
+            c.add_argument("--device", default=None)
+        if name == "build":
+            c.add_argument("--model-path")
+            c.add_argument("--num-workers", type=int, default=None)
+            c.add_argument("--batch-seconds", type=float, default=None)
+            c.add_argument("--overwrite", action="store_true")
+        if name in ("fit", "evaluate", "predict"):
+            c.add_argument("--head", default=spec.default_head)
+        if name == "fit":
+            c.add_argument("--lr", default="1e-3,3e-3,1e-2")
+            c.add_argument("--epochs", type=int, default=60)
+            c.add_argument("--layers", default="all")
+            c.add_argument("--seed", type=int, default=0)
+            c.add_argument("--class-weight", choices=["paper", "balanced"], default=spec.default_class_weight,
+                           help="paper: w_c = 1/n_c^0.2")
+        if spec.add_arguments is not None:
+            spec.add_arguments(c, name)
+    return p
+
+
+def main(spec: TaskSpec, argv=None) -> int:
+    args = build_parser(spec).parse_args(argv)
+    if hasattr(args, "backbone"):
+        args.backbone = args.backbone or ["crepe"]
+    handler = {"prepare": cmd_prepare, "build": cmd_build, "fit": cmd_fit, "evaluate": cmd_evaluate,
+               "predict": lambda s, a: s.predict(a)}[args.command]
+    return handler(spec, args)
+
+
+def print_metrics(rows: list[dict], columns: list[str]) -> None:
+    print(metrics.format_table(rows, columns))
