@@ -152,6 +152,11 @@ def _plan_backbone(root, fe: Frontend, ext: ExtractSettings, identity: dict, *, 
     return g
 
 
+def _one_thread(_worker_id: int) -> None:
+    """Decoding workers resample with torch: one thread each, so they do not fight the model for cores."""
+    torch.set_num_threads(1)
+
+
 def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=False, device="cpu", num_workers=2,
                      shard: tuple[int, int] = (0, 1), progress=True, plan_only=False) -> dict:
     """Plan (if needed) and extract every unit of one backbone that is not done yet (those with
@@ -179,7 +184,7 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
                         (layout.unit_range(u, per_unit, len(a)) for u in todo))) / fe.sample_rate
     loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=num_workers,
                                          prefetch_factor=2 if num_workers > 0 else None,
-                                         persistent_workers=False)
+                                         persistent_workers=False, worker_init_fn=_one_thread)
     bar = tqdm(total=round(seconds, 1), unit="audio-s", desc=f"extract {fe.name}", disable=not progress,
                dynamic_ncols=True)
     fe.to(device).eval()
