@@ -101,8 +101,8 @@ def cmd_prepare(spec: TaskSpec, args) -> int:
     splits: dict[str, int] = {}
     for r in res.rows:
         splits[r.get("split", "")] = splits.get(r.get("split", ""), 0) + 1
-    print(f"{spec.name}: {len(res.rows)} items -> {work / 'manifest.csv'} "
-          f"({', '.join(f'{k or '-'}: {v}' for k, v in sorted(splits.items()))})")
+    counts = ", ".join(f"{k or '-'}: {v}" for k, v in sorted(splits.items()))
+    print(f"{spec.name}: {len(res.rows)} items -> {work / 'manifest.csv'} ({counts})")
     if res.skipped:
         print(f"skipped {len(res.skipped)}:")
         for s in res.skipped:
