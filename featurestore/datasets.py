@@ -81,3 +81,31 @@ class FrameWindowDataset(torch.utils.data.Dataset):
         out = np.zeros((self.window,) + self._shape_ld, dtype=np.float32)
         out[:len(x)] = x
         return {"x": torch.from_numpy(out), "row": row, "start": start, "length": len(x)}
+
+
+class ClipFrames:
+    """A lazy list of clips' frames: nothing is read until a clip or a window of it is asked for.
+
+    ``len(cf)`` clips; ``cf[i]`` -> [T_i, L, D] (store dtype); ``cf.window(i, a, b)`` -> frames
+    [a, b) of clip i; ``cf.n_frames(i)``; ``cf.shape_ld`` = (L, D). Frame-level heads train from
+    this without holding a split in memory (a 4-minute song of a 13 x 768 backbone is ~480 MB
+    as float32).
+    """
+
+    def __init__(self, store: FeatureStore, backbone: str, rows):
+        self.store, self.backbone = store, backbone
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self._n = store.n_frames(backbone)[self.rows]
+        self.shape_ld = store.shape(backbone)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def n_frames(self, i: int) -> int:
+        return int(self._n[i])
+
+    def window(self, i: int, a: int, b: int) -> np.ndarray:
+        return self.store.frames(int(self.rows[i]), self.backbone, start=a, stop=b)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.window(i, 0, self.n_frames(i))

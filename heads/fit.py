@@ -129,7 +129,7 @@ def run_frames(args, store, backbone, task, out: Path) -> dict:
     Xv, yv, offv, _ = task.data(store, backbone, "valid")
     Xt, yt, offt, rows = task.data(store, backbone, eval_split(store))
     fr = store.frame_rate(backbone)
-    head = make_head(args, X[0].shape[1])
+    head = make_head(args, store.shape(backbone)[0])
     t0 = time.perf_counter()
     head.fit(X, y, frame_rate=fr, offsets=off, eval_set=(Xv, yv, offv))
     fit_s = time.perf_counter() - t0

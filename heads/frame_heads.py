@@ -49,26 +49,32 @@ class _FrameHead(SaveLoadMixin, BaseEstimator):
             return x
         return x[:, list(self.layers)]
 
-    def _windows(self, X, targets, gen):
-        """An epoch: every clip cut into windows of ``window`` frames at a random phase, shuffled."""
+    def _window(self, X: "_Clips", i: int, a: int, b: int) -> torch.Tensor:
+        """Frames [a, b) of clip i, selected layers, float32 tensor [b - a, L', D]."""
+        return torch.from_numpy(self._select(np.asarray(X.window(i, a, b), dtype=np.float32)))
+
+    def _windows(self, X: "_Clips", targets, gen):
+        """An epoch: every clip cut into windows of ``window`` frames at a random phase, shuffled.
+        Frames are read window by window, so a split never has to fit in memory."""
         items = []
-        for i, x in enumerate(X):
-            phase = int(torch.randint(0, max(1, min(self.window, len(x))), (1,), generator=gen))
-            starts = [0] + list(range(phase, max(len(x) - 1, 1), self.window)) if phase else \
-                list(range(0, len(x), self.window))
-            items += [(i, s) for s in sorted(set(starts)) if s < len(x)]
+        for i in range(len(X)):
+            n_i = X.n_frames(i)
+            phase = int(torch.randint(0, max(1, min(self.window, n_i)), (1,), generator=gen))
+            starts = [0] + list(range(phase, max(n_i - 1, 1), self.window)) if phase else \
+                list(range(0, n_i, self.window))
+            items += [(i, s) for s in sorted(set(starts)) if s < n_i]
         order = torch.randperm(len(items), generator=gen).tolist()
         items = [items[j] for j in order]
+        L, D = self.n_layers_in_, self.n_features_in_
         for b in range(0, len(items), self.batch_size):
             chunk = items[b:b + self.batch_size]
-            W = max(min(self.window, len(X[i]) - s) for i, s in chunk)  # pad to the batch, not the window
-            L, D = X[0].shape[1], X[0].shape[2]
+            W = max(min(self.window, X.n_frames(i) - s) for i, s in chunk)  # pad to the batch, not the window
             x = torch.zeros(len(chunk), W, L, D)
             mask = torch.zeros(len(chunk), W, dtype=torch.bool)
             tg = {k: torch.zeros((len(chunk), W) + v.shape[1:], dtype=v.dtype) for k, v in targets[0].items()}
             for r, (i, s) in enumerate(chunk):
-                n = min(W, len(X[i]) - s)
-                x[r, :n] = X[i][s:s + n]
+                n = min(W, X.n_frames(i) - s)
+                x[r, :n] = self._window(X, i, s, s + n)
                 mask[r, :n] = True
                 for k in tg:
                     tg[k][r, :n] = targets[i][k][s:s + n]
@@ -81,24 +87,25 @@ class _FrameHead(SaveLoadMixin, BaseEstimator):
             raise ValueError("no training clips")
         self.frame_rate_ = float(frame_rate)
         offsets = [0.0] * len(X) if offsets is None else list(offsets)
-        X = [torch.from_numpy(self._select(np.asarray(x, dtype=np.float32))) for x in X]
-        targets = [self._targets(notes, len(x), off) for x, notes, off in zip(X, y, offsets)]
+        X = _Clips.of(X)
+        targets = [self._targets(notes, X.n_frames(i), off) for i, (notes, off) in enumerate(zip(y, offsets))]
         if eval_set is None:
             n_val = max(1, len(X) // 6)
-            Xv, yv, ov = X[:n_val], y[:n_val], offsets[:n_val]
-            X, targets = X[n_val:], targets[n_val:]
+            Xv, yv, ov = X.subset(range(n_val)), y[:n_val], offsets[:n_val]
+            X, targets = X.subset(range(n_val, len(X))), targets[n_val:]
         else:
             Xv, yv, ov = eval_set
             ov = [0.0] * len(Xv) if ov is None else list(ov)
-            Xv = [torch.from_numpy(self._select(np.asarray(x, dtype=np.float32))) for x in Xv]
-        L, D = X[0].shape[1], X[0].shape[2]
+            Xv = _Clips.of(Xv)
+        L, D = self._select(np.zeros((1,) + X.shape_ld, np.float32)).shape[1:]
         self.n_layers_in_, self.n_features_in_ = L, D
 
         def evaluate(module):
             pairs = {}
-            for i, (x, ref, off) in enumerate(zip(Xv, yv, ov)):
+            for i, (ref, off) in enumerate(zip(yv, ov)):
+                x = self._window(Xv, i, 0, Xv.n_frames(i)).to(self.device)
                 ri, rp = notes_to_arrays(ref)
-                ei, ep = notes_to_arrays(self._decode(module, x.to(self.device), off))
+                ei, ep = notes_to_arrays(self._decode(module, x, off))
                 pairs[i] = (ri, rp, ei, ep)
             return metrics.transcription_report(pairs)["mean"]["COnP"]["f1"]
 
@@ -117,11 +124,11 @@ class _FrameHead(SaveLoadMixin, BaseEstimator):
     def predict(self, X, offsets=None) -> list:
         """Notes [[onset_s, offset_s, midi], ...] per clip (whole clips decoded in one piece)."""
         offsets = [0.0] * len(X) if offsets is None else list(offsets)
+        X = _Clips.of(X)
         out = []
         with torch.no_grad():
-            for x, off in zip(X, offsets):
-                out.append(self._decode(self.module_, torch.from_numpy(self._select(np.asarray(x, np.float32))),
-                                        off))
+            for i, off in enumerate(offsets):
+                out.append(self._decode(self.module_, self._window(X, i, 0, X.n_frames(i)), off))
         return out
 
     def score(self, X, y, offsets=None) -> float:
@@ -130,6 +137,39 @@ class _FrameHead(SaveLoadMixin, BaseEstimator):
         for i, (ref, est) in enumerate(zip(y, self.predict(X, offsets))):
             pairs[i] = (*notes_to_arrays(ref), *notes_to_arrays(est))
         return metrics.transcription_report(pairs)["mean"]["COnP"]["f1"]
+
+
+class _Clips:
+    """Uniform access to clips given as a list of arrays [T_i, L, D] or a lazy
+    :class:`featurestore.datasets.ClipFrames`: len, n_frames(i), window(i, a, b), subset, shape_ld."""
+
+    def __init__(self, source, index=None):
+        self.source = source
+        self.index = list(range(len(source))) if index is None else list(index)
+        first = source[0] if not hasattr(source, "shape_ld") else None
+        self.shape_ld = tuple(source.shape_ld) if first is None else tuple(np.asarray(first).shape[1:])
+
+    @classmethod
+    def of(cls, X) -> "_Clips":
+        if isinstance(X, cls):
+            return X
+        if len(X) == 0:
+            raise ValueError("no clips")
+        return cls(X)
+
+    def __len__(self):
+        return len(self.index)
+
+    def n_frames(self, i: int) -> int:
+        j = self.index[i]
+        return self.source.n_frames(j) if hasattr(self.source, "n_frames") else len(self.source[j])
+
+    def window(self, i: int, a: int, b: int) -> np.ndarray:
+        j = self.index[i]
+        return self.source.window(j, a, b) if hasattr(self.source, "window") else np.asarray(self.source[j])[a:b]
+
+    def subset(self, idx) -> "_Clips":
+        return _Clips(self.source, [self.index[i] for i in idx])
 
 
 class _Net(torch.nn.Module):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from featurestore.datasets import ClipFrames
 from featurestore.store import FeatureStore
 
 
@@ -68,8 +69,8 @@ class NotesTask:
     rows = ClipLabelTask.rows
 
     def data(self, store: FeatureStore, backbone: str, split: str):
-        """(X list of float32 [T_i, L, D], y list of note lists inside each clip, offsets list of frame-0 times (s),
-        rows [n])."""
+        """(X lazy :class:`featurestore.datasets.ClipFrames` [T_i, L, D] per clip, y list of note lists inside
+        each clip, offsets list of frame-0 times (s), rows [n])."""
         try:
             column = store.labels(self.column)
         except KeyError as e:
@@ -77,15 +78,14 @@ class NotesTask:
         rows = self.rows(store, split)
         if len(rows) == 0:
             raise TaskError(f"split {split!r} is empty in {store.path}")
-        X, y, offsets = [], [], []
+        y, offsets = [], []
         for r in rows:
-            X.append(store.frames(int(r), backbone).astype(np.float32))
             t = store.frame_times(int(r), backbone)
             a, b = float(store.clips["start_s"][r]), float(store.clips["end_s"][r])
             notes = json.loads(column[r] or "[]")
             y.append([[max(on, a), min(off, b), int(m)] for on, off, m in notes if off > a and on < b])
             offsets.append(float(t[0]) if len(t) else a)
-        return X, y, offsets, rows
+        return ClipFrames(store, backbone, rows), y, offsets, rows
 
 
 def make_task(name: str):

@@ -1,0 +1,575 @@
+"""Singing voice transcription on MIR-ST500: ``python -m pipelines.transcription prepare|build|fit|evaluate|predict``.
+
+From the dataset to notes, step by step (WORKDIR is any folder; the backbone any registry name)::
+
+    # 1. manifest: MIR-ST500_corrected.json + one audio folder per song -> WORKDIR/manifest.csv
+    python -m pipelines.transcription prepare --raw /data/MIR-ST500 --workdir work/st500
+    # 2. feature store of whole songs (long audio is windowed by the build); add --separate to run
+    #    demucs (htdemucs) on the audio first, when you have mixtures only (see "Dataset layout")
+    python -m pipelines.transcription build --workdir work/st500 --backbone mert-v0-public
+    # 3. a frame head (crf: linear-chain CRF over note states; frames: the 20-output baseline)
+    python -m pipelines.transcription fit --workdir work/st500 --backbone mert-v0-public --head crf
+    # 4. song-level scores on the test split (songs 401-500), notes and MIDI of every song
+    python -m pipelines.transcription evaluate --workdir work/st500 --backbone mert-v0-public --head crf
+    # 5. notes (.txt, mir_eval format) and MIDI (.mid) for your own recordings
+    python -m pipelines.transcription predict --workdir work/st500 --backbone mert-v0-public --head crf \\
+        --input my_songs/ --out my_notes/
+
+``prepare --demo`` instead of ``--raw`` runs the same steps on the built-in synthetic demo corpus
+(no download; ``build --backbone crepe`` takes well under a minute on a CPU).
+
+Dataset layout (``--raw``)
+--------------------------
+``<raw>/MIR-ST500_corrected.json`` (or ``--labels FILE``): ``{song_id: [[onset_s, offset_s, midi], ...]}``,
+and ``<raw>/<song_id>/`` per song with its audio. Audio file names, matched case-insensitively, any
+of .wav/.flac/.mp3/.ogg:
+
+- vocals: stem ``vocals`` or ``vocal`` (``Vocals.wav``, ``vocal.wav`` ...), otherwise any stem that
+  contains ``vocal`` but not ``no``/``non``/``without`` before it (``song_vocals.flac`` yes,
+  ``no_vocals.wav`` no);
+- mixture: stem ``mixture`` or ``mix`` (``Mixture.mp3``, ``mixture.wav`` ...), otherwise the single
+  audio file of the folder that is neither a vocals file nor a stem of another source (names with
+  ``accompaniment``, ``instrumental``, ``inst``, ``karaoke``, ``backing``, ``bgm``, ``drums``, ``bass``,
+  ``other``, ``no_vocals`` ...), e.g. ``172.mp3``.
+
+Song folders are ``<raw>/<number>/`` or one level down (``<raw>/train/1/``, ``<raw>/test/401/``, the
+layout of the MIR-ST500 download scripts); folder and label names are song numbers.
+
+``--audio auto`` (default) takes the vocals when the folder has them, else the mixture; ``--audio
+vocals`` / ``--audio mixture`` insist on one kind and skip songs without it. Each manifest row says
+which it took (``uses``: ``vocals`` | ``mixture``). ``build --separate`` separates vocals with demucs
+(``htdemucs``, or ``--separate MODEL``; weights from ``--demucs-repo DIR`` or demucs' own lookup,
+cached per file in ``WORKDIR/store.zarr.vocals/``). Separation is a store-level setting of
+featurestore: it applies to *every* file of the store, vocals stems included (demucs on an isolated
+voice is close to the identity, but costs time). So: with stems, leave ``--separate`` off; with
+mixtures only (the paper's setup: demucs vocals of the mixtures), use ``prepare --audio mixture`` and
+``build --separate``.
+
+Splits: songs 1-400 are ``train``, 401-500 ``test`` (the official split). ``--valid-songs N``
+(default 40) holds out the last N train songs by number (songs 361-400 when all are present) as
+``valid``, for early stopping and the learning-rate choice; N is cut to leave at least one train
+song, and ``--valid-songs 0`` leaves the choice to heads (15 % of train songs, drawn with a seed).
+
+Bad input is reported (``WORKDIR/prepare_report.json`` and the console) and skipped, never fatal:
+a label entry whose audio folder or file is missing; an audio folder without labels; notes with
+offset <= onset, a negative onset, a pitch outside MIDI 0-127 or not three numbers (those notes are
+dropped, one line per song with the count); songs left with no note. Overlapping notes (the track
+is monophonic) are fixed by cutting the earlier note's offset at the later note's onset (a note
+that would be left with no duration, i.e. two notes with the same onset, is dropped), one line per
+song. Pitches are rounded to integers (MIR-ST500's are integral floats). A labels file that is
+missing or is not valid JSON of that shape is a clear error: exit status 2.
+
+Frames, decoding, scoring
+-------------------------
+The store holds whole songs (no segmenting), so frame targets are made by the heads at the
+backbone's own frame rate (50 Hz for the 16 kHz models, 75 Hz for MERT-v1) and each song is
+decoded in one piece. Should a store hold a song in several clips, each clip is decoded with its
+own frame times and the notes are joined per song before scoring. Scores follow REFERENCES.md
+section 2: ``mir_eval.transcription`` defaults per song (COnPOff, COnP, COn precision / recall /
+F1), averaged over songs (:func:`heads.metrics.transcription_report`).
+
+Outputs of ``evaluate`` in the run folder: ``evaluation.json`` (mean and per-song scores),
+``notes/<song>.txt`` (``onset offset Hz`` per line, the mir_eval format) and ``midi/<song>.mid``.
+
+MIDI is written with ``mido``: a tiny pure-Python dependency that gives exact control of ticks and
+tempo (so note times survive a round trip to within one tick); ``pretty_midi`` would drag in more
+(numpy-heavy helpers and its own dependencies) for no gain here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+
+from featurestore.clips import ClipSettings
+from featurestore.manifest import AUDIO_SUFFIXES
+from pipelines.runner import PrepareResult, TaskSpec, main, run_dir
+
+LABELS_FILE = "MIR-ST500_corrected.json"
+#: songs up to this number are train, the others test (the official MIR-ST500 split)
+LAST_TRAIN_SONG = 400
+DEMO_FLAG = "demo.flag"
+DEFAULT_VALID_SONGS = 40
+
+_VOCAL_STEMS = ("vocals", "vocal")
+_MIXTURE_STEMS = ("mixture", "mix")
+_NOT_VOCALS = re.compile(r"(no|non|without)[ _\-.]?vocal")
+_NOT_MIXTURE = re.compile(r"accompan|instrument|^inst|karaoke|backing|bgm|drums|bass|other|"
+                          r"(no|non|without)[ _\-.]?vocal")
+#: preferred suffix when a folder has the same kind of file in several formats
+_SUFFIX_RANK = {".wav": 0, ".flac": 1, ".ogg": 2, ".mp3": 3}
+
+
+# ----------------------------------------------------------------------------------------------
+# MIR-ST500 adapter
+# ----------------------------------------------------------------------------------------------
+def _skip(where: str, reason: str, message: str) -> dict:
+    return {"where": where, "reason": reason, "message": message}
+
+
+def _audio_files(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES),
+                  key=lambda p: (_SUFFIX_RANK.get(p.suffix.lower(), 9), p.name.lower()))
+
+
+def _is_vocals(p: Path) -> bool:
+    stem = p.stem.lower()
+    return "vocal" in stem and not _NOT_VOCALS.search(stem)
+
+
+def find_audio(folder: Path) -> dict[str, Path | None]:
+    """The vocals and mixture files of a song folder -> ``{"vocals": path | None, "mixture": path | None}``
+    (names in the module docstring). ``"ambiguous"`` holds the candidates when no mixture can be
+    told apart (several unnamed audio files)."""
+    files = _audio_files(folder)
+    vocals = [p for p in files if _is_vocals(p)]
+    exact_v = [p for p in vocals if p.stem.lower() in _VOCAL_STEMS]
+    others = [p for p in files if not _is_vocals(p) and not _NOT_MIXTURE.search(p.stem.lower())]
+    exact_m = [p for p in others if p.stem.lower() in _MIXTURE_STEMS]
+    out: dict = {"vocals": (exact_v or vocals or [None])[0], "mixture": None, "ambiguous": []}
+    if exact_m:
+        out["mixture"] = exact_m[0]
+    elif len(others) == 1:
+        out["mixture"] = others[0]
+    elif len(others) > 1:
+        out["ambiguous"] = others
+    return out
+
+
+def clean_notes(raw_notes) -> tuple[list[list], dict]:
+    """Validate one song's notes -> (notes sorted by onset, monophonic, ``[[on, off, midi int], ...]``,
+    counts). Notes that are not three finite numbers, have offset <= onset or a negative onset, or a
+    pitch outside MIDI 0-127 are dropped; overlaps are fixed by cutting the earlier note's offset at
+    the later onset (a note left with no duration is dropped). counts: ``malformed``, ``bad_time``,
+    ``bad_pitch``, ``overlaps`` (fixed), ``same_onset`` (dropped by the fix)."""
+    counts = {"malformed": 0, "bad_time": 0, "bad_pitch": 0, "overlaps": 0, "same_onset": 0}
+    good = []
+    for n in raw_notes:
+        try:
+            on, off, m = (float(v) for v in n)
+        except (TypeError, ValueError):
+            counts["malformed"] += 1
+            continue
+        if not all(math.isfinite(v) for v in (on, off, m)):
+            counts["malformed"] += 1
+        elif off <= on or on < 0:
+            counts["bad_time"] += 1
+        elif not 0 <= round(m) <= 127:
+            counts["bad_pitch"] += 1
+        else:
+            good.append([on, off, int(round(m))])
+    good.sort(key=lambda n: (n[0], n[1]))
+    out = []
+    for i, n in enumerate(good):
+        if i + 1 < len(good) and good[i + 1][0] < n[1]:
+            counts["overlaps"] += 1
+            n = [n[0], good[i + 1][0], n[2]]
+            if n[1] <= n[0]:
+                counts["same_onset"] += 1
+                continue
+        out.append(n)
+    return out, counts
+
+
+def _song_number(key) -> int | None:
+    try:
+        v = int(str(key).strip())
+    except ValueError:
+        return None
+    return v if v >= 1 else None
+
+
+def load_labels(path: Path) -> dict:
+    """``{song_id: notes}`` from the labels JSON. Raises ValueError with a clear message when the
+    file is missing, not JSON, or not an object of lists."""
+    if not path.is_file():
+        raise ValueError(f"labels file {path} does not exist (pass --labels FILE if it lives elsewhere)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object {{song_id: [[onset_s, offset_s, midi], ...]}}, "
+                         f"got a JSON {type(data).__name__}")
+    return data
+
+
+def prepare_mirst500(raw: Path, args) -> PrepareResult:
+    """MIR-ST500 folder -> manifest rows ``{path, id, split, notes, uses}`` and a skip report
+    (rules in the module docstring). A bad labels file gives no rows and one ``bad_labels`` entry
+    (the runner then exits with status 2)."""
+    raw = Path(raw)
+    if getattr(args, "workdir", None):  # this work folder is no longer a demo one
+        (Path(args.workdir) / DEMO_FLAG).unlink(missing_ok=True)
+    mode = getattr(args, "audio", None) or "auto"
+    n_valid = getattr(args, "valid_songs", None)
+    n_valid = DEFAULT_VALID_SONGS if n_valid is None else int(n_valid)
+    labels_path = Path(getattr(args, "labels", None) or raw / LABELS_FILE)
+    skipped: list[dict] = []
+    try:
+        labels = load_labels(labels_path)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return PrepareResult([], [_skip(str(labels_path), "bad_labels", str(e))])
+
+    folders: dict[int, Path] = {}
+    for d in sorted(p for p in raw.iterdir() if p.is_dir()):
+        subs = [d] if d.name.isdigit() else sorted(q for q in d.iterdir() if q.is_dir() and q.name.isdigit())
+        for q in subs:
+            num = _song_number(q.name)
+            if num is None:
+                continue
+            if num in folders:
+                skipped.append(_skip(str(q), "duplicate_song", f"{q}: song {num} already found in {folders[num]}"))
+            else:
+                folders[num] = q
+    songs: dict[int, str] = {}
+    for key in labels:
+        num = _song_number(key)
+        if num is None:
+            skipped.append(_skip(f"labels {key!r}", "bad_song_id", f"label key {key!r} is not a song number"))
+        elif num in songs:
+            skipped.append(_skip(f"labels {key!r}", "duplicate_song",
+                                 f"label key {key!r}: song {num} is already labelled as {songs[num]!r}"))
+        else:
+            songs[num] = key
+    for num, d in folders.items():
+        if num not in songs and _audio_files(d):
+            skipped.append(_skip(str(d), "no_labels", f"{d}: audio folder without labels in {labels_path.name}"))
+
+    rows = []
+    for num in sorted(songs):
+        key = songs[num]
+        sid, where = str(num), f"song {num}"
+        d = folders.get(num)
+        if d is None:
+            skipped.append(_skip(where, "missing_audio", f"{where}: labelled, but no folder {raw / key}"))
+            continue
+        found = find_audio(d)
+        if mode == "vocals":
+            path, uses = found["vocals"], "vocals"
+        elif mode == "mixture":
+            path, uses = found["mixture"], "mixture"
+        else:
+            path, uses = (found["vocals"], "vocals") if found["vocals"] else (found["mixture"], "mixture")
+        if path is None:
+            if found["ambiguous"] and uses == "mixture":
+                names = ", ".join(p.name for p in found["ambiguous"])
+                skipped.append(_skip(where, "ambiguous_audio", f"{where}: cannot tell the mixture among {names} "
+                                                              "(name it Mixture.*)"))
+            else:
+                what = {"vocals": "vocals file", "mixture": "mixture file"}.get(mode, "audio file")
+                skipped.append(_skip(where, "missing_audio", f"{where}: no {what} in {d}"))
+            continue
+        raw_notes = labels[key]
+        if not isinstance(raw_notes, list):
+            skipped.append(_skip(where, "bad_labels", f"{where}: labels are not a list of notes"))
+            continue
+        notes, c = clean_notes(raw_notes)
+        dropped = c["malformed"] + c["bad_time"] + c["bad_pitch"]
+        if dropped:
+            parts = [f"{c[k]} {txt}" for k, txt in (("bad_time", "with offset <= onset or a negative onset"),
+                                                    ("bad_pitch", "with a pitch outside MIDI 0-127"),
+                                                    ("malformed", "not [onset, offset, midi] numbers")) if c[k]]
+            skipped.append(_skip(where, "bad_notes", f"{where}: dropped {dropped} of {len(raw_notes)} notes "
+                                                     f"({'; '.join(parts)})"))
+        if c["overlaps"]:
+            extra = f"; {c['same_onset']} note(s) sharing the next note's onset dropped" if c["same_onset"] else ""
+            skipped.append(_skip(where, "overlapping_notes",
+                                 f"{where}: {c['overlaps']} overlapping note(s) fixed by cutting the earlier note's "
+                                 f"offset at the later onset{extra}"))
+        if not notes:
+            skipped.append(_skip(where, "no_notes", f"{where}: no usable note left; song skipped"))
+            continue
+        rows.append({"path": str(path.resolve()), "id": sid, "split": "train" if num <= LAST_TRAIN_SONG else "test",
+                     "notes": notes, "uses": uses})
+
+    train = [r for r in rows if r["split"] == "train"]
+    k = max(0, min(n_valid, len(train) - 1))
+    if k < n_valid and train:
+        print(f"note: --valid-songs {n_valid} cut to {k} (leaving one train song)")
+    if k:
+        for r in sorted(train, key=lambda r: int(r["id"]))[-k:]:
+            r["split"] = "valid"
+    mixtures = sum(r["uses"] == "mixture" for r in rows)
+    if mixtures:
+        print(f"note: {mixtures} song(s) use the mixture (no vocals file); `build --separate` separates the "
+              "vocals with demucs")
+    return PrepareResult(rows, skipped)
+
+
+def prepare_demo(demo_manifest: Path, args) -> PrepareResult:
+    """The demo corpus as rows (its notes and splits; solo synthetic voice, so ``uses`` = vocals).
+    Writes ``WORKDIR/demo.flag``, by which later commands recognise a demo work folder."""
+    demo_manifest = Path(demo_manifest)
+    records = json.loads(demo_manifest.read_text())
+    rows = [{"path": str((demo_manifest.parent / r["path"]).resolve()), "id": r["id"], "split": r["split"],
+             "notes": [[float(on), float(off), int(m)] for on, off, m in r["notes"]], "uses": "vocals"}
+            for r in records]
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / DEMO_FLAG).write_text(f"{demo_manifest}\n")
+    return PrepareResult(rows, [])
+
+
+def is_demo(workdir) -> bool:
+    return (Path(workdir) / DEMO_FLAG).is_file()
+
+
+def clip_settings(args) -> ClipSettings:
+    """Whole songs (featurestore windows long audio at extraction), optional demucs separation.
+    The demo (whole 5 s files of a solo voice) is never separated."""
+    separate = getattr(args, "separate", None)
+    if separate and is_demo(args.workdir):
+        print("note: --separate ignored for the demo (a solo synthetic voice)")
+        separate = None
+    return ClipSettings(segment_s=None, separate=separate, demucs_repo=getattr(args, "demucs_repo", None))
+
+
+# ----------------------------------------------------------------------------------------------
+# MIDI
+# ----------------------------------------------------------------------------------------------
+def write_midi(notes, path, tempo_bpm: float = 120, ticks_per_beat: int = 480, velocity: int = 100) -> Path:
+    """Write ``[[onset_s, offset_s, midi], ...]`` as a type-0 MIDI file (one track, channel 0).
+
+    Times are converted with the tempo actually stored (``mido.bpm2tempo(tempo_bpm)`` microseconds
+    per beat), rounded to the nearest tick (1/960 s at the defaults), so a reader gets each onset and
+    offset back within half a tick; a note is at least one tick long. Pitches are rounded and clipped
+    to 0-127. At equal ticks note-offs come before note-ons, so a repeated pitch is re-attacked.
+    """
+    import mido
+
+    tempo = mido.bpm2tempo(tempo_bpm)
+    tick_s = tempo / 1e6 / ticks_per_beat
+    events = []  # (tick, 0 = off / 1 = on, pitch)
+    for on, off, m in notes:
+        p = int(np.clip(round(float(m)), 0, 127))
+        a = max(0, int(round(float(on) / tick_s)))
+        b = max(a + 1, int(round(float(off) / tick_s)))
+        events += [(a, 1, p), (b, 0, p)]
+    events.sort()
+    track = mido.MidiTrack()
+    track.append(mido.MetaMessage("set_tempo", tempo=tempo, time=0))
+    now = 0
+    for tick, kind, p in events:
+        msg = "note_on" if kind else "note_off"
+        track.append(mido.Message(msg, note=p, velocity=int(velocity) if kind else 0, channel=0, time=tick - now))
+        now = tick
+    track.append(mido.MetaMessage("end_of_track", time=0))
+    mf = mido.MidiFile(type=0, ticks_per_beat=ticks_per_beat)
+    mf.tracks.append(track)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mf.save(str(path))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# decoding, evaluation, prediction
+# ----------------------------------------------------------------------------------------------
+def _safe(name: str) -> str:
+    return str(name).replace("/", "_").replace("\\", "_")
+
+
+def decode_songs(store, backbone: str, head, rows) -> dict[str, dict]:
+    """Decode the clips ``rows`` with ``head`` and join them per song (file_id).
+
+    Returns ``{song: {"notes": [[on, off, midi], ...] (seconds of the song's file), "span": (start_s,
+    end_s) covered by its clips, "rows": [...]}}``."""
+    import torch
+
+    songs: dict[str, dict] = {}
+    fids = store.clips["file_id"]
+    threads = torch.get_num_threads()
+    # the CRF's Viterbi is a loop of tiny [S, S] steps: one thread runs them ~10x faster than several
+    # (which wait on each other, worst on a busy machine)
+    torch.set_num_threads(1)
+    try:
+        _decode_rows(store, backbone, head, rows, fids, songs)
+    finally:
+        torch.set_num_threads(threads)
+    for s in songs.values():
+        s["notes"].sort()
+    return songs
+
+
+def _decode_rows(store, backbone, head, rows, fids, songs) -> None:
+    for r in rows:
+        r = int(r)
+        if store.n_frames(backbone)[r] == 0:
+            continue
+        x = store.frames(r, backbone).astype(np.float32)
+        t0 = float(store.frame_times(r, backbone)[0])
+        notes = head.predict([x], offsets=[t0])[0]
+        s = songs.setdefault(str(fids[r]), {"notes": [], "span": (math.inf, -math.inf), "rows": []})
+        s["notes"] += [[float(on), float(off), int(m)] for on, off, m in notes]
+        s["span"] = (min(s["span"][0], float(store.clips["start_s"][r])),
+                     max(s["span"][1], float(store.clips["end_s"][r])))
+        s["rows"].append(r)
+
+
+def _write_song(notes, folder_txt: Path, folder_mid: Path, name: str) -> None:
+    from heads.notes import notes_to_arrays, write_notes
+
+    folder_txt.mkdir(parents=True, exist_ok=True)
+    write_notes(folder_txt / f"{name}.txt", *notes_to_arrays(notes))
+    write_midi(notes, folder_mid / f"{name}.mid")
+
+
+def _eval_split(store, wanted: str | None) -> str:
+    if wanted:
+        return wanted
+    return "test" if len(store.split_indices("test")) else "valid"
+
+
+def evaluate(store, run_dir: Path, args) -> dict:
+    """Decode every song of the evaluation split (``--split``, default test if the store has one,
+    else valid), score each song with mir_eval and average over songs; write ``notes/<song>.txt``
+    and ``midi/<song>.mid`` in the run folder."""
+    from heads.fit import backbone_name
+    from heads.metrics import transcription_report
+    from heads.notes import notes_to_arrays
+    from heads.persist import load_head
+    from heads.tasks import NotesTask
+
+    backbone = backbone_name(store, args.backbone[0])
+    head = load_head(Path(run_dir) / "head.joblib")
+    split = _eval_split(store, getattr(args, "split", None))
+    rows = NotesTask().rows(store, split)
+    if len(rows) == 0:
+        print(f"error: split {split!r} is empty in {store.path}", file=sys.stderr)
+        raise SystemExit(2)
+    labels = store.labels("notes")
+    songs = decode_songs(store, backbone, head, rows)
+    pairs, counts = {}, {}
+    for sid, s in songs.items():
+        a, b = s["span"]
+        ref = [[max(on, a), min(off, b), int(m)] for on, off, m in json.loads(labels[s["rows"][0]] or "[]")
+               if off > a and on < b]
+        _write_song(s["notes"], Path(run_dir) / "notes", Path(run_dir) / "midi", _safe(sid))
+        pairs[sid] = (*notes_to_arrays(ref), *notes_to_arrays(s["notes"]))
+        counts[sid] = (len(ref), len(s["notes"]))
+    rep = transcription_report(pairs)
+    per_song = {sid: {**{k: v for k, v in sc.items() if k != "raw"}, "n_ref": counts[sid][0],
+                      "n_est": counts[sid][1]} for sid, sc in rep["per_song"].items()}
+    print(f"{len(songs)} {split} songs decoded; notes -> {Path(run_dir) / 'notes'}, MIDI -> {Path(run_dir) / 'midi'}")
+    return {"mean": rep["mean"], "per_song": per_song, "n_songs": rep["n_songs"], "split": split}
+
+
+def _training_settings(workdir: Path, args) -> ClipSettings:
+    """The clip settings of the training store when there is one (so new audio is cut and separated
+    the same way), else this task's settings."""
+    from featurestore import open_store
+
+    try:
+        stored = open_store(workdir / "store.zarr").clip_settings
+    except (FileNotFoundError, ValueError):
+        stored = {}
+    if not stored:
+        return clip_settings(args)
+    known = {f.name for f in fields(ClipSettings)}
+    return ClipSettings(**{k: v for k, v in stored.items() if k in known})
+
+
+def predict(args) -> int:
+    """``--input FOLDER`` of audio files -> ``WORKDIR/predict_store.zarr`` (the training store's clip
+    settings, the same backbone) -> ``<out>/<file id>.txt`` (mir_eval notes) and ``.mid`` per file."""
+    from featurestore import open_store
+    from featurestore.build import SettingsMismatch, build
+    from heads.fit import backbone_name
+    from heads.persist import load_head
+
+    work = Path(args.workdir)
+    rd = run_dir(args)
+    if not (rd / "head.joblib").is_file():
+        print(f"error: no fitted head in {rd}: run fit first", file=sys.stderr)
+        return 2
+    if not args.input:
+        print("error: predict needs --input FOLDER (audio files)", file=sys.stderr)
+        return 2
+    inp = Path(args.input)
+    if not inp.is_dir():
+        print(f"error: --input {inp} is not a folder", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else work / "predictions"
+    store_path = work / "predict_store.zarr"
+    try:
+        report = build(inp, store_path, [args.backbone[0]], clip_settings=_training_settings(work, args),
+                       model_path=getattr(args, "model_path", None), device=args.device,
+                       num_workers=getattr(args, "num_workers", None) or 2, overwrite=True,
+                       progress=not args.no_progress)
+    except (SettingsMismatch, FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for s in report.skipped:
+        print(f"skipped [{s['reason']}] {s['message']}")
+    store = open_store(store_path)
+    backbone = backbone_name(store, args.backbone[0])
+    _check_same_weights(work / "store.zarr", store, backbone)
+    head = load_head(rd / "head.joblib")
+    songs = decode_songs(store, backbone, head, range(len(store)))
+    for sid, s in songs.items():
+        target = out / sid
+        _write_song(s["notes"], target.parent, target.parent, target.name)
+    print(f"{len(songs)} file(s) transcribed -> {out} (.txt: onset offset Hz; .mid)")
+    return 0
+
+
+def _check_same_weights(train_store: Path, store, backbone: str) -> None:
+    from featurestore import open_store
+
+    try:
+        want = open_store(train_store).info(backbone)["identity"].get("weights_hash")
+    except Exception:  # noqa: BLE001 - no training store, or backbone not in it: nothing to compare
+        return
+    have = store.info(backbone)["identity"].get("weights_hash")
+    if want and have and want != have:
+        print(f"warning: {backbone} weights differ from those the head was trained on (pass the same "
+              "--model-path as for build)", file=sys.stderr)
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    if command == "prepare":
+        parser.add_argument("--labels", help=f"labels JSON; if not given, RAW/{LABELS_FILE}")
+        parser.add_argument("--audio", choices=["auto", "vocals", "mixture"], default="auto",
+                            help="which audio of a song folder: auto = vocals when present, else the mixture")
+        parser.add_argument("--valid-songs", type=int, default=DEFAULT_VALID_SONGS,
+                            help="hold out the last N train songs (by number) as the validation split")
+    if command == "build":
+        parser.add_argument("--separate", nargs="?", const="htdemucs", default=None, metavar="MODEL",
+                            help="separate vocals with demucs first (every file of the store; default model "
+                                 "htdemucs)")
+        parser.add_argument("--demucs-repo", help="local folder with the demucs weights")
+    if command == "evaluate":
+        parser.add_argument("--split", default=None, help="split to score (default: test if present, else valid)")
+    if command == "predict":
+        parser.add_argument("--input", help="folder of audio files to transcribe")
+        parser.add_argument("--out", help="output folder (default: WORKDIR/predictions)")
+        parser.add_argument("--model-path", help="local folder of the backbone's weights (as given to build)")
+        parser.add_argument("--num-workers", type=int, default=None)
+
+
+SPEC = TaskSpec(
+    name="transcription",
+    description="singing voice transcription (MIR-ST500): notes with onset, offset and pitch",
+    heads_task="transcription",
+    default_head="crf",
+    prepare=prepare_mirst500,
+    prepare_demo=prepare_demo,
+    clip_settings=clip_settings,
+    evaluate=evaluate,
+    summary_keys=["mean.COnPOff.f1", "mean.COnP.f1", "mean.COn.f1"],
+    predict=predict,
+    add_arguments=add_arguments,
+)
+
+if __name__ == "__main__":
+    sys.exit(main(SPEC))
