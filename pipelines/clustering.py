@@ -1,0 +1,445 @@
+"""Do a frontend's frame features cluster by pitch class? (The analysis of seed report 000.)
+
+    python -m pipelines.clustering --demo --out clus                       # demo store, last layer
+    python -m pipelines.clustering --store W/store.zarr --backbone mert --layer 6 --out clus
+    python -m pipelines.clustering --store W/store.zarr --backbone mert --run W/runs/mert-crf --out clus
+
+Steps:
+
+1. Features: the frames of one stored layer (``--layer K``), or the weighted sum of all layers with
+   the softmax weights a fitted head learned (``--run RUN_DIR``: its ``head.joblib``'s
+   ``layer_weights_``; a head fitted on a subset of layers gives the other layers weight 0; a head
+   fitted with ``layer_norm`` gets the same per-layer LayerNorm, no affine, before the sum). With
+   neither, the last stored layer.
+2. Labels: the pitch class (MIDI % 12; 0 = C) of the note sounding at each frame, read from the
+   store's JSON ``notes`` label column (``[[onset_s, offset_s, midi], ...]`` in seconds of the clip's
+   file) at the frame centre times of :meth:`FeatureStore.frame_times`; a frame is in a note when
+   ``onset_s <= t < offset_s``. Frames in no note are left out.
+3. Sampling: ``--per-class N`` frames per pitch class (default 200; all of a class's frames when it has
+   fewer), drawn without replacement with ``numpy.random.default_rng(seed)`` (deterministic).
+4. Clustering, after standardising every feature (zero mean, unit variance) and, when the features
+   have more than ``--pca`` dimensions (default 50; 0 = off), a PCA to that many dimensions (t-SNE
+   and both clusterings see the same reduced features; it keeps them fast and less noisy):
+   KMeans (k = 12, n_init = 10) and HDBSCAN (``sklearn.cluster.HDBSCAN``, ``--min-cluster-size``,
+   default 10). HDBSCAN's noise label -1 is kept as one more cluster when scoring (noise points are
+   not dropped, so a clustering that calls everything noise scores 0, not 1). KMeans, HDBSCAN and
+   t-SNE run on one OpenMP thread by default (``--threads``; see :data:`THREADS`).
+5. Scores: ARI and NMI against the pitch classes (``heads.metrics.clustering_scores``);
+   ``out/clustering.json`` and a small table on stdout.
+6. Plot: a 2-D t-SNE (perplexity 30, or (N - 1) / 3 when N is small) coloured by the true pitch class
+   (left) and by KMeans cluster (right; each cluster coloured like the pitch class it matches best, by
+   Hungarian matching), saved as ``out/tsne.png``.
+
+From code: :func:`pitch_class_frames`, :func:`cluster_assignments`, :func:`cluster_scores`,
+:func:`plot_tsne`, :func:`frame_pitch_classes`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+#: 12 distinguishable colours (tab10 + two), one per pitch class.
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#000000", "#f5d000")
+NOISE_COLOUR = "#d0d0d0"
+
+#: OpenMP threads for KMeans, HDBSCAN and t-SNE (``threads=None``: the libraries' default, all cores).
+#: One thread by default: on a small or shared machine scikit-learn's OpenMP loops spin-wait for
+#: descheduled threads, and t-SNE of 2,400 points took 22-44 s with 2 threads on 2 busy cores
+#: against 7 s with one.
+THREADS = 1
+
+
+def _threads(threads):
+    if threads is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=int(threads), user_api="openmp")
+
+
+# ---------------------------------------------------------------------------------------------
+# labels and features
+# ---------------------------------------------------------------------------------------------
+#: Sampled frames of a clip further apart than this many frames are read separately.
+READ_GAP = 256
+
+
+def frame_pitch_classes(times, notes) -> np.ndarray:
+    """Pitch class (MIDI % 12) of the note sounding at each time, -1 where no note sounds.
+
+    times: float [T] seconds; notes: ``[[onset_s, offset_s, midi], ...]``. A time t is in a note when
+    ``onset_s <= t < offset_s`` (a later note wins if notes overlap). Returns int64 [T]."""
+    times = np.asarray(times, dtype=np.float64)
+    out = np.full(times.shape, -1, dtype=np.int64)
+    for on, off, midi in notes or []:
+        out[(times >= float(on)) & (times < float(off))] = int(round(float(midi))) % 12
+    return out
+
+
+def _notes(text) -> list:
+    text = str(text).strip()
+    if not text:
+        return []
+    notes = json.loads(text)
+    if not isinstance(notes, list):
+        raise ValueError(f"a notes label must be a JSON list, got {type(notes).__name__}")
+    return notes
+
+
+def _resolve_backbone(store, backbone: str) -> str:
+    from heads.fit import backbone_name
+
+    bb = backbone_name(store, backbone)
+    store.group(bb)  # raises BackboneNotInStore with a helpful message
+    return bb
+
+
+def run_layer_weights(run_dir, n_layers: int) -> tuple[np.ndarray, bool]:
+    """(weights [n_layers] over the stored layers, layer_norm) of the head fitted in ``run_dir``.
+
+    A head fitted on a subset of layers (``--layers i,j``) gives the others weight 0."""
+    from heads.persist import load_head
+
+    path = Path(run_dir) / "head.joblib"
+    if not path.is_file():
+        raise FileNotFoundError(f"no fitted head in {run_dir} (head.joblib is missing)")
+    head = load_head(path)
+    w = np.asarray(getattr(head, "layer_weights_", None), dtype=np.float64)
+    if w.ndim != 1 or w.size == 0:
+        raise ValueError(f"{path}: the head has no layer_weights_")
+    layers = getattr(head, "layers", None)
+    if isinstance(layers, (list, tuple, np.ndarray)) and len(layers) == len(w) and len(w) != n_layers:
+        full = np.zeros(n_layers)
+        full[np.asarray(layers, dtype=np.int64)] = w
+        w = full
+    if len(w) != n_layers:
+        raise ValueError(f"{path}: {len(w)} layer weights for a backbone with {n_layers} stored layers")
+    return w, bool(getattr(head, "layer_norm", False))
+
+
+def _combine(x: np.ndarray, layer, weights, layer_norm: bool) -> np.ndarray:
+    """x [n, L, D] -> [n, D]: one layer, or the weighted sum (optionally LayerNorm-ed per layer)."""
+    x = x.astype(np.float32)
+    if weights is None:
+        return x[:, layer]
+    if layer_norm:
+        mu = x.mean(-1, keepdims=True)
+        var = x.var(-1, keepdims=True)
+        x = (x - mu) / np.sqrt(var + 1e-5)
+    return np.einsum("nld,l->nd", x, np.asarray(weights, dtype=np.float32))
+
+
+def pitch_class_frames(store, backbone: str, layer: int | None = None, weights=None, per_class: int = 200,
+                       seed: int = 0, *, split: str | None = None, layer_norm: bool = False,
+                       notes_column: str = "notes"):
+    """Frame features sampled per pitch class -> (X float32 [N, D], y int64 [N] in 0..11).
+
+    One stored ``layer`` (negative counts from the end), or the ``weights`` [L] sum of all layers
+    (e.g. a fitted head's softmax ``layer_weights_``; ``layer_norm``: per-layer LayerNorm first, as
+    such a head does); neither: the last layer. Frames are labelled with MIDI % 12 of the note
+    sounding at their centre time (the ``notes_column`` JSON labels); frames in no note are left out.
+    ``per_class`` frames per class are drawn (all of them when a class has fewer) with
+    ``numpy.random.default_rng(seed)``; ``split`` limits the clips to one split (None: all). Rows of X
+    are grouped by class (0..11), in store order within a class.
+    """
+    if layer is not None and weights is not None:
+        raise ValueError("give a layer or weights, not both")
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    bb = _resolve_backbone(store, backbone)
+    L, D = store.shape(bb)
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != (L,):
+            raise ValueError(f"weights must have shape [{L}] (one per stored layer), got {weights.shape}")
+    else:
+        layer = L - 1 if layer is None else int(layer)
+        if not -L <= layer < L:
+            raise ValueError(f"layer {layer} out of range: {bb} has {L} stored layers (0..{L - 1})")
+        layer %= L
+    column = store.labels(notes_column)
+    rows = np.arange(len(store)) if split is None else store.split_indices(split)
+    clip_of, frame_of, label_of = [], [], []
+    for r in rows:
+        notes = _notes(column[r])
+        if not notes:
+            continue
+        pc = frame_pitch_classes(store.frame_times(int(r), bb), notes)
+        idx = np.flatnonzero(pc >= 0)
+        clip_of.append(np.full(len(idx), r, dtype=np.int64))
+        frame_of.append(idx)
+        label_of.append(pc[idx])
+    if not label_of or sum(len(v) for v in label_of) == 0:
+        raise ValueError(f"no frame of {store.path} lies inside a note (column {notes_column!r}"
+                         + (f", split {split!r}" if split else "") + ")")
+    clip_of, frame_of, label_of = (np.concatenate(v) for v in (clip_of, frame_of, label_of))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in range(12):
+        cand = np.flatnonzero(label_of == c)
+        if len(cand) > per_class:
+            cand = np.sort(rng.choice(cand, size=per_class, replace=False))
+        chosen.append(cand)
+    chosen = np.concatenate(chosen)
+    X = np.empty((len(chosen), D), dtype=np.float32)
+    sel = None if weights is not None else [layer]
+    clips = clip_of[chosen]
+    for r in np.unique(clips):
+        pos = np.flatnonzero(clips == r)
+        pos = pos[np.argsort(frame_of[chosen[pos]], kind="stable")]
+        f = frame_of[chosen[pos]]
+        # one read per run of sampled frames less than READ_GAP apart (whole-song clips stay cheap)
+        cuts = np.flatnonzero(np.diff(f) > READ_GAP) + 1
+        for p, g in zip(np.split(pos, cuts), np.split(f, cuts)):
+            lo, hi = int(g[0]), int(g[-1]) + 1
+            x = store.frames(int(r), bb, layers=sel, start=lo, stop=hi)[g - lo]
+            X[p] = _combine(x, 0 if sel else None, weights, layer_norm)
+    return X, label_of[chosen]
+
+
+# ---------------------------------------------------------------------------------------------
+# clustering and scores
+# ---------------------------------------------------------------------------------------------
+def preprocess(X, pca: int | None = 50, seed: int = 0) -> np.ndarray:
+    """Standardise every feature, then PCA to ``pca`` dims when X has more (None/0: no PCA)."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    Z = StandardScaler().fit_transform(np.asarray(X, dtype=np.float64))
+    if pca and Z.shape[1] > pca and Z.shape[0] > 1:
+        Z = PCA(n_components=min(int(pca), Z.shape[0]), random_state=seed).fit_transform(Z)
+    return Z
+
+
+def cluster_assignments(X, seed: int = 0, *, k: int = 12, min_cluster_size: int = 10, pca: int | None = 50,
+                        preprocessed: bool = False, threads: int | None = THREADS) -> dict:
+    """``{"kmeans": int [N], "hdbscan": int [N] (-1 = noise)}`` on the standardised (+PCA) features.
+
+    KMeans: ``k`` clusters (at most N), n_init=10, random_state=seed. HDBSCAN: ``min_cluster_size``
+    (at most N). ``preprocessed=True``: X is used as given. ``threads``: see :data:`THREADS`."""
+    from sklearn.cluster import HDBSCAN, KMeans
+
+    Z = np.asarray(X, dtype=np.float64) if preprocessed else preprocess(X, pca, seed)
+    n = len(Z)
+    if n < 2:
+        raise ValueError(f"need at least 2 samples to cluster, got {n}")
+    with _threads(threads):
+        km = KMeans(n_clusters=min(k, n), n_init=10, random_state=seed).fit_predict(Z)
+        hd = HDBSCAN(min_cluster_size=max(2, min(int(min_cluster_size), n)), copy=True).fit_predict(Z)
+    return {"kmeans": km.astype(np.int64), "hdbscan": hd.astype(np.int64)}
+
+
+def cluster_scores(X, y, seed: int = 0, *, k: int = 12, min_cluster_size: int = 10, pca: int | None = 50,
+                   assignments: dict | None = None, threads: int | None = THREADS) -> dict:
+    """ARI and NMI of KMeans and HDBSCAN clusterings of X against the labels y.
+
+    X [N, D] features, y [N] labels. Returns ``{"kmeans": {"ARI", "NMI", "n_clusters"}, "hdbscan":
+    {"ARI", "NMI", "n_clusters", "noise_fraction"}, "n", "n_classes", "dims"}``. HDBSCAN's noise
+    (-1) counts as one more cluster in ARI/NMI; ``n_clusters`` does not count it. ``assignments``:
+    reuse the output of :func:`cluster_assignments` instead of clustering again."""
+    from heads.metrics import clustering_scores
+
+    y = np.asarray(y)
+    X = np.asarray(X)
+    if len(X) != len(y):
+        raise ValueError(f"X has {len(X)} rows, y {len(y)}")
+    a = assignments or cluster_assignments(X, seed, k=k, min_cluster_size=min_cluster_size, pca=pca,
+                                           threads=threads)
+    out = {"n": int(len(y)), "n_classes": int(len(np.unique(y))),
+           "dims": int(min(X.shape[1], pca, len(X)) if pca and X.shape[1] > pca else X.shape[1])}
+    km, hd = a["kmeans"], a["hdbscan"]
+    out["kmeans"] = {**clustering_scores(y, km), "n_clusters": int(len(np.unique(km)))}
+    out["hdbscan"] = {**clustering_scores(y, hd), "n_clusters": int(len(np.unique(hd[hd >= 0]))),
+                      "noise_fraction": float(np.mean(hd < 0))}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# plot
+# ---------------------------------------------------------------------------------------------
+def tsne_perplexity(n: int, perplexity: float = 30.0) -> float:
+    """``perplexity``, capped at (n - 1) / 3 for small n (t-SNE needs perplexity < n)."""
+    return float(min(perplexity, max(1.0, (n - 1) / 3.0)))
+
+
+def tsne_2d(X, seed: int = 0, perplexity: float = 30.0, pca: int | None = 50, preprocessed: bool = False,
+            threads: int | None = THREADS):
+    """2-D t-SNE [N, 2] of the standardised (+PCA) features (``preprocessed=True``: X as given)."""
+    from sklearn.manifold import TSNE
+
+    Z = np.asarray(X, dtype=np.float64) if preprocessed else preprocess(X, pca, seed)
+    with _threads(threads):
+        return TSNE(n_components=2, perplexity=tsne_perplexity(len(Z), perplexity), init="pca",
+                    learning_rate="auto", random_state=seed).fit_transform(Z)
+
+
+def _match_colours(y: np.ndarray, clusters: np.ndarray) -> dict:
+    """cluster -> pitch class it overlaps most (Hungarian matching on the contingency table)."""
+    from scipy.optimize import linear_sum_assignment
+
+    ids = [c for c in np.unique(clusters) if c >= 0]
+    classes = np.arange(12)
+    table = np.array([[np.sum((clusters == c) & (y == k)) for k in classes] for c in ids])
+    match = {}
+    if len(ids):
+        r, c = linear_sum_assignment(-table)
+        match = {ids[i]: int(classes[j]) for i, j in zip(r, c)}
+    used = set(match.values())
+    spare = [k for k in classes if k not in used]
+    for c in ids:  # more clusters than classes: the remaining colours, then the best overlap
+        if c not in match:
+            match[c] = int(spare.pop(0)) if spare else int(np.argmax(table[ids.index(c)]))
+    return match
+
+
+def plot_tsne(X, y, clusters, path, *, seed: int = 0, perplexity: float = 30.0, pca: int | None = 50,
+              title: str | None = None, embedding=None, threads: int | None = THREADS) -> Path:
+    """Side-by-side 2-D t-SNE of X: coloured by true pitch class y (0..11) and by cluster (KMeans).
+
+    Clusters are coloured like the pitch class they match best; -1 (noise) is grey. ``embedding``
+    [N, 2]: reuse a computed t-SNE. Saves a PNG at ``path`` and returns it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    y = np.asarray(y, dtype=np.int64)
+    clusters = np.asarray(clusters, dtype=np.int64)
+    E = np.asarray(embedding) if embedding is not None else tsne_2d(X, seed, perplexity, pca, threads=threads)
+    fig = Figure(figsize=(13, 5.8))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    size = 10 if len(y) > 1000 else 18
+    present = sorted(set(y.tolist()))
+    for k in present:
+        m = y == k
+        ax1.scatter(E[m, 0], E[m, 1], s=size, c=COLOURS[k % 12], label=PITCH_CLASSES[k % 12], alpha=0.8,
+                    linewidths=0)
+    ax1.legend(fontsize=7, markerscale=1.5, loc="best", ncol=2, title="pitch class", title_fontsize=8)
+    ax1.set_title("true pitch class", fontsize=10)
+    match = _match_colours(y, clusters)
+    handles = []
+    for c in sorted(set(clusters.tolist())):
+        m = clusters == c
+        colour = NOISE_COLOUR if c < 0 else COLOURS[match[c] % 12]
+        ax2.scatter(E[m, 0], E[m, 1], s=size, c=colour, alpha=0.8, linewidths=0)
+        name = "noise" if c < 0 else f"{c} (~{PITCH_CLASSES[match[c] % 12]})"
+        handles.append(Line2D([], [], ls="", marker="o", color=colour, label=name))
+    ax2.legend(handles=handles, fontsize=7, loc="best", ncol=2, title="cluster (matched class)",
+               title_fontsize=8)
+    ax2.set_title("KMeans cluster", fontsize=10)
+    for ax in (ax1, ax2):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=110)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipelines.clustering",
+                                description="Cluster a frontend's frame features and score the clusters against "
+                                            "pitch classes (MIDI % 12): KMeans + HDBSCAN, ARI/NMI, t-SNE plot.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--store", help="feature store with a JSON 'notes' label column")
+    src.add_argument("--demo", action="store_true", help="use the demo store (built if missing)")
+    p.add_argument("--backbone", default=None,
+                   help="backbone in the store (registry name or alias); not given: the --run's, else crepe")
+    feat = p.add_mutually_exclusive_group()
+    feat.add_argument("--layer", type=int, default=None, help="one stored layer (not given: the last one)")
+    feat.add_argument("--run", help="run folder of a fitted head: use its softmax layer weights for a weighted sum")
+    p.add_argument("--per-class", type=int, default=200, help="frames sampled per pitch class")
+    p.add_argument("--split", default=None, help="only clips of this split (not given: all clips)")
+    p.add_argument("--notes-column", default="notes", help="JSON notes label column")
+    p.add_argument("--k", type=int, default=12, help="KMeans clusters")
+    p.add_argument("--min-cluster-size", type=int, default=10, help="HDBSCAN min_cluster_size")
+    p.add_argument("--pca", type=int, default=50, help="PCA dims after standardising (0: no PCA)")
+    p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (capped at (N-1)/3)")
+    p.add_argument("--threads", type=int, default=THREADS,
+                   help="OpenMP threads for KMeans/HDBSCAN/t-SNE (0: the libraries' default, all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder (tsne.png, clustering.json)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from featurestore import open_store
+    from featurestore.store import BackboneNotInStore
+    from heads import metrics
+
+    args = parse_args(argv)
+    out = Path(args.out)
+    try:
+        if args.demo:
+            from heads.fit import ensure_demo_store
+
+            store = open_store(ensure_demo_store())
+        else:
+            store = open_store(args.store)
+        backbone = args.backbone
+        if backbone is None and args.run and (Path(args.run) / "metrics.json").is_file():
+            backbone = json.loads((Path(args.run) / "metrics.json").read_text()).get("backbone")
+        bb = _resolve_backbone(store, backbone or "crepe")
+        L, _ = store.shape(bb)
+        weights, layer_norm = None, False
+        if args.run:
+            weights, layer_norm = run_layer_weights(args.run, L)
+            features = f"weighted sum of {L} layers (weights of {args.run})"
+            layer = None
+        else:
+            layer = L - 1 if args.layer is None else args.layer
+            if not -L <= layer < L:
+                raise ValueError(f"--layer {layer} out of range: {bb} has {L} stored layers (0..{L - 1})")
+            layer %= L
+            features = f"layer {layer}"
+        X, y = pitch_class_frames(store, bb, layer=layer, weights=weights,
+                                  per_class=args.per_class, seed=args.seed, split=args.split,
+                                  layer_norm=layer_norm, notes_column=args.notes_column)
+    except (BackboneNotInStore, FileNotFoundError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    pca, threads = args.pca or None, args.threads or None
+    Z = preprocess(X, pca, args.seed)
+    assign = cluster_assignments(Z, args.seed, k=args.k, min_cluster_size=args.min_cluster_size, preprocessed=True,
+                                 threads=threads)
+    scores = cluster_scores(X, y, args.seed, k=args.k, min_cluster_size=args.min_cluster_size, pca=pca,
+                            assignments=assign)
+    out.mkdir(parents=True, exist_ok=True)
+    perplexity = tsne_perplexity(len(Z), args.perplexity)
+    E = tsne_2d(Z, args.seed, perplexity, preprocessed=True, threads=threads)
+    plot_tsne(X, y, assign["kmeans"], out / "tsne.png", embedding=E,
+              title=f"{bb}, {features}: KMeans ARI {scores['kmeans']['ARI']:.2f} / NMI {scores['kmeans']['NMI']:.2f}")
+    counts = np.bincount(y, minlength=12)
+    result = {"store": str(store.path), "backbone": bb, "features": features, "layer": layer, "run": args.run,
+              "layer_weights": None if weights is None else [float(w) for w in weights], "layer_norm": layer_norm,
+              "split": args.split, "per_class": args.per_class, "seed": args.seed,
+              "class_counts": {PITCH_CLASSES[k]: int(counts[k]) for k in range(12)},
+              "settings": {"standardise": True, "pca": pca, "k": args.k, "n_init": 10,
+                           "min_cluster_size": args.min_cluster_size, "hdbscan_noise": "kept as one cluster",
+                           "tsne_perplexity": perplexity},
+              **scores}
+    (out / "clustering.json").write_text(json.dumps(result, indent=2))
+    rows = [{"algorithm": "kmeans", **scores["kmeans"]},
+            {"algorithm": "hdbscan", **scores["hdbscan"]}]
+    print(f"{bb}, {features}: {scores['n']} frames, {scores['n_classes']} pitch classes, {scores['dims']} dims")
+    print(metrics.format_table(rows, ["algorithm", "ARI", "NMI", "n_clusters", "noise_fraction"]))
+    print(f"wrote {out / 'clustering.json'} and {out / 'tsne.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
