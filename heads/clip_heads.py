@@ -21,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 
 from heads.modules import LayerSweepLinear, SumThenHead
 from heads.persist import SaveLoadMixin
-from heads.training import class_weights, lr_grid, seed_everything, sweep_lr, train_module
+from heads.training import class_weights, lr_grid, sweep_lr
 
 
 def _as_3d(X) -> np.ndarray:

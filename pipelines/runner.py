@@ -27,6 +27,16 @@ from featurestore.manifest import RESERVED
 from heads import metrics
 
 
+#: Written by ``prepare --demo`` (it holds the demo manifest's path), removed by ``prepare --raw``:
+#: the task's store settings (e.g. shorter segments, no separation) follow it.
+DEMO_FLAG = "demo.flag"
+
+
+def is_demo(workdir) -> bool:
+    """Was this work folder prepared from the built-in demo corpus?"""
+    return (Path(workdir) / DEMO_FLAG).is_file()
+
+
 @dataclass
 class PrepareResult:
     """rows: manifest records (path, id, split, start, end, labels...); skipped: {where, reason, message}."""
@@ -80,7 +90,8 @@ def cmd_prepare(spec: TaskSpec, args) -> int:
     if args.demo:
         from featurestore.build import ensure_demo_corpus
 
-        res = spec.prepare_demo(ensure_demo_corpus(), args)
+        demo_manifest = ensure_demo_corpus()
+        res = spec.prepare_demo(demo_manifest, args)
     else:
         if not args.raw:
             print("error: prepare needs --raw DATASET_DIR (or --demo)", file=sys.stderr)
@@ -96,6 +107,10 @@ def cmd_prepare(spec: TaskSpec, args) -> int:
             print(f"  - [{s['reason']}] {s['message']}", file=sys.stderr)
         return 2
     write_manifest(res.rows, work / "manifest.csv")
+    if args.demo:
+        (work / DEMO_FLAG).write_text(f"{demo_manifest}\n")
+    else:
+        (work / DEMO_FLAG).unlink(missing_ok=True)
     (work / "prepare_report.json").write_text(json.dumps({"items": len(res.rows), "skipped": res.skipped},
                                                          indent=2))
     splits: dict[str, int] = {}

@@ -52,14 +52,13 @@ from pathlib import Path
 import numpy as np
 
 from featurestore.clips import ClipSettings
-from pipelines.runner import PrepareResult, TaskSpec, main, run_dir, write_manifest
+from pipelines.runner import DEMO_FLAG, PrepareResult, TaskSpec, is_demo, main, run_dir, write_manifest  # noqa: F401
 
 #: Audio suffixes accepted in the Artist20 layout (and in the prediction folder).
 AUDIO_SUFFIXES = (".mp3", ".wav", ".flac")
 #: Folder name of the 32 kHz release of Artist20.
 MP3_ROOT = "mp3s-32k"
 #: File written by ``prepare --demo``: the store settings of the demo (no separation, 1 s segments).
-DEMO_FLAG = "demo.flag"
 #: Store-level defaults (paper, Table I): 5 s segments, htdemucs vocals, RMS floor for vocal segments.
 SEGMENT_S = 5.0
 DEMO_SEGMENT_S = 1.0
@@ -109,7 +108,6 @@ def album_splits(albums: list[str], mode: str = "course") -> tuple[dict[str, str
 
 def prepare_artist20(raw: Path, args) -> PrepareResult:
     """Manifest rows of an Artist20 folder (see the module docstring for the splits and the skips)."""
-    _clear_demo_flag(args)
     root = artist20_root(Path(raw))
     mode = getattr(args, "split", None) or "course"
     found: list[tuple[str, str, Path]] = []
@@ -171,29 +169,16 @@ def prepare_demo(demo_manifest: Path, args) -> PrepareResult:
             continue
         rows.append({"path": str(p), "id": rec["id"], "split": rec["split"], "singer": rec["singer"],
                      "album": rec.get("technique", ""), "song": rec["id"]})
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    (work / DEMO_FLAG).write_text("prepared with --demo: no separation, 1 s segments\n")
     return PrepareResult(rows, skipped)
-
-
-def _clear_demo_flag(args) -> None:
-    wd = getattr(args, "workdir", None)
-    if wd and (Path(wd) / DEMO_FLAG).is_file():
-        (Path(wd) / DEMO_FLAG).unlink()
 
 
 # ----------------------------------------------------------------------------------------------
 # store settings
 # ----------------------------------------------------------------------------------------------
-def is_demo(args) -> bool:
-    return Path(args.workdir, DEMO_FLAG).is_file()
-
-
 def clip_settings(args) -> ClipSettings:
     """5 s segments, no overlap, htdemucs vocals, segments below --drop-quiet-db (-35 dBFS) dropped.
     Demo work folders: 1 s segments and no separation."""
-    demo = is_demo(args)
+    demo = is_demo(args.workdir)
     seg = getattr(args, "segment_seconds", None) or (DEMO_SEGMENT_S if demo else SEGMENT_S)
     drop = getattr(args, "drop_quiet_db", None)
     drop = DROP_QUIET_DB if drop is None else drop

@@ -61,7 +61,7 @@ import numpy as np
 
 from featurestore.clips import ClipSettings
 from featurestore.manifest import AUDIO_SUFFIXES
-from pipelines.runner import PrepareResult, TaskSpec, main
+from pipelines.runner import DEMO_FLAG, PrepareResult, TaskSpec, is_demo, main  # noqa: F401
 
 #: The ten techniques of Table IV, sorted.
 TECHNIQUES = ("belt", "breathy", "inhaled", "lip_trill", "spoken", "straight", "trill", "trillo", "vibrato",
@@ -88,7 +88,6 @@ TEST_SINGERS_FILE = "test_singers_technique.txt"
 #: Validation singers taken out of the training singers by default.
 N_VALID_SINGERS = 2
 
-DEMO_FLAG = "demo.flag"
 SEGMENT_S, MIN_SEGMENT_S, TRIM_DB = 3.0, 1.0, -40.0
 DEMO_SEGMENT_S, DEMO_TRIM_DB = 1.0, -50.0
 
@@ -258,29 +257,15 @@ def prepare_demo(manifest: Path, args) -> PrepareResult:
             continue
         rows.append({"path": str((manifest.parent / r["path"]).resolve()), "id": r.get("id") or Path(r["path"]).stem,
                      "split": r.get("split", ""), "technique": r["technique"], "singer": r.get("singer", "")})
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    (work / DEMO_FLAG).write_text("prepared from the built-in demo corpus\n")
     return PrepareResult(rows, skipped)
-
-
-def _prepare(raw: Path, args) -> PrepareResult:
-    flag = Path(args.workdir) / DEMO_FLAG
-    if flag.exists():  # this work folder is now a real-data one
-        flag.unlink()
-    return prepare_vocalset(raw, args)
 
 
 # ---------------------------------------------------------------------------------------------
 # store settings, evaluation
 # ---------------------------------------------------------------------------------------------
-def is_demo(args) -> bool:
-    return (Path(args.workdir) / DEMO_FLAG).is_file()
-
-
 def clip_settings(args) -> ClipSettings:
     """Trimmed (-40 dBFS), 3 s segments, last segment kept if >= 1 s; demo: 1 s segments, -50 dBFS."""
-    demo = is_demo(args)
+    demo = is_demo(args.workdir)
     seg = getattr(args, "segment_seconds", None)
     trim = getattr(args, "trim_db", None)
     seg = (DEMO_SEGMENT_S if demo else SEGMENT_S) if seg is None else seg
@@ -337,7 +322,7 @@ SPEC = TaskSpec(
     description="singing technique classification (VocalSet, 10 techniques, singer split)",
     heads_task="technique",
     default_head="linear",
-    prepare=_prepare,
+    prepare=prepare_vocalset,
     prepare_demo=prepare_demo,
     clip_settings=clip_settings,
     evaluate=evaluate,

@@ -89,12 +89,11 @@ import numpy as np
 
 from featurestore.clips import ClipSettings
 from featurestore.manifest import AUDIO_SUFFIXES
-from pipelines.runner import PrepareResult, TaskSpec, main, run_dir
+from pipelines.runner import PrepareResult, TaskSpec, is_demo, main, run_dir
 
 LABELS_FILE = "MIR-ST500_corrected.json"
 #: songs up to this number are train, the others test (the official MIR-ST500 split)
 LAST_TRAIN_SONG = 400
-DEMO_FLAG = "demo.flag"
 DEFAULT_VALID_SONGS = 40
 
 _VOCAL_STEMS = ("vocals", "vocal")
@@ -207,8 +206,6 @@ def prepare_mirst500(raw: Path, args) -> PrepareResult:
     (rules in the module docstring). A bad labels file gives no rows and one ``bad_labels`` entry
     (the runner then exits with status 2)."""
     raw = Path(raw)
-    if getattr(args, "workdir", None):  # this work folder is no longer a demo one
-        (Path(args.workdir) / DEMO_FLAG).unlink(missing_ok=True)
     mode = getattr(args, "audio", None) or "auto"
     n_valid = getattr(args, "valid_songs", None)
     n_valid = DEFAULT_VALID_SONGS if n_valid is None else int(n_valid)
@@ -314,14 +311,7 @@ def prepare_demo(demo_manifest: Path, args) -> PrepareResult:
     rows = [{"path": str((demo_manifest.parent / r["path"]).resolve()), "id": r["id"], "split": r["split"],
              "notes": [[float(on), float(off), int(m)] for on, off, m in r["notes"]], "uses": "vocals"}
             for r in records]
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    (work / DEMO_FLAG).write_text(f"{demo_manifest}\n")
     return PrepareResult(rows, [])
-
-
-def is_demo(workdir) -> bool:
-    return (Path(workdir) / DEMO_FLAG).is_file()
 
 
 def clip_settings(args) -> ClipSettings:
