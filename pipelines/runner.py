@@ -179,12 +179,28 @@ def cmd_fit(spec: TaskSpec, args) -> int:
     return fit_main(argv)
 
 
-def cmd_evaluate(spec: TaskSpec, args) -> int:
-    from featurestore import open_store
-
+def fitted_run(args) -> Path | None:
+    """The run folder of (--backbone, --head) holding a fitted head, or None after saying why not."""
     rd = run_dir(args)
     if not (rd / "head.joblib").is_file():
         print(f"error: no fitted head in {rd}: run fit first", file=sys.stderr)
+        return None
+    return rd
+
+
+def input_folder(args, what: str = "audio files") -> Path | None:
+    """``--input`` as an existing folder, or None after saying why not."""
+    if not getattr(args, "input", None) or not Path(args.input).is_dir():
+        print(f"error: --input must be a folder of {what} (got {getattr(args, 'input', None)!r})", file=sys.stderr)
+        return None
+    return Path(args.input)
+
+
+def cmd_evaluate(spec: TaskSpec, args) -> int:
+    from featurestore import open_store
+
+    rd = fitted_run(args)
+    if rd is None:
         return 2
     store = open_store(Path(args.workdir) / "store.zarr")
     result = spec.evaluate(store, rd, args)

@@ -52,7 +52,8 @@ from pathlib import Path
 import numpy as np
 
 from featurestore.clips import ClipSettings
-from pipelines.runner import DEMO_FLAG, PrepareResult, TaskSpec, is_demo, main, run_dir, write_manifest  # noqa: F401
+from pipelines.runner import (DEMO_FLAG, PrepareResult, TaskSpec, fitted_run, input_folder,  # noqa: F401
+                              is_demo, main, write_manifest)
 
 #: Audio suffixes accepted in the Artist20 layout (and in the prediction folder).
 AUDIO_SUFFIXES = (".mp3", ".wav", ".flac")
@@ -380,12 +381,8 @@ def predict(args) -> int:
     from heads.persist import load_head
 
     work = Path(args.workdir)
-    rd = run_dir(args)
-    if not (rd / "head.joblib").is_file():
-        print(f"error: no fitted head in {rd}: run fit first", file=sys.stderr)
-        return 2
-    if not args.input or not Path(args.input).is_dir():
-        print(f"error: --input must be a folder of ID.mp3 / ID.wav files (got {args.input!r})", file=sys.stderr)
+    rd = fitted_run(args)
+    if rd is None or input_folder(args, "ID.mp3 / ID.wav files") is None:
         return 2
     items, skipped = collect_inputs(Path(args.input))
     for s in skipped:

@@ -89,7 +89,7 @@ import numpy as np
 
 from featurestore.clips import ClipSettings
 from featurestore.manifest import AUDIO_SUFFIXES
-from pipelines.runner import PrepareResult, TaskSpec, is_demo, main, run_dir
+from pipelines.runner import PrepareResult, TaskSpec, fitted_run, input_folder, is_demo, main
 
 LABELS_FILE = "MIR-ST500_corrected.json"
 #: songs up to this number are train, the others test (the official MIR-ST500 split)
@@ -478,16 +478,9 @@ def predict(args) -> int:
     from heads.persist import load_head
 
     work = Path(args.workdir)
-    rd = run_dir(args)
-    if not (rd / "head.joblib").is_file():
-        print(f"error: no fitted head in {rd}: run fit first", file=sys.stderr)
-        return 2
-    if not args.input:
-        print("error: predict needs --input FOLDER (audio files)", file=sys.stderr)
-        return 2
-    inp = Path(args.input)
-    if not inp.is_dir():
-        print(f"error: --input {inp} is not a folder", file=sys.stderr)
+    rd = fitted_run(args)
+    inp = input_folder(args) if rd is not None else None
+    if inp is None:
         return 2
     out = Path(args.out) if args.out else work / "predictions"
     store_path = work / "predict_store.zarr"
