@@ -23,6 +23,7 @@ from featurestore.registry import resolve
 from featurestore.store import BackboneNotInStore
 from heads import metrics
 from heads.clip_heads import LGBMHead, LinearHead, LogRegHead, MLPHead
+from heads.evaluation import eval_split, score_clip_head
 from heads.tasks import TaskError, make_task
 
 CLIP_HEADS = {"linear": LinearHead, "mlp": MLPHead, "logreg": LogRegHead, "lgbm": LGBMHead}
@@ -86,12 +87,6 @@ def make_head(args, n_layers: int):
                                        device=args.device, progress=not args.no_progress)
 
 
-def eval_split(store) -> str:
-    """The split scored at the end of a fit: ``test``, or ``valid`` when the store has no test clips
-    (e.g. Artist20's course split, whose test set is unlabelled)."""
-    return "test" if len(store.split_indices("test")) else "valid"
-
-
 def run_clip(args, store, backbone, task, out: Path) -> dict:
     X, y, _ = task.data(store, backbone, "train")
     Xv, yv, _ = task.data(store, backbone, "valid")
@@ -100,12 +95,9 @@ def run_clip(args, store, backbone, task, out: Path) -> dict:
     t0 = time.perf_counter()
     head.fit(X, y, eval_set=(Xv, yv))
     fit_s = time.perf_counter() - t0
-    known = np.isin(yt, head.classes_)
-    proba = head.predict_proba(Xt[known])
-    yi = np.searchsorted(head.classes_, yt[known])
-    report = metrics.classification_report(yi, proba, class_names=[str(c) for c in head.classes_])
-    report.update(fit_seconds=fit_s, n_train=len(y), n_valid=len(yv), unseen_test_labels=int((~known).sum()),
-                  scored_split=eval_split(store))
+    scores = score_clip_head(head, Xt, yt)
+    report, proba, known = scores.report, scores.proba, scores.known
+    report.update(fit_seconds=fit_s, n_train=len(y), n_valid=len(yv), scored_split=eval_split(store))
     if hasattr(head, "lr_"):
         report["lr"], report["lr_scores"] = head.lr_, {str(k): v for k, v in head.lr_scores_.items()}
     if getattr(head, "layer_scores_", None) is not None:

@@ -179,6 +179,21 @@ def cmd_fit(spec: TaskSpec, args) -> int:
     return fit_main(argv)
 
 
+def run_backbone(store, rd: Path, args) -> str:
+    """The backbone a run was fitted on, as named in the store (from its metrics.json, else --backbone)."""
+    from heads.fit import backbone_name
+
+    m = Path(rd) / "metrics.json"
+    if m.is_file():
+        try:
+            bb = json.loads(m.read_text()).get("backbone")
+            if bb:
+                return bb
+        except ValueError:
+            pass
+    return backbone_name(store, args.backbone[0])
+
+
 def fitted_run(args) -> Path | None:
     """The run folder of (--backbone, --head) holding a fitted head, or None after saying why not."""
     rd = run_dir(args)

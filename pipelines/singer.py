@@ -53,7 +53,7 @@ import numpy as np
 
 from featurestore.clips import ClipSettings
 from pipelines.runner import (DEMO_FLAG, PrepareResult, TaskSpec, fitted_run, input_folder,  # noqa: F401
-                              is_demo, main, write_manifest)
+                              is_demo, main, run_backbone, write_manifest)
 
 #: Audio suffixes accepted in the Artist20 layout (and in the prediction folder).
 AUDIO_SUFFIXES = (".mp3", ".wav", ".flac")
@@ -272,35 +272,21 @@ def write_predictions_csv(path, ids, scores, class_names, keep_id_text: bool = F
     return path
 
 
-def _run_backbone(store, rd: Path, args) -> str:
-    """The backbone a run was fitted on, as stored."""
-    from heads.fit import backbone_name
-
-    m = rd / "metrics.json"
-    if m.is_file():
-        try:
-            bb = json.loads(m.read_text()).get("backbone")
-            if bb:
-                return bb
-        except ValueError:
-            pass
-    return backbone_name(store, args.backbone[0])
-
-
 # ----------------------------------------------------------------------------------------------
 # evaluate
 # ----------------------------------------------------------------------------------------------
 def evaluate(store, run_dir: Path, args) -> dict:
     """Segment- and song-level scores on ``test`` (or ``valid`` when the store has no test clips)."""
     from heads import metrics
+    from heads.evaluation import eval_split
     from heads.persist import load_head
     from heads.tasks import ClipLabelTask
 
     run_dir = Path(run_dir)
     method = getattr(args, "aggregate", None) or "mean"
     head = load_head(run_dir / "head.joblib")
-    backbone = _run_backbone(store, run_dir, args)
-    split = "test" if len(store.split_indices("test")) else "valid"
+    backbone = run_backbone(store, run_dir, args)
+    split = eval_split(store)
     rows = ClipLabelTask("singer").rows(store, split)
     if len(rows) == 0:
         raise RuntimeError(f"{store.path}: no clip to evaluate on (no test or valid split)")

@@ -61,7 +61,7 @@ import numpy as np
 
 from featurestore.clips import ClipSettings
 from featurestore.manifest import AUDIO_SUFFIXES
-from pipelines.runner import DEMO_FLAG, PrepareResult, TaskSpec, is_demo, main  # noqa: F401
+from pipelines.runner import DEMO_FLAG, PrepareResult, TaskSpec, is_demo, main, run_backbone  # noqa: F401
 
 #: The ten techniques of Table IV, sorted.
 TECHNIQUES = ("belt", "breathy", "inhaled", "lip_trill", "spoken", "straight", "trill", "trillo", "vibrato",
@@ -276,27 +276,21 @@ def clip_settings(args) -> ClipSettings:
 def evaluate(store, run_dir: Path, args) -> dict:
     """Clip-level scores of the fitted head on the test split (valid if there is no test split)."""
     from heads import metrics
-    from heads.fit import backbone_name
+    from heads.evaluation import eval_split, score_clip_head
     from heads.persist import load_head
 
     head = load_head(Path(run_dir) / "head.joblib")
-    bb = backbone_name(store, args.backbone[0])
-    split = "test"
-    rows = store.split_indices("test")
-    if len(rows) == 0:
-        split, rows = "valid", store.split_indices("valid")
+    bb = run_backbone(store, run_dir, args)
+    split = eval_split(store)
+    rows = store.split_indices(split)
     if len(rows) == 0:
         raise SystemExit(f"error: {store.path} has no test or valid clip to evaluate on")
-    y = store.labels("technique")[rows]
     classes = [str(c) for c in head.classes_]
-    known = np.isin(y, head.classes_)
-    X = store.pooled(bb, rows=rows[known]).astype(np.float32)
-    proba = head.predict_proba(X)
-    yi = np.searchsorted(head.classes_, y[known])
-    report = metrics.classification_report(yi, proba, class_names=classes)
+    report = score_clip_head(head, store.pooled(bb, rows=rows).astype(np.float32),
+                             store.labels("technique")[rows]).report
     metrics.plot_confusion(np.array(report["confusion"]), classes, Path(run_dir) / "confusion_technique.png",
                            title=f"{bb} / {args.head} / technique ({split})")
-    report.update(split=split, n_clips=int(len(rows)), unseen_labels=int((~known).sum()),
+    report.update(split=split, n_clips=int(len(rows)),
                   layer_weights=[float(v) for v in np.asarray(head.layer_weights_)])
     return report
 

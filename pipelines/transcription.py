@@ -89,7 +89,7 @@ import numpy as np
 
 from featurestore.clips import ClipSettings
 from featurestore.manifest import AUDIO_SUFFIXES
-from pipelines.runner import PrepareResult, TaskSpec, fitted_run, input_folder, is_demo, main
+from pipelines.runner import PrepareResult, TaskSpec, fitted_run, input_folder, is_demo, main, run_backbone
 
 LABELS_FILE = "MIR-ST500_corrected.json"
 #: songs up to this number are train, the others test (the official MIR-ST500 split)
@@ -414,25 +414,19 @@ def _write_song(notes, folder_txt: Path, folder_mid: Path, name: str) -> None:
     write_midi(notes, folder_mid / f"{name}.mid")
 
 
-def _eval_split(store, wanted: str | None) -> str:
-    if wanted:
-        return wanted
-    return "test" if len(store.split_indices("test")) else "valid"
-
-
 def evaluate(store, run_dir: Path, args) -> dict:
     """Decode every song of the evaluation split (``--split``, default test if the store has one,
     else valid), score each song with mir_eval and average over songs; write ``notes/<song>.txt``
     and ``midi/<song>.mid`` in the run folder."""
-    from heads.fit import backbone_name
+    from heads.evaluation import eval_split
     from heads.metrics import transcription_report
     from heads.notes import notes_to_arrays
     from heads.persist import load_head
     from heads.tasks import NotesTask
 
-    backbone = backbone_name(store, args.backbone[0])
+    backbone = run_backbone(store, run_dir, args)
     head = load_head(Path(run_dir) / "head.joblib")
-    split = _eval_split(store, getattr(args, "split", None))
+    split = getattr(args, "split", None) or eval_split(store)
     rows = NotesTask().rows(store, split)
     if len(rows) == 0:
         print(f"error: split {split!r} is empty in {store.path}", file=sys.stderr)

@@ -179,3 +179,17 @@ def test_fit_cli_errors(demo_home, tmp_path, capsys):
     assert "clip task" in capsys.readouterr().err
     assert main(["--head", "linear", "--task", "label:mood", "--out", str(tmp_path / "c"), "--no-progress"]) == 2
     assert "mood" in capsys.readouterr().err
+
+
+def test_score_clip_head_counts_unseen_labels_and_matches_a_manual_score():
+    from heads.evaluation import score_clip_head
+
+    X, y = clip_problem(n=120, C=3, seed=7)
+    head = LogRegHead(features="concat").fit(X[:80], y[:80])
+    yt = y[80:].copy()
+    yt[:5] = "never-seen"
+    s = score_clip_head(head, X[80:], yt)
+    assert s.report["unseen_labels"] == 5 and s.report["n"] == 35 and s.known.sum() == 35
+    manual = np.mean(head.predict(X[80:][s.known]) == yt[s.known])
+    assert np.isclose(s.report["accuracy"], manual)
+    assert [head.classes_[i] for i in s.y] == list(yt[s.known])
