@@ -101,10 +101,8 @@ def _ensure_clip_table(root, input_path, settings: ClipSettings, *, overwrite: b
                 f"store {root.store} was planned with other {', '.join(diff)} "
                 f"(stored: {json.dumps({k: have[k] for k in diff})}); pass --overwrite to re-plan the clips "
                 "(this deletes every backbone already in the store)")
-        for name in list(root.attrs.get("backbone_names", [])):
-            if layout.backbone_path(name) in root:
-                del root[layout.backbone_path(name)]
-        root.attrs["backbone_names"] = []
+        if layout.BACKBONES in root:  # every backbone was laid out on the old clip table
+            del root[layout.BACKBONES]
         done = False
     if done:
         return list(root.attrs.get("skipped", []))
@@ -146,9 +144,6 @@ def _plan_backbone(root, fe: Frontend, ext: ExtractSettings, identity: dict, *, 
              "dtype": ext.dtype, "n_clips": int(len(nf)), "n_frames": int(nf.sum())}
     g = create_backbone(root, fe.name, plan, fe.num_layers, fe.dim, dtype=ext.dtype,
                         chunk_frames=ext.chunk_frames, shard_frames=ext.shard_frames, attrs=attrs)
-    names = list(root.attrs.get("backbone_names", []))
-    if fe.name not in names:
-        root.attrs["backbone_names"] = names + [fe.name]
     return g
 
 

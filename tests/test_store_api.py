@@ -135,3 +135,17 @@ def test_raw_chunk_reads_equal_zarr_and_sharded_layout_reads_back(two_backbones,
     assert t.frames_array("crepe-tiny").shards == (128, 6, 256)
     for i in range(len(s)):
         np.testing.assert_array_equal(t.frames(i, "crepe-tiny"), s.frames(i, "crepe-tiny"))
+
+
+def test_replanning_the_clips_with_overwrite_drops_every_old_backbone(tmp_path):
+    noise_clips(tmp_path / "audio", 16000, [2.0, 1.0])
+    kw = dict(num_workers=0, progress=False)
+    build(tmp_path / "audio", tmp_path / "s.zarr", ["logmel", "crepe-tiny"], clip_settings=ClipSettings(segment_s=1.0),
+          **kw)
+    assert open_store(tmp_path / "s.zarr").backbones == ["crepe-tiny", "logmel"]
+    build(tmp_path / "audio", tmp_path / "s.zarr", ["logmel"], clip_settings=ClipSettings(segment_s=0.5,
+                                                                                         min_segment_s=0.5),
+          overwrite=True, **kw)
+    s = open_store(tmp_path / "s.zarr")
+    assert s.backbones == ["logmel"] and len(s) == 6  # crepe's frames belonged to the old clips
+    assert s.clip_settings["segment_s"] == 0.5
