@@ -174,9 +174,17 @@ def cmd_fit(spec: TaskSpec, args) -> int:
             "--seed", str(args.seed), "--device", args.device or "cpu", "--layers", args.layers]
     if getattr(args, "class_weight", None):
         argv += ["--class-weight", args.class_weight]
-    if args.no_progress:
-        argv.append("--no-progress")
-    return fit_main(argv)
+    # A finished fit leaves fit_args.json beside its metrics: the same fit is not run twice.
+    rd = run_dir(args)
+    marker, wanted = rd / "fit_args.json", json.dumps(argv)
+    if (rd / "metrics.json").is_file() and marker.is_file() and marker.read_text() == wanted and not args.refit:
+        print(f"{rd} is already fitted with these settings (see {rd / 'metrics.json'}); --refit to train again")
+        return 0
+    marker.unlink(missing_ok=True)
+    code = fit_main(argv + (["--no-progress"] if args.no_progress else []))
+    if code == 0:
+        marker.write_text(wanted)
+    return code
 
 
 def run_backbone(store, rd: Path, args) -> str:
@@ -288,6 +296,8 @@ def build_parser(spec: TaskSpec) -> argparse.ArgumentParser:
             c.add_argument("--seed", type=int, default=0)
             c.add_argument("--class-weight", choices=["paper", "balanced"], default=spec.default_class_weight,
                            help="paper: w_c = 1/n_c^0.2")
+            c.add_argument("--refit", action="store_true",
+                           help="train again even if the run folder holds a fit with the same settings")
         if spec.add_arguments is not None:
             spec.add_arguments(c, name)
     return p

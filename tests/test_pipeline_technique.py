@@ -210,3 +210,16 @@ def test_demo_evaluation(demo_run):
     line = next(l for l in table.splitlines() if l.startswith("| crepe-tiny-linear |"))
     assert len(line.strip("|").split("|")) == 1 + len(T.SPEC.summary_keys)
     assert f"{100 * ev['accuracy']:.1f}" in line
+
+
+def test_a_finished_fit_is_not_redone(demo_run, capsys):
+    run = demo_run / "runs" / "crepe-tiny-linear"
+    fit = ["fit", "--workdir", str(demo_run), "--backbone", "crepe", "--epochs", "10", "--lr", "1e-2", "--no-progress"]
+    before = (run / "head.joblib").stat().st_mtime_ns
+    assert main(T.SPEC, fit) == 0
+    assert "already fitted" in capsys.readouterr().out
+    assert (run / "head.joblib").stat().st_mtime_ns == before
+    assert main(T.SPEC, fit + ["--refit"]) == 0  # asked for: trained again
+    assert (run / "head.joblib").stat().st_mtime_ns != before
+    assert main(T.SPEC, fit[:-1] + ["--epochs", "11"]) == 0  # other settings: trained again too
+    assert "already fitted" not in capsys.readouterr().out
