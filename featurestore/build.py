@@ -356,6 +356,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.shard = (i, n)
     except ValueError:
         p.error(f"--shard expects I/N with 0 <= I < N, got {args.shard!r}")
+    if args.chunk_frames < 1 or args.unit_frames < 1:
+        p.error("--chunk-frames and --unit-frames must be >= 1")
+    if args.shard_frames is not None and (args.shard_frames < 1 or args.shard_frames % args.chunk_frames):
+        p.error(f"--shard-frames must be a positive multiple of --chunk-frames ({args.chunk_frames})")
+    if args.batch_seconds is not None and args.batch_seconds <= 0 or args.window_seconds <= 0:
+        p.error("--batch-seconds and --window-seconds must be > 0")
     if args.model_path and args.backbone and len(args.backbone) > 1:
         p.error("--model-path applies to a single --backbone")
     if args.name and args.backbone and len(args.backbone) > 1:

@@ -212,17 +212,25 @@ class _PooledSklearnHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
             return X.mean(1)
         return X[:, int(self.features)]
 
-    def _make_model(self):
+    def _make_model(self, class_weight):
         raise NotImplementedError
+
+    def _class_weight(self, y: np.ndarray):
+        """None, sklearn's "balanced" (1/n_c), or "paper": {class: 1/n_c^0.2} as the torch heads use."""
+        if self.class_weight == "paper":
+            classes, yi = np.unique(y, return_inverse=True)
+            return dict(zip(classes, class_weights(yi, len(classes))))
+        return self.class_weight
 
     def fit(self, X, y, eval_set=None):
         """X [N, L, D], y [N]. ``eval_set`` is accepted for API symmetry and not used."""
         X3 = _as_3d(X)
+        y = np.asarray(y)
         self.n_layers_in_, self.n_features_in_ = X3.shape[1], X3.shape[2]
         if self.features not in ("concat", "mean") and not 0 <= int(self.features) < X3.shape[1]:
             raise ValueError(f"features={self.features!r}: layer out of range 0..{X3.shape[1] - 1}")
-        self.model_ = make_pipeline(StandardScaler(), self._make_model())
-        self.model_.fit(self._features(X3), np.asarray(y))
+        self.model_ = make_pipeline(StandardScaler(), self._make_model(self._class_weight(y)))
+        self.model_.fit(self._features(X3), y)
         self.classes_ = self.model_.classes_
         L = X3.shape[1]
         if self.features == "concat" or self.features == "mean":
@@ -242,16 +250,16 @@ class _PooledSklearnHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
 
 
 class LogRegHead(_PooledSklearnHead):
-    """Logistic regression (lbfgs, L2 with inverse strength ``C``) on standardised pooled features."""
+    """Logistic regression (lbfgs, L2 with inverse strength ``C``) on standardised pooled features.
+    class_weight: None, "balanced" (1/n_c) or "paper" (1/n_c^0.2)."""
 
     def __init__(self, features="mean", C=1.0, max_iter=2000, class_weight=None, seed=0):
         self.features, self.C, self.max_iter, self.class_weight, self.seed = features, C, max_iter, class_weight, seed
 
-    def _make_model(self):
+    def _make_model(self, class_weight):
         from sklearn.linear_model import LogisticRegression
 
-        cw = "balanced" if self.class_weight in ("balanced", "paper") else None
-        return LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=cw, random_state=self.seed)
+        return LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=class_weight, random_state=self.seed)
 
 
 class LGBMHead(_PooledSklearnHead):
@@ -263,11 +271,10 @@ class LGBMHead(_PooledSklearnHead):
         self.num_leaves, self.min_child_samples, self.class_weight, self.seed = (num_leaves, min_child_samples,
                                                                                class_weight, seed)
 
-    def _make_model(self):
+    def _make_model(self, class_weight):
         from lightgbm import LGBMClassifier
 
-        cw = "balanced" if self.class_weight in ("balanced", "paper") else None
         return LGBMClassifier(n_estimators=self.n_estimators, learning_rate=self.learning_rate,
                               num_leaves=self.num_leaves, min_child_samples=self.min_child_samples,
-                              class_weight=cw, random_state=self.seed, n_jobs=1, verbose=-1, deterministic=True,
+                              class_weight=class_weight, random_state=self.seed, n_jobs=1, verbose=-1, deterministic=True,
                               force_col_wise=True)

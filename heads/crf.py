@@ -108,14 +108,19 @@ class LinearChainCRF(nn.Module):
         # for the 97-state note CRF). Disallowed entries (NEG) give exp(...) = 0 exactly; a state no
         # path reaches gets log(TINY) relative to the best state instead of about NEG: both
         # contribute nothing measurable to log Z.
+        # The matmul runs in float64: a state whose predecessors all lie more than log(1/tiny) below
+        # the best state is floored there, which is ~87 nats in float32 (reachable with large
+        # emissions) but ~708 nats in float64.
+        out_dtype = emissions.dtype
         c = trans.max().detach()
-        exp_trans = torch.exp(trans - c)
-        tiny = torch.finfo(emissions.dtype).tiny
+        exp_trans = torch.exp((trans - c).double())
+        tiny = torch.finfo(torch.float64).tiny
         alpha = start + emissions[:, 0]
         alphas = [alpha] if keep_all else None
         for t in range(1, emissions.shape[1]):
             m = alpha.max(dim=1, keepdim=True).values.detach()
-            nxt = m + c + torch.log(torch.clamp(torch.exp(alpha - m) @ exp_trans, min=tiny)) + emissions[:, t]
+            mixed = torch.exp((alpha - m).double()) @ exp_trans
+            nxt = m + c + torch.log(torch.clamp(mixed, min=tiny)).to(out_dtype) + emissions[:, t]
             alpha = torch.where(mask[:, t:t + 1], nxt, alpha)
             if keep_all:
                 alphas.append(alpha)

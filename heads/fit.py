@@ -76,11 +76,16 @@ def make_head(args, n_layers: int):
         bad = [l for l in layers if not 0 <= l < n_layers]
         if bad:
             raise ValueError(f"--layers {args.layers}: layer(s) {bad} out of range 0..{n_layers - 1}")
+    if layers == "each" and args.head != "linear":
+        raise ValueError("--layers each fits one linear probe per layer: use it with --head linear")
     if args.head in CLIP_HEADS:
         cls = CLIP_HEADS[args.head]
         if args.head in ("logreg", "lgbm"):
-            feats = "mean" if layers is None else ("concat" if layers == "each" else layers[0])
-            return cls(features=feats, class_weight=args.class_weight, seed=args.seed)
+            if layers is not None and len(layers) > 1:
+                raise ValueError(f"--head {args.head} takes one layer (--layers K) or all of them "
+                                 "(their mean): not a list")
+            return cls(features="mean" if layers is None else layers[0], class_weight=args.class_weight,
+                       seed=args.seed)
         return cls(lr=args.lr, epochs=args.epochs, layers=layers, class_weight=args.class_weight, seed=args.seed,
                    device=args.device, progress=not args.no_progress)
     return frame_head_class(args.head)(lr=args.lr, epochs=args.epochs, layers=layers, seed=args.seed,
@@ -142,6 +147,18 @@ def run_frames(args, store, backbone, task, out: Path) -> dict:
     return head, report
 
 
+def check_device(device: str) -> None:
+    """A clear error for a device torch cannot use (a typo, or CUDA on a machine without a GPU)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"--device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+
+
 def ensure_demo_store() -> Path:
     from featurestore.build import DEMO_SEGMENT_S, build, default_demo_dir, ensure_demo_corpus
     from featurestore.clips import ClipSettings
@@ -185,6 +202,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args.task = args.task or ("transcription" if args.head in FRAME_HEADS else "singer")
     try:
+        check_device(args.device)
         store = open_store(args.store) if args.store else open_store(ensure_demo_store())
         backbone = backbone_name(store, args.backbone)
         store.group(backbone)

@@ -31,6 +31,13 @@ def _split_rows(store: FeatureStore, split: str, seed: int = 0) -> np.ndarray:
     return rows
 
 
+def with_frames(store: FeatureStore, backbone: str, rows: np.ndarray) -> np.ndarray:
+    """The rows whose clip has at least one frame for this backbone (a clip shorter than the
+    receptive field has none, and NaN pooled rows; the build reported it as too_short)."""
+    store.group(backbone)  # a clear error if the backbone is not there
+    return rows[store.n_frames(backbone)[rows] > 0]
+
+
 @dataclass
 class ClipLabelTask:
     """Clip classification on a label column. ``kind`` = "clip"."""
@@ -47,12 +54,12 @@ class ClipLabelTask:
         return rows
 
     def data(self, store: FeatureStore, backbone: str, split: str):
-        """(X pooled float32 [n, L, D], y labels [n], rows [n])."""
+        """(X pooled float32 [n, L, D], y labels [n], rows [n]); clips with no frame are left out."""
         try:
             labels = store.labels(self.label)
         except KeyError as e:
             raise TaskError(str(e)) from None
-        rows = self.rows(store, split)
+        rows = with_frames(store, backbone, self.rows(store, split))
         if len(rows) == 0:
             raise TaskError(f"split {split!r} is empty in {store.path}")
         X = store.pooled(backbone, rows=rows).astype(np.float32)
@@ -75,7 +82,7 @@ class NotesTask:
             column = store.labels(self.column)
         except KeyError as e:
             raise TaskError(f"{e} (transcription needs a JSON notes column)") from None
-        rows = self.rows(store, split)
+        rows = with_frames(store, backbone, self.rows(store, split))
         if len(rows) == 0:
             raise TaskError(f"split {split!r} is empty in {store.path}")
         y, offsets = [], []

@@ -225,8 +225,15 @@ def cmd_evaluate(spec: TaskSpec, args) -> int:
     rd = fitted_run(args)
     if rd is None:
         return 2
-    store = open_store(Path(args.workdir) / "store.zarr")
-    result = spec.evaluate(store, rd, args)
+    from featurestore.store import BackboneNotInStore
+    from heads.tasks import TaskError
+
+    try:
+        store = open_store(Path(args.workdir) / "store.zarr")
+        result = spec.evaluate(store, rd, args)
+    except (FileNotFoundError, ValueError, TaskError, BackboneNotInStore, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     result.update(backbone=rd.name.rsplit("-", 1)[0], head=args.head, task=spec.name)
     (rd / "evaluation.json").write_text(json.dumps(result, indent=2, default=float))
     table = results_table(spec, Path(args.workdir))

@@ -97,3 +97,12 @@ def test_input_errors_are_clear(tmp_path, capsys):
     assert main(["--input", str(tmp_path / "only_bad"), "--store", str(tmp_path / "t.zarr"), "--no-progress",
                  "--num-workers", "0"]) == 2
     assert "no clip could be planned" in capsys.readouterr().err
+
+
+def test_bad_layout_options_are_refused(tmp_path):
+    from featurestore.build import parse_args
+
+    for bad in (["--chunk-frames", "0"], ["--shard-frames", "300"], ["--batch-seconds", "0"]):
+        with pytest.raises(SystemExit) as e:
+            parse_args(bad)
+        assert e.value.code == 2

@@ -287,3 +287,24 @@ def test_crf_with_note_grammar_decodes_valid_notes():
     m = crf.marginals(em, mask)
     torch.testing.assert_close(m[mask].sum(-1), torch.ones(50), atol=1e-4, rtol=0)
     assert torch.isfinite(crf.nll(em, path.clamp(min=0), mask))
+
+
+def test_forward_recursion_stays_exact_with_large_emissions():
+    """Emission spreads of tens to hundreds of nats (un-normalised features) must not floor states."""
+    from heads.note_states import NoteStates
+
+    ns = NoteStates()
+    crf = LinearChainCRF(ns.num_states, ns.allowed())
+    torch.manual_seed(0)
+    with torch.no_grad():
+        crf.transitions.normal_(0, 3)
+    trans, start, end = crf._effective(torch.float64)
+    for scale in (5.0, 80.0, 200.0):
+        em = torch.randn(2, 40, ns.num_states) * scale
+        mask = torch.ones(2, 40, dtype=torch.bool)
+        a = start + em[:, 0].double()
+        for t in range(1, 40):
+            a = torch.logsumexp(a[:, :, None] + trans, 1) + em[:, t].double()
+        exact = torch.logsumexp(a + end, 1)
+        got = crf.log_partition(em, mask).double()
+        assert torch.allclose(got, exact, rtol=1e-5, atol=1e-2), (scale, got, exact)

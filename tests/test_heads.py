@@ -193,3 +193,32 @@ def test_score_clip_head_counts_unseen_labels_and_matches_a_manual_score():
     manual = np.mean(head.predict(X[80:][s.known]) == yt[s.known])
     assert np.isclose(s.report["accuracy"], manual)
     assert [head.classes_[i] for i in s.y] == list(yt[s.known])
+
+
+def test_paper_class_weights_for_the_sklearn_heads():
+    from heads.training import class_weights
+
+    X, y = clip_problem(n=90, C=3, seed=2)
+    y = np.where(np.arange(90) < 60, "a", y)  # imbalanced
+    head = LogRegHead(class_weight="paper").fit(X, y)
+    cw = head.model_[-1].class_weight
+    classes, yi = np.unique(y, return_inverse=True)
+    expected = class_weights(yi, len(classes))
+    assert [cw[c] for c in classes] == pytest.approx(list(expected))
+    counts = np.bincount(yi)
+    assert cw[classes[0]] / cw[classes[1]] == pytest.approx((counts[1] / counts[0]) ** 0.2)
+
+
+def test_fit_cli_rejects_bad_device_and_layer_choices(demo_home, tmp_path, capsys):
+    import torch
+
+    from heads.fit import main
+
+    if not torch.cuda.is_available():
+        assert main(["--device", "cuda", "--out", str(tmp_path / "a"), "--no-progress"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    assert main(["--device", "nonsense", "--out", str(tmp_path / "b"), "--no-progress"]) == 2
+    assert main(["--head", "mlp", "--layers", "each", "--out", str(tmp_path / "c"), "--no-progress"]) == 2
+    assert "one linear probe per layer" in capsys.readouterr().err
+    assert main(["--head", "logreg", "--layers", "1,2", "--out", str(tmp_path / "d"), "--no-progress"]) == 2
+    assert "one layer" in capsys.readouterr().err

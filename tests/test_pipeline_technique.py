@@ -223,3 +223,13 @@ def test_a_finished_fit_is_not_redone(demo_run, capsys):
     assert (run / "head.joblib").stat().st_mtime_ns != before
     assert main(T.SPEC, fit[:-1] + ["--epochs", "11"]) == 0  # other settings: trained again too
     assert "already fitted" not in capsys.readouterr().out
+
+
+def test_evaluate_without_a_store_is_a_clear_error(demo_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "runs" / "crepe-tiny-linear"
+    run.mkdir(parents=True)
+    shutil.copy(demo_run / "runs" / "crepe-tiny-linear" / "head.joblib", run / "head.joblib")
+    assert main(T.SPEC, ["evaluate", "--workdir", str(tmp_path), "--backbone", "crepe"]) == 2
+    assert "not a feature store" in capsys.readouterr().err

@@ -149,3 +149,22 @@ def test_replanning_the_clips_with_overwrite_drops_every_old_backbone(tmp_path):
     s = open_store(tmp_path / "s.zarr")
     assert s.backbones == ["logmel"] and len(s) == 6  # crepe's frames belonged to the old clips
     assert s.clip_settings["segment_s"] == 0.5
+
+
+def test_clips_without_frames_are_left_out_of_tasks(tmp_path):
+    """A 40 ms file is stored (CREPE frames it) but gives no log-mel frame (1024-sample window)."""
+    from heads.tasks import ClipLabelTask
+    from tests.conftest import write_wav
+
+    paths = noise_clips(tmp_path / "audio", 16000, [1.0, 1.0])
+    write_wav(tmp_path / "audio" / "tiny.wav", (0.1 * np.sin(np.arange(640) / 3.0)).astype(np.float32), 16000)
+    m = tmp_path / "m.csv"
+    m.write_text("path,split,singer\n" + "".join(f"{p},train,s{i}\n" for i, p in enumerate(paths))
+                 + f"{tmp_path / 'audio' / 'tiny.wav'},train,s0\n")
+    report = build(m, tmp_path / "s.zarr", ["logmel"], clip_settings=ClipSettings(segment_s=None), num_workers=0,
+                   progress=False)
+    assert [s["reason"] for s in report.skipped] == ["too_short"]
+    s = open_store(tmp_path / "s.zarr")
+    assert len(s) == 3 and list(s.n_frames("logmel")) == [47, 47, 0]
+    X, y, rows = ClipLabelTask("singer").data(s, "logmel", "train")
+    assert list(rows) == [0, 1] and np.isfinite(X).all()
