@@ -87,7 +87,7 @@ class _FrameHead(SaveLoadMixin, BaseEstimator):
             raise ValueError("no training clips")
         self.frame_rate_ = float(frame_rate)
         offsets = [0.0] * len(X) if offsets is None else list(offsets)
-        X = _Clips.of(X)
+        X = _Clips.of(X).in_memory_if_small()
         targets = [self._targets(notes, X.n_frames(i), off) for i, (notes, off) in enumerate(zip(y, offsets))]
         if eval_set is None:
             n_val = max(1, len(X) // 6)
@@ -96,7 +96,7 @@ class _FrameHead(SaveLoadMixin, BaseEstimator):
         else:
             Xv, yv, ov = eval_set
             ov = [0.0] * len(Xv) if ov is None else list(ov)
-            Xv = _Clips.of(Xv)
+            Xv = _Clips.of(Xv).in_memory_if_small()
         L, D = self._select(np.zeros((1,) + X.shape_ld, np.float32)).shape[1:]
         self.n_layers_in_, self.n_features_in_ = L, D
 
@@ -170,6 +170,15 @@ class _Clips:
 
     def subset(self, idx) -> "_Clips":
         return _Clips(self.source, [self.index[i] for i in idx])
+
+    def in_memory_if_small(self, limit_bytes: float = 2e9) -> "_Clips":
+        """Read every clip once as float32 when that takes less than ``limit_bytes`` (a small split is
+        then not re-read window by window each epoch); otherwise stay lazy."""
+        L, D = self.shape_ld
+        total = sum(self.n_frames(i) for i in range(len(self))) * L * D * 4
+        if total > limit_bytes or not hasattr(self.source, "window"):
+            return self
+        return _Clips([np.asarray(self.window(i, 0, self.n_frames(i)), dtype=np.float32) for i in range(len(self))])
 
 
 class _Net(torch.nn.Module):

@@ -222,3 +222,23 @@ def test_fit_cli_rejects_bad_device_and_layer_choices(demo_home, tmp_path, capsy
     assert "one linear probe per layer" in capsys.readouterr().err
     assert main(["--head", "logreg", "--layers", "1,2", "--out", str(tmp_path / "d"), "--no-progress"]) == 2
     assert "one layer" in capsys.readouterr().err
+
+
+def test_frame_heads_train_the_same_from_lazy_store_windows_and_from_memory(demo_home, monkeypatch):
+    """Large splits are read window by window from the store; small ones are loaded once. Same result."""
+    from featurestore import open_store
+    from featurestore.build import default_demo_dir
+    from heads import frame_heads
+    from heads.tasks import NotesTask
+
+    store = open_store(default_demo_dir() / "store.zarr")
+    X, Y, off, _ = NotesTask().data(store, "crepe-tiny", "train")
+    Xv, Yv, ov, _ = NotesTask().data(store, "crepe-tiny", "valid")
+    kw = dict(epochs=4, lr=1e-2, window=30, batch_size=8, patience=4)
+    in_memory = CRFHead(**kw).fit(X, Y, frame_rate=50.0, offsets=off, eval_set=(Xv, Yv, ov))
+    original = frame_heads._Clips.in_memory_if_small
+    monkeypatch.setattr(frame_heads._Clips, "in_memory_if_small", lambda self: original(self, limit_bytes=0))
+    lazy = CRFHead(**kw).fit(X, Y, frame_rate=50.0, offsets=off, eval_set=(Xv, Yv, ov))
+    for a, b in zip(in_memory.module_.state_dict().values(), lazy.module_.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert in_memory.predict(Xv, offsets=ov) == lazy.predict(Xv, offsets=ov)
