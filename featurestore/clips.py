@@ -8,7 +8,7 @@ whatever its sample rate, reads exactly the same audio for a clip.
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,12 @@ class ClipSettings:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClipSettings":
+        """Settings as stored in a store's attributes (unknown keys ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def _plan_file(row: Row, settings: ClipSettings, separator=None) -> tuple[list[dict], list[dict]]:

@@ -202,6 +202,24 @@ def run_backbone(store, rd: Path, args) -> str:
     return backbone_name(store, args.backbone[0])
 
 
+def training_clip_settings(spec: TaskSpec, args) -> ClipSettings:
+    """For predict: the clip settings of the work folder's training store, so new audio is cut and
+    separated the same way (``--demucs-repo`` may point at a local copy of the weights); without a
+    training store, the task's settings from the arguments."""
+    from featurestore import open_store
+
+    try:
+        stored = dict(open_store(Path(args.workdir) / "store.zarr").clip_settings)
+    except (FileNotFoundError, ValueError):
+        stored = {}
+    if not stored:
+        print("note: no training store in the work folder: clip settings from the arguments", file=sys.stderr)
+        return spec.clip_settings(args)
+    if stored.get("separate") and getattr(args, "demucs_repo", None):
+        stored["demucs_repo"] = args.demucs_repo
+    return ClipSettings.from_dict(stored)
+
+
 def fitted_run(args) -> Path | None:
     """The run folder of (--backbone, --head) holding a fitted head, or None after saying why not."""
     rd = run_dir(args)

@@ -53,7 +53,7 @@ import numpy as np
 
 from featurestore.clips import ClipSettings
 from pipelines.runner import (DEMO_FLAG, PrepareResult, TaskSpec, fitted_run, input_folder,  # noqa: F401
-                              is_demo, main, run_backbone, write_manifest)
+                              is_demo, main, run_backbone, training_clip_settings, write_manifest)
 
 #: Audio suffixes accepted in the Artist20 layout (and in the prediction folder).
 AUDIO_SUFFIXES = (".mp3", ".wav", ".flac")
@@ -342,22 +342,6 @@ def collect_inputs(folder: Path) -> tuple[list[tuple[str, Path]], list[dict]]:
     return items, skipped
 
 
-def _predict_clip_settings(args) -> ClipSettings:
-    """The training store's clip settings (demucs_repo overridable), else those of the arguments."""
-    from featurestore import open_store
-
-    try:
-        cs = dict(open_store(Path(args.workdir) / "store.zarr").clip_settings)
-        if cs:
-            if cs.get("separate") and getattr(args, "demucs_repo", None):
-                cs["demucs_repo"] = args.demucs_repo
-            return ClipSettings(**cs)
-    except (FileNotFoundError, ValueError, TypeError):
-        pass
-    print("note: no training store in the work folder: clip settings from the arguments", file=sys.stderr)
-    return clip_settings(args)
-
-
 def predict(args) -> int:
     """Top-3 singers per file of ``--input`` -> ``--out`` (course format)."""
     from dataclasses import replace
@@ -378,7 +362,7 @@ def predict(args) -> int:
         return 2
     head = load_head(rd / "head.joblib")
     classes = [str(c) for c in head.classes_]
-    cs = _predict_clip_settings(args)
+    cs = training_clip_settings(SPEC, args)
     ext = ExtractSettings(batch_s=getattr(args, "batch_seconds", None))
     common = dict(extract=ext, model_path=getattr(args, "model_path", None), device=args.device,
                   num_workers=args.num_workers, overwrite=True, progress=not args.no_progress,

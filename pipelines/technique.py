@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from featurestore.clips import ClipSettings
-from featurestore.manifest import AUDIO_SUFFIXES
+from featurestore.manifest import AUDIO_SUFFIXES, Skip
 from pipelines.runner import DEMO_FLAG, PrepareResult, TaskSpec, is_demo, main, run_backbone  # noqa: F401
 
 #: The ten techniques of Table IV, sorted.
@@ -158,7 +158,7 @@ def default_valid_singers(train_singers, n: int = N_VALID_SINGERS) -> list[str]:
 # adapter
 # ---------------------------------------------------------------------------------------------
 def _skip(where: str, reason: str, message: str) -> dict:
-    return {"where": where, "reason": reason, "message": message}
+    return Skip(where, reason, message).as_dict()
 
 
 def find_full(raw: Path) -> Path:

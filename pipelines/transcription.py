@@ -82,14 +82,14 @@ import json
 import math
 import re
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
 from featurestore.clips import ClipSettings
-from featurestore.manifest import AUDIO_SUFFIXES
-from pipelines.runner import PrepareResult, TaskSpec, fitted_run, input_folder, is_demo, main, run_backbone
+from featurestore.manifest import AUDIO_SUFFIXES, Skip
+from pipelines.runner import (PrepareResult, TaskSpec, fitted_run, input_folder, is_demo, main, run_backbone,
+                              training_clip_settings)
 
 LABELS_FILE = "MIR-ST500_corrected.json"
 #: songs up to this number are train, the others test (the official MIR-ST500 split)
@@ -109,7 +109,7 @@ _SUFFIX_RANK = {".wav": 0, ".flac": 1, ".ogg": 2, ".mp3": 3}
 # MIR-ST500 adapter
 # ----------------------------------------------------------------------------------------------
 def _skip(where: str, reason: str, message: str) -> dict:
-    return {"where": where, "reason": reason, "message": message}
+    return Skip(where, reason, message).as_dict()
 
 
 def _audio_files(folder: Path) -> list[Path]:
@@ -448,21 +448,6 @@ def evaluate(store, run_dir: Path, args) -> dict:
     return {"mean": rep["mean"], "per_song": per_song, "n_songs": rep["n_songs"], "split": split}
 
 
-def _training_settings(workdir: Path, args) -> ClipSettings:
-    """The clip settings of the training store when there is one (so new audio is cut and separated
-    the same way), else this task's settings."""
-    from featurestore import open_store
-
-    try:
-        stored = open_store(workdir / "store.zarr").clip_settings
-    except (FileNotFoundError, ValueError):
-        stored = {}
-    if not stored:
-        return clip_settings(args)
-    known = {f.name for f in fields(ClipSettings)}
-    return ClipSettings(**{k: v for k, v in stored.items() if k in known})
-
-
 def predict(args) -> int:
     """``--input FOLDER`` of audio files -> ``WORKDIR/predict_store.zarr`` (the training store's clip
     settings, the same backbone) -> ``<out>/<file id>.txt`` (mir_eval notes) and ``.mid`` per file."""
@@ -479,7 +464,7 @@ def predict(args) -> int:
     out = Path(args.out) if args.out else work / "predictions"
     store_path = work / "predict_store.zarr"
     try:
-        report = build(inp, store_path, [args.backbone[0]], clip_settings=_training_settings(work, args),
+        report = build(inp, store_path, [args.backbone[0]], clip_settings=training_clip_settings(SPEC, args),
                        model_path=getattr(args, "model_path", None), device=args.device,
                        num_workers=getattr(args, "num_workers", None) or 2, overwrite=True,
                        progress=not args.no_progress)
