@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from featurestore.cli import HelpFormatter
 from featurestore import open_store
 from featurestore.audio import load_audio, segment_bounds
 from featurestore.build import ExtractSettings, build, dir_size, resolve_batch_seconds
@@ -58,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="python -m benchmarks.extraction",
         description="Benchmark featurestore extraction against bare forward passes and a naive per-file "
                     "loop, and Zarr reads against a raw memmap, on the built-in demo corpus.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="frontend to benchmark (registry name)")
     p.add_argument("--corpus-seconds", "--clip-seconds", dest="corpus_seconds", type=float, default=5.0,
                    help="length of each demo file in seconds (make_demo_corpus duration_s)")

@@ -11,12 +11,13 @@ import time
 
 import numpy as np
 
+from featurestore.cli import HelpFormatter
 from featurestore import open_store
 from heads import metrics
 from heads.clip_heads import LGBMHead, LinearHead, LogRegHead, MLPHead
 from heads.fit import ensure_demo_store
 from heads.frame_heads import CRFHead, FrameClassifierHead
-from heads.tasks import ClipLabelTask, NotesTask
+from heads.tasks import NotesTask, make_task
 
 
 def timed(fn):
@@ -27,7 +28,7 @@ def timed(fn):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.heads_fit", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--store", help="store (default: the demo store)")
     p.add_argument("--backbone", default="crepe-tiny")
     p.add_argument("--label", default="singer", help="clip label for the clip heads")
@@ -36,10 +37,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     store = open_store(args.store or ensure_demo_store())
-    task = ClipLabelTask(args.label)
-    X, y, _ = task.data(store, args.backbone, "train")
-    Xv, yv, _ = task.data(store, args.backbone, "valid")
-    Xt, yt, _ = task.data(store, args.backbone, "test")
+    task = make_task(args.label)
+    plan = task.plan(store, args.backbone, score="test")
+    X, y, _ = task.data(store, args.backbone, plan.train)
+    Xv, yv, _ = task.data(store, args.backbone, plan.select)
+    Xt, yt, _ = task.data(store, args.backbone, plan.score)
     torch_kw = dict(epochs=args.epochs, lr=args.lr, patience=args.epochs)  # no early stop: equal work per fit
     rows = []
     LinearHead(epochs=2).fit(X, y, eval_set=(Xv, yv))  # warm-up: torch's first optimiser/kernels are slow
@@ -49,9 +51,10 @@ def main(argv=None) -> int:
         _, s = timed(lambda: head.fit(X, y, eval_set=(Xv, yv)))
         rows.append({"head": name, "task": args.label, "fit_s": s, "test": head.score(Xt, yt)})
     nt = NotesTask()
-    F, Y, off, _ = nt.data(store, args.backbone, "train")
-    Fv, Yv, offv, _ = nt.data(store, args.backbone, "valid")
-    Ft, Yt, offt, _ = nt.data(store, args.backbone, "test")
+    nplan = nt.plan(store, args.backbone, score="test")
+    F, Y, off, _ = nt.data(store, args.backbone, nplan.train)
+    Fv, Yv, offv, _ = nt.data(store, args.backbone, nplan.select)
+    Ft, Yt, offt, _ = nt.data(store, args.backbone, nplan.score)
     fr = store.frame_rate(args.backbone)
     for name, head in {"frames": FrameClassifierHead(**torch_kw), "crf": CRFHead(**torch_kw)}.items():
         _, s = timed(lambda: head.fit(F, Y, frame_rate=fr, offsets=off, eval_set=(Fv, Yv, offv)))

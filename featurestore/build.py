@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from featurestore.cli import HelpFormatter
 import featurestore
 from featurestore import layout
 from featurestore.clips import ClipSettings, clip_samples, plan_clips
@@ -296,7 +297,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Run a frontend once over a dataset and store every hidden layer in a Zarr store "
                     "(frames, per-clip offsets, pooled mean/std, clip table, provenance). With no --input, "
                     "builds the built-in demo store.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     io = p.add_argument_group("input and store")
     io.add_argument("--input", help="folder of audio files (wav/flac/mp3), or a CSV/JSON manifest with columns "
                                     "path, optional id, split, start, end (seconds) and any label columns. "

@@ -8,12 +8,6 @@ import numpy as np
 from heads import metrics
 
 
-def eval_split(store) -> str:
-    """The split a run is scored on: ``test``, or ``valid`` when the store has no test clips
-    (e.g. Artist20's course split, whose test set is unlabelled)."""
-    return "test" if len(store.split_indices("test")) else "valid"
-
-
 @dataclass
 class ClipScores:
     """report: metrics.classification_report of the clips whose label the head knows;

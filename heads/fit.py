@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from featurestore.cli import HelpFormatter
 from featurestore import open_store
 from featurestore.registry import resolve
 from featurestore.store import BackboneNotInStore
 from heads import metrics
 from heads.clip_heads import LGBMHead, LinearHead, LogRegHead, MLPHead
-from heads.evaluation import eval_split, score_clip_head
+from heads.evaluation import score_clip_head
+from heads.protocol import FILE, SCORE_CHOICES, SELECT_CHOICES, protocol_label
 from heads.tasks import TaskError, make_task
 
 CLIP_HEADS = {"linear": LinearHead, "mlp": MLPHead, "logreg": LogRegHead, "lgbm": LGBMHead}
@@ -47,35 +49,59 @@ def backbone_name(store, name: str) -> str:
         return name
 
 
-def plot_layer_weights(weights: np.ndarray, path: Path, title: str) -> Path:
+def plot_layer_weights(values: np.ndarray, layers: list[int], path: Path, title: str,
+                       ylabel: str = "softmax weight (learned)") -> Path:
+    """Bar plot of one value per stored layer: ``layers`` are the stored hidden-state indices."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(weights) + 2.5), 3.2))
-    ax.bar(np.arange(len(weights)), weights, color="#4c72b0")
-    ax.axhline(1.0 / len(weights), color="grey", lw=0.8, ls="--", label="uniform")
-    ax.set_xlabel("hidden state index (0 = first stored layer)")
-    ax.set_ylabel("softmax weight")
-    ax.set_xticks(np.arange(len(weights)))
+    values = np.asarray(values, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(values) + 2.5), 3.2))
+    ax.bar(np.arange(len(values)), values, color="#4c72b0")
+    if len(values) > 1:
+        ax.axhline(1.0 / len(values), color="grey", lw=0.8, ls="--", label="uniform")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlabel("stored hidden-state index (0 = first stored layer)")
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(np.arange(len(values)), [str(l) for l in layers])
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
+def layer_plot(head) -> tuple[np.ndarray, str] | None:
+    """What a head learned per stored layer, and its name: the softmax weights of the torch heads,
+    the per-layer importance of ``logreg``/``lgbm`` on concatenated layers, or None (nothing learned
+    per layer: one layer, or their mean)."""
+    if getattr(head, "layer_weights_", None) is not None:
+        return np.asarray(head.layer_weights_), "softmax weight (learned)"
+    if getattr(head, "layer_importance_", None) is not None:
+        return np.asarray(head.layer_importance_), "importance (share, from the fitted model)"
+    return None
+
+
+def parse_layers(text: str, n_layers: int):
+    """``--layers``: ``all`` -> None, ``each``, or ``i,j,...`` -> stored layer indices (checked)."""
+    if text in (None, "all"):
+        return None
+    if text == "each":
+        return "each"
+    try:
+        layers = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--layers {text!r}: expected all, each or comma-separated layer indices") from None
+    bad = [l for l in layers if not 0 <= l < n_layers]
+    if bad or not layers:
+        raise ValueError(f"--layers {text}: layer(s) {bad} out of range 0..{n_layers - 1}")
+    return layers
+
+
 def make_head(args, n_layers: int):
-    layers = None
-    if args.layers == "each":
-        layers = "each"
-    elif args.layers not in (None, "all"):
-        layers = [int(v) for v in args.layers.split(",")]
-        bad = [l for l in layers if not 0 <= l < n_layers]
-        if bad:
-            raise ValueError(f"--layers {args.layers}: layer(s) {bad} out of range 0..{n_layers - 1}")
+    layers = parse_layers(args.layers, n_layers)
     if layers == "each" and args.head != "linear":
         raise ValueError("--layers each fits one linear probe per layer: use it with --head linear")
     if args.head in CLIP_HEADS:
@@ -88,25 +114,35 @@ def make_head(args, n_layers: int):
                        seed=args.seed)
         return cls(lr=args.lr, epochs=args.epochs, layers=layers, class_weight=args.class_weight, seed=args.seed,
                    device=args.device, progress=not args.no_progress)
+    if args.class_weight:
+        raise ValueError(f"--class-weight applies to clip heads, not --head {args.head}")
     return frame_head_class(args.head)(lr=args.lr, epochs=args.epochs, layers=layers, seed=args.seed,
                                        device=args.device, progress=not args.no_progress)
 
 
-def run_clip(args, store, backbone, task, out: Path) -> dict:
-    X, y, _ = task.data(store, backbone, "train")
-    Xv, yv, _ = task.data(store, backbone, "valid")
-    Xt, yt, rows = task.data(store, backbone, eval_split(store))
+def make_plan(args, store, backbone, task):
+    """The run's split plan from the command line (see :mod:`heads.protocol`)."""
+    return task.plan(store, backbone, group=args.group, score=args.score_split, select=args.select_split,
+                     holdout_fraction=args.holdout_fraction, seed=args.seed,
+                     allow_same=args.allow_scoring_selection_split)
+
+
+def run_clip(args, store, backbone, task, out: Path, plan) -> dict:
+    X, y, _ = task.data(store, backbone, plan.train)
+    Xv, yv, _ = task.data(store, backbone, plan.select)
+    Xt, yt, rows = task.data(store, backbone, plan.score)
     head = make_head(args, X.shape[1])
     t0 = time.perf_counter()
     head.fit(X, y, eval_set=(Xv, yv))
     fit_s = time.perf_counter() - t0
     scores = score_clip_head(head, Xt, yt)
     report, proba, known = scores.report, scores.proba, scores.known
-    report.update(fit_seconds=fit_s, n_train=len(y), n_valid=len(yv), scored_split=eval_split(store))
+    report.update(fit_seconds=fit_s, n_train=len(y), n_selection=len(yv))
     if hasattr(head, "lr_"):
         report["lr"], report["lr_scores"] = head.lr_, {str(k): v for k, v in head.lr_scores_.items()}
     if getattr(head, "layer_scores_", None) is not None:
-        report["layer_curve"] = [float(v) for v in head.layer_scores_]
+        report["layer_curve"] = {"layers": [int(l) for l in head.layers_used_],
+                                 "selection_accuracy": [float(v) for v in head.layer_scores_]}
     with open(out / "predictions.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "true", "pred", "top3"])
@@ -115,16 +151,16 @@ def run_clip(args, store, backbone, task, out: Path) -> dict:
             top = head.classes_[np.argsort(-p)[:3]]
             w.writerow([cid, t, top[0], "|".join(map(str, top))])
     metrics.plot_confusion(np.array(report["confusion"]), [str(c) for c in head.classes_], out / "confusion.png",
-                           title=f"{backbone} / {args.head} / {args.task}")
+                           title=f"{backbone} / {args.head} / {args.task}\n{plan.label()}")
     return head, report
 
 
-def run_frames(args, store, backbone, task, out: Path) -> dict:
+def run_frames(args, store, backbone, task, out: Path, plan) -> dict:
     from heads.notes import notes_to_arrays, write_notes
 
-    X, y, off, _ = task.data(store, backbone, "train")
-    Xv, yv, offv, _ = task.data(store, backbone, "valid")
-    Xt, yt, offt, rows = task.data(store, backbone, eval_split(store))
+    X, y, off, _ = task.data(store, backbone, plan.train)
+    Xv, yv, offv, _ = task.data(store, backbone, plan.select)
+    Xt, yt, offt, rows = task.data(store, backbone, plan.score)
     fr = store.frame_rate(backbone)
     head = make_head(args, store.shape(backbone)[0])
     t0 = time.perf_counter()
@@ -141,7 +177,7 @@ def run_frames(args, store, backbone, task, out: Path) -> dict:
         pairs[cid] = (ri, rp, ei, ep)
     rep = metrics.transcription_report(pairs)
     report = {"mean": rep["mean"], "n_songs": rep["n_songs"], "fit_seconds": fit_s, "n_train": len(X),
-              "per_song": rep["per_song"], "scored_split": eval_split(store)}
+              "n_selection": len(Xv), "per_song": rep["per_song"]}
     if hasattr(head, "lr_"):
         report["lr"], report["lr_scores"] = head.lr_, {str(k): v for k, v in head.lr_scores_.items()}
     return head, report
@@ -174,27 +210,49 @@ def ensure_demo_store() -> Path:
     return path
 
 
+def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
+    """The split options (shared with the task pipelines' ``fit``)."""
+    p.add_argument("--score-split", choices=SCORE_CHOICES, default="auto",
+                   help="split the reported scores are measured on: auto = test when the store has test clips, "
+                        "else valid")
+    p.add_argument("--select-split", choices=SELECT_CHOICES, default="auto",
+                   help="clips that choose the model (learning rate, stopping epoch): auto = valid unless valid "
+                        "is the scored split, then a holdout carved out of train (grouped by --group)")
+    p.add_argument("--group", default=None,
+                   help=f"label column the train holdout is grouped by, so no group is on both sides "
+                        f"('{FILE}' = the audio file); default: album for singer, singer for technique, "
+                        f"{FILE} otherwise")
+    p.add_argument("--holdout-fraction", type=float, default=0.15,
+                   help="share of train groups (per class, when groups nest in classes) carved out for selection")
+    p.add_argument("--allow-scoring-selection-split", action="store_true",
+                   help="allow --select-split valid while valid is scored (an optimistic score, labelled so)")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m heads.fit",
                                 description="Train a head on a feature store and write a run folder "
-                                            "(metrics.json, head.joblib, predictions, plots).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                            "(metrics.json, head.joblib, predictions, plots). The model is chosen "
+                                            "on one split and scored on another (see --score-split).",
+                                formatter_class=HelpFormatter)
     p.add_argument("--store", help="feature store built by featurestore.build (default: the demo store, built "
                                    "if missing)")
     p.add_argument("--backbone", default="crepe", help="backbone in the store (registry name or alias)")
-    p.add_argument("--head", choices=HEADS, default="linear")
+    p.add_argument("--head", choices=HEADS, default="linear", help="head to train")
     p.add_argument("--task", default=None,
                    help="singer | technique | transcription | label:<column> | notes:<column> "
                         "(default: singer for clip heads, transcription for crf/frames)")
-    p.add_argument("--lr", default="1e-3,3e-3,1e-2", help="learning rate or comma-separated grid (chosen on valid)")
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--layers", default="all", help="all | each (one probe per layer, linear head) | i,j,...")
-    p.add_argument("--class-weight", choices=["paper", "balanced"], default=None,
-                   help="paper: w_c = 1/n_c^0.2")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--lr", default="1e-3,3e-3,1e-2",
+                   help="learning rate or comma-separated grid (chosen on the selection split; torch heads)")
+    p.add_argument("--epochs", type=int, default=60, help="maximum epochs (early stopping on the selection split)")
+    p.add_argument("--layers", default="all", help="all | each (one probe per layer, linear head) | i,j,... "
+                                                   "(stored layer indices)")
+    p.add_argument("--class-weight", choices=["balanced", "paper"], default=None,
+                   help="clip heads: balanced = n/(C n_c); paper = 1/n_c^0.2; not given: none")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and the holdout draw")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     p.add_argument("--out", help="run folder (default: runs/<backbone>-<head>-<task>)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_protocol_arguments(p)
     return p.parse_args(argv)
 
 
@@ -213,20 +271,35 @@ def main(argv=None) -> int:
         if task.kind == "frames" and args.head in CLIP_HEADS:
             raise TaskError(f"--head {args.head} is a clip classifier; task {args.task!r} is frame-level "
                             f"transcription: use one of {', '.join(FRAME_HEADS)}")
+        plan = make_plan(args, store, backbone, task)
+        for note in plan.notes:
+            print(f"note: {note}", file=sys.stderr)
         out = Path(args.out or f"runs/{backbone}-{args.head}-{args.task.replace(':', '_')}")
         out.mkdir(parents=True, exist_ok=True)
         runner = run_clip if task.kind == "clip" else run_frames
-        head, report = runner(args, store, backbone, task, out)
+        head, report = runner(args, store, backbone, task, out, plan)
     except (TaskError, BackboneNotInStore, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     head.save(out / "head.joblib")
-    plot_layer_weights(np.asarray(head.layer_weights_), out / "layer_weights.png",
-                       f"{backbone} / {args.head} / {args.task}: layer weights")
+    stored_layers = getattr(head, "layers_used_", None)
+    if stored_layers is None:
+        picked = parse_layers(args.layers, store.shape(backbone)[0])
+        stored_layers = list(range(store.shape(backbone)[0])) if picked in (None, "each") else picked
+    learned = layer_plot(head)
+    (out / "layer_weights.png").unlink(missing_ok=True)
+    if learned is not None:
+        plot_layer_weights(learned[0], list(stored_layers), out / "layer_weights.png",
+                           f"{backbone} / {args.head} / {args.task}: per stored layer\n{plan.label()}",
+                           ylabel=learned[1])
     report.update(backbone=backbone, head=args.head, task=args.task, store=str(store.path),
+                  protocol=plan.describe(), scored_split=plan.score_split, selection_split=plan.select_split,
                   params={k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
                           for k, v in head.get_params().items()},
-                  layer_weights=[float(v) for v in head.layer_weights_])
+                  stored_layers=[int(l) for l in stored_layers])
+    if learned is not None:
+        report["layer_weights" if learned[1].startswith("softmax") else "layer_importance"] = \
+            [float(v) for v in learned[0]]
     (out / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
     print(summary_table(report))
     print(f"run folder: {out}")
@@ -240,7 +313,8 @@ def summary_table(report: dict) -> str:
     else:
         keys = [k for k in ("accuracy", "top2", "top3", "macro_f1", "balanced_accuracy") if k in report]
         body = metrics.format_table([{"metric": k, "value": report[k]} for k in keys], ["metric", "value"])
-    return f"{report['backbone']} / {report['head']} / {report['task']} ({report['scored_split']} split)\n{body}"
+    return (f"{report['backbone']} / {report['head']} / {report['task']} "
+            f"({protocol_label(report['protocol'])})\n{body}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Generic tasks read from a store: what X and y are for a clip label or for note transcription.
 
-- :class:`ClipLabelTask`: X = pooled [N, L, D] of a split, y = a label column of the clip table.
+- :class:`ClipLabelTask`: X = pooled [N, L, D] of some rows, y = a label column of the clip table.
 - :class:`NotesTask`: X = frames [T_i, L, D] per clip, y = notes [[onset_s, offset_s, midi], ...]
   in seconds of the clip's audio file, read from a JSON label column (default ``notes``).
+
+Which rows train, select and score comes from :meth:`plan` (:mod:`heads.protocol`).
 
 Dataset-specific tasks (Artist20, MIR-ST500, VocalSet) build on these in ``pipelines``.
 """
@@ -15,84 +17,98 @@ import numpy as np
 
 from featurestore.datasets import ClipFrames
 from featurestore.store import FeatureStore
+from heads.protocol import FILE, ProtocolError, SplitPlan, plan_splits, replan
+from heads.notes import midi_number
 
 
 class TaskError(ValueError):
     """A task that this store cannot serve (missing labels, empty split)."""
 
 
-def _split_rows(store: FeatureStore, split: str, seed: int = 0) -> np.ndarray:
-    rows = store.split_indices(split)
-    if len(rows) == 0 and split == "valid":  # no validation split: hold out 15 % of train, per file
-        train = store.split_indices("train")
-        files = np.unique(store.clips["file_id"][train])
-        held = set(np.random.default_rng(seed).permutation(files)[:max(1, round(0.15 * len(files)))])
-        rows = np.array([r for r in train if store.clips["file_id"][r] in held], dtype=np.int64)
-    return rows
-
-
-def with_frames(store: FeatureStore, backbone: str, rows: np.ndarray) -> np.ndarray:
-    """The rows whose clip has at least one frame for this backbone (a clip shorter than the
-    receptive field has none, and NaN pooled rows; the build reported it as too_short)."""
-    store.group(backbone)  # a clear error if the backbone is not there
-    return rows[store.n_frames(backbone)[rows] > 0]
+def notes_in_span(notes_json: str, start_s: float, end_s: float) -> list[list]:
+    """Notes of a JSON notes cell that overlap [start_s, end_s), cut to it, pitches rounded by
+    :func:`heads.notes.midi_number` -> [[onset_s, offset_s, midi int], ...] (seconds of the file)."""
+    return [[max(float(on), start_s), min(float(off), end_s), midi_number(m)]
+            for on, off, m in json.loads(notes_json or "[]") if off > start_s and on < end_s]
 
 
 @dataclass
-class ClipLabelTask:
-    """Clip classification on a label column. ``kind`` = "clip"."""
+class _Task:
+    """What every task shares: its label column, the column its selection holdout is grouped by
+    (:data:`heads.protocol.FILE` = the audio file) and the split plan."""
 
     label: str
-    kind: str = "clip"
+    group: str = FILE
+    stratify = True
 
-    def rows(self, store: FeatureStore, split: str) -> np.ndarray:
-        """Rows of a split; ``train`` excludes rows carved out as validation."""
-        rows = _split_rows(store, split)
-        if split == "train" and len(store.split_indices("valid")) == 0:
-            held = set(_split_rows(store, "valid"))
-            rows = np.array([r for r in rows if r not in held], dtype=np.int64)
-        return rows
-
-    def data(self, store: FeatureStore, backbone: str, split: str):
-        """(X pooled float32 [n, L, D], y labels [n], rows [n]); clips with no frame are left out."""
+    def plan(self, store: FeatureStore, backbone: str, group: str | None = None, **protocol) -> SplitPlan:
+        """Train / selection / scored rows (:func:`heads.protocol.plan_splits`; ``protocol``: score,
+        select, holdout_fraction, seed, allow_same). ``group`` None: the task's own group column, or
+        the audio file when the store lacks that column (noted in the plan)."""
+        note = None
+        if group is None:
+            group = self.group
+            if group != FILE and group not in store.clips["labels"]:
+                note = f"no {group!r} column in the store: the selection holdout is grouped by file"
+                group = FILE
         try:
-            labels = store.labels(self.label)
-        except KeyError as e:
+            plan = plan_splits(store, backbone, label=self.label, stratify=self.stratify, group=group, **protocol)
+        except ProtocolError as e:
             raise TaskError(str(e)) from None
-        rows = with_frames(store, backbone, self.rows(store, split))
-        if len(rows) == 0:
-            raise TaskError(f"split {split!r} is empty in {store.path}")
-        X = store.pooled(backbone, rows=rows).astype(np.float32)
-        return X, labels[rows], rows
+        if note:
+            plan.notes.insert(0, note)
+        return plan
+
+    def replan(self, store: FeatureStore, backbone: str, desc: dict, score: str | None = None) -> SplitPlan:
+        """The plan of a fitted run (its saved ``protocol``), optionally scoring another split."""
+        try:
+            return replan(store, desc, backbone, label=self.label, stratify=self.stratify, score=score)
+        except ProtocolError as e:
+            raise TaskError(str(e)) from None
 
 
 @dataclass
-class NotesTask:
+class ClipLabelTask(_Task):
+    """Clip classification on a label column. ``kind`` = "clip"."""
+
+    kind = "clip"
+
+    def data(self, store: FeatureStore, backbone: str, rows: np.ndarray):
+        """(X pooled float32 [n, L, D], y labels [n], rows [n]) of the clip rows (from :meth:`plan`)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            raise TaskError(f"no clip to read from {store.path}")
+        X = store.pooled(backbone, rows=rows).astype(np.float32)
+        return X, store.labels(self.label)[rows], rows
+
+
+@dataclass
+class NotesTask(_Task):
     """Note transcription from a JSON notes column (times in seconds of the clip's file). ``kind`` = "frames"."""
 
-    column: str = "notes"
-    kind: str = "frames"
+    label: str = "notes"
+    kind = "frames"
+    stratify = False
 
-    rows = ClipLabelTask.rows
-
-    def data(self, store: FeatureStore, backbone: str, split: str):
+    def data(self, store: FeatureStore, backbone: str, rows: np.ndarray):
         """(X lazy :class:`featurestore.datasets.ClipFrames` [T_i, L, D] per clip, y list of note lists inside
-        each clip, offsets list of frame-0 times (s), rows [n])."""
-        try:
-            column = store.labels(self.column)
-        except KeyError as e:
-            raise TaskError(f"{e} (transcription needs a JSON notes column)") from None
-        rows = with_frames(store, backbone, self.rows(store, split))
+        each clip, offsets list of frame-0 times (s), rows [n]) of the clip rows (from :meth:`plan`)."""
+        rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
-            raise TaskError(f"split {split!r} is empty in {store.path}")
+            raise TaskError(f"no clip to read from {store.path}")
+        column = store.labels(self.label)
         y, offsets = [], []
         for r in rows:
             t = store.frame_times(int(r), backbone)
             a, b = float(store.clips["start_s"][r]), float(store.clips["end_s"][r])
-            notes = json.loads(column[r] or "[]")
-            y.append([[max(on, a), min(off, b), int(m)] for on, off, m in notes if off > a and on < b])
+            y.append(notes_in_span(column[r], a, b))
             offsets.append(float(t[0]) if len(t) else a)
         return ClipFrames(store, backbone, rows), y, offsets, rows
+
+
+#: Each named task's label column and the column its selection holdout is grouped by: an album belongs
+#: to one singer (Artist20), a singer sings every technique (VocalSet), a song is one file (MIR-ST500).
+NAMED_TASKS = {"singer": ("singer", "album"), "technique": ("technique", "singer")}
 
 
 def make_task(name: str):
@@ -104,4 +120,6 @@ def make_task(name: str):
         return NotesTask(name.split(":", 1)[1])
     if name.startswith("label:"):
         return ClipLabelTask(name.split(":", 1)[1])
+    if name in NAMED_TASKS:
+        return ClipLabelTask(*NAMED_TASKS[name])
     return ClipLabelTask(name)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from featurestore.cli import HelpFormatter
 from featurestore.clips import ClipSettings
 from featurestore.manifest import RESERVED
 from heads import metrics
@@ -166,6 +167,9 @@ def run_dir(args) -> Path:
     return Path(args.workdir) / "runs" / f"{bb}-{args.head}"
 
 
+PROTOCOL_OPTIONS = ("score_split", "select_split", "group", "holdout_fraction")
+
+
 def cmd_fit(spec: TaskSpec, args) -> int:
     from heads.fit import main as fit_main
 
@@ -174,6 +178,11 @@ def cmd_fit(spec: TaskSpec, args) -> int:
             "--seed", str(args.seed), "--device", args.device or "cpu", "--layers", args.layers]
     if getattr(args, "class_weight", None):
         argv += ["--class-weight", args.class_weight]
+    for opt in PROTOCOL_OPTIONS:
+        if getattr(args, opt, None) is not None:
+            argv += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
+    if args.allow_scoring_selection_split:
+        argv.append("--allow-scoring-selection-split")
     # A finished fit leaves fit_args.json beside its metrics: the same fit is not run twice.
     rd = run_dir(args)
     marker, wanted = rd / "fit_args.json", json.dumps(argv)
@@ -185,6 +194,21 @@ def cmd_fit(spec: TaskSpec, args) -> int:
     if code == 0:
         marker.write_text(wanted)
     return code
+
+
+def run_plan(store, rd: Path, spec: TaskSpec, backbone: str, score: str | None = None):
+    """The split plan a fitted run was trained under (from its metrics.json), scoring ``score`` (None: the
+    run's own scored split). Scoring the split that chose the run's model is refused
+    (:func:`heads.protocol.replan`)."""
+    from heads.tasks import TaskError, make_task
+
+    m = Path(rd) / "metrics.json"
+    try:
+        desc = json.loads(m.read_text())["protocol"]
+    except (OSError, ValueError, KeyError):
+        raise TaskError(f"{m} does not say which split chose the model (a run from an older version?): "
+                        "fit it again with --refit") from None
+    return make_task(spec.heads_task).replan(store, backbone, desc, score=score)
 
 
 def run_backbone(store, rd: Path, args) -> str:
@@ -270,25 +294,38 @@ def _dig(d: dict, dotted: str):
 
 def results_table(spec: TaskSpec, workdir: Path) -> str:
     """Markdown table of every evaluated run in the work folder (frontend x head)."""
+    from heads.protocol import HOLDOUT
+
     rows = []
     for f in sorted((workdir / "runs").glob("*/evaluation.json")):
         e = json.loads(f.read_text())
-        rows.append({"run": f.parent.name, **{k: _dig(e, k) for k in spec.summary_keys}})
-    head = "| run | " + " | ".join(spec.summary_keys) + " |"
-    sep = "|---" * (len(spec.summary_keys) + 1) + "|"
+        p = e.get("protocol") or {}
+        chosen = p.get("selection_split", "?")
+        if chosen == HOLDOUT:
+            chosen += f" (by {p.get('holdout_group')})"
+        if p.get("scored_is_selection"):
+            chosen += " (SAME SPLIT: optimistic)"
+        rows.append({"run": f.parent.name, "scored on": p.get("scored_split", "?"), "chosen on": chosen,
+                     **{k: _dig(e, k) for k in spec.summary_keys}})
+    cols = ["scored on", "chosen on"] + spec.summary_keys
+    head = "| run | " + " | ".join(cols) + " |"
+    sep = "|---" * (len(cols) + 1) + "|"
     lines = [f"# {spec.name}: {spec.description}", "", head, sep]
     for r in rows:
         cells = [r["run"]] + [("" if r[k] is None else f"{100 * r[k]:.1f}" if isinstance(r[k], float) else str(r[k]))
-                              for k in spec.summary_keys]
+                              for k in cols]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("(values in %)")
+    lines.append("(scores in %; \"scored on\" is the split the scores were measured on, \"chosen on\" the clips that "
+                 "chose the learning rate and the stopping epoch)")
     return "\n".join(lines)
 
 
 def build_parser(spec: TaskSpec) -> argparse.ArgumentParser:
+    from heads.fit import HEADS, add_protocol_arguments
+
     p = argparse.ArgumentParser(prog=f"python -m pipelines.{spec.name}", description=spec.description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     commands = {"prepare": "turn the dataset folder (or --demo) into WORKDIR/manifest.csv",
                 "build": "extract features into WORKDIR/store.zarr with the task's settings",
@@ -297,32 +334,43 @@ def build_parser(spec: TaskSpec) -> argparse.ArgumentParser:
     if spec.predict is not None:
         commands["predict"] = "predict for new audio with a fitted run"
     for name, help_ in commands.items():
-        c = sub.add_parser(name, help=help_, description=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        c = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
         c.add_argument("--workdir", required=True, help="work folder of this task")
-        c.add_argument("--no-progress", action="store_true")
+        c.add_argument("--no-progress", action="store_true", help="no progress bars")
         if name == "prepare":
             c.add_argument("--raw", help="the dataset folder, as downloaded")
             c.add_argument("--demo", action="store_true", help="use the built-in demo corpus instead")
         if name in ("build", "fit", "evaluate", "predict"):
             c.add_argument("--backbone", action="append", default=None,
-                           help="backbone (repeat for several in build); default crepe")
-            c.add_argument("--device", default=None)
+                           help="backbone, a registry name or alias (repeat for several in build); not given: crepe")
+            c.add_argument("--device", default=None, help="torch device (cpu, cuda, cuda:1); not given: cpu")
         if name == "build":
-            c.add_argument("--model-path")
-            c.add_argument("--num-workers", type=int, default=None)
-            c.add_argument("--batch-seconds", type=float, default=None)
-            c.add_argument("--overwrite", action="store_true")
+            c.add_argument("--model-path", help="local folder of the backbone's weights (offline)")
+            c.add_argument("--num-workers", type=int, default=None,
+                           help="audio decoding workers; not given: featurestore.build's default")
+            c.add_argument("--batch-seconds", type=float, default=None,
+                           help="audio seconds per forward batch; not given: 10 on CPU, 80 on CUDA")
+            c.add_argument("--overwrite", action="store_true", help="rebuild a store whose settings differ")
         if name in ("fit", "evaluate", "predict"):
-            c.add_argument("--head", default=spec.default_head)
+            c.add_argument("--head", choices=HEADS, default=spec.default_head, help="head of the run")
         if name == "fit":
-            c.add_argument("--lr", default="1e-3,3e-3,1e-2")
-            c.add_argument("--epochs", type=int, default=60)
-            c.add_argument("--layers", default="all")
-            c.add_argument("--seed", type=int, default=0)
-            c.add_argument("--class-weight", choices=["paper", "balanced"], default=spec.default_class_weight,
-                           help="paper: w_c = 1/n_c^0.2")
+            c.add_argument("--lr", default="1e-3,3e-3,1e-2",
+                           help="learning rate or comma-separated grid, chosen on the selection split")
+            c.add_argument("--epochs", type=int, default=60,
+                           help="maximum epochs (early stopping on the selection split)")
+            c.add_argument("--layers", default="all",
+                           help="all | each (one linear probe per layer) | i,j,... (stored layer indices)")
+            c.add_argument("--seed", type=int, default=0,
+                           help="seed of initialisation, shuffling and the holdout draw")
+            c.add_argument("--class-weight", choices=["balanced", "paper"], default=spec.default_class_weight,
+                           help="balanced = n/(C n_c); paper = 1/n_c^0.2; None: no weighting")
             c.add_argument("--refit", action="store_true",
                            help="train again even if the run folder holds a fit with the same settings")
+            add_protocol_arguments(c)
+        if name == "evaluate":
+            c.add_argument("--score-split", choices=["test", "valid"], default=None,
+                           help="split to score; not given: the split the run was scored on at fit time "
+                                "(the split that chose the model is refused)")
         if spec.add_arguments is not None:
             spec.add_arguments(c, name)
     return p

@@ -53,7 +53,8 @@ import numpy as np
 
 from featurestore.clips import ClipSettings
 from pipelines.runner import (DEMO_FLAG, PrepareResult, TaskSpec, fitted_run, input_folder,  # noqa: F401
-                              is_demo, main, run_backbone, training_clip_settings, write_manifest)
+                              is_demo, main, run_backbone, run_plan, training_clip_settings,
+                              write_manifest)
 
 #: Audio suffixes accepted in the Artist20 layout (and in the prediction folder).
 AUDIO_SUFFIXES = (".mp3", ".wav", ".flac")
@@ -242,33 +243,44 @@ def top3(scores, class_names) -> list[list[str]]:
     return [[names[j] for j in row] + [""] * (3 - len(row)) for row in order]
 
 
-def _id_key(ids: list[str]):
-    if ids and all(i.isdigit() for i in ids):
-        return lambda i: (int(i), i)
-    return lambda i: i
+def shown_ids(ids: list[str], keep_id_text: bool = False) -> list[str]:
+    """IDs as the predictions file writes them: integers (``0001`` -> ``1``, as in the course's example
+    submission) when every ID is an integer, unless ``keep_id_text``; otherwise as given."""
+    ids = [str(i) for i in ids]
+    if ids and all(i.isdigit() for i in ids) and not keep_id_text:
+        return [str(int(i)) for i in ids]
+    return ids
+
+
+def id_collisions(ids: list[str], names: list[str], keep_id_text: bool = False) -> list[str]:
+    """One message per written ID that two or more inputs (``names``) would share."""
+    by_id: dict[str, list[str]] = {}
+    for shown, name in zip(shown_ids(ids, keep_id_text), names):
+        by_id.setdefault(shown, []).append(str(name))
+    return [f"ID {i} would be given by {' and '.join(n)}" for i, n in by_id.items() if len(n) > 1]
 
 
 def write_predictions_csv(path, ids, scores, class_names, keep_id_text: bool = False) -> Path:
     """The course's file: header ``ID,No.1,No.2,No.3``, one row per ID sorted ascending (numerically
-    when every ID is an integer), the three highest-scoring singer names. Integer IDs are written as
-    integers (``0001`` -> ``1``, as in the course's example submission) unless ``keep_id_text``."""
+    when every ID is an integer), the three highest-scoring singer names, IDs as :func:`shown_ids`
+    writes them. IDs that would collide once written are an error."""
     ids = [str(i) for i in ids]
-    if len(ids) != len(set(ids)):
-        raise ValueError("duplicate IDs")
+    clashes = id_collisions(ids, ids, keep_id_text)
+    if clashes:
+        raise ValueError("duplicate IDs: " + "; ".join(clashes))
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != (len(ids), len(class_names)):
         raise ValueError(f"scores must be [{len(ids)}, {len(class_names)}], got {scores.shape}")
     names = top3(scores, class_names)
+    shown = shown_ids(ids, keep_id_text)
     numeric = bool(ids) and all(i.isdigit() for i in ids)
-    key = _id_key(ids)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(HEADER)
-        for k in sorted(range(len(ids)), key=lambda k: key(ids[k])):
-            shown = str(int(ids[k])) if numeric and not keep_id_text else ids[k]
-            w.writerow([shown] + names[k])
+        for k in sorted(range(len(ids)), key=lambda k: (int(ids[k]), ids[k]) if numeric else ids[k]):
+            w.writerow([shown[k]] + names[k])
     return path
 
 
@@ -276,20 +288,17 @@ def write_predictions_csv(path, ids, scores, class_names, keep_id_text: bool = F
 # evaluate
 # ----------------------------------------------------------------------------------------------
 def evaluate(store, run_dir: Path, args) -> dict:
-    """Segment- and song-level scores on ``test`` (or ``valid`` when the store has no test clips)."""
+    """Segment- and song-level scores on the run's scored split (``--score-split`` to change it; the
+    split that chose the model is refused). Unlabelled clips are left out and counted."""
     from heads import metrics
-    from heads.evaluation import eval_split
     from heads.persist import load_head
-    from heads.tasks import ClipLabelTask
 
     run_dir = Path(run_dir)
     method = getattr(args, "aggregate", None) or "mean"
     head = load_head(run_dir / "head.joblib")
     backbone = run_backbone(store, run_dir, args)
-    split = eval_split(store)
-    rows = ClipLabelTask("singer").rows(store, split)
-    if len(rows) == 0:
-        raise RuntimeError(f"{store.path}: no clip to evaluate on (no test or valid split)")
+    plan = run_plan(store, run_dir, SPEC, backbone, getattr(args, "score_split", None))
+    rows = plan.score
     classes = [str(c) for c in head.classes_]
     index = {c: i for i, c in enumerate(classes)}
     y = store.labels("singer")[rows].astype(str)
@@ -304,41 +313,44 @@ def evaluate(store, run_dir: Path, args) -> dict:
     first = {f: i for i, f in reversed(list(enumerate(files)))}
     song_y = np.array([yi[first[s]] for s in songs], dtype=np.int64)
     song = metrics.classification_report(song_y, song_scores, class_names=classes)
-    title = f"{run_dir.name}: singer, {split}"
+    title = f"{run_dir.name}: singer, {plan.label()}"
     metrics.plot_confusion(np.array(seg["confusion"]), classes, run_dir / "confusion_segment.png",
-                           title=f"{title}, per segment")
+                           title=f"{title}\nper segment")
     metrics.plot_confusion(np.array(song["confusion"]), classes, run_dir / "confusion_song.png",
-                           title=f"{title}, per song ({method})")
+                           title=f"{title}\nper song ({method})")
     with open(run_dir / "song_predictions.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["song", "true", "No.1", "No.2", "No.3"])
         for s, t, names in zip(songs, song_y, top3(song_scores, classes)):
             w.writerow([s, classes[t]] + names)
+    print(f"singer, {plan.label()}")
     print(metrics.format_table(
         [{"level": lvl, **{k: r.get(k) for k in ("n", "accuracy", "top2", "top3", "macro_f1")}}
          for lvl, r in (("segment", seg), ("song", song))],
         ["level", "n", "accuracy", "top2", "top3", "macro_f1"]))
-    return {"segment": seg, "song": song, "split": split, "aggregate": method, "backbone_stored": backbone,
-            "unseen_labels": int((~known).sum())}
+    return {"segment": seg, "song": song, "split": plan.score_split, "protocol": plan.describe(),
+            "aggregate": method, "backbone_stored": backbone, "unseen_labels": int((~known).sum())}
 
 
 # ----------------------------------------------------------------------------------------------
 # predict
 # ----------------------------------------------------------------------------------------------
-def collect_inputs(folder: Path) -> tuple[list[tuple[str, Path]], list[dict]]:
-    """(ID, path) of every ``ID.<audio>`` file directly in ``folder`` (sorted), and what was skipped."""
-    items, skipped, seen = [], [], {}
+def collect_inputs(folder: Path, keep_id_text: bool = False) -> tuple[list[tuple[str, Path]], list[dict]]:
+    """(ID, path) of every ``ID.<audio>`` file directly in ``folder`` (sorted), and what was skipped.
+    Two files whose IDs would be written alike (``1.wav`` and ``1.mp3``, or ``0001.wav`` and ``1.mp3``,
+    see :func:`shown_ids`) are an error naming both: which one is meant cannot be guessed."""
+    items, skipped = [], []
     for p in sorted(q for q in Path(folder).iterdir() if q.is_file() and not q.name.startswith(".")):
         if p.suffix.lower() not in AUDIO_SUFFIXES:
             skipped.append({"where": p.name, "reason": "not_audio", "message": f"{p.name}: not an audio file"})
         elif p.stat().st_size == 0:
             skipped.append({"where": p.name, "reason": "empty", "message": f"{p.name}: empty file (0 bytes)"})
-        elif p.stem in seen:
-            skipped.append({"where": p.name, "reason": "duplicate_id",
-                            "message": f"{p.name}: ID {p.stem} already given by {seen[p.stem].name}"})
         else:
-            seen[p.stem] = p
             items.append((p.stem, p.resolve()))
+    clashes = id_collisions([i for i, _ in items], [p.name for _, p in items], keep_id_text)
+    if clashes:
+        raise ValueError(f"{folder}: " + "; ".join(clashes) + " (rename or remove one; --keep-id-text keeps "
+                         "leading zeros)")
     return items, skipped
 
 
@@ -354,7 +366,11 @@ def predict(args) -> int:
     rd = fitted_run(args)
     if rd is None or input_folder(args, "ID.mp3 / ID.wav files") is None:
         return 2
-    items, skipped = collect_inputs(Path(args.input))
+    try:
+        items, skipped = collect_inputs(Path(args.input), args.keep_id_text)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for s in skipped:
         print(f"skipped [{s['reason']}] {s['message']}")
     if not items:

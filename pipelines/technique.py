@@ -61,7 +61,7 @@ import numpy as np
 
 from featurestore.clips import ClipSettings
 from featurestore.manifest import AUDIO_SUFFIXES, Skip
-from pipelines.runner import DEMO_FLAG, PrepareResult, TaskSpec, is_demo, main, run_backbone  # noqa: F401
+from pipelines.runner import DEMO_FLAG, PrepareResult, TaskSpec, is_demo, main, run_backbone, run_plan  # noqa: F401
 
 #: The ten techniques of Table IV, sorted.
 TECHNIQUES = ("belt", "breathy", "inhaled", "lip_trill", "spoken", "straight", "trill", "trillo", "vibrato",
@@ -274,24 +274,25 @@ def clip_settings(args) -> ClipSettings:
 
 
 def evaluate(store, run_dir: Path, args) -> dict:
-    """Clip-level scores of the fitted head on the test split (valid if there is no test split)."""
+    """Clip-level scores of the fitted head on the run's scored split (``--score-split`` to change it;
+    the split that chose the model is refused). Unlabelled clips are left out and counted."""
     from heads import metrics
-    from heads.evaluation import eval_split, score_clip_head
+    from heads.evaluation import score_clip_head
     from heads.persist import load_head
 
     head = load_head(Path(run_dir) / "head.joblib")
     bb = run_backbone(store, run_dir, args)
-    split = eval_split(store)
-    rows = store.split_indices(split)
-    if len(rows) == 0:
-        raise SystemExit(f"error: {store.path} has no test or valid clip to evaluate on")
+    plan = run_plan(store, run_dir, SPEC, bb, getattr(args, "score_split", None))
+    rows = plan.score
     classes = [str(c) for c in head.classes_]
     report = score_clip_head(head, store.pooled(bb, rows=rows).astype(np.float32),
                              store.labels("technique")[rows]).report
     metrics.plot_confusion(np.array(report["confusion"]), classes, Path(run_dir) / "confusion_technique.png",
-                           title=f"{bb} / {args.head} / technique ({split})")
-    report.update(split=split, n_clips=int(len(rows)),
-                  layer_weights=[float(v) for v in np.asarray(head.layer_weights_)])
+                           title=f"{bb} / {args.head} / technique\n{plan.label()}")
+    print(f"technique, {plan.label()}")
+    report.update(split=plan.score_split, protocol=plan.describe(), n_clips=int(len(rows)))
+    if getattr(head, "layer_weights_", None) is not None:
+        report["layer_weights"] = [float(v) for v in np.asarray(head.layer_weights_)]
     return report
 
 

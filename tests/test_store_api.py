@@ -152,19 +152,25 @@ def test_replanning_the_clips_with_overwrite_drops_every_old_backbone(tmp_path):
 
 
 def test_clips_without_frames_are_left_out_of_tasks(tmp_path):
-    """A 40 ms file is stored (CREPE frames it) but gives no log-mel frame (1024-sample window)."""
+    """A 40 ms file is stored (CREPE frames it) but gives no log-mel frame (1024-sample window): the
+    split plan leaves it out and counts it."""
     from heads.tasks import ClipLabelTask
     from tests.conftest import write_wav
 
-    paths = noise_clips(tmp_path / "audio", 16000, [1.0, 1.0])
+    paths = noise_clips(tmp_path / "audio", 16000, [1.0, 1.0, 1.0])
     write_wav(tmp_path / "audio" / "tiny.wav", (0.1 * np.sin(np.arange(640) / 3.0)).astype(np.float32), 16000)
     m = tmp_path / "m.csv"
-    m.write_text("path,split,singer\n" + "".join(f"{p},train,s{i}\n" for i, p in enumerate(paths))
+    splits = ["train", "train", "test"]
+    m.write_text("path,split,singer\n" + "".join(f"{p},{sp},s0\n" for p, sp in zip(paths, splits))
                  + f"{tmp_path / 'audio' / 'tiny.wav'},train,s0\n")
     report = build(m, tmp_path / "s.zarr", ["logmel"], clip_settings=ClipSettings(segment_s=None), num_workers=0,
                    progress=False)
     assert [s["reason"] for s in report.skipped] == ["too_short"]
     s = open_store(tmp_path / "s.zarr")
-    assert len(s) == 3 and list(s.n_frames("logmel")) == [47, 47, 0]
-    X, y, rows = ClipLabelTask("singer").data(s, "logmel", "train")
-    assert list(rows) == [0, 1] and np.isfinite(X).all()
+    assert len(s) == 4 and list(s.n_frames("logmel")) == [47, 47, 47, 0]
+    task = ClipLabelTask("singer")
+    plan = task.plan(s, "logmel", select="holdout", group="file")
+    assert plan.dropped == {"train": {"no_frames": 1}}
+    assert sorted(np.concatenate([plan.train, plan.select])) == [0, 1] and list(plan.score) == [2]
+    X, y, rows = task.data(s, "logmel", np.concatenate([plan.train, plan.select]))
+    assert np.isfinite(X).all()
