@@ -71,8 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1, help="runs of each timed measurement (best is reported)")
     p.add_argument("--num-workers", type=int, default=2, help="num_workers passed to build()")
     p.add_argument("--forward-batch-seconds", type=float, default=resolve_batch_seconds(None, "cpu"),
-                   help="audio seconds per batch of the bare forward passes (default: the build's own batch_s, "
-                        "so build / forward is the build's overhead)")
+                   help="audio seconds per batch of the bare forward passes: the build's own batch_s on CPU, "
+                        "so build / forward is the build's overhead")
     p.add_argument("--read-batches", type=int, default=200, help="random read batches")
     p.add_argument("--window", type=int, default=250, help="frames per read window")
     p.add_argument("--batch-size", type=int, default=16, help="windows per read batch")

@@ -30,9 +30,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.heads_fit", description=__doc__,
                                 formatter_class=HelpFormatter)
     p.add_argument("--store", help="store (default: the demo store)")
-    p.add_argument("--backbone", default="crepe-tiny")
+    p.add_argument("--backbone", default="crepe-tiny", help="backbone in the store")
     p.add_argument("--label", default="singer", help="clip label for the clip heads")
-    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--epochs", type=int, default=60, help="epochs of every torch fit (no early stop: equal work)")
     p.add_argument("--lr", type=float, default=1e-2, help="one learning rate (no sweep) so times compare")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)

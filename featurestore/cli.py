@@ -16,7 +16,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (action.default in (None, False, argparse.SUPPRESS) or not action.option_strings
+        if (action.default is None or action.default is False or action.default == argparse.SUPPRESS
+                or not action.option_strings
                 or "default" in text.lower() or "%(default)" in text
                 or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
             return text

@@ -74,9 +74,12 @@ def plot_layer_weights(values: np.ndarray, layers: list[int], path: Path, title:
 
 
 def layer_plot(head) -> tuple[np.ndarray, str] | None:
-    """What a head learned per stored layer, and its name: the softmax weights of the torch heads,
-    the per-layer importance of ``logreg``/``lgbm`` on concatenated layers, or None (nothing learned
-    per layer: one layer, or their mean)."""
+    """What a head learned per stored layer, and its name: each probe's selection accuracy with
+    ``--layers each``, the softmax weights of the torch heads, the per-layer importance of
+    ``logreg``/``lgbm`` on concatenated layers, or None (nothing learned per layer: one layer, or
+    their mean)."""
+    if getattr(head, "layer_scores_", None) is not None:  # --layers each: one probe per layer
+        return np.asarray(head.layer_scores_), "probe accuracy (selection split)"
     if getattr(head, "layer_weights_", None) is not None:
         return np.asarray(head.layer_weights_), "softmax weight (learned)"
     if getattr(head, "layer_importance_", None) is not None:
@@ -298,8 +301,9 @@ def main(argv=None) -> int:
                           for k, v in head.get_params().items()},
                   stored_layers=[int(l) for l in stored_layers])
     if learned is not None:
-        report["layer_weights" if learned[1].startswith("softmax") else "layer_importance"] = \
-            [float(v) for v in learned[0]]
+        key = {"softmax": "layer_weights", "importance": "layer_importance"}.get(learned[1].split()[0])
+        if key:  # (the probe curve is in report["layer_curve"])
+            report[key] = [float(v) for v in learned[0]]
     (out / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
     print(summary_table(report))
     print(f"run folder: {out}")

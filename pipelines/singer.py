@@ -456,8 +456,9 @@ def add_arguments(parser, command: str) -> None:
         parser.add_argument("--keep-id-text", action="store_true",
                             help="write IDs as the file names spell them (0001), not as integers (1)")
         parser.add_argument("--model-path", default=None, help="local folder of the backbone's weights")
-        parser.add_argument("--num-workers", type=int, default=2)
-        parser.add_argument("--batch-seconds", type=float, default=None)
+        parser.add_argument("--num-workers", type=int, default=2, help="audio decoding workers")
+        parser.add_argument("--batch-seconds", type=float, default=None,
+                            help="audio seconds per forward batch; not given: 10 on CPU, 80 on CUDA")
     if command in ("evaluate", "predict"):
         parser.add_argument("--aggregate", choices=["mean", "vote"], default="mean",
                             help="song-level prediction: mean of segment logits, or majority vote")
