@@ -53,31 +53,48 @@ class _FrameHead(SaveLoadMixin, BaseEstimator):
         """Frames [a, b) of clip i, selected layers, float32 tensor [b - a, L', D]."""
         return torch.from_numpy(self._select(np.asarray(X.window(i, a, b), dtype=np.float32)))
 
+    @staticmethod
+    def _tile(n: int, window: int, phase: int) -> list[tuple[int, int]]:
+        """Windows ``[(start, stop), ...]`` that tile frames ``[0, n)`` exactly once, none longer than
+        ``window``: ``[0, phase)`` when ``phase > 0``, then ``[phase, phase + window)``, ``[phase + window,
+        phase + 2 * window)``, ... (the last one cut at ``n``). A clip of at most ``window`` frames is
+        one window whatever the phase; an empty clip has none."""
+        if n <= 0:
+            return []
+        if n <= window:
+            return [(0, n)]
+        phase = int(phase) % window
+        cuts = ([0] if phase else []) + list(range(phase, n, window)) + [n]
+        return list(zip(cuts[:-1], cuts[1:]))
+
     def _windows(self, X: "_Clips", targets, gen):
-        """An epoch: every clip cut into windows of ``window`` frames at a random phase, shuffled.
+        """An epoch: every clip cut into windows of at most ``window`` frames at a random phase (drawn
+        from ``gen`` per clip and epoch), shuffled, in batches padded to the batch's longest window.
+        The windows of a clip tile it, so every frame is fed exactly once per epoch (see :meth:`_tile`).
         Frames are read window by window, so a split never has to fit in memory."""
+        window = int(self.window)
+        if window < 1:
+            raise ValueError(f"window must be >= 1 frame, got {self.window}")
         items = []
         for i in range(len(X)):
             n_i = X.n_frames(i)
-            phase = int(torch.randint(0, max(1, min(self.window, n_i)), (1,), generator=gen))
-            starts = [0] + list(range(phase, max(n_i - 1, 1), self.window)) if phase else \
-                list(range(0, n_i, self.window))
-            items += [(i, s) for s in sorted(set(starts)) if s < n_i]
+            phase = int(torch.randint(0, max(1, min(window, n_i)), (1,), generator=gen))
+            items += [(i, a, b) for a, b in self._tile(n_i, window, phase)]
         order = torch.randperm(len(items), generator=gen).tolist()
         items = [items[j] for j in order]
         L, D = self.n_layers_in_, self.n_features_in_
-        for b in range(0, len(items), self.batch_size):
-            chunk = items[b:b + self.batch_size]
-            W = max(min(self.window, X.n_frames(i) - s) for i, s in chunk)  # pad to the batch, not the window
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start:start + self.batch_size]
+            W = max(b - a for _, a, b in chunk)  # pad to the batch, not the window
             x = torch.zeros(len(chunk), W, L, D)
             mask = torch.zeros(len(chunk), W, dtype=torch.bool)
             tg = {k: torch.zeros((len(chunk), W) + v.shape[1:], dtype=v.dtype) for k, v in targets[0].items()}
-            for r, (i, s) in enumerate(chunk):
-                n = min(W, X.n_frames(i) - s)
-                x[r, :n] = self._window(X, i, s, s + n)
+            for r, (i, a, b) in enumerate(chunk):
+                n = b - a
+                x[r, :n] = self._window(X, i, a, b)
                 mask[r, :n] = True
                 for k in tg:
-                    tg[k][r, :n] = targets[i][k][s:s + n]
+                    tg[k][r, :n] = targets[i][k][a:b]
             yield x.to(self.device), {k: v.to(self.device) for k, v in tg.items()}, mask.to(self.device)
 
     def fit(self, X, y, frame_rate: float = 50.0, offsets=None, eval_set=None):

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from heads.notes import midi_number
+
 N_OUTPUTS = 20
 ONSET = 0
 SILENCE = 1
@@ -48,9 +50,10 @@ _TIME_EPS = 1e-9
 def midi_to_octave_pc(midi) -> tuple[int, int]:
     """MIDI note number -> (octave 0..3, pitch class 0..11); octave clipped to MIDI 36-83's range.
 
-    Non-integer MIDI values are rounded to the nearest integer first.
+    Non-integer MIDI values are rounded to the nearest integer first (:func:`heads.notes.midi_number`,
+    halves up: 60.5 -> 61).
     """
-    m = int(np.floor(float(midi) + 0.5))
+    m = midi_number(midi)
     octave = int(np.clip((m - LOWEST_MIDI) // 12, 0, 3))
     return octave, m % 12
 

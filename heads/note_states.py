@@ -49,6 +49,8 @@ import math
 import numpy as np
 import torch
 
+from heads.notes import midi_number
+
 SILENCE = 0
 
 _EPS = 1e-9  # slack (in frames) for float round-off when a time falls exactly on a frame
@@ -89,9 +91,10 @@ class NoteStates:
         return self.midi_low + (state - 1) // 2
 
     def clip_midi(self, midi: float) -> int:
-        """Round to the nearest semitone, then fold into ``[midi_low, midi_high]`` by whole octaves
-        (a note below the range is raised by octaves, one above it lowered), keeping the pitch class."""
-        m = int(round(float(midi)))
+        """Round to the nearest semitone (:func:`heads.notes.midi_number`: halves up, 60.5 -> 61), then
+        fold into ``[midi_low, midi_high]`` by whole octaves (a note below the range is raised by
+        octaves, one above it lowered), keeping the pitch class."""
+        m = midi_number(midi)
         if m < self.midi_low:
             m += 12 * math.ceil((self.midi_low - m) / 12)
         elif m > self.midi_high:
@@ -139,7 +142,7 @@ class NoteStates:
         * the other frames with ``onset_s <= t_j < offset_s`` get ``sustain_k``;
         * a note shorter than one frame (no frame inside it, or only its onset frame) still gets its
           onset frame;
-        * MIDI pitches are rounded to the nearest semitone and folded into ``[midi_low, midi_high]``
+        * MIDI pitches are rounded to the nearest semitone (halves up) and folded into ``[midi_low, midi_high]``
           by whole octaves (pitch class kept), see :meth:`clip_midi`;
         * overlapping notes (the output is monophonic): the later onset wins -- an earlier note is cut
           at the onset frame of the next note (and vanishes if both share an onset frame; then the one

@@ -1,4 +1,5 @@
-"""Note lists in the mir_eval text format, and MIDI <-> Hz conversion.
+"""Note lists in the mir_eval text format, MIDI <-> Hz conversion, and the MIDI rounding rule
+(:func:`midi_number`).
 
 A notes file holds one note per line: ``onset offset frequency`` (seconds, seconds, Hz), separated by
 tabs or spaces. Lines whose first non-blank character is ``#`` and blank lines are ignored; text after
@@ -104,6 +105,28 @@ def hz_to_midi(f):
     with np.errstate(divide="ignore", invalid="ignore"):
         out = A4_MIDI + 12.0 * np.log2(np.where(arr > 0, arr, np.nan) / A4_HZ)
     return _scalar_or_array(out, f)
+
+
+def midi_number(midi) -> int:
+    """A (fractional) MIDI pitch -> the nearest semitone as an int, halves rounded UP:
+    ``floor(midi + 0.5)``, so 60.5 -> 61, 60.49 -> 60, 60.7 -> 61, -0.5 -> 0, -1.5 -> -1.
+
+    The one rounding rule of the project: every place that turns a MIDI pitch into an integer
+    (targets, note states, reference notes, MIDI files, pitch-class labels) calls this, so a note
+    of pitch 60.7 is 61 everywhere. (Python's ``round`` rounds halves to even and ``int`` truncates;
+    neither is used for pitches.) Accepts Python or numpy scalars (or a 0-d array);
+    raises ``ValueError`` for NaN or infinite values.
+    """
+    try:
+        x = float(midi)
+    except (TypeError, ValueError):
+        raise ValueError(f"MIDI pitch must be a number, got {midi!r}") from None
+    if not math.isfinite(x):
+        raise ValueError(f"MIDI pitch must be finite, got {x}")
+    # floor(x + 0.5) without its rounding error: x + 0.5 itself rounds, e.g. 0.49999999999999994
+    # + 0.5 == 1.0 in float64; x - floor(x) is exact.
+    low = math.floor(x)
+    return int(low + 1 if x - low >= 0.5 else low)
 
 
 def notes_to_arrays(notes) -> tuple[np.ndarray, np.ndarray]:

@@ -43,6 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
+from featurestore.cli import HelpFormatter
+from heads.notes import midi_number
+
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 #: 12 distinguishable colours (tab10 + two), one per pitch class.
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -74,12 +77,13 @@ READ_GAP = 256
 def frame_pitch_classes(times, notes) -> np.ndarray:
     """Pitch class (MIDI % 12) of the note sounding at each time, -1 where no note sounds.
 
-    times: float [T] seconds; notes: ``[[onset_s, offset_s, midi], ...]``. A time t is in a note when
+    times: float [T] seconds; notes: ``[[onset_s, offset_s, midi], ...]``, midi rounded by
+    :func:`heads.notes.midi_number` (halves up). A time t is in a note when
     ``onset_s <= t < offset_s`` (a later note wins if notes overlap). Returns int64 [T]."""
     times = np.asarray(times, dtype=np.float64)
     out = np.full(times.shape, -1, dtype=np.int64)
     for on, off, midi in notes or []:
-        out[(times >= float(on)) & (times < float(off))] = int(round(float(midi))) % 12
+        out[(times >= float(on)) & (times < float(off))] = midi_number(midi) % 12
     return out
 
 
@@ -353,7 +357,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pipelines.clustering",
                                 description="Cluster a frontend's frame features and score the clusters against "
                                             "pitch classes (MIDI % 12): KMeans + HDBSCAN, ARI/NMI, t-SNE plot.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--store", help="feature store with a JSON 'notes' label column")
     src.add_argument("--demo", action="store_true", help="use the demo store (built if missing)")
@@ -370,8 +374,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pca", type=int, default=50, help="PCA dims after standardising (0: no PCA)")
     p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (capped at (N-1)/3)")
     p.add_argument("--threads", type=int, default=THREADS,
-                   help="OpenMP threads for KMeans/HDBSCAN/t-SNE (0: the libraries' default, all cores)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="OpenMP threads for KMeans/HDBSCAN/t-SNE (0: all cores, as the libraries do)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the frame sampling, KMeans and t-SNE")
     p.add_argument("--out", required=True, help="output folder (tsne.png, clustering.json)")
     return p.parse_args(argv)
 

@@ -45,10 +45,12 @@ voice is close to the identity, but costs time). So: with stems, leave ``--separ
 mixtures only (the paper's setup: demucs vocals of the mixtures), use ``prepare --audio mixture`` and
 ``build --separate``.
 
-Splits: songs 1-400 are ``train``, 401-500 ``test`` (the official split). ``--valid-songs N``
-(default 40) holds out the last N train songs by number (songs 361-400 when all are present) as
-``valid``, for early stopping and the learning-rate choice; N is cut to leave at least one train
-song, and ``--valid-songs 0`` leaves the choice to heads (15 % of train songs, drawn with a seed).
+Splits: songs 1-400 are ``train``, 401-500 ``test`` (the official split). ``--valid-songs``
+(default ``10%``: a share of the train songs, at least one; or a count such as ``40``) holds out the
+last train songs by number (songs 361-400 for 10 % of 400) as ``valid``, for early stopping and the
+learning-rate choice. It is cut to leave at least one train song, a warning is printed when it takes
+more than a quarter of the train songs, and ``--valid-songs 0`` leaves the choice to heads (a holdout
+of train songs drawn with the seed, :mod:`heads.protocol`).
 
 Bad input is reported (``WORKDIR/prepare_report.json`` and the console) and skipped, never fatal:
 a label entry whose audio folder or file is missing; an audio folder without labels; notes with
@@ -88,13 +90,17 @@ import numpy as np
 
 from featurestore.clips import ClipSettings
 from featurestore.manifest import AUDIO_SUFFIXES, Skip
+from heads.notes import midi_number
 from pipelines.runner import (PrepareResult, TaskSpec, fitted_run, input_folder, is_demo, main, run_backbone,
-                              training_clip_settings)
+                              run_plan, training_clip_settings)
 
 LABELS_FILE = "MIR-ST500_corrected.json"
 #: songs up to this number are train, the others test (the official MIR-ST500 split)
 LAST_TRAIN_SONG = 400
-DEFAULT_VALID_SONGS = 40
+#: default size of the validation split: a share of the train songs (at least one song)
+DEFAULT_VALID_SONGS = "10%"
+#: a validation split above this share of the train songs is warned about
+VALID_WARN_SHARE = 0.25
 
 _VOCAL_STEMS = ("vocals", "vocal")
 _MIXTURE_STEMS = ("mixture", "mix")
@@ -159,10 +165,10 @@ def clean_notes(raw_notes) -> tuple[list[list], dict]:
             counts["malformed"] += 1
         elif off <= on or on < 0:
             counts["bad_time"] += 1
-        elif not 0 <= round(m) <= 127:
+        elif not 0 <= midi_number(m) <= 127:
             counts["bad_pitch"] += 1
         else:
-            good.append([on, off, int(round(m))])
+            good.append([on, off, midi_number(m)])
     good.sort(key=lambda n: (n[0], n[1]))
     out = []
     for i, n in enumerate(good):
@@ -207,8 +213,8 @@ def prepare_mirst500(raw: Path, args) -> PrepareResult:
     (the runner then exits with status 2)."""
     raw = Path(raw)
     mode = getattr(args, "audio", None) or "auto"
-    n_valid = getattr(args, "valid_songs", None)
-    n_valid = DEFAULT_VALID_SONGS if n_valid is None else int(n_valid)
+    valid_spec = getattr(args, "valid_songs", None)
+    valid_spec = parse_valid_songs(DEFAULT_VALID_SONGS if valid_spec is None else valid_spec)
     labels_path = Path(getattr(args, "labels", None) or raw / LABELS_FILE)
     skipped: list[dict] = []
     try:
@@ -290,9 +296,7 @@ def prepare_mirst500(raw: Path, args) -> PrepareResult:
                      "notes": notes, "uses": uses})
 
     train = [r for r in rows if r["split"] == "train"]
-    k = max(0, min(n_valid, len(train) - 1))
-    if k < n_valid and train:
-        print(f"note: --valid-songs {n_valid} cut to {k} (leaving one train song)")
+    k = valid_song_count(valid_spec, len(train))
     if k:
         for r in sorted(train, key=lambda r: int(r["id"]))[-k:]:
             r["split"] = "valid"
@@ -303,13 +307,56 @@ def prepare_mirst500(raw: Path, args) -> PrepareResult:
     return PrepareResult(rows, skipped)
 
 
+def parse_valid_songs(text) -> float | int:
+    """``--valid-songs``: ``"10%"`` -> 0.1 (a share of the train songs), ``"40"`` -> 40 (a count); a value
+    already parsed passes through."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return text
+    text = str(text).strip()
+    try:
+        if text.endswith("%"):
+            share = float(text[:-1]) / 100
+            if not 0 <= share < 1:
+                raise ValueError
+            return share
+        n = int(text)
+        if n < 0:
+            raise ValueError
+        return n
+    except ValueError:
+        raise ValueError(f"--valid-songs {text!r}: a count of songs (40) or a share of the train songs "
+                         "(10%, under 100%)") from None
+
+
+def _valid_songs_option(text: str) -> float | int:
+    try:
+        return parse_valid_songs(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def valid_song_count(spec: float | int, n_train: int) -> int:
+    """How many of ``n_train`` train songs become ``valid``: a share (float, at least one song) or a
+    count (int), cut to leave one train song; prints a note when cut and a warning above a quarter."""
+    if n_train == 0:
+        return 0
+    want = spec if isinstance(spec, int) else (max(1, int(np.floor(spec * n_train + 0.5))) if spec > 0 else 0)
+    k = max(0, min(want, n_train - 1))
+    if k < want:
+        print(f"note: --valid-songs {want} cut to {k} (leaving one train song)")
+    if k > VALID_WARN_SHARE * n_train:
+        print(f"warning: the validation split takes {k} of {n_train} train songs ({100 * k / n_train:.0f} %, over "
+              f"{100 * VALID_WARN_SHARE:.0f} %): the head is trained on {n_train - k} songs", file=sys.stderr)
+    return k
+
+
 def prepare_demo(demo_manifest: Path, args) -> PrepareResult:
     """The demo corpus as rows (its notes and splits; solo synthetic voice, so ``uses`` = vocals).
     Writes ``WORKDIR/demo.flag``, by which later commands recognise a demo work folder."""
     demo_manifest = Path(demo_manifest)
     records = json.loads(demo_manifest.read_text())
     rows = [{"path": str((demo_manifest.parent / r["path"]).resolve()), "id": r["id"], "split": r["split"],
-             "notes": [[float(on), float(off), int(m)] for on, off, m in r["notes"]], "uses": "vocals"}
+             "notes": [[float(on), float(off), midi_number(m)] for on, off, m in r["notes"]], "uses": "vocals"}
             for r in records]
     return PrepareResult(rows, [])
 
@@ -341,7 +388,7 @@ def write_midi(notes, path, tempo_bpm: float = 120, ticks_per_beat: int = 480, v
     tick_s = tempo / 1e6 / ticks_per_beat
     events = []  # (tick, 0 = off / 1 = on, pitch)
     for on, off, m in notes:
-        p = int(np.clip(round(float(m)), 0, 127))
+        p = int(np.clip(midi_number(m), 0, 127))
         a = max(0, int(round(float(on) / tick_s)))
         b = max(a + 1, int(round(float(off) / tick_s)))
         events += [(a, 1, p), (b, 0, p)]
@@ -400,7 +447,7 @@ def _decode_rows(store, backbone, head, rows, fids, songs) -> None:
         t0 = float(store.frame_times(r, backbone)[0])
         notes = head.predict([x], offsets=[t0])[0]
         s = songs.setdefault(str(fids[r]), {"notes": [], "span": (math.inf, -math.inf), "rows": []})
-        s["notes"] += [[float(on), float(off), int(m)] for on, off, m in notes]
+        s["notes"] += [[float(on), float(off), midi_number(m)] for on, off, m in notes]
         s["span"] = (min(s["span"][0], float(store.clips["start_s"][r])),
                      max(s["span"][1], float(store.clips["end_s"][r])))
         s["rows"].append(r)
@@ -415,37 +462,32 @@ def _write_song(notes, folder_txt: Path, folder_mid: Path, name: str) -> None:
 
 
 def evaluate(store, run_dir: Path, args) -> dict:
-    """Decode every song of the evaluation split (``--split``, default test if the store has one,
-    else valid), score each song with mir_eval and average over songs; write ``notes/<song>.txt``
-    and ``midi/<song>.mid`` in the run folder."""
-    from heads.evaluation import eval_split
+    """Decode every song of the run's scored split (``--score-split`` to change it; the split that chose
+    the model is refused), score each song with mir_eval and average over songs; write
+    ``notes/<song>.txt`` and ``midi/<song>.mid`` in the run folder."""
     from heads.metrics import transcription_report
     from heads.notes import notes_to_arrays
     from heads.persist import load_head
-    from heads.tasks import NotesTask
+    from heads.tasks import notes_in_span
 
     backbone = run_backbone(store, run_dir, args)
     head = load_head(Path(run_dir) / "head.joblib")
-    split = getattr(args, "split", None) or eval_split(store)
-    rows = NotesTask().rows(store, split)
-    if len(rows) == 0:
-        print(f"error: split {split!r} is empty in {store.path}", file=sys.stderr)
-        raise SystemExit(2)
+    plan = run_plan(store, run_dir, SPEC, backbone, getattr(args, "score_split", None))
     labels = store.labels("notes")
-    songs = decode_songs(store, backbone, head, rows)
+    songs = decode_songs(store, backbone, head, plan.score)
     pairs, counts = {}, {}
     for sid, s in songs.items():
-        a, b = s["span"]
-        ref = [[max(on, a), min(off, b), int(m)] for on, off, m in json.loads(labels[s["rows"][0]] or "[]")
-               if off > a and on < b]
+        ref = notes_in_span(labels[s["rows"][0]], *s["span"])
         _write_song(s["notes"], Path(run_dir) / "notes", Path(run_dir) / "midi", _safe(sid))
         pairs[sid] = (*notes_to_arrays(ref), *notes_to_arrays(s["notes"]))
         counts[sid] = (len(ref), len(s["notes"]))
     rep = transcription_report(pairs)
     per_song = {sid: {**{k: v for k, v in sc.items() if k != "raw"}, "n_ref": counts[sid][0],
                       "n_est": counts[sid][1]} for sid, sc in rep["per_song"].items()}
-    print(f"{len(songs)} {split} songs decoded; notes -> {Path(run_dir) / 'notes'}, MIDI -> {Path(run_dir) / 'midi'}")
-    return {"mean": rep["mean"], "per_song": per_song, "n_songs": rep["n_songs"], "split": split}
+    print(f"{len(songs)} songs decoded, {plan.label()}; notes -> {Path(run_dir) / 'notes'}, "
+          f"MIDI -> {Path(run_dir) / 'midi'}")
+    return {"mean": rep["mean"], "per_song": per_song, "n_songs": rep["n_songs"], "split": plan.score_split,
+            "protocol": plan.describe()}
 
 
 def predict(args) -> int:
@@ -503,20 +545,19 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("--labels", help=f"labels JSON; if not given, RAW/{LABELS_FILE}")
         parser.add_argument("--audio", choices=["auto", "vocals", "mixture"], default="auto",
                             help="which audio of a song folder: auto = vocals when present, else the mixture")
-        parser.add_argument("--valid-songs", type=int, default=DEFAULT_VALID_SONGS,
-                            help="hold out the last N train songs (by number) as the validation split")
+        parser.add_argument("--valid-songs", default=DEFAULT_VALID_SONGS, type=_valid_songs_option,
+                            help="validation split: the last train songs by number, a share of them (10%%) or a "
+                                 "count (40); 0 = none (heads carve a holdout of train songs)")
     if command == "build":
         parser.add_argument("--separate", nargs="?", const="htdemucs", default=None, metavar="MODEL",
                             help="separate vocals with demucs first (every file of the store; default model "
                                  "htdemucs)")
         parser.add_argument("--demucs-repo", help="local folder with the demucs weights")
-    if command == "evaluate":
-        parser.add_argument("--split", default=None, help="split to score (default: test if present, else valid)")
     if command == "predict":
         parser.add_argument("--input", help="folder of audio files to transcribe")
         parser.add_argument("--out", help="output folder (default: WORKDIR/predictions)")
         parser.add_argument("--model-path", help="local folder of the backbone's weights (as given to build)")
-        parser.add_argument("--num-workers", type=int, default=None)
+        parser.add_argument("--num-workers", type=int, default=None, help="audio decoding workers; not given: 2")
 
 
 SPEC = TaskSpec(

@@ -208,7 +208,8 @@ def test_demo_evaluation(demo_run):
     assert json.loads((run / "metrics.json").read_text())["params"]["class_weight"] == "paper"
     table = (demo_run / "results.md").read_text()
     line = next(l for l in table.splitlines() if l.startswith("| crepe-tiny-linear |"))
-    assert len(line.strip("|").split("|")) == 1 + len(T.SPEC.summary_keys)
+    assert len(line.strip("|").split("|")) == 3 + len(T.SPEC.summary_keys)   # run, scored on, chosen on
+    assert "| test | valid |" in line and ev["protocol"]["selection_split"] == "valid"
     assert f"{100 * ev['accuracy']:.1f}" in line
 
 
