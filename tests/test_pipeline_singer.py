@@ -254,6 +254,7 @@ def test_demo_evaluate(demo_run):
     rd = w / "runs" / "crepe-tiny-linear"
     ev = json.loads((rd / "evaluation.json").read_text())
     assert ev["split"] == "test" and ev["aggregate"] == "mean"
+    assert (ev["protocol"]["scored_split"], ev["protocol"]["selection_split"]) == ("test", "valid")
     for level in ("segment", "song"):
         for k in ("accuracy", "top2", "top3", "macro_f1"):
             assert 0.0 <= ev[level][k] <= 1.0, (level, k)
@@ -316,3 +317,32 @@ def test_demo_predict_hard_inputs(demo_run, tmp_path, capsys):
     lines = (w / "predictions.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in lines] == ["ID", "3", "5", "7"]
     assert all(len(line.split(",")) == 4 for line in lines)
+
+
+def test_predict_inputs_whose_ids_collide_are_an_error_naming_both(tmp_path):
+    inp = tmp_path / "in"
+    for name in ("0001.wav", "1.mp3", "2.wav"):
+        _sine(inp / name)
+    with pytest.raises(ValueError, match=r"ID 1 would be given by 0001\.wav and 1\.mp3"):
+        singer.collect_inputs(inp)
+    items, _ = singer.collect_inputs(inp, keep_id_text=True)          # 0001 and 1 stay distinct
+    assert sorted(i for i, _ in items) == ["0001", "1", "2"]
+    _sine(inp / "2.flac")
+    with pytest.raises(ValueError, match=r"2\.flac and 2\.wav"):
+        singer.collect_inputs(inp, keep_id_text=True)
+    with pytest.raises(ValueError, match="duplicate IDs"):
+        singer.write_predictions_csv(tmp_path / "p.csv", ["0001", "1"], np.zeros((2, 3)), ["a", "b", "c"])
+
+
+def test_predict_cli_refuses_colliding_ids(demo_run, tmp_path, capsys):
+    w, corpus = demo_run
+    rec = json.loads((corpus / "manifest.json").read_text())[0]
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(corpus / rec["path"], inp / "0001.wav")
+    shutil.copy(corpus / rec["path"], inp / "1.wav")
+    out = tmp_path / "p.csv"
+    assert main(SPEC, ["predict", "--workdir", str(w), "--input", str(inp), "--out", str(out), "--no-progress",
+                       "--num-workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "0001.wav" in err and "1.wav" in err and not out.exists()

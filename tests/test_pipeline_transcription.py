@@ -269,3 +269,32 @@ def test_demo_predict_matches_evaluate(demo_run, tmp_path):
         b = read_notes(w / "runs" / "crepe-tiny-crf" / "notes" / f"{r['id']}.txt")
         assert np.allclose(a[0], b[0]) and np.allclose(a[1], b[1])
     assert main(SPEC, ["predict", "--workdir", str(w), "--backbone", "crepe", "--input", str(tmp_path / "nope")]) == 2
+
+
+def test_validation_size_is_a_share_of_the_train_songs(capsys):
+    from pipelines.transcription import DEFAULT_VALID_SONGS, parse_valid_songs, valid_song_count
+
+    share = parse_valid_songs(DEFAULT_VALID_SONGS)
+    assert share == pytest.approx(0.10)
+    assert [valid_song_count(share, n) for n in (400, 72, 9)] == [40, 7, 1]
+    assert capsys.readouterr().err == ""                       # none of these takes over a quarter
+    assert [valid_song_count(share, n) for n in (2, 1, 0)] == [1, 0, 0]   # at least one, never all
+    assert "1 of 2 train songs" in capsys.readouterr().err
+    # a count of 40 out of 72 train songs: allowed, with a warning naming both numbers
+    assert valid_song_count(parse_valid_songs("40"), 72) == 40
+    err = capsys.readouterr().err
+    assert "warning" in err and "40 of 72" in err
+    assert valid_song_count(parse_valid_songs("30%"), 100) == 30 and "30 of 100" in capsys.readouterr().err
+    for bad in ("-1", "100%", "x", "1.5"):
+        with pytest.raises(ValueError, match="--valid-songs"):
+            parse_valid_songs(bad)
+
+
+def test_default_prepare_takes_ten_percent_of_train_songs(raw):
+    """The adapter with the CLI's default (no --valid-songs): 10 % of the 2 train songs -> 1 valid song."""
+    from pipelines.runner import build_parser
+
+    args = build_parser(SPEC).parse_args(["prepare", "--workdir", "/nonexistent", "--raw", str(raw)])
+    assert args.valid_songs == pytest.approx(0.10)
+    res = prepare_mirst500(raw, args)
+    assert sorted(r["split"] for r in res.rows if int(r["id"]) <= 400) == ["train", "valid"]
