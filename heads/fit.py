@@ -88,11 +88,11 @@ def layer_plot(head) -> tuple[np.ndarray, str] | None:
 
 
 def parse_layers(text: str, n_layers: int):
-    """``--layers``: ``all`` -> None, ``each``, or ``i,j,...`` -> stored layer indices (checked)."""
+    """``--layers``: ``all`` -> None, ``each``, ``concat``, or ``i,j,...`` -> stored layer indices (checked)."""
     if text in (None, "all"):
         return None
-    if text == "each":
-        return "each"
+    if text in ("each", "concat"):
+        return text
     try:
         layers = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -107,14 +107,16 @@ def make_head(args, n_layers: int):
     layers = parse_layers(args.layers, n_layers)
     if layers == "each" and args.head != "linear":
         raise ValueError("--layers each fits one linear probe per layer: use it with --head linear")
+    if layers == "concat" and args.head not in ("logreg", "lgbm"):
+        raise ValueError("--layers concat (all layers side by side) is for --head logreg or lgbm")
     if args.head in CLIP_HEADS:
         cls = CLIP_HEADS[args.head]
         if args.head in ("logreg", "lgbm"):
-            if layers is not None and len(layers) > 1:
+            if isinstance(layers, list) and len(layers) > 1:
                 raise ValueError(f"--head {args.head} takes one layer (--layers K) or all of them "
                                  "(their mean): not a list")
-            return cls(features="mean" if layers is None else layers[0], class_weight=args.class_weight,
-                       seed=args.seed)
+            features = "mean" if layers is None else layers if layers == "concat" else layers[0]
+            return cls(features=features, class_weight=args.class_weight, seed=args.seed)
         return cls(lr=args.lr, epochs=args.epochs, layers=layers, class_weight=args.class_weight, seed=args.seed,
                    device=args.device, progress=not args.no_progress)
     if args.class_weight:
@@ -247,8 +249,9 @@ def parse_args(argv=None):
     p.add_argument("--lr", default="1e-3,3e-3,1e-2",
                    help="learning rate or comma-separated grid (chosen on the selection split; torch heads)")
     p.add_argument("--epochs", type=int, default=60, help="maximum epochs (early stopping on the selection split)")
-    p.add_argument("--layers", default="all", help="all | each (one probe per layer, linear head) | i,j,... "
-                                                   "(stored layer indices)")
+    p.add_argument("--layers", default="all",
+                   help="all (logreg/lgbm: their mean) | each (one probe per layer, linear head) | concat (logreg/lgbm: "
+                        "all layers side by side, with a per-layer importance) | i,j,... (stored layer indices)")
     p.add_argument("--class-weight", choices=["balanced", "paper"], default=None,
                    help="clip heads: balanced = n/(C n_c); paper = 1/n_c^0.2; not given: none")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and the holdout draw")
@@ -288,7 +291,7 @@ def main(argv=None) -> int:
     stored_layers = getattr(head, "layers_used_", None)
     if stored_layers is None:
         picked = parse_layers(args.layers, store.shape(backbone)[0])
-        stored_layers = list(range(store.shape(backbone)[0])) if picked in (None, "each") else picked
+        stored_layers = list(range(store.shape(backbone)[0])) if picked in (None, "each", "concat") else picked
     learned = layer_plot(head)
     (out / "layer_weights.png").unlink(missing_ok=True)
     if learned is not None:

@@ -8,6 +8,8 @@ validation metric (s3prl issue 498: a fair frontend comparison needs a sweep).
 from __future__ import annotations
 
 import copy
+import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -98,3 +100,71 @@ def class_weights(y: np.ndarray, n_classes: int, power: float = 0.2) -> np.ndarr
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
     w = np.where(counts > 0, 1.0 / np.maximum(counts, 1) ** power, 0.0)
     return w / w[counts > 0].mean()
+
+
+#: The named class-weight rules every clip head accepts (besides None and a dict).
+CLASS_WEIGHT_RULES = ("balanced", "paper")
+_CLASS_WEIGHT_HELP = "expected None, 'balanced', 'paper' or a dict {class label: weight >= 0}"
+
+
+def check_class_weight(class_weight) -> None:
+    """Raise ValueError (naming ``class_weight``) unless it is None, one of
+    :data:`CLASS_WEIGHT_RULES` or a dict {class label: finite weight >= 0}. Class labels of a dict
+    are checked against the classes by :func:`per_class_weights`."""
+    if class_weight is None:
+        return
+    if isinstance(class_weight, str):
+        if class_weight not in CLASS_WEIGHT_RULES:
+            raise ValueError(f"class_weight={class_weight!r}: unknown rule; {_CLASS_WEIGHT_HELP}")
+        return
+    if not isinstance(class_weight, Mapping):
+        raise ValueError(f"class_weight={class_weight!r}: {_CLASS_WEIGHT_HELP}")
+    for label, w in class_weight.items():
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not np.isfinite(w) or w < 0:
+            raise ValueError(f"class_weight: the weight of class {label!r} is {w!r}; weights must be finite "
+                             "numbers >= 0")
+
+
+def per_class_weights(class_weight, y: np.ndarray, classes) -> np.ndarray:
+    """The weight of each class [C] (in ``classes`` order) for encoded labels ``y`` (ints 0..C-1).
+
+    The one rule behind every clip head's ``class_weight`` (the torch heads weight their loss with
+    it; logistic regression and LightGBM get ``{class: weight}`` built from it, so all agree):
+
+    - None: all ones;
+    - "balanced": n / (C * n_c), scikit-learn's rule (C: the number of classes present in y);
+    - "paper": 1 / n_c^0.2 normalised to mean 1 over the present classes (:func:`class_weights`);
+    - a dict {class label: weight}: that weight; classes the dict does not name weigh 1
+      (scikit-learn's convention).
+
+    Classes absent from ``y`` weigh 0 under "balanced" and "paper" (they have no sample to weight).
+    Raises ValueError naming ``class_weight`` for an unknown rule, dict labels that are not among
+    ``classes``, negative or non-finite weights, or weights that are 0 for every class of ``y``.
+    """
+    check_class_weight(class_weight)
+    classes = np.asarray(classes)
+    n_classes = len(classes)
+    y = np.asarray(y)
+    if y.ndim != 1 or (y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= n_classes)):
+        raise ValueError(f"y must be a 1-D array of class indices 0..{n_classes - 1}")
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    if class_weight is None:
+        w = np.ones(n_classes)
+    elif isinstance(class_weight, str) and class_weight == "paper":
+        w = class_weights(y, n_classes)
+    elif isinstance(class_weight, str):  # "balanced"
+        w = np.zeros(n_classes)
+        w[present] = len(y) / (present.sum() * counts[present])
+    else:
+        index = {c: i for i, c in enumerate(classes.tolist())}
+        unknown = [label for label in class_weight if label not in index]
+        if unknown:
+            raise ValueError(f"class_weight: class label(s) {unknown!r} are not among the classes "
+                             f"{classes.tolist()!r}")
+        w = np.ones(n_classes)
+        for label, weight in class_weight.items():
+            w[index[label]] = float(weight)
+    if y.size and not (w[present] > 0).any():
+        raise ValueError(f"class_weight={class_weight!r}: every class in y has weight 0")
+    return w

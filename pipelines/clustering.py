@@ -115,9 +115,10 @@ def run_layer_weights(run_dir, n_layers: int) -> tuple[np.ndarray, bool]:
     if not path.is_file():
         raise FileNotFoundError(f"no fitted head in {run_dir} (head.joblib is missing)")
     head = load_head(path)
-    w = np.asarray(getattr(head, "layer_weights_", None), dtype=np.float64)
-    if w.ndim != 1 or w.size == 0:
-        raise ValueError(f"{path}: the head has no layer_weights_")
+    if getattr(head, "layer_weights_", None) is None:
+        raise ValueError(f"{path}: a {type(head).__name__} learns no softmax layer weights (only the torch heads "
+                         "linear/mlp/frames/crf do): use --layer K instead of --run")
+    w = np.asarray(head.layer_weights_, dtype=np.float64)
     layers = getattr(head, "layers", None)
     if isinstance(layers, (list, tuple, np.ndarray)) and len(layers) == len(w) and len(w) != n_layers:
         full = np.zeros(n_layers)

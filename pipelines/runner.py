@@ -359,7 +359,8 @@ def build_parser(spec: TaskSpec) -> argparse.ArgumentParser:
             c.add_argument("--epochs", type=int, default=60,
                            help="maximum epochs (early stopping on the selection split)")
             c.add_argument("--layers", default="all",
-                           help="all | each (one linear probe per layer) | i,j,... (stored layer indices)")
+                           help="all (logreg/lgbm: their mean) | each (one linear probe per layer) | concat "
+                                "(logreg/lgbm: layers side by side) | i,j,... (stored layer indices)")
             c.add_argument("--seed", type=int, default=0,
                            help="seed of initialisation, shuffling and the holdout draw")
             c.add_argument("--class-weight", choices=["balanced", "paper"], default=spec.default_class_weight,

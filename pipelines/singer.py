@@ -193,11 +193,9 @@ def clip_settings(args) -> ClipSettings:
 # scoring helpers
 # ----------------------------------------------------------------------------------------------
 def segment_logits(head, X) -> np.ndarray:
-    """Logits [N, C] of a clip head (``decision_function``; log ``predict_proba`` if it has none)."""
-    if hasattr(head, "decision_function"):
-        z = np.asarray(head.decision_function(X), dtype=np.float64)
-        if z.ndim == 2 and z.shape[1] == len(head.classes_):
-            return z
+    """Log-probabilities [N, C] of a clip head, for every head and any number of classes. (For a softmax
+    head they are the logits minus a per-segment constant, so their mean over a song ranks the classes
+    exactly as the mean logits do.)"""
     return np.log(np.clip(np.asarray(head.predict_proba(X), dtype=np.float64), 1e-12, None))
 
 

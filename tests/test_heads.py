@@ -38,7 +38,11 @@ def test_clip_heads_learn_separable_and_not_shuffled(make, tmp_path):
     proba = head.predict_proba(X[200:])
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-5)
     assert list(head.classes_) == sorted(set(y))
-    assert head.layer_weights_.shape == (3,) and np.isclose(head.layer_weights_.sum(), 1.0)
+    if isinstance(head, (LogRegHead, LGBMHead)):  # no learned layer weights: a real per-layer importance
+        assert not hasattr(head, "layer_weights_")
+        assert head.layer_importance_.shape == (3,) and np.isclose(head.layer_importance_.sum(), 1.0)
+    else:
+        assert head.layer_weights_.shape == (3,) and np.isclose(head.layer_weights_.sum(), 1.0)
     # save / load gives identical predictions
     head.save(tmp_path / "h.joblib")
     back = load_head(tmp_path / "h.joblib")
@@ -158,9 +162,11 @@ def test_fit_cli_end_to_end(demo_home, tmp_path, capsys, head, task):
     assert code == 0
     printed = capsys.readouterr().out
     m = json.loads((out / "metrics.json").read_text())
-    assert m["backbone"] == "crepe-tiny" and len(m["layer_weights"]) == 6
-    for f in ("head.joblib", "layer_weights.png"):
-        assert (out / f).stat().st_size > 0
+    assert m["backbone"] == "crepe-tiny" and (out / "head.joblib").stat().st_size > 0
+    if head == "logreg":  # the layer mean: nothing is learned per layer (no fake uniform layer weights)
+        assert "layer_weights" not in m and not hasattr(load_head(out / "head.joblib"), "layer_weights_")
+    else:
+        assert len(m["layer_weights"]) == 6 and (out / "layer_weights.png").stat().st_size > 0
     if task == "transcription":
         assert "COnPOff" in printed and 0.0 <= m["mean"]["COnP"]["f1"] <= 1.0
         assert len(list((out / "notes").glob("*.txt"))) == m["n_songs"]
@@ -168,6 +174,36 @@ def test_fit_cli_end_to_end(demo_home, tmp_path, capsys, head, task):
         assert (out / "confusion.png").stat().st_size > 0 and "accuracy" in printed
         rows = (out / "predictions.csv").read_text().splitlines()
         assert rows[0] == "id,true,pred,top3" and len(rows) == m["n"] + 1
+
+
+def test_layer_plots_show_stored_layers_and_only_what_was_learned(demo_home, tmp_path, monkeypatch):
+    """--layers 2,4: the plot's bars are stored layers 2 and 4; logreg on concatenated layers plots an
+    importance that sums to 1; logreg on the layer mean plots nothing."""
+    from heads import fit
+
+    drawn = {}
+    real = fit.plot_layer_weights
+
+    def spy(values, layers, path, title, ylabel="softmax weight (learned)"):
+        drawn[path.parent.name] = (list(values), list(layers), ylabel, title)
+        return real(values, layers, path, title, ylabel)
+
+    monkeypatch.setattr(fit, "plot_layer_weights", spy)
+    common = ["--backbone", "crepe", "--epochs", "3", "--lr", "1e-2", "--no-progress"]
+    assert fit.main(common + ["--head", "linear", "--layers", "2,4", "--out", str(tmp_path / "sub")]) == 0
+    values, layers, ylabel, title = drawn["sub"]
+    assert layers == [2, 4] and len(values) == 2 and ylabel.startswith("softmax")
+    assert "scored on test, chosen on valid" in title
+    m = json.loads((tmp_path / "sub" / "metrics.json").read_text())
+    assert m["stored_layers"] == [2, 4] and np.isclose(sum(m["layer_weights"]), 1.0)
+    assert fit.main(common + ["--head", "logreg", "--layers", "concat", "--out", str(tmp_path / "cat")]) == 0
+    values, layers, ylabel, _ = drawn["cat"]
+    assert layers == list(range(6)) and np.isclose(sum(values), 1.0) and ylabel.startswith("importance")
+    head = load_head(tmp_path / "cat" / "head.joblib")
+    np.testing.assert_allclose(values, head.layer_importance_)
+    assert fit.main(common + ["--head", "logreg", "--out", str(tmp_path / "mean")]) == 0
+    assert "mean" not in drawn and not (tmp_path / "mean" / "layer_weights.png").exists()
+    assert fit.main(common + ["--head", "linear", "--layers", "concat", "--out", str(tmp_path / "bad")]) == 2
 
 
 def test_fit_cli_errors(demo_home, tmp_path, capsys):
@@ -232,8 +268,9 @@ def test_frame_heads_train_the_same_from_lazy_store_windows_and_from_memory(demo
     from heads.tasks import NotesTask
 
     store = open_store(default_demo_dir() / "store.zarr")
-    X, Y, off, _ = NotesTask().data(store, "crepe-tiny", "train")
-    Xv, Yv, ov, _ = NotesTask().data(store, "crepe-tiny", "valid")
+    plan = NotesTask().plan(store, "crepe-tiny")
+    X, Y, off, _ = NotesTask().data(store, "crepe-tiny", plan.train)
+    Xv, Yv, ov, _ = NotesTask().data(store, "crepe-tiny", plan.select)
     kw = dict(epochs=4, lr=1e-2, window=30, batch_size=8, patience=4)
     in_memory = CRFHead(**kw).fit(X, Y, frame_rate=50.0, offsets=off, eval_set=(Xv, Yv, ov))
     original = frame_heads._Clips.in_memory_if_small
