@@ -144,7 +144,7 @@ def plan_splits(store, backbone: str | None = None, *, label: str | None = None,
     if select not in SELECT_CHOICES:
         raise ProtocolError(f"selection split {select!r}: choose one of {', '.join(SELECT_CHOICES)}")
     if not 0.0 < float(holdout_fraction) < 1.0:
-        raise ProtocolError(f"holdout fraction {holdout_fraction!r}: must be in (0, 1)")
+        raise ProtocolError(f"holdout fraction (--holdout-fraction) {holdout_fraction!r}: must be in (0, 1)")
     splits = np.asarray(store.clips["split"]).astype(str)
     ok = np.ones(len(splits), dtype=bool)
     dropped: dict = {}
@@ -184,7 +184,8 @@ def plan_splits(store, backbone: str | None = None, *, label: str | None = None,
             if not allow_same:
                 raise ProtocolError("the scored split (valid) would also choose the model (learning rate, "
                                     "stopping epoch): that score is optimistic. Select on a holdout carved "
-                                    "out of train (the default), score test, or allow it explicitly")
+                                    "out of train (the default), score test, or allow it explicitly "
+                                    "(--allow-scoring-selection-split; allow_same=True)")
             same = True
             notes.append("the scored split also chose the model: this score is optimistic")
         select_rows, select_split = rows_of("valid"), "valid"

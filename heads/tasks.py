@@ -17,7 +17,7 @@ import numpy as np
 
 from featurestore.datasets import ClipFrames
 from featurestore.store import FeatureStore
-from heads.protocol import FILE, ProtocolError, SplitPlan, plan_splits, replan
+from heads.protocol import FILE, HOLDOUT, ProtocolError, SplitPlan, plan_splits, replan
 from heads.notes import midi_number
 
 
@@ -55,7 +55,7 @@ class _Task:
             plan = plan_splits(store, backbone, label=self.label, stratify=self.stratify, group=group, **protocol)
         except ProtocolError as e:
             raise TaskError(str(e)) from None
-        if note:
+        if note and plan.select_split == HOLDOUT:
             plan.notes.insert(0, note)
         return plan
 
