@@ -10,6 +10,7 @@ import argparse
 import importlib.metadata as md
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -182,7 +183,8 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
                                          prefetch_factor=2 if num_workers > 0 else None,
                                          persistent_workers=False, worker_init_fn=_one_thread)
     bar = tqdm(total=round(seconds, 1), unit="audio-s", desc=f"extract {fe.name}", disable=not progress,
-               dynamic_ncols=True)
+               dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} audio-s "
+                                              "[{elapsed}<{remaining}, {rate_fmt}]")
     fe.to(device).eval()
     t0 = time.perf_counter()
     writer = BackgroundWriter(g, depth=2)
@@ -222,12 +224,18 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
     extract = extract or ExtractSettings()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     store_path = Path(store_path)
+    created = not store_path.exists()
     root = open_root(store_path)
     vocals_cache = Path(vocals_cache) if vocals_cache else store_path.with_name(store_path.name + ".vocals")
-    if shard[1] > 1 and not (layout.CLIPS in root and root[layout.CLIPS].attrs.get("complete", False)):
-        raise RuntimeError("--shard needs a planned clip table: run the build once with --plan-only first")
-    skips = _ensure_clip_table(root, input_path, clip_settings, overwrite=overwrite, num_workers=num_workers,
-                               progress=progress, vocals_cache=vocals_cache, device=device)
+    try:
+        if shard[1] > 1 and not (layout.CLIPS in root and root[layout.CLIPS].attrs.get("complete", False)):
+            raise RuntimeError("--shard needs a planned clip table: run the build once with --plan-only first")
+        skips = _ensure_clip_table(root, input_path, clip_settings, overwrite=overwrite, num_workers=num_workers,
+                                   progress=progress, vocals_cache=vocals_cache, device=device)
+    except Exception:
+        if created and layout.CLIPS not in root:  # this call made the folder and wrote nothing into it
+            shutil.rmtree(store_path, ignore_errors=True)
+        raise
     report = BuildReport(str(store_path), clips=int(root[layout.CLIPS].attrs["n_clips"]), skipped=list(skips))
     if report.clips == 0:
         raise RuntimeError(f"no clip could be planned from {input_path}: " +

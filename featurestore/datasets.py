@@ -62,6 +62,7 @@ class FrameWindowDataset(torch.utils.data.Dataset):
         self.store, self.backbone, self.layers = store, backbone, layers
         self.window, self.hop = int(window), int(hop or window)
         n = store.n_frames(backbone)
+        self._n = n
         index = []
         for r in _rows(store, split, rows):
             for s in range(0, max(int(n[r]) - self.window, 0) + 1, self.hop) if n[r] > 0 else []:
@@ -77,7 +78,8 @@ class FrameWindowDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         row, start = self.index[i]
-        x = self.store.frames(row, self.backbone, layers=self.layers, start=start, stop=start + self.window)
+        stop = min(start + self.window, int(self._n[row]))  # a clip shorter than the window is padded
+        x = self.store.frames(row, self.backbone, layers=self.layers, start=start, stop=stop)
         out = np.zeros((self.window,) + self._shape_ld, dtype=np.float32)
         out[:len(x)] = x
         return {"x": torch.from_numpy(out), "row": row, "start": start, "length": len(x)}

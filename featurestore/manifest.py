@@ -73,7 +73,8 @@ def _row_from_record(rec: dict, base: Path, where: str) -> Row:
     path = Path(str(p).strip()).expanduser()
     if not path.is_absolute():
         path = base / path
-    rid = str(rec.get("id") or "").strip() or _default_id(path, base)
+    rid = "" if rec.get("id") is None else str(rec.get("id")).strip()  # an id of 0 is an id
+    rid = rid or _default_id(path, base)
     start, end = _parse_time(rec.get("start"), "start"), _parse_time(rec.get("end"), "end")
     if start is not None and end is not None and end <= start:
         raise ValueError(f"end ({end}) <= start ({start})")
@@ -104,22 +105,15 @@ def read_inputs(input_path: str | Path) -> tuple[list[Row], list[Skip]]:
         for p in sorted(q for q in src.rglob("*") if q.is_file() and q.suffix.lower() in AUDIO_SUFFIXES):
             rows.append(Row(p.resolve(), _default_id(p, src), where=str(p.relative_to(src))))
     elif src.suffix.lower() == ".csv":
-        base = src.parent.resolve()
-        with open(src, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or "path" not in reader.fieldnames:
-                raise ValueError(f"{src}: a CSV manifest needs a header with a 'path' column")
-            for i, rec in enumerate(reader, start=2):
-                where = f"{src.name} line {i}"
-                try:
-                    if None in rec:
-                        raise ValueError(f"{len(rec[None])} more field(s) than the header has")
-                    rows.append(_row_from_record(rec, base, where))
-                except ValueError as e:
-                    skips.append(Skip(where, "bad_row", f"{where}: {e}", str(rec.get("path") or "")))
+        rows, skips = _read_csv(src)
     elif src.suffix.lower() == ".json":
         base = src.parent.resolve()
-        data = json.loads(src.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(src.read_text(encoding="utf-8-sig"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{src}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{src} line {e.lineno} column {e.colno}: not valid JSON: {e.msg}") from None
         if isinstance(data, dict) and "clips" in data:
             data = data["clips"]
         if not isinstance(data, list):
@@ -142,6 +136,64 @@ def read_inputs(input_path: str | Path) -> tuple[list[Row], list[Skip]]:
         seen.add(r.id)
         unique.append(r)
     return unique, skips
+
+
+def check_header(names: list, src: Path) -> list[int]:
+    """Column names of a CSV header -> positions of unnamed columns (to drop when they are empty in
+    every row, e.g. a trailing comma). Raises ValueError naming the file, line 1 and the column for a
+    missing ``path`` column, a repeated name, or a name that cannot be a label (``/``, or blank
+    around text)."""
+    if not names or "path" not in names:
+        have = ", ".join(repr(n) for n in names or []) or "none"
+        raise ValueError(f"{src} line 1: a CSV manifest needs a header with a 'path' column (columns: {have})")
+    unnamed, seen = [], set()
+    for k, name in enumerate(names, start=1):
+        if not name.strip():
+            unnamed.append(k - 1)
+            continue
+        if name != name.strip() or "/" in name or "\\" in name:
+            raise ValueError(f"{src} line 1: column {k} is named {name!r}: a column name has no '/' or '\\' "
+                             "and no leading or trailing spaces")
+        if name in seen:
+            raise ValueError(f"{src} line 1: column {name!r} appears twice")
+        seen.add(name)
+    return unnamed
+
+
+def _read_csv(src: Path) -> tuple[list[Row], list[Skip]]:
+    """Rows of a CSV manifest (a UTF-8 byte-order mark, as Excel writes, is accepted)."""
+    base = src.parent.resolve()
+    rows: list[Row] = []
+    skips: list[Skip] = []
+    line = 1
+    try:
+        with open(src, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None) or []
+            unnamed = check_header(header, src)
+            named = [(k, n) for k, n in enumerate(header) if k not in unnamed]
+            for values in reader:
+                line = reader.line_num
+                where = f"{src.name} line {line}"
+                if not values:
+                    continue  # an empty line
+                try:
+                    if len(values) > len(header):
+                        raise ValueError(f"{len(values) - len(header)} more field(s) than the header has")
+                    values = values + [""] * (len(header) - len(values))
+                    filled = [k + 1 for k in unnamed if values[k].strip()]
+                    if filled:
+                        raise ValueError(f"a value in column(s) {filled}, which the header leaves unnamed")
+                    rows.append(_row_from_record({n: values[k] for k, n in named}, base, where))
+                except ValueError as e:
+                    path = values[header.index("path")] if len(values) > header.index("path") else ""
+                    skips.append(Skip(where, "bad_row", f"{where}: {e}", path))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{src} line {line + 1}: not UTF-8 text (byte {e.start} of a read block: {e.reason})") \
+            from None
+    except csv.Error as e:
+        raise ValueError(f"{src} line {line + 1}: {e}") from None
+    return rows, skips
 
 
 def fingerprint(rows: list[Row]) -> str:

@@ -97,11 +97,23 @@ class FeatureStore:
             return []
         return sorted(k for k, g in self.root[layout.BACKBONES].groups() if g.attrs.get("complete", False))
 
+    def backbone_name(self, name: str) -> str:
+        """The name a backbone is stored under: ``name`` itself when stored, else its registry name
+        (an alias such as ``crepe`` -> ``crepe-tiny``), else ``name`` unchanged."""
+        if layout.BACKBONES in self.root and layout.backbone_path(name) in self.root:
+            return name
+        from featurestore.registry import resolve
+
+        try:
+            return resolve(name).name
+        except KeyError:
+            return name
+
     def group(self, backbone: str) -> zarr.Group:
-        """The backbone's Zarr group (opened once per store object)."""
+        """The backbone's Zarr group (opened once per store object; registry aliases accepted)."""
         cache = self.__dict__.setdefault("_groups", {})
         if backbone not in cache:
-            cache[backbone] = self._open_group(backbone)
+            cache[backbone] = self._open_group(self.backbone_name(backbone))
         return cache[backbone]
 
     def _open_group(self, backbone: str) -> zarr.Group:
@@ -153,10 +165,16 @@ class FeatureStore:
         return list(layers)
 
     def frames(self, clip_id, backbone: str, layers=None, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Hidden states of one clip: [T, L', D] in the store dtype (frames [start, stop) of the clip)."""
+        """Hidden states of one clip: [T, L', D] in the store dtype (frames [start, stop) of the clip,
+        0 <= start <= stop <= T; anything else raises IndexError naming the clip)."""
         i = self.clip_index(clip_id)
         a, b = (int(v) for v in self._offsets(backbone)[i])
-        stop = b - a if stop is None else min(stop, b - a)
+        n = b - a
+        stop = n if stop is None else int(stop)
+        start = int(start)
+        if not 0 <= start <= stop <= n:
+            raise IndexError(f"frames [{start}, {stop}) are outside clip {self.clip_ids[i]!r}, which has {n} frames "
+                             f"for {backbone!r} (0 <= start <= stop <= {n})")
         x = self._reader(backbone)[a + start:a + stop]
         sel = self._layer_sel(layers)
         return x if isinstance(sel, slice) else x[:, sel]
@@ -165,7 +183,7 @@ class FeatureStore:
         cache = self.__dict__.setdefault("_readers", {})
         if backbone not in cache:
             arr = self.group(backbone)["frames"]
-            path = self.path / layout.backbone_path(backbone) / "frames"
+            path = self.path / layout.backbone_path(self.backbone_name(backbone)) / "frames"
             cache[backbone] = RawChunkReader(arr, path) if RawChunkReader.supports(arr) else arr
         return cache[backbone]
 

@@ -20,7 +20,6 @@ import numpy as np
 
 from featurestore.cli import HelpFormatter
 from featurestore import open_store
-from featurestore.registry import resolve
 from featurestore.store import BackboneNotInStore
 from heads import metrics
 from heads.clip_heads import LGBMHead, LinearHead, LogRegHead, MLPHead
@@ -41,12 +40,7 @@ def frame_head_class(name: str):
 
 def backbone_name(store, name: str) -> str:
     """A registry name or alias as stored (``crepe`` -> ``crepe-tiny``); other names as given."""
-    if name in store.backbones:
-        return name
-    try:
-        return resolve(name).name
-    except KeyError:
-        return name
+    return store.backbone_name(name)
 
 
 def plot_layer_weights(values: np.ndarray, layers: list[int], path: Path, title: str,
