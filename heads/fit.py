@@ -38,11 +38,6 @@ def frame_head_class(name: str):
     return {"crf": CRFHead, "frames": FrameClassifierHead}[name]
 
 
-def backbone_name(store, name: str) -> str:
-    """A registry name or alias as stored (``crepe`` -> ``crepe-tiny``); other names as given."""
-    return store.backbone_name(name)
-
-
 def plot_layer_weights(values: np.ndarray, layers: list[int], path: Path, title: str,
                        ylabel: str = "softmax weight (learned)") -> Path:
     """Bar plot of one value per stored layer: ``layers`` are the stored hidden-state indices."""
@@ -262,7 +257,7 @@ def main(argv=None) -> int:
     try:
         check_device(args.device)
         store = open_store(args.store) if args.store else open_store(ensure_demo_store())
-        backbone = backbone_name(store, args.backbone)
+        backbone = store.backbone_name(args.backbone)
         store.group(backbone)
         task = make_task(args.task)
         if task.kind == "clip" and args.head in FRAME_HEADS:
@@ -282,10 +277,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     head.save(out / "head.joblib")
-    stored_layers = getattr(head, "layers_used_", None)
-    if stored_layers is None:
-        picked = parse_layers(args.layers, store.shape(backbone)[0])
-        stored_layers = list(range(store.shape(backbone)[0])) if picked in (None, "each", "concat") else picked
+    stored_layers = head.layers_used_
     learned = layer_plot(head)
     (out / "layer_weights.png").unlink(missing_ok=True)
     if learned is not None:

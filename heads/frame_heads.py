@@ -116,6 +116,8 @@ class _FrameHead(SaveLoadMixin, BaseEstimator):
             Xv = _Clips.of(Xv).in_memory_if_small()
         L, D = self._select(np.zeros((1,) + X.shape_ld, np.float32)).shape[1:]
         self.n_layers_in_, self.n_features_in_ = L, D
+        self.layers_used_ = (list(range(X.shape_ld[0])) if self.layers is None or isinstance(self.layers, str)
+                             else [int(l) for l in self.layers])
 
         def evaluate(module):
             pairs = {}

@@ -71,17 +71,20 @@ class SplitPlan:
 
     def label(self) -> str:
         """One line for titles and tables: ``scored on test, chosen on valid``."""
-        chosen = self.select_split + (f" (by {self.group})" if self.select_split == HOLDOUT else "")
-        warn = " [OPTIMISTIC: same split]" if self.same_split else ""
-        return f"scored on {self.score_split}, chosen on {chosen}{warn}"
+        return protocol_label(self.describe())
+
+
+def chosen_label(desc: dict) -> str:
+    """What chose the model, from a :meth:`SplitPlan.describe` dict: ``valid``, ``train-holdout (by
+    album)``, with ``[OPTIMISTIC: same split]`` when it is also the scored split."""
+    sel = desc["selection_split"]
+    chosen = sel + (f" (by {desc.get('holdout_group')})" if sel == HOLDOUT else "")
+    return chosen + (" [OPTIMISTIC: same split]" if desc.get("scored_is_selection") else "")
 
 
 def protocol_label(desc: dict) -> str:
     """:meth:`SplitPlan.label` from a saved :meth:`SplitPlan.describe` dict."""
-    sel = desc["selection_split"]
-    chosen = sel + (f" (by {desc.get('holdout_group')})" if sel == HOLDOUT else "")
-    warn = " [OPTIMISTIC: same split]" if desc.get("scored_is_selection") else ""
-    return f"scored on {desc['scored_split']}, chosen on {chosen}{warn}"
+    return f"scored on {desc['scored_split']}, chosen on {chosen_label(desc)}"
 
 
 def group_values(store, group: str) -> np.ndarray:
@@ -95,6 +98,11 @@ def group_values(store, group: str) -> np.ndarray:
     except KeyError as e:
         raise ProtocolError(f"cannot group by {group!r}: {e}") from None
     return np.where(values == "", files, values)
+
+
+def _share(n_groups: int, fraction: float) -> int:
+    """How many of ``n_groups`` groups to hold out: round(fraction x n), at least one, never all."""
+    return min(n_groups - 1, max(1, int(np.floor(fraction * n_groups + 0.5))))
 
 
 def _carve(rows: np.ndarray, groups: np.ndarray, classes: np.ndarray | None, fraction: float,
@@ -116,16 +124,14 @@ def _carve(rows: np.ndarray, groups: np.ndarray, classes: np.ndarray | None, fra
             if len(mine) < 2:
                 whole.append(str(cls))
                 continue
-            k = min(len(mine) - 1, max(1, int(np.floor(fraction * len(mine) + 0.5))))
-            held += list(rng.permutation(mine)[:k])
+            held += list(rng.permutation(mine)[:_share(len(mine), fraction)])
         if whole:
             notes.append(f"{len(whole)} class(es) with a single {group} in train kept whole in train "
                          f"(not in the selection set): {', '.join(whole[:10])}{'...' if len(whole) > 10 else ''}")
         if not held:
             raise ProtocolError(f"cannot carve a selection set out of train: no class has two {group} groups")
     else:
-        k = min(len(uniq) - 1, max(1, int(np.floor(fraction * len(uniq) + 0.5))))
-        held = list(rng.permutation(uniq)[:k])
+        held = list(rng.permutation(uniq)[:_share(len(uniq), fraction)])
     return rows[np.isin(g, held)]
 
 

@@ -98,9 +98,7 @@ def _notes(text) -> list:
 
 
 def _resolve_backbone(store, backbone: str) -> str:
-    from heads.fit import backbone_name
-
-    bb = backbone_name(store, backbone)
+    bb = store.backbone_name(backbone)
     store.group(bb)  # raises BackboneNotInStore with a helpful message
     return bb
 

@@ -213,8 +213,6 @@ def run_plan(store, rd: Path, spec: TaskSpec, backbone: str, score: str | None =
 
 def run_backbone(store, rd: Path, args) -> str:
     """The backbone a run was fitted on, as named in the store (from its metrics.json, else --backbone)."""
-    from heads.fit import backbone_name
-
     m = Path(rd) / "metrics.json"
     if m.is_file():
         try:
@@ -223,7 +221,7 @@ def run_backbone(store, rd: Path, args) -> str:
                 return bb
         except ValueError:
             pass
-    return backbone_name(store, args.backbone[0])
+    return store.backbone_name(args.backbone[0])
 
 
 def training_clip_settings(spec: TaskSpec, args) -> ClipSettings:
@@ -294,18 +292,14 @@ def _dig(d: dict, dotted: str):
 
 def results_table(spec: TaskSpec, workdir: Path) -> str:
     """Markdown table of every evaluated run in the work folder (frontend x head)."""
-    from heads.protocol import HOLDOUT
+    from heads.protocol import chosen_label
 
     rows = []
     for f in sorted((workdir / "runs").glob("*/evaluation.json")):
         e = json.loads(f.read_text())
         p = e.get("protocol") or {}
-        chosen = p.get("selection_split", "?")
-        if chosen == HOLDOUT:
-            chosen += f" (by {p.get('holdout_group')})"
-        if p.get("scored_is_selection"):
-            chosen += " (SAME SPLIT: optimistic)"
-        rows.append({"run": f.parent.name, "scored on": p.get("scored_split", "?"), "chosen on": chosen,
+        rows.append({"run": f.parent.name, "scored on": p.get("scored_split", "?"),
+                     "chosen on": chosen_label(p) if p else "?",
                      **{k: _dig(e, k) for k in spec.summary_keys}})
     cols = ["scored on", "chosen on"] + spec.summary_keys
     head = "| run | " + " | ".join(cols) + " |"

@@ -495,7 +495,6 @@ def predict(args) -> int:
     settings, the same backbone) -> ``<out>/<file id>.txt`` (mir_eval notes) and ``.mid`` per file."""
     from featurestore import open_store
     from featurestore.build import SettingsMismatch, build
-    from heads.fit import backbone_name
     from heads.persist import load_head
 
     work = Path(args.workdir)
@@ -516,7 +515,7 @@ def predict(args) -> int:
     for s in report.skipped:
         print(f"skipped [{s['reason']}] {s['message']}")
     store = open_store(store_path)
-    backbone = backbone_name(store, args.backbone[0])
+    backbone = store.backbone_name(args.backbone[0])
     _check_same_weights(work / "store.zarr", store, backbone)
     head = load_head(rd / "head.joblib")
     songs = decode_songs(store, backbone, head, range(len(store)))
