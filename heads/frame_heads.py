@@ -1,17 +1,34 @@
 """Frame-level note transcription heads.
 
-X is a list of clips' hidden states [T_i, L, D]; y a list of note lists [[onset_s, offset_s, midi], ...]
-(seconds of the clip's file). ``offsets`` gives the time (s) of each clip's frame 0 and
-``frame_rate`` the frames per second, so frames and notes share one timeline.
+X is a list of clips' hidden states [T_i, L, D] (or a lazy :class:`featurestore.datasets.ClipFrames`);
+y a list of note lists [[onset_s, offset_s, midi], ...] (seconds of the clip's file). ``offsets`` gives
+the time (s) of each clip's frame 0 and ``frame_rate`` the frames per second, so frames and notes share
+one timeline.
 
 - :class:`FrameClassifierHead` (``frames``): the MIR-ST500 baseline convention of REFERENCES.md
   section 2: weighted layer sum -> linear layer with 20 outputs per frame (onset, silence, octave,
   pitch class), its four losses, and the onset-peak / silence parser.
-- :class:`CRFHead` (``crf``): weighted layer sum -> linear emissions over note states (silence,
-  onset and sustain per pitch) -> a linear-chain CRF trained with its log-likelihood and decoded
-  with Viterbi into notes.
+- :class:`CRFHead` (``crf``): weighted layer sum -> emissions over note states (silence, onset and
+  sustain per pitch) -> a linear-chain CRF (:class:`heads.note_crf.NoteChainCRF`) trained with its
+  log-likelihood and decoded with Viterbi into notes.
 
-Both train on random windows of ``window`` frames and early-stop on the validation COnP F1.
+Both take ``context`` (seconds, default 0): with ``context > 0`` a temporal layer
+(:class:`heads.temporal.TemporalContext`, a dilated convolution stack that sees
+``round(context * frame_rate)`` frames on each side) sits between the layer sum and the per-frame
+output. ``context=0`` is the paper's plain per-frame linear probe.
+
+Training: random windows of ``window`` frames that tile each clip once per epoch, Adam, a learning
+rate grid. The training frames are gathered into one float32 tensor once per fit (when they fit in
+memory) and every learning rate and epoch reuses it; the selection split's frames likewise.
+
+Model choice on the selection split (``eval_set``):
+
+- ``frames``: the epoch with the best validation COnP F1 (decoding the parser is cheap), and the
+  learning rate with the best such score;
+- ``crf``: the epoch with the lowest validation negative log-likelihood per frame (no decoding in
+  the loop: one batched forward pass), then the learning rate whose chosen epoch decodes (Viterbi) to
+  the best validation COnP F1. ``history_`` holds both per epoch for the chosen rate: ``val`` is
+  minus the NLL per frame.
 """
 from __future__ import annotations
 
@@ -20,38 +37,56 @@ import torch
 from sklearn.base import BaseEstimator
 
 from heads import metrics
-from heads.crf import LinearChainCRF
 from heads.frame_targets import N_OUTPUTS, encode_targets, frame_loss, parse_notes, probabilities
-from heads.modules import SumThenHead
+from heads.modules import WeightedLayerSum
+from heads.note_crf import NoteChainCRF
 from heads.note_states import NoteStates
 from heads.notes import notes_to_arrays
 from heads.persist import SaveLoadMixin
+from heads.temporal import TemporalContext, context_frames
 from heads.training import lr_grid, sweep_lr
+
+#: Bytes of float32 frames a split may take in memory before training reads it window by window.
+IN_MEMORY_BYTES = 2e9
+#: Bytes of float32 frames in one decoding batch of whole clips.
+DECODE_BATCH_BYTES = 256e6
+
+
+def conp_f1(refs, ests) -> float:
+    """Mean COnP F1 over clips of reference and estimated note lists."""
+    pairs = {i: (*notes_to_arrays(r), *notes_to_arrays(e)) for i, (r, e) in enumerate(zip(refs, ests))}
+    return metrics.transcription_report(pairs)["mean"]["COnP"]["f1"]
 
 
 class _FrameHead(SaveLoadMixin, BaseEstimator):
-    """Shared windowed training and decoding. Subclasses define targets, loss, decoding."""
+    """Shared windowed training and batched decoding. Subclasses define targets, loss, decoding."""
 
-    def _targets(self, notes, n_frames: int, offset: float):
+    def _targets(self, notes, n_frames: int, offset: float) -> dict:
         raise NotImplementedError
 
     def _loss(self, module, x, targets, mask):
         raise NotImplementedError
 
-    def _decode(self, module, x: torch.Tensor, offset: float) -> list:
+    def _decode(self, module, out: torch.Tensor, mask: torch.Tensor, offsets: list) -> list:
+        """Module outputs [B, T, C] of a padded batch of whole clips -> a note list per row."""
         raise NotImplementedError
 
     def _n_out(self) -> int:
         raise NotImplementedError
 
-    def _select(self, x: np.ndarray) -> np.ndarray:
-        if self.layers is None or isinstance(self.layers, str):
-            return x
-        return x[:, list(self.layers)]
+    def _crf(self):
+        return None
 
-    def _window(self, X: "_Clips", i: int, a: int, b: int) -> torch.Tensor:
-        """Frames [a, b) of clip i, selected layers, float32 tensor [b - a, L', D]."""
-        return torch.from_numpy(self._select(np.asarray(X.window(i, a, b), dtype=np.float32)))
+    def _layer_index(self):
+        return None if self.layers is None or isinstance(self.layers, str) else list(self.layers)
+
+    def _check_params(self):
+        if int(self.window) < 1:
+            raise ValueError(f"window must be >= 1 frame, got {self.window}")
+        if self.context is None or float(self.context) < 0:
+            raise ValueError(f"context must be >= 0 seconds, got {self.context}")
+        if int(self.context_width) < 1:
+            raise ValueError(f"context_width must be >= 1, got {self.context_width}")
 
     @staticmethod
     def _tile(n: int, window: int, phase: int) -> list[tuple[int, int]]:
@@ -67,95 +102,101 @@ class _FrameHead(SaveLoadMixin, BaseEstimator):
         cuts = ([0] if phase else []) + list(range(phase, n, window)) + [n]
         return list(zip(cuts[:-1], cuts[1:]))
 
-    def _windows(self, X: "_Clips", targets, gen):
+    def _windows(self, X, targets, gen):
         """An epoch: every clip cut into windows of at most ``window`` frames at a random phase (drawn
         from ``gen`` per clip and epoch), shuffled, in batches padded to the batch's longest window.
         The windows of a clip tile it, so every frame is fed exactly once per epoch (see :meth:`_tile`).
-        Frames are read window by window, so a split never has to fit in memory."""
+        ``X`` is a :class:`_FrameBank` (built once per fit) or clips with their ``targets``.
+        Yields ``(x [B, W, L', D], targets {name: [B, W, ...]}, mask [B, W])`` on the head's device."""
         window = int(self.window)
         if window < 1:
             raise ValueError(f"window must be >= 1 frame, got {self.window}")
+        bank = X if isinstance(X, _FrameBank) else _FrameBank(_Clips.of(X), targets, self._layer_index(), self.device)
         items = []
-        for i in range(len(X)):
-            n_i = X.n_frames(i)
+        for i in range(len(bank)):
+            n_i = bank.n_frames(i)
             phase = int(torch.randint(0, max(1, min(window, n_i)), (1,), generator=gen))
             items += [(i, a, b) for a, b in self._tile(n_i, window, phase)]
         order = torch.randperm(len(items), generator=gen).tolist()
         items = [items[j] for j in order]
-        L, D = self.n_layers_in_, self.n_features_in_
         for start in range(0, len(items), self.batch_size):
-            chunk = items[start:start + self.batch_size]
-            W = max(b - a for _, a, b in chunk)  # pad to the batch, not the window
-            x = torch.zeros(len(chunk), W, L, D)
-            mask = torch.zeros(len(chunk), W, dtype=torch.bool)
-            tg = {k: torch.zeros((len(chunk), W) + v.shape[1:], dtype=v.dtype) for k, v in targets[0].items()}
-            for r, (i, a, b) in enumerate(chunk):
-                n = b - a
-                x[r, :n] = self._window(X, i, a, b)
-                mask[r, :n] = True
-                for k in tg:
-                    tg[k][r, :n] = targets[i][k][a:b]
-            yield x.to(self.device), {k: v.to(self.device) for k, v in tg.items()}, mask.to(self.device)
+            yield bank.batch(items[start:start + self.batch_size])
 
     def fit(self, X, y, frame_rate: float = 50.0, offsets=None, eval_set=None):
-        """X list of [T_i, L, D], y list of note lists, frame_rate (Hz), offsets list of frame-0 times (s);
-        ``eval_set=(X_val, y_val, offsets_val)`` for early stopping and the lr choice."""
+        """X list of [T_i, L, D] (or lazy clips), y list of note lists, frame_rate (Hz), offsets list of
+        frame-0 times (s); ``eval_set=(X_val, y_val, offsets_val)`` chooses the epoch and the learning rate
+        (without it the first sixth of the clips is held out for that)."""
         if len(X) == 0:
             raise ValueError("no training clips")
+        self._check_params()
         self.frame_rate_ = float(frame_rate)
+        self.context_frames_ = context_frames(self.context, self.frame_rate_)
         offsets = [0.0] * len(X) if offsets is None else list(offsets)
-        X = _Clips.of(X).in_memory_if_small()
-        targets = [self._targets(notes, X.n_frames(i), off) for i, (notes, off) in enumerate(zip(y, offsets))]
+        X = _Clips.of(X)
         if eval_set is None:
             n_val = max(1, len(X) // 6)
-            Xv, yv, ov = X.subset(range(n_val)), y[:n_val], offsets[:n_val]
-            X, targets = X.subset(range(n_val, len(X))), targets[n_val:]
+            Xv, yv, ov = X.subset(range(n_val)), list(y[:n_val]), offsets[:n_val]
+            X, y, offsets = X.subset(range(n_val, len(X))), list(y[n_val:]), offsets[n_val:]
         else:
             Xv, yv, ov = eval_set
             ov = [0.0] * len(Xv) if ov is None else list(ov)
-            Xv = _Clips.of(Xv).in_memory_if_small()
-        L, D = self._select(np.zeros((1,) + X.shape_ld, np.float32)).shape[1:]
-        self.n_layers_in_, self.n_features_in_ = L, D
-        self.layers_used_ = (list(range(X.shape_ld[0])) if self.layers is None or isinstance(self.layers, str)
-                             else [int(l) for l in self.layers])
-
-        def evaluate(module):
-            pairs = {}
-            for i, (ref, off) in enumerate(zip(yv, ov)):
-                x = self._window(Xv, i, 0, Xv.n_frames(i)).to(self.device)
-                ri, rp = notes_to_arrays(ref)
-                ei, ep = notes_to_arrays(self._decode(module, x, off))
-                pairs[i] = (ri, rp, ei, ep)
-            return metrics.transcription_report(pairs)["mean"]["COnP"]["f1"]
-
+            Xv = _Clips.of(Xv)
+        L_all = X.shape_ld[0]
+        sel = self._layer_index()
+        self.layers_used_ = list(range(L_all)) if sel is None else [int(l) for l in sel]
+        self.n_layers_in_, self.n_features_in_ = len(self.layers_used_), X.shape_ld[1]
+        targets = [self._targets(notes, X.n_frames(i), off) for i, (notes, off) in enumerate(zip(y, offsets))]
+        bank = _FrameBank(X, targets, sel, self.device)                    # read once, shared by every lr
+        val_targets = [self._targets(notes, Xv.n_frames(i), off) for i, (notes, off) in enumerate(zip(yv, ov))]
+        val = _FrameBank(Xv, val_targets, sel, self.device)
+        val_batches = val.song_batches()                                    # held once for every epoch
+        L, D = self.n_layers_in_, self.n_features_in_
+        evaluate, select = self._selection(val, val_batches, yv, ov)
         module, lr, scores, res = sweep_lr(
             lambda: self._make_module(L, D).to(self.device), lr_grid(self.lr), self.seed,
-            loss_fn=lambda m, batch: self._loss(m, *batch), batches=lambda g: self._windows(X, targets, g),
-            evaluate=evaluate, epochs=self.epochs, patience=self.patience, progress=self.progress)
+            loss_fn=lambda m, batch: self._loss(m, *batch), batches=lambda g: self._windows(bank, None, g),
+            evaluate=evaluate, select=select, epochs=self.epochs, patience=self.patience, progress=self.progress)
         self.module_, self.lr_, self.lr_scores_, self.history_ = module.cpu().eval(), lr, scores, res.history
         self.best_epoch_ = res.best_epoch
-        self.layer_weights_ = self.module_.net.sum.weights().detach().numpy()
+        self.layer_weights_ = self.module_.sum.weights().detach().numpy()
         return self
 
+    def _selection(self, val: "_FrameBank", val_batches, yv, ov):
+        """(evaluate(module) -> per-epoch score, select(module) -> lr score or None); higher is better."""
+
+        def decoded_conp(module):
+            return conp_f1(yv, self._predict_batches(module, val, val_batches, ov))
+
+        return decoded_conp, None
+
     def _make_module(self, L, D) -> torch.nn.Module:
-        raise NotImplementedError
+        return _Net(L, D, self._n_out(), self.layer_norm, self.context_frames_, int(self.context_width), self._crf())
+
+    def _predict_batches(self, module, bank: "_FrameBank", batches, offsets) -> list:
+        out = [[] for _ in range(len(bank))]          # a clip with no frame has no note
+        module.eval()
+        with torch.no_grad():
+            for rows, x, mask, _ in batches:
+                notes = self._decode(module, module(x, mask), mask, [offsets[i] for i in rows])
+                for i, n in zip(rows, notes):
+                    out[i] = n
+        return out
 
     def predict(self, X, offsets=None) -> list:
-        """Notes [[onset_s, offset_s, midi], ...] per clip (whole clips decoded in one piece)."""
-        offsets = [0.0] * len(X) if offsets is None else list(offsets)
+        """Notes [[onset_s, offset_s, midi], ...] per clip. Whole clips are decoded, several in one
+        padded batch (up to ``DECODE_BATCH_BYTES`` of frames); clips are read lazily batch by batch."""
         X = _Clips.of(X)
-        out = []
-        with torch.no_grad():
-            for i, off in enumerate(offsets):
-                out.append(self._decode(self.module_, self._window(X, i, 0, X.n_frames(i)), off))
-        return out
+        offsets = [0.0] * len(X) if offsets is None else list(offsets)
+        module = self.module_.to(self.device)
+        try:
+            bank = _FrameBank(X, None, self._layer_index(), self.device, limit_bytes=0)
+            return self._predict_batches(module, bank, bank.song_batches(), offsets)
+        finally:
+            self.module_ = module.cpu()
 
     def score(self, X, y, offsets=None) -> float:
         """Mean COnP F1 over clips."""
-        pairs = {}
-        for i, (ref, est) in enumerate(zip(y, self.predict(X, offsets))):
-            pairs[i] = (*notes_to_arrays(ref), *notes_to_arrays(est))
-        return metrics.transcription_report(pairs)["mean"]["COnP"]["f1"]
+        return conp_f1(y, self.predict(X, offsets))
 
 
 class _Clips:
@@ -190,24 +231,110 @@ class _Clips:
     def subset(self, idx) -> "_Clips":
         return _Clips(self.source, [self.index[i] for i in idx])
 
-    def in_memory_if_small(self, limit_bytes: float = 2e9) -> "_Clips":
-        """Read every clip once as float32 when that takes less than ``limit_bytes`` (a small split is
-        then not re-read window by window each epoch); otherwise stay lazy."""
-        L, D = self.shape_ld
-        total = sum(self.n_frames(i) for i in range(len(self))) * L * D * 4
-        if total > limit_bytes or not hasattr(self.source, "window"):
-            return self
-        return _Clips([np.asarray(self.window(i, 0, self.n_frames(i)), dtype=np.float32) for i in range(len(self))])
+
+class _FrameBank:
+    """A split's frames (selected layers) and per-frame targets, for windowed training and batched decoding.
+
+    When the split's float32 frames take at most ``limit_bytes``, every clip is read once into one
+    tensor ``[F + 1, L', D]`` (row F is zeros: the padding row) on ``device``, targets likewise
+    ``[F + 1, ...]``, and a batch of windows is one index gather. Otherwise windows are read from the
+    source clip by clip, as they are asked for.
+    """
+
+    def __init__(self, clips: "_Clips", targets, layers, device, limit_bytes: float | None = None):
+        limit_bytes = IN_MEMORY_BYTES if limit_bytes is None else limit_bytes
+        self.clips, self.layers, self.device = clips, layers, torch.device(device)
+        self.lengths = [clips.n_frames(i) for i in range(len(clips))]
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        total = int(self.starts[-1])
+        L = clips.shape_ld[0] if layers is None else len(layers)
+        self.shape_ld = (L, clips.shape_ld[1])
+        self.frame_bytes = L * clips.shape_ld[1] * 4
+        self.frames = None
+        if total * self.frame_bytes <= limit_bytes:
+            self.frames = torch.zeros((total + 1,) + self.shape_ld, device=self.device)
+            for i in range(len(clips)):
+                a, b = self.starts[i], self.starts[i + 1]
+                if b > a:
+                    self.frames[a:b] = self._read(i, 0, self.lengths[i])
+        self.targets = None
+        if targets:
+            self.targets = {}
+            for k, v in targets[0].items():
+                t = torch.zeros((total + 1,) + tuple(v.shape[1:]), dtype=v.dtype)
+                for i, tg in enumerate(targets):
+                    t[self.starts[i]:self.starts[i + 1]] = tg[k]
+                self.targets[k] = t.to(self.device)
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def n_frames(self, i: int) -> int:
+        return self.lengths[i]
+
+    def _read(self, i: int, a: int, b: int) -> torch.Tensor:
+        x = np.asarray(self.clips.window(i, a, b), dtype=np.float32)
+        if self.layers is not None:
+            x = x[:, self.layers]
+        return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+
+    def batch(self, items):
+        """Windows ``[(clip, start, stop), ...]`` -> (x [B, W, L', D], targets {name: [B, W, ...]} or None,
+        mask [B, W]) padded to the longest window W (padded frames are zeros, targets 0)."""
+        W = max(b - a for _, a, b in items)
+        n = torch.tensor([b - a for _, a, b in items], device=self.device)
+        mask = torch.arange(W, device=self.device)[None, :] < n[:, None]
+        first = torch.tensor([int(self.starts[i]) + a for i, a, _ in items], device=self.device)
+        idx = torch.where(mask, first[:, None] + torch.arange(W, device=self.device)[None, :],
+                          torch.full_like(mask, int(self.starts[-1]), dtype=torch.long))
+        if self.frames is not None:
+            x = self.frames[idx]
+        else:
+            x = torch.zeros((len(items), W) + self.shape_ld, device=self.device)
+            for r, (i, a, b) in enumerate(items):
+                x[r, :b - a] = self._read(i, a, b)
+        tg = None if self.targets is None else {k: v[idx] for k, v in self.targets.items()}
+        return x, tg, mask
+
+    def song_batches(self, budget_bytes: float | None = None):
+        """Whole clips in padded batches (longest first, at most ``budget_bytes`` of frames per batch
+        unless one clip is bigger) -> a list of (clip indices, x [B, T, L', D], mask [B, T], targets)
+        when the frames are in memory (so every epoch reuses it), else a generator reading them."""
+        budget_bytes = DECODE_BATCH_BYTES if budget_bytes is None else budget_bytes
+        order = sorted((i for i in range(len(self)) if self.lengths[i] > 0), key=lambda i: -self.lengths[i])
+        groups, cur = [], []
+        for i in order:
+            if cur and (len(cur) + 1) * self.lengths[cur[0]] * self.frame_bytes > budget_bytes:
+                groups.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            groups.append(cur)
+
+        def make(rows):
+            x, tg, mask = self.batch([(i, 0, self.lengths[i]) for i in rows])
+            return rows, x, mask, tg
+
+        gen = (make(rows) for rows in groups)
+        return list(gen) if self.frames is not None else gen
 
 
 class _Net(torch.nn.Module):
-    def __init__(self, L, D, n_out, layer_norm, crf=None):
+    """x [B, T, L, D] (mask [B, T]) -> per-frame outputs [B, T, n_out]: weighted layer sum, optional
+    temporal context (``radius`` frames each side), linear output; ``crf`` rides along for the CRF head."""
+
+    def __init__(self, L, D, n_out, layer_norm, radius=0, width=64, crf=None):
         super().__init__()
-        self.net = SumThenHead(L, D, torch.nn.Linear(D, n_out), layer_norm)
+        self.sum = WeightedLayerSum(L, D, layer_norm)
+        self.context = TemporalContext(D, width, radius) if radius > 0 else None
+        self.out = torch.nn.Linear(width if radius > 0 else D, n_out)
         self.crf = crf
 
-    def forward(self, x):
-        return self.net(x)
+    def forward(self, x, mask=None):
+        h = self.sum(x)
+        if self.context is not None:
+            h = self.context(h, mask)
+        return self.out(h)
 
 
 class FrameClassifierHead(_FrameHead):
@@ -215,64 +342,86 @@ class FrameClassifierHead(_FrameHead):
     parser (onset >= 0.4 and local max over +-3 frames, silence >= 0.5 ends a note).
 
     Parameters: lr (float or grid), epochs, window (frames), batch_size, patience, layer_norm,
-    layers, onset_pos_weight (15), seed, device, progress. Learned: ``layer_weights_``, ``module_``,
-    ``frame_rate_``, ``lr_``, ``history_``.
+    layers, context (seconds each side; 0 = per-frame linear), context_width, onset_pos_weight (15),
+    seed, device, progress. Learned: ``layer_weights_``, ``module_``, ``frame_rate_``,
+    ``context_frames_``, ``lr_``, ``history_``.
     """
 
     def __init__(self, lr=3e-3, epochs=60, window=250, batch_size=16, patience=10, layer_norm=False, layers=None,
-                 onset_pos_weight=15.0, seed=0, device="cpu", progress=False):
+                 context=0.0, context_width=64, onset_pos_weight=15.0, seed=0, device="cpu", progress=False):
         self.lr, self.epochs, self.window, self.batch_size, self.patience = lr, epochs, window, batch_size, patience
         self.layer_norm, self.layers, self.onset_pos_weight = layer_norm, layers, onset_pos_weight
+        self.context, self.context_width = context, context_width
         self.seed, self.device, self.progress = seed, device, progress
 
-    def _make_module(self, L, D):
-        return _Net(L, D, N_OUTPUTS, self.layer_norm)
+    def _n_out(self):
+        return N_OUTPUTS
 
     def _targets(self, notes, n_frames, offset):
         t = encode_targets(notes, n_frames, self.frame_rate_, offset)
         return {k: torch.from_numpy(np.asarray(v)) for k, v in t.items()}
 
     def _loss(self, module, x, targets, mask):
-        return frame_loss(module(x), targets, mask, onset_pos_weight=self.onset_pos_weight)
+        return frame_loss(module(x, mask), targets, mask, onset_pos_weight=self.onset_pos_weight)
 
-    def _decode(self, module, x, offset):
-        probs = probabilities(module(x).cpu().numpy())
-        return parse_notes(probs, self.frame_rate_, offset)
+    def _decode(self, module, out, mask, offsets):
+        logits = out.cpu().numpy()
+        n = mask.sum(1).tolist()
+        return [parse_notes(probabilities(logits[r, :n[r]]), self.frame_rate_, off) for r, off in enumerate(offsets)]
 
 
 class CRFHead(_FrameHead):
-    """Linear emissions over note states (silence; onset and sustain per MIDI pitch in
-    [midi_low, midi_high]) and a linear-chain CRF with structurally allowed transitions (a sustain
-    only continues the same pitch). Trained with the CRF log-likelihood, decoded with Viterbi.
+    """Emissions over note states (silence; onset and sustain per MIDI pitch in [midi_low, midi_high])
+    and a linear-chain CRF with structurally allowed transitions (a sustain only continues the same
+    pitch; :class:`heads.note_crf.NoteChainCRF`). Trained with the CRF log-likelihood, decoded with
+    Viterbi, several clips per call.
 
-    Parameters as :class:`FrameClassifierHead` plus midi_low/midi_high. Learned additionally:
-    the CRF's transitions inside ``module_``.
+    Parameters as :class:`FrameClassifierHead` (without onset_pos_weight) plus midi_low/midi_high.
+    Learned additionally: the CRF's transitions inside ``module_``.
     """
 
     def __init__(self, lr=3e-3, epochs=60, window=250, batch_size=16, patience=10, layer_norm=False, layers=None,
-                 midi_low=36, midi_high=83, seed=0, device="cpu", progress=False):
+                 context=0.0, context_width=64, midi_low=36, midi_high=83, seed=0, device="cpu", progress=False):
         self.lr, self.epochs, self.window, self.batch_size, self.patience = lr, epochs, window, batch_size, patience
         self.layer_norm, self.layers, self.midi_low, self.midi_high = layer_norm, layers, midi_low, midi_high
+        self.context, self.context_width = context, context_width
         self.seed, self.device, self.progress = seed, device, progress
 
     @property
     def states_(self) -> NoteStates:
         return NoteStates(self.midi_low, self.midi_high)
 
-    def _make_module(self, L, D):
-        ns = self.states_
+    def _n_out(self):
+        return self.states_.num_states
+
+    def _crf(self):
         # windows may start inside a note, so any state may start a training window
-        return _Net(L, D, ns.num_states, self.layer_norm, LinearChainCRF(ns.num_states, ns.allowed()))
+        return NoteChainCRF(self.states_)
 
     def _targets(self, notes, n_frames, offset):
         return {"states": torch.from_numpy(np.asarray(self.states_.encode(notes, n_frames, self.frame_rate_,
                                                                           offset), dtype=np.int64))}
 
     def _loss(self, module, x, targets, mask):
-        em = module(x)
+        em = module(x, mask)
         return module.crf.nll(em, targets["states"], mask, reduction="sum") / mask.sum().clamp(min=1)
 
-    def _decode(self, module, x, offset):
-        em = module(x)[None]
-        path = module.crf.viterbi(em, torch.ones(em.shape[:2], dtype=torch.bool, device=em.device))[0]
-        return self.states_.decode(path.cpu().numpy(), self.frame_rate_, offset)
+    def _selection(self, val, val_batches, yv, ov):
+        """Epochs by validation NLL per frame (one batched forward pass), the lr by decoded COnP."""
+
+        def neg_nll(module):
+            total, frames = 0.0, 0
+            for _, x, mask, tg in val_batches:
+                total += float(module.crf.nll(module(x, mask), tg["states"], mask, reduction="sum"))
+                frames += int(mask.sum())
+            return -total / max(frames, 1)
+
+        def decoded_conp(module):
+            return conp_f1(yv, self._predict_batches(module, val, val_batches, ov))
+
+        return neg_nll, decoded_conp
+
+    def _decode(self, module, out, mask, offsets):
+        paths = module.crf.viterbi(out, mask).cpu().numpy()
+        n = mask.sum(1).tolist()
+        return [self.states_.decode(paths[r, :n[r]], self.frame_rate_, off) for r, off in enumerate(offsets)]

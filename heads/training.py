@@ -80,18 +80,28 @@ def lr_grid(lr) -> list[float]:
     return [float(lr)]
 
 
-def sweep_lr(make_module: Callable[[], torch.nn.Module], lrs: list[float], seed: int, **train_kwargs):
-    """Train one fresh module per learning rate (same seed); return (best module, best lr, {lr: metric}, result)."""
+def sweep_lr(make_module: Callable[[], torch.nn.Module], lrs: list[float], seed: int,
+             select: Callable[[torch.nn.Module], float] | None = None, **train_kwargs):
+    """Train one fresh module per learning rate (same seed); return (best module, best lr, {lr: score}, result).
+
+    Each rate's module is its best epoch by ``evaluate`` (see :func:`train_module`). The rate is chosen
+    by ``select(module)`` (higher is better) when given, called once per rate on that module, else by
+    the best ``evaluate`` score itself."""
     best = None
     scores = {}
     for lr in lrs:
         gen = seed_everything(seed)
         module = make_module()
         res = train_module(module, lr=lr, generator=gen, desc=f"lr={lr:g}", **train_kwargs)
-        scores[lr] = res.best_metric
-        if best is None or res.best_metric > best[2].best_metric:
-            best = (module, lr, res)
-    module, lr, res = best
+        if select is not None:
+            module.eval()
+            with torch.no_grad():
+                scores[lr] = float(select(module))
+        else:
+            scores[lr] = res.best_metric
+        if best is None or scores[lr] > best[3]:
+            best = (module, lr, res, scores[lr])
+    module, lr, res, _ = best
     return module, lr, scores, res
 
 

@@ -273,8 +273,7 @@ def test_frame_heads_train_the_same_from_lazy_store_windows_and_from_memory(demo
     Xv, Yv, ov, _ = NotesTask().data(store, "crepe-tiny", plan.select)
     kw = dict(epochs=4, lr=1e-2, window=30, batch_size=8, patience=4)
     in_memory = CRFHead(**kw).fit(X, Y, frame_rate=50.0, offsets=off, eval_set=(Xv, Yv, ov))
-    original = frame_heads._Clips.in_memory_if_small
-    monkeypatch.setattr(frame_heads._Clips, "in_memory_if_small", lambda self: original(self, limit_bytes=0))
+    monkeypatch.setattr(frame_heads, "IN_MEMORY_BYTES", 0)
     lazy = CRFHead(**kw).fit(X, Y, frame_rate=50.0, offsets=off, eval_set=(Xv, Yv, ov))
     for a, b in zip(in_memory.module_.state_dict().values(), lazy.module_.state_dict().values()):
         torch.testing.assert_close(a, b)
