@@ -100,6 +100,9 @@ def make_head(args, n_layers: int):
         raise ValueError("--layers concat (all layers side by side) is for --head logreg or lgbm")
     if args.head in CLIP_HEADS:
         cls = CLIP_HEADS[args.head]
+        if args.context:
+            raise ValueError(f"--context is the temporal layer of the frame heads (crf, frames), not of --head "
+                             f"{args.head}")
         if args.head in ("logreg", "lgbm"):
             if isinstance(layers, list) and len(layers) > 1:
                 raise ValueError(f"--head {args.head} takes one layer (--layers K) or all of them "
@@ -110,8 +113,8 @@ def make_head(args, n_layers: int):
                    device=args.device, progress=not args.no_progress)
     if args.class_weight:
         raise ValueError(f"--class-weight applies to clip heads, not --head {args.head}")
-    return frame_head_class(args.head)(lr=args.lr, epochs=args.epochs, layers=layers, seed=args.seed,
-                                       device=args.device, progress=not args.no_progress)
+    return frame_head_class(args.head)(lr=args.lr, epochs=args.epochs, layers=layers, context=args.context,
+                                       seed=args.seed, device=args.device, progress=not args.no_progress)
 
 
 def make_plan(args, store, backbone, task):
@@ -171,7 +174,8 @@ def run_frames(args, store, backbone, task, out: Path, plan) -> dict:
         pairs[cid] = (ri, rp, ei, ep)
     rep = metrics.transcription_report(pairs)
     report = {"mean": rep["mean"], "n_songs": rep["n_songs"], "fit_seconds": fit_s, "n_train": len(X),
-              "n_selection": len(Xv), "per_song": rep["per_song"]}
+              "n_selection": len(Xv), "context_frames": head.context_frames_, "best_epoch": head.best_epoch_,
+              "per_song": rep["per_song"]}
     if hasattr(head, "lr_"):
         report["lr"], report["lr_scores"] = head.lr_, {str(k): v for k, v in head.lr_scores_.items()}
     return head, report
@@ -241,6 +245,10 @@ def parse_args(argv=None):
     p.add_argument("--layers", default="all",
                    help="all (logreg/lgbm: their mean) | each (one probe per layer, linear head) | concat (logreg/lgbm: "
                         "all layers side by side, with a per-layer importance) | i,j,... (stored layer indices)")
+    p.add_argument("--context", type=float, default=0.0, metavar="SECONDS",
+                   help="crf/frames: temporal context each side of a frame, in seconds (a dilated convolution "
+                        "stack of round(SECONDS x frame rate) frames each side between the layer sum and the "
+                        "per-frame output; 0.15 suits slow sung onsets). 0: the paper's per-frame linear probe")
     p.add_argument("--class-weight", choices=["balanced", "paper"], default=None,
                    help="clip heads: balanced = n/(C n_c); paper = 1/n_c^0.2; not given: none")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and the holdout draw")

@@ -118,7 +118,6 @@ def _forward_backward(E: torch.Tensor, mask: torch.Tensor, chain: _Chain, need_g
 
 def _recursions(E: torch.Tensor, mask: torch.Tensor, chain: "_Chain", need_grad: bool):
     B, T, S = E.shape
-    P = chain.P
     emax = E.max(dim=2, keepdim=True).values
     e = torch.exp(E - emax)                                            # [B, T, S] in (0, 1]
     tiny = torch.finfo(torch.float64).tiny

@@ -164,7 +164,9 @@ def run_dir(args) -> Path:
         bb = resolve(args.backbone[0]).name
     except KeyError:
         bb = args.backbone[0]
-    return Path(args.workdir) / "runs" / f"{bb}-{args.head}"
+    context = getattr(args, "context", 0.0) or 0.0
+    suffix = f"-ctx{round(context * 1000)}ms" if context else ""
+    return Path(args.workdir) / "runs" / f"{bb}-{args.head}{suffix}"
 
 
 PROTOCOL_OPTIONS = ("score_split", "select_split", "group", "holdout_fraction")
@@ -178,6 +180,8 @@ def cmd_fit(spec: TaskSpec, args) -> int:
             "--seed", str(args.seed), "--device", args.device or "cpu", "--layers", args.layers]
     if getattr(args, "class_weight", None):
         argv += ["--class-weight", args.class_weight]
+    if getattr(args, "context", 0):
+        argv += ["--context", str(args.context)]
     for opt in PROTOCOL_OPTIONS:
         if getattr(args, opt, None) is not None:
             argv += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
@@ -274,7 +278,9 @@ def cmd_evaluate(spec: TaskSpec, args) -> int:
     except (FileNotFoundError, ValueError, TaskError, BackboneNotInStore, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result.update(backbone=rd.name.rsplit("-", 1)[0], head=args.head, task=spec.name)
+    context = getattr(args, "context", 0.0) or 0.0
+    result.update(backbone=run_backbone(store, rd, args), task=spec.name,
+                  head=args.head + (f"+ctx{round(context * 1000)}ms" if context else ""))
     (rd / "evaluation.json").write_text(json.dumps(result, indent=2, default=float))
     table = results_table(spec, Path(args.workdir))
     (Path(args.workdir) / "results.md").write_text(table + "\n")
@@ -347,6 +353,9 @@ def build_parser(spec: TaskSpec) -> argparse.ArgumentParser:
             c.add_argument("--overwrite", action="store_true", help="rebuild a store whose settings differ")
         if name in ("fit", "evaluate", "predict"):
             c.add_argument("--head", choices=HEADS, default=spec.default_head, help="head of the run")
+            c.add_argument("--context", type=float, default=0.0, metavar="SECONDS",
+                           help="crf/frames: temporal context each side of a frame, in seconds (0: per-frame "
+                                "linear probe); a run with context lives in runs/<backbone>-<head>-ctx<ms>ms")
         if name == "fit":
             c.add_argument("--lr", default="1e-3,3e-3,1e-2",
                            help="learning rate or comma-separated grid, chosen on the selection split")

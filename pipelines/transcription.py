@@ -421,31 +421,23 @@ def decode_songs(store, backbone: str, head, rows) -> dict[str, dict]:
 
     Returns ``{song: {"notes": [[on, off, midi], ...] (seconds of the song's file), "span": (start_s,
     end_s) covered by its clips, "rows": [...]}}``."""
-    import torch
-
     songs: dict[str, dict] = {}
     fids = store.clips["file_id"]
-    threads = torch.get_num_threads()
-    # the CRF's Viterbi is a loop of tiny [S, S] steps: one thread runs them ~10x faster than several
-    # (which wait on each other, worst on a busy machine)
-    torch.set_num_threads(1)
-    try:
-        _decode_rows(store, backbone, head, rows, fids, songs)
-    finally:
-        torch.set_num_threads(threads)
+    _decode_rows(store, backbone, head, rows, fids, songs)
     for s in songs.values():
         s["notes"].sort()
     return songs
 
 
 def _decode_rows(store, backbone, head, rows, fids, songs) -> None:
-    for r in rows:
-        r = int(r)
-        if store.n_frames(backbone)[r] == 0:
-            continue
-        x = store.frames(r, backbone).astype(np.float32)
-        t0 = float(store.frame_times(r, backbone)[0])
-        notes = head.predict([x], offsets=[t0])[0]
+    """Decode clip rows (several per batch, read lazily from the store) and gather their notes per song."""
+    from featurestore.datasets import ClipFrames
+
+    rows = [int(r) for r in rows if store.n_frames(backbone)[int(r)] > 0]
+    if not rows:
+        return
+    t0 = [float(store.frame_times(r, backbone)[0]) for r in rows]
+    for r, notes in zip(rows, head.predict(ClipFrames(store, backbone, rows), offsets=t0)):
         s = songs.setdefault(str(fids[r]), {"notes": [], "span": (math.inf, -math.inf), "rows": []})
         s["notes"] += [[float(on), float(off), midi_number(m)] for on, off, m in notes]
         s["span"] = (min(s["span"][0], float(store.clips["start_s"][r])),
