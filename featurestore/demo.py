@@ -45,12 +45,14 @@ DEMO_SAMPLE_RATE = 16000
 TECHNIQUES = ("straight", "vibrato", "breathy")
 
 #: Bumped whenever the synthesis changes, so that an old corpus on disk is rebuilt.
-CORPUS_FORMAT_VERSION = 1
+CORPUS_FORMAT_VERSION = 2
 
 _PEAK = 0.8                      # peak amplitude after normalisation (full scale = 1.0)
 _NOISE_FLOOR_DBFS = -70.0        # RMS of the always-present noise floor, dBFS
-_GLIDE_S = 0.04                  # legato pitch / vowel / level transition length, s
+_GLIDE_S = 0.04                  # legato vowel / level cross-fade length, s (centred on the boundary)
+_ATTACK_90 = 0.7952              # a raised-cosine ramp of length R reaches 90 % at 0.7952 R
 _SCOOP_S = 0.05                  # time constant of the onset pitch scoop, s
+_VOICED_FLOOR = 1e-4             # amplitude below which a release tail is cut (-80 dB)
 _VIBRATO_ONSET_S = 0.15          # time for vibrato depth to build up after a note onset, s
 _DIRECT_CUTOFF_HZ = 400.0        # cut-off of the low-pass direct (non-formant) path, Hz
 _DIRECT_GAIN = 0.3               # gain of that path relative to a formant peak
@@ -76,7 +78,8 @@ _BASE_BANDWIDTHS = (80.0, 100.0, 140.0, 180.0, 220.0)   # Hz, for F1..F5
 
 
 def _make_singer(*, midi_low, midi_high, vowels, scale, warp, f4, f5, bw_scale, gains_db, tilt,
-                 vibrato_rate_hz, vibrato_depth_cents, breathiness):
+                 vibrato_rate_hz, vibrato_depth_cents, breathiness, attack_s, release_s, portamento_s,
+                 scoop_cents):
     """Build one singer record with explicit per-vowel formant tables."""
     table = {}
     for v in vowels:
@@ -92,6 +95,10 @@ def _make_singer(*, midi_low, midi_high, vowels, scale, warp, f4, f5, bw_scale, 
         "vibrato_rate_hz": tuple(float(r) for r in vibrato_rate_hz),
         "vibrato_depth_cents": tuple(float(d) for d in vibrato_depth_cents),
         "breathiness": float(breathiness),
+        "attack_s": tuple(float(v) for v in attack_s),
+        "release_s": tuple(float(v) for v in release_s),
+        "portamento_s": tuple(float(v) for v in portamento_s),
+        "scoop_cents": tuple(float(v) for v in scoop_cents),
     }
 
 
@@ -105,41 +112,67 @@ def _make_singer(*, midi_low, midi_high, vowels, scale, warp, f4, f5, bw_scale, 
 #: - ``vibrato_rate_hz``: (low, high) range of the vibrato rate, Hz;
 #: - ``vibrato_depth_cents``: (low, high) range of the vibrato extent (half peak-to-peak), cents;
 #: - ``breathiness``: extra breath noise, dB: the harmonics-to-noise energy ratio of a clip is
-#:   ~32 dB (straight), ~28 dB (vibrato) or ~11 dB (breathy) minus this value.
+#:   ~32 dB (straight), ~28 dB (vibrato) or ~11 dB (breathy) minus this value;
+#: - ``attack_s``: (low, high) range of the attack time, s: the time from a note's annotated onset
+#:   (after a rest or a breath) until its amplitude reaches 90 % of the note's level (drawn per note);
+#: - ``release_s``: (low, high) range of the release time constant, s: after an annotated offset the
+#:   amplitude decays as ``exp(-t / release)`` (a tail that runs on past the offset, into the rest,
+#:   the breath or the next note's attack; drawn per clip);
+#: - ``portamento_s``: (low, high) range of the legato pitch glide, s: the pitch leaves the old note
+#:   10 % of the glide before the annotated boundary and reaches the new one 90 % after it (drawn
+#:   per clip): the sung pitch lags the annotation;
+#: - ``scoop_cents``: (low, high) range of the pitch scoop at a note started after a rest or a breath:
+#:   the pitch starts this many cents flat and rises to the note with a 50 ms time constant.
 SINGERS: dict[str, dict] = {
     "soprano": _make_singer(
         midi_low=62, midi_high=79, vowels=("a", "e", "o"), scale=1.25, warp=(1.0, 1.05, 1.0),
         f4=4300.0, f5=5000.0, bw_scale=1.2, gains_db=(0.0, -4.0, -12.0, -16.0, -22.0), tilt=1.3,
-        vibrato_rate_hz=(5.8, 6.4), vibrato_depth_cents=(50.0, 70.0), breathiness=2.0),
+        vibrato_rate_hz=(5.8, 6.4), vibrato_depth_cents=(50.0, 70.0), breathiness=2.0,
+        attack_s=(0.08, 0.12), release_s=(0.04, 0.07), portamento_s=(0.06, 0.10), scoop_cents=(40.0, 70.0)),
     "tenor": _make_singer(
         midi_low=50, midi_high=67, vowels=("a", "e", "i"), scale=1.02, warp=(1.0, 1.0, 0.96),
         f4=2900.0, f5=3500.0, bw_scale=0.85, gains_db=(0.0, -3.0, -6.0, -2.0, -12.0), tilt=0.85,
-        vibrato_rate_hz=(5.5, 6.2), vibrato_depth_cents=(40.0, 60.0), breathiness=0.0),
+        vibrato_rate_hz=(5.5, 6.2), vibrato_depth_cents=(40.0, 60.0), breathiness=0.0,
+        attack_s=(0.10, 0.15), release_s=(0.05, 0.08), portamento_s=(0.08, 0.12), scoop_cents=(50.0, 90.0)),
     "alto": _make_singer(
         midi_low=55, midi_high=72, vowels=("o", "u", "a"), scale=1.12, warp=(0.95, 0.92, 1.05),
         f4=3700.0, f5=4400.0, bw_scale=1.5, gains_db=(0.0, -8.0, -18.0, -26.0, -32.0), tilt=2.0,
-        vibrato_rate_hz=(5.0, 5.6), vibrato_depth_cents=(45.0, 65.0), breathiness=4.0),
+        vibrato_rate_hz=(5.0, 5.6), vibrato_depth_cents=(45.0, 65.0), breathiness=4.0,
+        attack_s=(0.14, 0.20), release_s=(0.06, 0.10), portamento_s=(0.10, 0.14), scoop_cents=(60.0, 100.0)),
     "bass": _make_singer(
         midi_low=40, midi_high=57, vowels=("o", "a", "u", "e"), scale=0.86, warp=(1.05, 0.95, 0.95),
         f4=2500.0, f5=3000.0, bw_scale=1.0, gains_db=(0.0, -4.0, -8.0, -5.0, -14.0), tilt=1.4,
-        vibrato_rate_hz=(5.0, 5.5), vibrato_depth_cents=(40.0, 55.0), breathiness=1.0),
+        vibrato_rate_hz=(5.0, 5.5), vibrato_depth_cents=(40.0, 55.0), breathiness=1.0,
+        attack_s=(0.12, 0.18), release_s=(0.05, 0.09), portamento_s=(0.09, 0.13), scoop_cents=(50.0, 80.0)),
     "mezzo": _make_singer(
         midi_low=57, midi_high=74, vowels=("e", "i", "a"), scale=1.16, warp=(1.02, 1.08, 0.98),
         f4=3500.0, f5=4200.0, bw_scale=1.05, gains_db=(0.0, -2.0, -10.0, -16.0, -22.0), tilt=1.3,
-        vibrato_rate_hz=(5.4, 6.0), vibrato_depth_cents=(45.0, 65.0), breathiness=3.0),
+        vibrato_rate_hz=(5.4, 6.0), vibrato_depth_cents=(45.0, 65.0), breathiness=3.0,
+        attack_s=(0.09, 0.14), release_s=(0.04, 0.08), portamento_s=(0.07, 0.11), scoop_cents=(40.0, 80.0)),
     "baritone": _make_singer(
         midi_low=45, midi_high=62, vowels=("u", "o", "i"), scale=0.96, warp=(1.0, 1.0, 1.0),
         f4=2750.0, f5=3300.0, bw_scale=0.8, gains_db=(0.0, -6.0, -9.0, -8.0, -16.0), tilt=1.1,
-        vibrato_rate_hz=(5.2, 5.8), vibrato_depth_cents=(40.0, 60.0), breathiness=1.5),
+        vibrato_rate_hz=(5.2, 5.8), vibrato_depth_cents=(40.0, 60.0), breathiness=1.5,
+        attack_s=(0.11, 0.16), release_s=(0.05, 0.09), portamento_s=(0.08, 0.12), scoop_cents=(50.0, 90.0)),
 }
 
 
 # ---------------------------------------------------------------------------------------------
 # note lists
 # ---------------------------------------------------------------------------------------------
+#: Gaps between consecutive notes: (kind, probability, (shortest, longest) in ms). ``legato``: the
+#: next note starts where the previous ends, at another pitch; ``breath``: a short breath, and the
+#: same pitch is repeated with probability :data:`REPEAT_AFTER_BREATH`; ``rest``: a rest.
+GAPS = (("legato", 0.3, (0, 0)), ("breath", 0.35, (20, 60)), ("rest", 0.35, (150, 400)))
+#: Probability that the note after a breath repeats the pitch before it.
+REPEAT_AFTER_BREATH = 0.6
+#: Shortest and longest note, ms.
+NOTE_MS = (200, 900)
+
+
 def random_notes(rng: np.random.Generator, *, duration_s: float, midi_low: int,
                  midi_high: int) -> list[list[float]]:
-    """Draw a random monophonic melody.
+    """Draw a random monophonic melody that phrases like a singer.
 
     Args:
         rng: numpy random generator (the only source of randomness).
@@ -147,39 +180,44 @@ def random_notes(rng: np.random.Generator, *, duration_s: float, midi_low: int,
         midi_low, midi_high: inclusive MIDI pitch range.
 
     Returns:
-        ``[[onset_s, offset_s, midi], ...]``, a list of ``n_notes`` lists: onsets/offsets in seconds
-        (whole milliseconds), ``midi`` an int in ``[midi_low, midi_high]``. Sorted by onset and
-        non-overlapping; note lengths 0.15-0.8 s; the gap between consecutive notes is either 0 s
-        (legato: the next note starts exactly where the previous ends, always at a different pitch)
-        or 0.08-0.3 s of silence. Empty when ``duration_s < 0.35`` (no room for a 0.15 s note).
+        ``[[onset_s, offset_s, midi], ...]``: onsets/offsets in seconds (whole milliseconds), ``midi``
+        an int in ``[midi_low, midi_high]``. Sorted by onset and non-overlapping; note lengths
+        :data:`NOTE_MS` (the last may be cut by the clip's end, down to 0.2 s); the gap between
+        consecutive notes is drawn from :data:`GAPS`: legato (0 s, always a new pitch), a breath of
+        20-60 ms (the same pitch again with probability 0.6, else a step) or a rest of 0.15-0.4 s.
+        Other steps are small melodic intervals (up to a fourth). Empty when ``duration_s < 0.4``.
     """
     midi_low, midi_high = int(midi_low), int(midi_high)
     if midi_low > midi_high:
         raise ValueError(f"midi_low ({midi_low}) > midi_high ({midi_high})")
     start_ms, end_ms = 100, int(round(duration_s * 1000.0)) - 100
-    min_len, max_len = 150, 800
+    min_len, max_len = NOTE_MS
     notes: list[list[float]] = []
     if end_ms - start_ms < min_len:
         return notes
     t = min(start_ms + int(rng.integers(0, 201)), end_ms - min_len)
     midi = int(rng.integers(midi_low, midi_high + 1))
+    kinds, probs = [g[0] for g in GAPS], [g[1] for g in GAPS]
+    spans = {g[0]: g[2] for g in GAPS}
     while end_ms - t >= min_len:
         length = min(int(rng.integers(min_len, max_len + 1)), end_ms - t)
         notes.append([t / 1000.0, (t + length) / 1000.0, midi])
         t += length
-        legato = midi_high > midi_low and rng.random() < 0.3
-        if not legato:
-            t += int(rng.integers(80, 301))
+        kind = kinds[int(rng.choice(len(kinds), p=probs))]
+        if kind == "legato" and midi_high == midi_low:
+            kind = "breath"
+        lo, hi = spans[kind]
+        t += int(rng.integers(lo, hi + 1))
+        if kind == "breath" and rng.random() < REPEAT_AFTER_BREATH:
+            continue                                             # the same pitch again
         # next pitch: a small melodic step, reflected back into the range
-        step = int(rng.choice((-5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5),
-                              p=(0.03, 0.07, 0.1, 0.14, 0.14, 0.04, 0.14, 0.14, 0.1, 0.07, 0.03)))
-        if legato and step == 0:
-            step = 1 if rng.random() < 0.5 else -1
+        step = int(rng.choice((-5, -4, -3, -2, -1, 1, 2, 3, 4, 5),
+                              p=(0.04, 0.07, 0.11, 0.14, 0.14, 0.14, 0.14, 0.11, 0.07, 0.04)))
         nxt = midi + step
         if nxt > midi_high or nxt < midi_low:
             nxt = midi - step
         nxt = min(max(nxt, midi_low), midi_high)
-        if legato and nxt == midi:
+        if nxt == midi and midi_high > midi_low:
             nxt = midi + 1 if midi < midi_high else midi - 1
         midi = nxt
     return notes
@@ -243,9 +281,11 @@ def _segments(notes, n: int, sr: int):
     return ranges, phrases
 
 
-def _piecewise(values, ranges, phrases, n: int, sr: int) -> np.ndarray:
-    """Per-note constant values held outside the notes, with raised-cosine transitions of
-    ``_GLIDE_S`` centred on legato note boundaries. Shape [n]."""
+def _piecewise(values, ranges, phrases, n: int, sr: int, glide_s: float = _GLIDE_S,
+               lead: float = 0.5) -> np.ndarray:
+    """Per-note constant values held outside the notes (until the next note starts), with
+    raised-cosine transitions of ``glide_s`` seconds at legato note boundaries, starting
+    ``lead * glide_s`` before the boundary. Shape [n]."""
     out = np.empty(n)
     # hold: each note's value from its start until the next note's start
     starts = [r[0] for r in ranges]
@@ -253,14 +293,41 @@ def _piecewise(values, ranges, phrases, n: int, sr: int) -> np.ndarray:
     for i, s in enumerate(starts):
         e = starts[i + 1] if i + 1 < len(starts) else n
         out[s:e] = values[i]
-    half = int(round(_GLIDE_S * sr / 2))
+    before, after = int(round(glide_s * lead * sr)), int(round(glide_s * (1.0 - lead) * sr))
     for ph in phrases:
         for i, j in zip(ph[:-1], ph[1:]):
             bnd = ranges[j][0]
-            lo, hi = max(bnd - half, ranges[i][0]), min(bnd + half, ranges[j][1])
+            lo, hi = max(bnd - before, ranges[i][0]), min(bnd + after, ranges[j][1])
             if hi - lo > 1:
                 out[lo:hi] = values[i] + (values[j] - values[i]) * _raised_cosine(hi - lo)
     return out
+
+
+def _envelope(ranges, phrases, level: np.ndarray, attacks, release: float, n: int, sr: int) -> np.ndarray:
+    """Amplitude envelope [n] of the voice. Each phrase (legato notes) starts from the amplitude the
+    previous phrase's tail has decayed to, rises to ``level`` along a raised cosine that reaches 90 %
+    ``attacks[p]`` seconds after the annotated onset, follows ``level`` (cross-faded at legato
+    boundaries) and, from the annotated offset of its last note on, decays as ``exp(-t / release)``
+    until the next phrase starts (or the clip ends)."""
+    env = np.zeros(n)
+    tail_from, tail_amp = None, 0.0
+    tau = max(release, 1e-4) * sr
+    for p, ph in enumerate(phrases):
+        a, b = ranges[ph[0]][0], ranges[ph[-1]][1]
+        if b <= a:
+            continue
+        amp0 = 0.0
+        if tail_from is not None:
+            env[tail_from:a] = tail_amp * np.exp(-np.arange(a - tail_from) / tau)
+            amp0 = tail_amp * np.exp(-(a - tail_from) / tau)
+        ramp = np.ones(b - a)
+        k = min(max(1, int(round(attacks[p] / _ATTACK_90 * sr))), b - a)
+        ramp[:k] = _raised_cosine(max(1, int(round(attacks[p] / _ATTACK_90 * sr))))[:k]
+        env[a:b] = amp0 * (1.0 - ramp) + level[a:b] * ramp
+        tail_from, tail_amp = b, float(env[b - 1])
+    if tail_from is not None and tail_from < n:
+        env[tail_from:] = tail_amp * np.exp(-np.arange(n - tail_from) / tau)
+    return env
 
 
 def synth_melody(notes, *, singer: str, technique: str, duration_s: float,
@@ -270,7 +337,7 @@ def synth_melody(notes, *, singer: str, technique: str, duration_s: float,
     Args:
         notes: ``[[onset_s, offset_s, midi], ...]`` (seconds, seconds, MIDI number), sorted and
             non-overlapping; a note starting < 1 ms after the previous one ends is sung legato
-            (continuous voicing, ~40 ms pitch glide and vowel/level cross-fade at the boundary).
+            (continuous voicing, a portamento pitch glide and a ~40 ms vowel/level cross-fade).
         singer: key of :data:`SINGERS` (vowel formants, spectral tilt, vibrato, breathiness).
         technique: one of :data:`TECHNIQUES`.
         duration_s: output length, s.
@@ -281,17 +348,29 @@ def synth_melody(notes, *, singer: str, technique: str, duration_s: float,
         float32 waveform of shape ``[round(duration_s * sr)]`` in ``[-1, 1]``, peak ~0.8.
 
     Model: a harmonic source (all harmonics below ~0.45 * sr, harmonic k with amplitude
-    ``k ** -tilt``, tilt steeper by 0.4 for ``breathy``; phase-continuous f0 following the notes
-    with an onset scoop of ~-30 cents, slow drift of a few cents and, depending on the technique,
-    vibrato at the singer's rate (5-6.5 Hz) that builds up over ~0.15 s after each onset) and white
-    breath noise, both gated by attack/release envelopes (20-40 ms raised cosine, inside
-    ``[onset_s, offset_s]`` of each legato phrase) and filtered by a parallel bank of five 2nd-order
-    formant resonators for a vowel drawn per note from the singer's vowel set (cross-faded over
-    ~40 ms at legato boundaries), plus a low-passed (400 Hz) direct path for the harmonics that
-    keeps the fundamental strong. The noise is mixed at a local (50 ms) harmonics-to-noise energy
-    ratio of about 32 dB (straight), 28 dB (vibrato) or 11 dB (breathy) minus the singer's
-    ``breathiness``. Between notes there is only a noise floor at about -70 dBFS RMS (so files are
-    never digital silence).
+    ``k ** -tilt``, tilt steeper by 0.4 for ``breathy``; phase-continuous f0 following the notes,
+    slow drift of a few cents and, depending on the technique, vibrato at the singer's rate
+    (5-6.5 Hz) that builds up over ~0.15 s after each onset) and white breath noise, shaped by a
+    singer-like amplitude envelope and filtered by a parallel bank of five 2nd-order formant
+    resonators for a vowel drawn per note from the singer's vowel set (cross-faded over ~40 ms at
+    legato boundaries), plus a low-passed (400 Hz) direct path for the harmonics that keeps the
+    fundamental strong. Like a human singer (see :data:`SINGERS` for the ranges):
+
+    - **slow attacks**: after a rest or a breath the amplitude rises along a raised cosine from
+      wherever the previous tail has decayed to, reaching 90 % of the note's level ``attack_s``
+      (80-200 ms by singer) after the annotated onset;
+    - **release tails**: after the annotated offset the amplitude decays as ``exp(-t / release_s)``
+      (40-100 ms), into the rest, the breath or the next attack (cut at -80 dB);
+    - **onset lag**: a note after a rest or a breath starts ``scoop_cents`` flat and rises to its
+      pitch with a 50 ms time constant; a legato note's pitch glides over ``portamento_s``
+      (60-140 ms), starting 10 % of it before the annotated boundary;
+    - **breaths**: a 20-60 ms gap between notes (often the same pitch again) is only a dip: the tail
+      decays for the length of the gap, then the next attack starts from there.
+
+    The noise is mixed at a local (50 ms) harmonics-to-noise energy ratio of about 32 dB
+    (straight), 28 dB (vibrato) or 11 dB (breathy) minus the singer's ``breathiness``. Where the
+    voice has decayed there is only a noise floor at about -70 dBFS RMS (so files are never
+    digital silence).
     """
     if singer not in SINGERS:
         raise ValueError(f"unknown singer {singer!r}; known: {sorted(SINGERS)}")
@@ -319,20 +398,23 @@ def synth_melody(notes, *, singer: str, technique: str, duration_s: float,
     levels = rng.uniform(0.6, 1.0, size=n_notes)
     rate = rng.uniform(*spec["vibrato_rate_hz"])
     depth = rng.uniform(*spec["vibrato_depth_cents"]) * vib_factor
-    attacks = rng.uniform(0.02, 0.04, size=len(phrases))
-    releases = rng.uniform(0.02, 0.04, size=len(phrases))
+    attacks = rng.uniform(*spec["attack_s"], size=len(phrases))
+    scoops = rng.uniform(*spec["scoop_cents"], size=len(phrases))
+    release = rng.uniform(*spec["release_s"])
+    portamento = rng.uniform(*spec["portamento_s"])
     vib_phase0, src_phase0 = rng.uniform(0.0, 2.0 * np.pi, size=2)
 
     # --- pitch contour in MIDI units ------------------------------------------------------------
-    midi = _piecewise([m for _, _, m in notes], ranges, phrases, n, sr)
+    # legato: the glide starts 10 % of the portamento before the annotated boundary (pitch lags)
+    midi = _piecewise([m for _, _, m in notes], ranges, phrases, n, sr, glide_s=portamento, lead=0.1)
     cents = 4.0 * _smooth_noise(rng, n, sr, 1.5)          # slow drift, a few cents
     vib_env = np.zeros(n)
     for a, b in ranges:
         ramp = np.minimum(1.0, (t[a:b] - t[a]) / _VIBRATO_ONSET_S)
         vib_env[a:b] = ramp * ramp * (3.0 - 2.0 * ramp)    # smoothstep
-    for ph in phrases:                                     # onset scoop on phrase starts only
+    for p, ph in enumerate(phrases):                       # onset scoop after a rest or a breath
         a, b = ranges[ph[0]]
-        cents[a:b] -= 30.0 * np.exp(-(t[a:b] - t[a]) / _SCOOP_S)
+        cents[a:b] -= scoops[p] * np.exp(-(t[a:b] - t[a]) / _SCOOP_S)
     inst_rate = rate * (1.0 + 0.03 * _smooth_noise(rng, n, sr, 2.0))
     vib_phase = vib_phase0 + 2.0 * np.pi * np.cumsum(inst_rate) / sr
     vib = np.sin(vib_phase)
@@ -340,26 +422,14 @@ def synth_melody(notes, *, singer: str, technique: str, duration_s: float,
     f0 = 440.0 * 2.0 ** ((midi + cents / 100.0 - 69.0) / 12.0)
     phase = src_phase0 + 2.0 * np.pi * np.cumsum(f0) / sr
 
-    # --- amplitude envelope -------------------------------------------------------------------
-    level = _piecewise(list(levels), ranges, phrases, n, sr)
-    env = np.zeros(n)
-    for p, ph in enumerate(phrases):
-        a, b = ranges[ph[0]][0], ranges[ph[-1]][1]
-        if b <= a:
-            continue
-        env[a:b] = 1.0
-        na = min(int(round(attacks[p] * sr)), (b - a) // 2)
-        nr = min(int(round(releases[p] * sr)), (b - a) // 2)
-        if na > 0:
-            env[a:a + na] = _raised_cosine(na)
-        if nr > 0:
-            env[b - nr:b] = _raised_cosine(nr)[::-1]
-    env *= level
+    # --- amplitude envelope: slow attacks from wherever the last tail is, release tails -------
+    env = _envelope(ranges, phrases, _piecewise(list(levels), ranges, phrases, n, sr), attacks, release, n, sr)
     if vib_factor > 0:
         env *= 1.0 + 0.08 * vib_env * vib                   # slight tremolo with the vibrato
 
     # --- harmonic source and breath noise (only where voiced) --------------------------------
-    voiced = np.flatnonzero(env > 0)
+    voiced = np.flatnonzero(env > _VOICED_FLOOR)
+    env[env <= _VOICED_FLOOR] = 0.0
     harm_src = np.zeros(n)
     noise = rng.standard_normal(n)                         # breath noise: white, formant-shaped
     noise_src = env * noise
