@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import numbers
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -40,12 +41,15 @@ def train_module(module: torch.nn.Module, *, loss_fn: Callable, batches: Callabl
 
     loss_fn(module, batch) -> scalar tensor; batches(generator) -> an epoch's batches;
     evaluate(module) -> validation metric (higher is better), called in eval mode without grad.
-    Stops after ``patience`` epochs without improvement.
+    Stops after ``patience`` epochs without improvement. ``history`` has one dict per epoch: epoch,
+    loss (mean over batches), val, and the wall seconds of its training (``train_s``) and of its
+    validation (``val_s``).
     """
     opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     best, best_epoch, best_state, history, wait = -np.inf, -1, copy.deepcopy(module.state_dict()), [], 0
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for epoch in bar:
+        t0 = time.perf_counter()
         module.train()
         total, n = 0.0, 0
         for batch in batches(generator):
@@ -55,9 +59,11 @@ def train_module(module: torch.nn.Module, *, loss_fn: Callable, batches: Callabl
             opt.step()
             total, n = total + float(loss.detach()), n + 1
         module.eval()
+        t1 = time.perf_counter()
         with torch.no_grad():
             metric = float(evaluate(module))
-        history.append({"epoch": epoch, "loss": total / max(n, 1), "val": metric})
+        history.append({"epoch": epoch, "loss": total / max(n, 1), "val": metric,
+                        "train_s": t1 - t0, "val_s": time.perf_counter() - t1})
         bar.set_postfix(loss=f"{total / max(n, 1):.4f}", val=f"{metric:.4f}")
         if metric > best:
             best, best_epoch, best_state, wait = metric, epoch, copy.deepcopy(module.state_dict()), 0

@@ -84,3 +84,24 @@ def test_batched_decoding_equals_song_by_song():
         alone = fast.viterbi(em[r:r + 1, :n], mask[r:r + 1, :n])[0]
         assert torch.equal(together[r, :n], alone)
         assert (together[r, n:] == -1).all()
+
+
+def test_crf_head_selection_rules():
+    """selection="conp" keeps the epoch with the best decoded COnP; "nll" the epoch with the lowest
+    validation NLL per frame (history's val = minus it); anything else is refused by name."""
+    from heads.frame_heads import CRFHead
+
+    rng = np.random.default_rng(0)
+    X = [rng.standard_normal((50, 2, 3)).astype(np.float32) for _ in range(6)]
+    y = [[[0.1, 0.5, 60], [0.6, 0.9, 62]] for _ in range(6)]
+    for rule in ("conp", "nll"):
+        head = CRFHead(epochs=3, lr=1e-2, window=20, selection=rule).fit(X, y, frame_rate=50.0)
+        vals = [h["val"] for h in head.history_]
+        assert head.best_epoch_ == int(np.argmax(vals))
+        assert all(h["train_s"] > 0 and h["val_s"] > 0 for h in head.history_)
+        if rule == "nll":
+            assert all(v < 0 for v in vals)                                  # minus an NLL per frame
+        else:
+            assert all(0.0 <= v <= 1.0 for v in vals)                         # an F1
+    with pytest.raises(ValueError, match="selection"):
+        CRFHead(epochs=1, selection="loss").fit(X, y, frame_rate=50.0)
