@@ -41,7 +41,7 @@ from featurestore.audio import load_audio, segment_bounds
 from featurestore.build import ExtractSettings, build, dir_size, resolve_batch_seconds
 from featurestore.clips import ClipSettings, clip_samples
 from featurestore.demo import make_demo_corpus
-from featurestore.extract import plan_windows, window_frames
+from featurestore.extract import plan_windows, window_plan
 from featurestore.frontends import Frontend, load_frontend
 from featurestore.manifest import read_inputs
 from featurestore.registry import DEFAULT_BACKBONE
@@ -182,18 +182,21 @@ def decode_clips(clips: dict, fe: Frontend) -> list[np.ndarray]:
     return out
 
 
-def forward_batches(waves: list[np.ndarray], n_frames: np.ndarray, fe: Frontend,
-                    ext: ExtractSettings) -> list[tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]]]]:
-    """Cut padded clips into the build's windows (``plan_windows``, ``ext.window_s``) and group windows
-    of equal length into batches of at most ``ext.batch_s`` seconds of audio.
+def forward_batches(waves: list[np.ndarray], n_frames: np.ndarray, fe: Frontend, ext: ExtractSettings
+                    ) -> list[tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int, int]]]]:
+    """Cut padded clips into the build's windows (``plan_windows`` with ``ext.window_s`` and
+    ``ext.context_s``, margins included) and group windows of equal length into batches of at most
+    ``ext.batch_s`` seconds of audio.
 
-    Returns [(wave [B, S], lengths [B], [(clip, first frame, frames)] per row)].
+    Returns [(wave [B, S], lengths [B], [(clip, first kept frame, margin frames before it, kept
+    frames)] per row)].
     """
-    k = window_frames(fe, ext.window_s)
-    by_len: dict[int, list[tuple[int, int, int, np.ndarray]]] = {}
+    k, context = window_plan(fe, ext.window_s, ext.context_s)
+    by_len: dict[int, list[tuple[int, int, int, int, np.ndarray]]] = {}
     for c, (w, nf) in enumerate(zip(waves, n_frames)):
-        for f, m, s0, ns in plan_windows(int(nf), k, fe.stride, fe.receptive):
-            by_len.setdefault(ns, []).append((c, f, m, w[s0:s0 + ns]))
+        for s in plan_windows(int(nf), k, fe.stride, fe.receptive, context):
+            by_len.setdefault(s.samples, []).append((c, s.frame, s.lead, s.n_frames,
+                                                     w[s.start:s.start + s.samples]))
     budget = int(ext.batch_s * fe.sample_rate)
     batches = []
     for ns in sorted(by_len, reverse=True):
@@ -201,9 +204,9 @@ def forward_batches(waves: list[np.ndarray], n_frames: np.ndarray, fe: Frontend,
         rows = max(1, budget // ns)
         for i in range(0, len(items), rows):
             chunk = items[i:i + rows]
-            x = torch.from_numpy(np.stack([it[3] for it in chunk]))
+            x = torch.from_numpy(np.stack([it[4] for it in chunk]))
             lengths = torch.full((len(chunk),), ns, dtype=torch.long)
-            batches.append((x, lengths, [(c, f, m) for c, f, m, _ in chunk]))
+            batches.append((x, lengths, [it[:4] for it in chunk]))
     return batches
 
 
@@ -223,10 +226,10 @@ def check_against_store(fe: Frontend, batch, frames, offsets: np.ndarray) -> flo
     with torch.inference_mode():
         h = fe.hidden_states(x, lengths).float().numpy()
     worst, scale = 0.0, 1e-12
-    for i, (c, f, m) in enumerate(rows):
+    for i, (c, f, lead, m) in enumerate(rows):
         a = int(offsets[c, 0]) + f
         ref = np.asarray(frames[a:a + m], dtype=np.float32)
-        worst = max(worst, float(np.abs(h[i, :m] - ref).max()))
+        worst = max(worst, float(np.abs(h[i, lead:lead + m] - ref).max()))
         scale = max(scale, float(np.abs(ref).max()))
     return worst / scale
 
@@ -418,7 +421,7 @@ def run(args, workdir: Path) -> dict:
     manifest = make_demo_corpus(workdir / "corpus", n_singers=args.n_singers,
                                 clips_per_singer=args.clips_per_singer, duration_s=args.corpus_seconds)
     settings = ClipSettings()
-    ext = ExtractSettings(batch_s=args.forward_batch_seconds)  # only window_s and batch_s are used
+    ext = ExtractSettings(batch_s=args.forward_batch_seconds)  # only window_s, context_s and batch_s are used
 
     # 2. the build: once untimed (warms the process: imports, kernels, file cache, as the other
     # measurements are warm too), then timed into a fresh store, which the others read the clips of

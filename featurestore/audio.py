@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import os
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
@@ -29,6 +31,10 @@ __all__ = [
     "NONFINITE",
     "SILENT",
     "REASONS",
+    "TRUNCATED",
+    "Truncation",
+    "declared_frames",
+    "find_truncation",
     "SILENCE_PEAK",
     "DB_EPS",
     "read_audio",
@@ -55,6 +61,13 @@ NONFINITE = "nonfinite"
 SILENT = "silent"
 #: All reason codes, in the order in which they are checked.
 REASONS = (MISSING, UNREADABLE, EMPTY, NONFINITE, SILENT)
+#: Report code, not an error (the part that decodes is kept): the file decodes to fewer frames
+#: than its header declares (see :func:`find_truncation`).
+TRUNCATED = "truncated"
+#: Shortfall in seconds tolerated before a compressed file (mp3, flac, ogg) counts as truncated:
+#: their header length can be an encoder's estimate. A PCM WAV's data-chunk size is exact, so any
+#: missing frame of a WAV counts.
+COMPRESSED_LENGTH_TOLERANCE_S = 0.05
 
 #: Peak amplitude (full-scale units, linear) below which audio counts as silent.
 SILENCE_PEAK = 1e-6
@@ -104,10 +117,141 @@ def _decode(path: PathLike) -> tuple[np.ndarray, int]:
     try:
         data, sr = sf.read(str(p), dtype="float32", always_2d=True)
     except Exception as exc:  # libsndfile errors, OSError, format errors ...
-        raise AudioError(UNREADABLE, f"Cannot decode audio file {p}: {exc}") from exc
+        data, sr = _decode_prefix(p, exc)
     if data.ndim != 2 or data.shape[0] == 0 or data.shape[1] == 0:
         raise AudioError(EMPTY, f"Audio file decodes to 0 samples: {p}")
     return np.ascontiguousarray(data.T, dtype=np.float32), int(sr)
+
+
+def _decode_prefix(p: Path, exc: Exception) -> tuple[np.ndarray, int]:
+    """The frames of ``p`` that decode before a decoding error (a FLAC file cut short fails in
+    ``sf.read`` as a whole, but its first blocks decode). Returns ``(data [samples, channels], sr)``;
+    raises AudioError ``unreadable`` (from ``exc``) when the file does not open or nothing decodes.
+    :func:`find_truncation` then reports such a file as truncated."""
+    import soundfile as sf
+
+    blocks = []
+    try:
+        with sf.SoundFile(str(p)) as f:
+            sr = int(f.samplerate)
+            try:
+                for b in f.blocks(blocksize=4096, dtype="float32", always_2d=True):
+                    blocks.append(b)
+            except Exception:  # noqa: BLE001 - decoding stops here; what came before is kept
+                pass
+    except Exception:  # noqa: BLE001 - the file does not even open
+        blocks = []
+    if not blocks or sum(len(b) for b in blocks) == 0:
+        raise AudioError(UNREADABLE, f"Cannot decode audio file {p}: {exc}") from exc
+    return np.concatenate(blocks, axis=0), sr
+
+
+def _wav_data_frames(path: PathLike) -> int | None:
+    """Frames a RIFF/WAVE file's ``data`` chunk declares (its byte size over the block size of
+    ``fmt ``), read from the header without trusting the file's length (libsndfile reports the
+    frames actually present, so a WAV cut short looks complete to ``sf.info``). None when the
+    file is not a little-endian RIFF/WAVE, when the size is a streaming placeholder (0 or
+    0xFFFFFFFF), or when the chunks cannot be walked."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block_align = None
+            while True:
+                ch = f.read(8)
+                if len(ch) < 8:
+                    return None
+                cid, size = ch[:4], struct.unpack("<I", ch[4:])[0]
+                if cid == b"fmt ":
+                    fmt = f.read(size)
+                    if len(fmt) < 14:
+                        return None
+                    block_align = struct.unpack("<H", fmt[12:14])[0]
+                    if size % 2:
+                        f.seek(1, os.SEEK_CUR)
+                elif cid == b"data":
+                    if not block_align or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size // block_align
+                else:
+                    f.seek(size + size % 2, os.SEEK_CUR)
+    except OSError:
+        return None
+
+
+def declared_frames(path: PathLike) -> tuple[int, int, bool] | None:
+    """What a file's header says about its length: ``(frames, sr, exact)``.
+
+    ``frames`` are samples per channel at the file's rate ``sr`` (Hz); ``exact`` is True for a
+    WAV's data-chunk size, False for a length the decoder takes from a compressed file's header
+    (mp3 Xing/LAME frame count, FLAC STREAMINFO, ...), which may be an estimate. None when the
+    header gives no length (or the file does not open).
+    """
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except Exception:  # noqa: BLE001 - unreadable files are reported by the decoder
+        return None
+    wav = _wav_data_frames(path)
+    if wav is not None:
+        return wav, int(info.samplerate), True
+    frames = int(info.frames)
+    if frames <= 0 or frames >= 2**62:  # libsndfile's "unknown length"
+        return None
+    return frames, int(info.samplerate), False
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """A file that decodes to fewer frames than its header declares. Frames are samples per channel
+    at the file's rate ``sr`` (Hz)."""
+
+    header_frames: int
+    decoded_frames: int
+    sr: int
+
+    @property
+    def header_s(self) -> float:
+        return self.header_frames / self.sr
+
+    @property
+    def decoded_s(self) -> float:
+        return self.decoded_frames / self.sr
+
+    def describe(self) -> str:
+        return (f"its header declares {self.header_frames} frames ({self.header_s:.3f} s at {self.sr} Hz) "
+                f"but only {self.decoded_frames} frames ({self.decoded_s:.3f} s) decode")
+
+
+def find_truncation(path: PathLike, decoded_frames: int, decoded_sr: int) -> Truncation | None:
+    """Compare the length of a decode of ``path`` with what the file's header declares.
+
+    Args:
+        path: the audio file whose header is read.
+        decoded_frames: samples per channel that were decoded (from ``path`` itself, or from audio
+            derived from it at another rate, e.g. separated vocals).
+        decoded_sr: rate of ``decoded_frames`` in Hz.
+
+    Returns:
+        a :class:`Truncation` (frames at the file's rate) when the decode is shorter than the
+        header says: by any frame for a WAV (two after resampling), by more than
+        ``COMPRESSED_LENGTH_TOLERANCE_S`` for a compressed file; None otherwise, or when the header
+        declares no length.
+    """
+    declared = declared_frames(path)
+    if declared is None:
+        return None
+    frames, sr, exact = declared
+    got = int(decoded_frames) if int(decoded_sr) == sr else int(round(decoded_frames * sr / decoded_sr))
+    if exact:  # one frame of rounding when the decode was resampled
+        tolerance = 0 if int(decoded_sr) == sr else 1
+    else:
+        tolerance = max(1, int(COMPRESSED_LENGTH_TOLERANCE_S * sr))
+    if frames - got > tolerance:
+        return Truncation(frames, got, sr)
+    return None
 
 
 def _check_values(x: np.ndarray, path: PathLike) -> None:

@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +25,13 @@ from featurestore.cli import HelpFormatter
 import featurestore
 from featurestore import layout
 from featurestore.clips import ClipSettings, clip_samples, plan_clips
-from featurestore.extract import UnitAudio, run_unit, window_frames
+from featurestore.extract import UnitAudio, run_unit, window_plan
 from featurestore.frontends import Frontend, load_frontend
-from featurestore.manifest import fingerprint, read_inputs
+from featurestore.locking import KINDS as LOCK_KINDS, LockTimeout, StoreLock
+from featurestore import fingerprint as fpr
+from featurestore.manifest import read_inputs
 from featurestore.registry import ALIASES, DEFAULT_BACKBONE, REGISTRY
+from featurestore.verify import clip_table_problems, plan_problems
 from featurestore.writer import BackgroundWriter, BackbonePlan, create_backbone, open_root, write_clip_table
 
 DTYPES = {"float16": "float16", "float32": "float32"}
@@ -39,21 +43,33 @@ class SettingsMismatch(RuntimeError):
 
 @dataclass
 class ExtractSettings:
-    """Backbone-level settings. window_s: longest input (seconds) the model sees in one pass;
-    batch_s: padded audio seconds per batch; chunk_frames/shard_frames: Zarr chunking of frames;
-    target_unit_frames: frames per unit of work (a unit is the grain of resume and of parallel writers)."""
+    """Backbone-level settings. window_s: longest input (seconds) the model sees in one pass, context
+    margins included; context_s: audio (seconds) a stored frame of a windowed clip sees beyond its
+    own span on each side, computed in overlapping margins and dropped (not for frame-local
+    frontends such as CREPE; see :mod:`featurestore.extract`); batch_s: padded audio seconds per
+    batch; chunk_frames/shard_frames: Zarr chunking of frames; target_unit_frames: frames per unit
+    of work (a unit is the grain of resume and of parallel writers)."""
 
     dtype: str = "float16"
     window_s: float = 30.0
+    context_s: float = 5.0
     batch_s: float | None = None  # None: 80 s on CUDA, 10 s on CPU (large CPU batches ran slower)
     chunk_frames: int = 256
     shard_frames: int | None = None
     target_unit_frames: int = 8192
 
-    def identity(self) -> dict:
-        """What must match for an existing backbone to be resumed instead of rebuilt."""
-        return {"dtype": self.dtype, "window_s": self.window_s, "chunk_frames": self.chunk_frames,
-                "shard_frames": self.shard_frames, "target_unit_frames": self.target_unit_frames}
+    def identity(self, frame_local: bool = False) -> dict:
+        """What must match for an existing backbone to be resumed instead of rebuilt.
+
+        ``context_s`` is part of it only when margins are used (> 0 and not ``frame_local``): stores
+        built before margins existed have no ``context_s`` and were built without margins, so they
+        match a build without margins (any CREPE or log-mel build, or ``context_s=0``) and a
+        transformers build with margins reports ``context_s`` as changed."""
+        out = {"dtype": self.dtype, "window_s": self.window_s, "chunk_frames": self.chunk_frames,
+               "shard_frames": self.shard_frames, "target_unit_frames": self.target_unit_frames}
+        if self.context_s and not frame_local:
+            out["context_s"] = self.context_s
+        return out
 
 
 @dataclass
@@ -89,48 +105,80 @@ def _norm(d: dict) -> dict:
 
 
 def _ensure_clip_table(root, input_path, settings: ClipSettings, *, overwrite: bool, num_workers: int,
-                       progress: bool, vocals_cache: Path, device: str = "cpu") -> list[dict]:
-    """Plan the clip table once per store. Returns the skip report (of this or the earlier planning)."""
+                       progress: bool, vocals_cache: Path, device: str = "cpu",
+                       fingerprint: str | None = None, lock: StoreLock | None = None) -> list[dict]:
+    """Plan the clip table once per store. Returns the skip report (of this or the earlier planning).
+    ``fingerprint``: how input files are compared with the store's (``stat`` or ``content``, see
+    :mod:`featurestore.fingerprint`; None: the store's mode, ``stat`` for a new store).
+
+    A table that is done is used without locking; otherwise planning happens under ``lock`` (the
+    store's, :mod:`featurestore.locking`), after checking again whether another process planned it
+    while this one waited. A table marked complete but damaged (a column missing, see
+    :func:`featurestore.verify.clip_table_problems`) is planned again in place."""
     rows, row_skips = read_inputs(input_path)
-    fp = fingerprint(rows)
-    want = {"clip_settings": settings.as_dict(), "input": str(Path(input_path).resolve()), "input_fingerprint": fp}
+    inputs = fpr.input_table(rows, fpr.resolve_mode(root, fingerprint))
+
+    def wanted(root) -> dict:
+        return {"clip_settings": settings.as_dict(), "input": str(Path(input_path).resolve()),
+                fpr.DIGEST_KEY: fpr.comparable_digest(root, rows, inputs)}
+
+    if _clip_table_state(root, wanted(root))[0] == "done":  # the usual case: no lock needed
+        return list(root.attrs.get("skipped", []))
+    with (lock or _default_lock(root)).hold("planning the clip table"):
+        root = _reopen(root)  # another process may have planned it while this one waited
+        if fpr.resolve_mode(root, fingerprint) != inputs.mode:
+            inputs = fpr.input_table(rows, fpr.resolve_mode(root, fingerprint))
+        want = wanted(root)
+        state, detail = _clip_table_state(root, want)
+        if state == "done":
+            return list(root.attrs.get("skipped", []))
+        if state == "damaged":
+            print(f"note: re-planning the clip table of {_store_dir(root)}, which is damaged: {'; '.join(detail)}",
+                  file=sys.stderr)
+        return _plan_clip_table(root, rows, row_skips, inputs, want, settings, state == "changed",
+                                overwrite=overwrite, num_workers=num_workers, progress=progress,
+                                vocals_cache=vocals_cache, device=device)
+
+
+def _clip_table_state(root, want: dict) -> tuple[str, list[str]]:
+    """('done', []), ('changed', keys of ``want`` that differ: complete, but planned from other settings
+    or input), ('damaged', problems: marked complete, but not complete in substance) or ('todo', [])."""
+    if not (layout.CLIPS in root and root[layout.CLIPS].attrs.get("complete", False)):
+        return "todo", []
     have = {k: root.attrs.get(k) for k in want}
-    done = layout.CLIPS in root and root[layout.CLIPS].attrs.get("complete", False)
-    if done and _norm(have) != _norm(want):
+    if _norm(have) != _norm(want):
+        return "changed", [k for k in want if _norm(have).get(k) != _norm(want).get(k)]
+    problems = clip_table_problems(root)
+    return ("damaged", problems) if problems else ("done", [])
+
+
+def _plan_clip_table(root, rows, row_skips, inputs, want: dict, settings: ClipSettings, changed: bool, *,
+                     overwrite: bool, num_workers: int, progress: bool, vocals_cache: Path, device: str) -> list[dict]:
+    """Plan and write the clip table (the caller holds the store's lock). ``changed``: the store holds a
+    complete table planned from other settings or input, replaced only with ``overwrite``."""
+    have = {k: root.attrs.get(k) for k in want}
+    if changed:
         if not overwrite:
             diff = [k for k in want if _norm(have).get(k) != _norm(want).get(k)]
+            why = [f"it was planned with other {k} (stored: {json.dumps(have[k])})" for k in diff
+                   if k != fpr.DIGEST_KEY]
+            why += [fpr.describe_change(root, inputs)] if fpr.DIGEST_KEY in diff else []
             raise SettingsMismatch(
-                f"store {root.store} was planned with other {', '.join(diff)} "
-                f"(stored: {json.dumps({k: have[k] for k in diff})}); pass --overwrite to re-plan the clips "
-                "(this deletes every backbone already in the store)")
-        if layout.BACKBONES in root:  # every backbone was laid out on the old clip table
-            del root[layout.BACKBONES]
-        done = False
-    if done:
-        return list(root.attrs.get("skipped", []))
+                f"store {root.store} does not match this build: {'; '.join(why)}; pass --overwrite to re-plan the "
+                "clips (this deletes every backbone already in the store)")
+        del root[layout.BACKBONES]  # every backbone was laid out on the old clip table
     clips, file_skips = plan_clips(rows, settings, vocals_cache=vocals_cache, num_workers=num_workers,
                                    progress=progress, device=device)
     skips = [s.as_dict() for s in row_skips] + file_skips
-    root.attrs.update({"format": layout.FORMAT, "versions": _versions(), **want, "skipped": skips})
+    root.attrs.update({"format": layout.FORMAT, "versions": _versions(), **want, fpr.DIGEST_KEY: inputs.digest,
+                       fpr.MODE_KEY: inputs.mode, "skipped": skips})
+    fpr.write_input_table(root, inputs)
     write_clip_table(root, clips)
     return skips
 
 
-def _plan_backbone(root, fe: Frontend, ext: ExtractSettings, identity: dict, *, overwrite: bool):
-    """Return the backbone group, planning it (offsets, empty arrays) unless a matching plan exists."""
-    path = layout.backbone_path(fe.name)
-    if path in root and root[path].attrs.get("planned", False):
-        g = root[path]
-        stored = _norm(g.attrs.get("identity", {}))
-        if stored == _norm(identity):
-            return g
-        if not overwrite:
-            diff = sorted(k for k in set(stored) | set(identity) if stored.get(k) != _norm(identity).get(k))
-            raise SettingsMismatch(
-                f"backbone {fe.name!r} is already in the store with other settings ({', '.join(diff)}: "
-                f"stored {json.dumps({k: stored.get(k) for k in diff})}, now "
-                f"{json.dumps({k: _norm(identity).get(k) for k in diff})}); pass --overwrite to rebuild it, "
-                "or --name to store it under another name")
+def _layout(root, fe: Frontend, ext: ExtractSettings) -> tuple[BackbonePlan, dict]:
+    """The backbone's layout on the store's clip table, and the attributes its plan is stored with."""
     clips = root[layout.CLIPS]
     a, b = clip_samples(clips["start_s"][:], clips["end_s"][:], fe.sample_rate)
     nf = np.array([fe.n_frames(n) for n in (b - a)], dtype=np.int64)
@@ -142,11 +190,89 @@ def _plan_backbone(root, fe: Frontend, ext: ExtractSettings, identity: dict, *, 
     short = [{"where": str(ids[i]), "reason": "too_short",
               "message": f"clip {ids[i]}: {int(b[i] - a[i])} samples give no {fe.name} frame "
                          f"(receptive field {fe.receptive} samples)", "path": ""} for i in np.flatnonzero(nf == 0)]
-    attrs = {"frontend": fe.describe(), "identity": identity, "versions": _versions(), "skipped": short,
+    attrs = {"frontend": fe.describe(), "versions": _versions(), "skipped": short,
              "dtype": ext.dtype, "n_clips": int(len(nf)), "n_frames": int(nf.sum())}
-    g = create_backbone(root, fe.name, plan, fe.num_layers, fe.dim, dtype=ext.dtype,
-                        chunk_frames=ext.chunk_frames, shard_frames=ext.shard_frames, attrs=attrs)
-    return g
+    return plan, attrs
+
+
+def _plan_state(root, path: str, identity: dict, plan: BackbonePlan) -> tuple[str, list]:
+    """('ok', []), ('absent', []: no group, or one never marked planned), ('changed', [stored identity])
+    or ('damaged', problems: planned with these settings, but arrays, attributes or offsets are not
+    those of ``plan``; see :func:`featurestore.verify.plan_problems`)."""
+    if path not in root or not root[path].attrs.get("planned", False):
+        return "absent", []
+    g = root[path]
+    stored = _norm(g.attrs.get("identity", {}))
+    if stored != _norm(identity):
+        return "changed", [stored]
+    problems = plan_problems(g, plan)
+    return ("damaged", problems) if problems else ("ok", [])
+
+
+def _plan_backbone(root, fe: Frontend, ext: ExtractSettings, identity: dict, *, overwrite: bool,
+                   lock: StoreLock | None = None):
+    """Return the backbone group, planning it (offsets, empty arrays) unless a sound plan with these
+    settings exists. Planning (and the deletion of an old or damaged plan) happens under ``lock``,
+    after checking again whether another process planned it while this one waited."""
+    path = layout.backbone_path(fe.name)
+    plan, attrs = _layout(root, fe, ext)
+    if _plan_state(root, path, identity, plan)[0] == "ok":  # the usual case: no lock needed
+        return root[path]
+    with (lock or _default_lock(root)).hold(f"planning backbone {fe.name}"):
+        root = _reopen(root)
+        plan, attrs = _layout(root, fe, ext)
+        state, detail = _plan_state(root, path, identity, plan)
+        if state == "ok":
+            return root[path]
+        if state == "changed" and not overwrite:
+            stored = detail[0]
+            diff = sorted(k for k in set(stored) | set(identity) if stored.get(k) != _norm(identity).get(k))
+            raise SettingsMismatch(
+                f"backbone {fe.name!r} is already in the store with other settings ({', '.join(diff)}: "
+                f"stored {json.dumps({k: stored.get(k) for k in diff})}, now "
+                f"{json.dumps({k: _norm(identity).get(k) for k in diff})}); pass --overwrite to rebuild it, "
+                "or --name to store it under another name")
+        if state == "damaged":
+            print(f"note: re-planning backbone {fe.name!r} of {_store_dir(root)}, whose plan is damaged: "
+                  f"{'; '.join(detail)}", file=sys.stderr)
+        attrs = {**attrs, "identity": identity, "plan_id": uuid.uuid4().hex}
+        return create_backbone(root, fe.name, plan, fe.num_layers, fe.dim, dtype=ext.dtype,
+                               chunk_frames=ext.chunk_frames, shard_frames=ext.shard_frames, attrs=attrs)
+
+
+def _mark_complete(root, name: str, plan_id, lock: StoreLock) -> bool:
+    """Mark a backbone complete once every unit is done (under the lock; not when another process
+    re-planned it meanwhile). Returns whether it is complete."""
+    path = layout.backbone_path(name)
+    g = root[path]
+    if g.attrs.get("plan_id") != plan_id or not g["unit_done"][:].all():
+        return False
+    if g.attrs.get("complete", False):
+        return True
+    with lock.hold(f"marking backbone {name} complete"):
+        root = _reopen(root)
+        if path not in root:
+            return False
+        g = root[path]
+        if g.attrs.get("plan_id") != plan_id or not g["unit_done"][:].all():
+            return False
+        if not g.attrs.get("complete", False):
+            g.attrs["complete"] = True
+    return True
+
+
+def _store_dir(root) -> Path:
+    """The folder of a store opened from a local path."""
+    return Path(root.store.root)
+
+
+def _reopen(root):
+    """The store's root group read again from disk (Zarr groups keep the attributes they were opened with)."""
+    return open_root(_store_dir(root))
+
+
+def _default_lock(root) -> StoreLock:
+    return StoreLock(_store_dir(root))
 
 
 def _one_thread(_worker_id: int) -> None:
@@ -155,18 +281,22 @@ def _one_thread(_worker_id: int) -> None:
 
 
 def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=False, device="cpu", num_workers=2,
-                     shard: tuple[int, int] = (0, 1), progress=True, plan_only=False) -> dict:
+                     shard: tuple[int, int] = (0, 1), progress=True, plan_only=False,
+                     lock: StoreLock | None = None) -> dict:
     """Plan (if needed) and extract every unit of one backbone that is not done yet (those with
-    ``unit % shard[1] == shard[0]``). Returns a summary."""
+    ``unit % shard[1] == shard[0]``). Returns a summary. ``lock``: the store's lock, taken to plan
+    and to mark the backbone complete (None: the default lock of the store's folder)."""
+    lock = lock or _default_lock(root)
     device = torch.device(device)
-    identity = {**ext.identity(), "weights_hash": fe.weights_hash(), "sample_rate": fe.sample_rate,
+    window_k, context_k = window_plan(fe, ext.window_s, ext.context_s)  # checked before anything is planned
+    identity = {**ext.identity(fe.frame_local), "weights_hash": fe.weights_hash(), "sample_rate": fe.sample_rate,
                 "stride": fe.stride, "receptive": fe.receptive, "pad": fe.pad,
                 "do_normalize": getattr(fe, "do_normalize", None)}
     path = layout.backbone_path(fe.name)
     if shard[1] > 1 and not (path in root and root[path].attrs.get("planned", False)):
         raise RuntimeError(f"--shard needs {fe.name!r} planned first: run the build once with --plan-only "
                            f"--backbone {fe.name}")
-    g = _plan_backbone(root, fe, ext, identity, overwrite=overwrite)
+    g = _plan_backbone(root, fe, ext, identity, overwrite=overwrite, lock=lock)
     if plan_only:
         return {"planned": True}
     per_unit, align = int(g.attrs["clips_per_unit"]), int(g.attrs["align"])
@@ -188,23 +318,21 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
     fe.to(device).eval()
     t0 = time.perf_counter()
     writer = BackgroundWriter(g, depth=2)
-    window_k = window_frames(fe, ext.window_s)
     budget = int(resolve_batch_seconds(ext.batch_s, device) * fe.sample_rate)
     np_dtype = np.dtype(ext.dtype)
     try:
         for u, waves in loader:
             lo, _ = layout.unit_range(u, per_unit, len(offsets))
             fr = layout.unit_frame_range(offsets, u, per_unit, align)
-            res = run_unit(fe, u, waves, offsets, lo, fr, window_k=window_k, budget_samples=budget,
-                           device=device, dtype=np_dtype, on_batch=lambda s: bar.update(round(s, 3)))
+            res = run_unit(fe, u, waves, offsets, lo, fr, window_k=window_k, context_k=context_k,
+                           budget_samples=budget, device=device, dtype=np_dtype,
+                           on_batch=lambda s: bar.update(round(s, 3)))
             writer.put(res)
     finally:
         writer.close()
         bar.close()
     done = g["unit_done"][:]
-    complete = bool(done.all())
-    if complete:
-        g.attrs["complete"] = True
+    complete = bool(done.all()) and _mark_complete(root, fe.name, g.attrs.get("plan_id"), lock)
     return {"units": int(len(done)), "units_done": int(done.sum()), "complete": complete,
             "frames": int((offsets[:, 1] - offsets[:, 0]).sum()), "frames_allocated": int(g["frames"].shape[0]),
             "layers": fe.num_layers, "dim": fe.dim, "audio_seconds": seconds,
@@ -214,8 +342,17 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
 def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_settings: ClipSettings | None = None,
           extract: ExtractSettings | None = None, model_path=None, name=None, local_files_only=False,
           device=None, num_workers=2, overwrite=False, shard=(0, 1), vocals_cache=None,
-          progress=True, plan_only=False) -> BuildReport:
+          progress=True, plan_only=False, fingerprint=None, lock: str = "auto",
+          lock_timeout: float | None = None) -> BuildReport:
     """Library entry point of the CLI: plan the clips (once) and extract each backbone.
+
+    ``lock``: auto | flock | lease, how the store is locked while its metadata is planned or changed
+    (:mod:`featurestore.locking`; several builds of one store wait for each other there and extract
+    side by side); ``lock_timeout``: seconds to wait for another build's lock before giving up with
+    :class:`featurestore.locking.LockTimeout` (None: wait).
+
+    ``fingerprint``: ``stat`` or ``content``, how input files are checked against those the clip
+    table was planned from (None: the store's mode, ``stat`` for a new store).
 
     ``plan_only``: plan the clip table and the backbones' layouts, extract nothing (the step before
     several ``shard`` processes write one store)."""
@@ -226,15 +363,17 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
     store_path = Path(store_path)
     created = not store_path.exists()
     root = open_root(store_path)
+    store_lock = StoreLock(store_path, kind=lock, timeout=lock_timeout)
     vocals_cache = Path(vocals_cache) if vocals_cache else store_path.with_name(store_path.name + ".vocals")
     try:
         if shard[1] > 1 and not (layout.CLIPS in root and root[layout.CLIPS].attrs.get("complete", False)):
             raise RuntimeError("--shard needs a planned clip table: run the build once with --plan-only first")
         skips = _ensure_clip_table(root, input_path, clip_settings, overwrite=overwrite, num_workers=num_workers,
-                                   progress=progress, vocals_cache=vocals_cache, device=device)
-    except Exception:
-        if created and layout.CLIPS not in root:  # this call made the folder and wrote nothing into it
-            shutil.rmtree(store_path, ignore_errors=True)
+                                   progress=progress, vocals_cache=vocals_cache, device=device,
+                                   fingerprint=fingerprint, lock=store_lock)
+    except Exception as e:
+        if created and not isinstance(e, LockTimeout):
+            _remove_empty_store(store_path, store_lock)
         raise
     report = BuildReport(str(store_path), clips=int(root[layout.CLIPS].attrs["n_clips"]), skipped=list(skips))
     if report.clips == 0:
@@ -245,13 +384,25 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
         if name:
             fe.name = name
         summary = extract_backbone(root, fe, extract, overwrite=overwrite, device=device,
-                                   num_workers=num_workers, shard=shard, progress=progress, plan_only=plan_only)
+                                   num_workers=num_workers, shard=shard, progress=progress, plan_only=plan_only,
+                                   lock=store_lock)
         g = root[layout.backbone_path(fe.name)]
         report.skipped += list(g.attrs.get("skipped", []))
         if not plan_only:
             report.backbones[fe.name] = summary
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _remove_empty_store(store_path: Path, lock: StoreLock) -> None:
+    """Delete the folder a failed build created, if no clip table was written into it (by this or by
+    another build of the same store: checked under the lock)."""
+    try:
+        with lock.hold("removing the empty store folder of a failed build"):
+            if not (store_path / layout.CLIPS).exists():
+                shutil.rmtree(store_path, ignore_errors=True)
+    except (LockTimeout, OSError):
+        pass  # leave the folder: another build holds the store
 
 
 def dir_size(path: Path) -> int:
@@ -338,7 +489,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="padded audio seconds per batch (batches are sized by total samples, not clip count); "
                          "default 80 on CUDA, 10 on CPU")
     ex.add_argument("--window-seconds", type=float, default=30.0,
-                    help="longest input (s) the model sees in one pass; longer clips are windowed")
+                    help="longest input (s) the model sees in one pass, context margins included; longer "
+                         "clips are windowed")
+    ex.add_argument("--context-seconds", type=float, default=5.0,
+                    help="windows of a longer clip overlap so that every stored frame sees at least this much "
+                         "audio (s) beyond its span on each side (where the clip has it); the margins are "
+                         "computed and dropped. Must be less than half of --window-seconds; 0 gives "
+                         "non-overlapping windows; CREPE and log-mel frames need none and ignore it")
     ex.add_argument("--num-workers", type=int, default=2, help="audio decoding worker processes")
     ex.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="storage dtype of frames and pooled")
     ex.add_argument("--chunk-frames", type=int, default=256, help="frames per Zarr chunk")
@@ -354,7 +511,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="only plan the clip table and the --backbone layouts, extract nothing")
     run.add_argument("--overwrite", action="store_true",
                      help="rebuild what was stored with other settings (clip table or backbone) instead of failing")
-    run.add_argument("--strict", action="store_true", help="exit non-zero if any input was skipped")
+    run.add_argument("--strict", action="store_true",
+                     help="exit non-zero if the report has any line (an input skipped, truncated, or cut short "
+                          "by a manifest end past the end of its file)")
+    run.add_argument("--fingerprint", choices=fpr.MODES, default=None,
+                     help="how a later run notices changed input files: stat (size and modification time, "
+                          "cheap) or content (size and sha256 of every file, read on every run). Recorded in "
+                          "the store; default: the store's mode, stat for a new store")
+    run.add_argument("--lock", choices=LOCK_KINDS, default="auto",
+                     help="how builds of one store exclude each other while planning it (extraction itself "
+                          "takes no lock): flock (an OS lock on <store>.lock), lease (a lease file "
+                          "<store>.lease renewed while held, for file systems without OS locks), or auto "
+                          "(flock where the file system supports it). Every build of a store must use the same")
+    run.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
+                     help="give up (exit 2 with a message naming the holder) after waiting this long for another "
+                          "build's lock on the store; default: wait, with a message, as long as it takes")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
@@ -371,6 +542,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--shard-frames must be a positive multiple of --chunk-frames ({args.chunk_frames})")
     if args.batch_seconds is not None and args.batch_seconds <= 0 or args.window_seconds <= 0:
         p.error("--batch-seconds and --window-seconds must be > 0")
+    if args.lock_timeout is not None and not args.lock_timeout >= 0:
+        p.error(f"--lock-timeout must be >= 0 seconds, got {args.lock_timeout}")
+    if not args.context_seconds >= 0 or args.context_seconds == float("inf"):
+        p.error(f"--context-seconds must be >= 0, got {args.context_seconds}")
     if args.model_path and args.backbone and len(args.backbone) > 1:
         p.error("--model-path applies to a single --backbone")
     if args.name and args.backbone and len(args.backbone) > 1:
@@ -392,7 +567,8 @@ def main(argv=None) -> int:
     clip_settings = ClipSettings(segment_s=args.segment_seconds or None, min_segment_s=args.min_segment_seconds,
                                  trim_db=args.trim_db, drop_quiet_db=args.drop_quiet_db,
                                  separate=args.separate_vocals, demucs_repo=args.demucs_repo)
-    ext = ExtractSettings(dtype=args.dtype, window_s=args.window_seconds, batch_s=args.batch_seconds,
+    ext = ExtractSettings(dtype=args.dtype, window_s=args.window_seconds, context_s=args.context_seconds,
+                          batch_s=args.batch_seconds,
                           chunk_frames=args.chunk_frames, shard_frames=args.shard_frames,
                           target_unit_frames=args.unit_frames)
     try:
@@ -400,7 +576,8 @@ def main(argv=None) -> int:
                        extract=ext, model_path=args.model_path, name=args.name,
                        local_files_only=args.local_files_only, device=args.device,
                        num_workers=args.num_workers, overwrite=args.overwrite, shard=args.shard,
-                       vocals_cache=args.vocals_cache, progress=progress, plan_only=args.plan_only)
+                       vocals_cache=args.vocals_cache, progress=progress, plan_only=args.plan_only,
+                       fingerprint=args.fingerprint, lock=args.lock, lock_timeout=args.lock_timeout)
     except (SettingsMismatch, FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,13 @@ from featurestore.manifest import Row, Skip
 
 COLUMNS = ("id", "file_id", "source", "audio", "start_s", "end_s", "split")
 
+#: Report codes of a manifest time outside the decoded audio: ``start_past_end`` skips the row,
+#: ``end_past_end`` keeps the row cut at the end of the audio (and says so).
+START_PAST_END, END_PAST_END = "start_past_end", "end_past_end"
+#: How far (seconds) a manifest ``end`` may lie past the end of the audio before it is reported:
+#: times typed with millisecond precision round up by at most half of this.
+END_TOLERANCE_S = 1e-3
+
 
 @dataclass(frozen=True)
 class ClipSettings:
@@ -53,7 +60,8 @@ class ClipSettings:
 
 
 def _plan_file(row: Row, settings: ClipSettings, separator=None) -> tuple[list[dict], list[dict]]:
-    """Segments of one row -> (clip records, skip dicts). Runs in a worker process when there is no
+    """Segments of one row -> (clip records, report dicts). A report is a skip, or a line about clips
+    that are kept in part (``truncated``, ``end_past_end``). Runs in a worker process when there is no
     separator (a :class:`featurestore.separation.VocalSeparator`, used in the main process)."""
     where = row.where or str(row.path)
     try:
@@ -67,17 +75,22 @@ def _plan_file(row: Row, settings: ClipSettings, separator=None) -> tuple[list[d
         return [], [Skip(where, e.reason, f"{where}: {e}", str(row.path)).as_dict()]
     except Exception as e:  # noqa: BLE001 - any decoder/separator failure is a skip, not a crash
         return [], [Skip(where, "unreadable", f"{where}: {type(e).__name__}: {e}", str(row.path)).as_dict()]
-    lo = 0 if row.start_s is None else min(len(x), round(row.start_s * sr))
+    reports = _length_reports(row, where, len(x), sr)
+    if any(r.reason == START_PAST_END for r in reports):
+        return [], [r.as_dict() for r in reports]
+    lo = 0 if row.start_s is None else round(row.start_s * sr)
     hi = len(x) if row.end_s is None else min(len(x), round(row.end_s * sr))
+    reports = [r.as_dict() for r in reports]
     if hi - lo < settings.min_seconds * sr:
         dur = (hi - lo) / sr
-        return [], [Skip(where, "too_short", f"{where}: {dur * 1000:.1f} ms of audio is shorter than one frame "
-                                             f"({settings.min_seconds * 1000:.0f} ms)", str(row.path)).as_dict()]
+        return [], reports + [Skip(where, "too_short", f"{where}: {dur * 1000:.1f} ms of audio is shorter than one "
+                                                       f"frame ({settings.min_seconds * 1000:.0f} ms)",
+                                   str(row.path)).as_dict()]
     if settings.trim_db is not None:
         a, b = au.trim_bounds(x[lo:hi], sr, settings.trim_db)
         if b <= a:
-            return [], [Skip(where, "silent", f"{where}: no audio above {settings.trim_db} dBFS to keep after "
-                                              "trimming", str(row.path)).as_dict()]
+            return [], reports + [Skip(where, "silent", f"{where}: no audio above {settings.trim_db} dBFS to keep "
+                                                        "after trimming", str(row.path)).as_dict()]
         lo, hi = lo + a, lo + b
     min_len = min(settings.min_segment_s, settings.segment_s) if settings.segment_s else 0.0
     bounds = au.segment_bounds(lo, hi, sr, settings.segment_s, min_len)
@@ -85,15 +98,40 @@ def _plan_file(row: Row, settings: ClipSettings, separator=None) -> tuple[list[d
         level = au.segment_rms_db(x, bounds)
         bounds = [b for b, db in zip(bounds, level) if db >= settings.drop_quiet_db]
     if not bounds:
-        return [], [Skip(where, "no_segments", f"{where}: no segment left after trimming/segmenting/dropping "
-                                               "quiet parts", str(row.path)).as_dict()]
+        return [], reports + [Skip(where, "no_segments", f"{where}: no segment left after trimming/segmenting/"
+                                                         "dropping quiet parts", str(row.path)).as_dict()]
     single = not settings.segment_s
     clips = []
     for k, (s, e) in enumerate(bounds):
         clips.append({"id": row.id if single else f"{row.id}#{k:04d}", "file_id": row.id,
                       "source": str(row.path), "audio": str(audio_path), "start_s": s / sr, "end_s": e / sr,
                       "split": row.split, "labels": row.labels})
-    return clips, []
+    return clips, reports
+
+
+def _length_reports(row: Row, where: str, n: int, sr: int) -> list[Skip]:
+    """Report lines about the length of a row's audio: ``n`` samples decoded at ``sr`` Hz.
+
+    - ``truncated``: the input file decodes to fewer frames than its header declares (both lengths
+      given; the clips keep what decoded);
+    - ``start_past_end``: the manifest ``start`` is at or past the end of the audio (the row is
+      skipped);
+    - ``end_past_end``: the manifest ``end`` is more than ``END_TOLERANCE_S`` past the end of the
+      audio (the clip is cut at the end of the audio).
+    """
+    path, dur = str(row.path), n / sr
+    out = []
+    cut = au.find_truncation(row.path, n, sr)
+    if cut is not None:
+        out.append(Skip(where, au.TRUNCATED, f"{where}: {row.path} is truncated: {cut.describe()}; "
+                                             f"its clips keep the {cut.decoded_s:.3f} s that decode", path))
+    if row.start_s is not None and round(row.start_s * sr) >= n:
+        out.append(Skip(where, START_PAST_END, f"{where}: start {row.start_s:.3f} s is at or past the end of the "
+                                               f"audio ({dur:.3f} s); the row is skipped", path))
+    elif row.end_s is not None and row.end_s - dur > END_TOLERANCE_S:
+        out.append(Skip(where, END_PAST_END, f"{where}: end {row.end_s:.3f} s is past the end of the audio "
+                                             f"({dur:.3f} s); the clip is cut at {dur:.3f} s", path))
+    return out
 
 
 def plan_clips(rows: list[Row], settings: ClipSettings, *, vocals_cache: Path, num_workers: int = 2,

@@ -7,9 +7,14 @@ gives ``(n - receptive) // stride + 1`` frames. Frontends whose reference implem
 signal (CREPE centres its 1024-sample windows) declare ``pad`` samples; the extractor zero-pads the
 clip by ``pad`` on both sides before framing, which reproduces the reference exactly.
 
-Because frames only see their own span, a long clip can be cut into windows of ``k`` frames
-(``(k-1)*stride + receptive`` samples, hop ``k*stride``) that tile the frame grid of the clip
-without gaps: see :func:`featurestore.extract.plan_windows`.
+What a frame *depends on* is another matter. CREPE and log-mel frames are computed from their
+own span only (``frame_local``). The hidden states of transformers models are not: hidden state 0
+(CNN features, feature projection, plus the positional convolution) reaches as far as the
+positional convolution beyond the frame's span (and group-norm encoders normalise over the whole
+input), and every transformer layer attends over the whole input. So a long clip is cut into
+windows on its frame grid that overlap by context margins whose frames are dropped (none for
+frame-local frontends): see the contract in :mod:`featurestore.extract` and
+:func:`featurestore.extract.plan_windows`.
 
 Sizes are learned, not typed in: :meth:`Frontend.probe` runs one second of dummy audio and reads
 the number of hidden states and the width off the output.
@@ -41,6 +46,9 @@ class Frontend(torch.nn.Module):
     pad: int = 0
     #: True when zero-padding shorter inputs of a batch leaves the valid frames unchanged.
     supports_padding: bool = True
+    #: True when frame ``j`` depends on input samples ``[j*stride, j*stride + receptive)`` only, so
+    #: windows need no context margins (CREPE, log-mel); False for models that look further.
+    frame_local: bool = False
     num_layers: int
     dim: int
 
@@ -143,7 +151,12 @@ class HFFrontend(Frontend):
     """A transformers speech/music SSL model (Wav2Vec2, WavLM, HuBERT/MERT, Data2VecAudio...).
 
     Hidden states are ``model(x, output_hidden_states=True).hidden_states`` stacked on a layer axis:
-    L = transformer layers + 1 (the CNN/projection output first), D = hidden size.
+    L = transformer layers + 1, D = hidden size. Hidden state 0 is the encoder's input: CNN
+    features, feature projection, plus the positional convolution (then the encoder's layer norm
+    in post-norm models); it sees the positional convolution's reach on each side of the frame's
+    own span (``num_conv_pos_embeddings // 2`` frames for wav2vec2/HuBERT/WavLM: +-1.28 s for the
+    128-wide convolution of base/large models at 50 Hz; Data2VecAudio stacks several smaller
+    ones), or the whole input for group-norm CNNs. Not ``frame_local``.
     """
 
     def __init__(self, spec: BackboneSpec, model, sample_rate: int, do_normalize: bool, source: str):
@@ -242,6 +255,7 @@ class CrepeFrontend(Frontend):
         self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         self.model.eval()
         self.sample_rate, self.stride, self.receptive, self.pad = 16000, int(hop), 1024, 512
+        self.frame_local = True  # each 1024-sample frame is normalised and convolved on its own
         self.source = str(weights)
 
     def blocks(self, frames: torch.Tensor) -> list[torch.Tensor]:
@@ -296,6 +310,7 @@ class LogMelFrontend(Frontend):
 
         self.name, self.spec = spec.name, spec
         self.sample_rate, self.stride, self.receptive, self.pad = sample_rate, hop, n_fft, 0
+        self.frame_local = True
         self.register_buffer("window", torch.hann_window(n_fft))
         fb = torchaudio.functional.melscale_fbanks(n_fft // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate)
         self.register_buffer("fbank", fb)  # [freqs, n_mels]

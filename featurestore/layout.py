@@ -5,6 +5,7 @@
     store.zarr/
       zarr.json                    attrs: format, library version, clip_settings, input fingerprint,
                                           skipped (report of what the clip planning left out)
+      inputs/                      per input row: path, id, size, mtime_ns, sha256 (featurestore.fingerprint)
       clips/                       the clip table, one 1-D array per column (N clips)
         id, file_id, source, audio, split, labels/<name>   strings
         start_s, end_s                                      float64 seconds in `audio`
@@ -31,6 +32,7 @@ import numpy as np
 
 FORMAT = "singfront-featurestore/1"
 CLIPS = "clips"
+INPUTS = "inputs"  # per-row fingerprint of the input (featurestore.fingerprint)
 BACKBONES = "backbones"
 
 

@@ -13,7 +13,6 @@ A row that does not parse is not fatal: it becomes a :class:`Skip` and the build
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -38,7 +37,8 @@ class Row:
 
 @dataclass
 class Skip:
-    """Something the build did not store, and why (also written to the store)."""
+    """A line of the build's report (also written to the store): something the build did not store,
+    or stored only in part (reason ``truncated`` or ``end_past_end``), and why."""
 
     where: str
     reason: str
@@ -195,14 +195,3 @@ def _read_csv(src: Path) -> tuple[list[Row], list[Skip]]:
         raise ValueError(f"{src} line {line + 1}: {e}") from None
     return rows, skips
 
-
-def fingerprint(rows: list[Row]) -> str:
-    """sha256 of what the rows say and of each file's size: a changed input invalidates a clip table."""
-    h = hashlib.sha256()
-    for r in rows:
-        try:
-            size = r.path.stat().st_size
-        except OSError:
-            size = -1
-        h.update(json.dumps([str(r.path), r.id, r.split, sorted(r.labels.items()), r.start_s, r.end_s, size]).encode())
-    return h.hexdigest()

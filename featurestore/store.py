@@ -28,6 +28,25 @@ class BackboneNotInStore(KeyError):
         return str(self.args[0])
 
 
+class StoreCorrupted(ValueError):
+    """A file the store must have is missing or damaged: a chunk of frames or pooled rows that a done
+    unit owns is absent or has the wrong size. The message names the backbone, the clip(s) and the
+    file; ``python -m featurestore.verify STORE --repair`` and a rerun of the build mend it."""
+
+
+def stored_backbone_name(root: zarr.Group, name: str) -> str:
+    """The name a backbone is stored under in ``root``: ``name`` itself when stored, else its
+    registry name (an alias such as ``crepe`` -> ``crepe-tiny``), else ``name`` unchanged."""
+    if layout.BACKBONES in root and layout.backbone_path(name) in root:
+        return name
+    from featurestore.registry import resolve
+
+    try:
+        return resolve(name).name
+    except KeyError:
+        return name
+
+
 class FeatureStore:
     """A store opened for reading. ``clips`` is the clip table (dict of 1-D numpy arrays of length N:
     id, file_id, source, audio, start_s, end_s, split, and ``labels`` -> dict of label arrays)."""
@@ -100,14 +119,7 @@ class FeatureStore:
     def backbone_name(self, name: str) -> str:
         """The name a backbone is stored under: ``name`` itself when stored, else its registry name
         (an alias such as ``crepe`` -> ``crepe-tiny``), else ``name`` unchanged."""
-        if layout.BACKBONES in self.root and layout.backbone_path(name) in self.root:
-            return name
-        from featurestore.registry import resolve
-
-        try:
-            return resolve(name).name
-        except KeyError:
-            return name
+        return stored_backbone_name(self.root, name)
 
     def group(self, backbone: str) -> zarr.Group:
         """The backbone's Zarr group (opened once per store object; registry aliases accepted)."""
@@ -183,8 +195,12 @@ class FeatureStore:
         cache = self.__dict__.setdefault("_readers", {})
         if backbone not in cache:
             arr = self.group(backbone)["frames"]
-            path = self.path / layout.backbone_path(self.backbone_name(backbone)) / "frames"
-            cache[backbone] = RawChunkReader(arr, path) if RawChunkReader.supports(arr) else arr
+            name = self.backbone_name(backbone)
+            path = self.path / layout.backbone_path(name) / "frames"
+            files = ChunkFiles(arr, path, self._offsets(backbone), self.clip_ids, f"backbone {name!r} frames",
+                               rows_name="frames")
+            cache[backbone] = RawChunkReader(arr, path, files) if RawChunkReader.supports(arr) else \
+                CheckedArray(arr, files)
         return cache[backbone]
 
     def frame_times(self, clip_id, backbone: str) -> np.ndarray:
@@ -201,9 +217,24 @@ class FeatureStore:
         if stat not in ("mean", "std"):
             raise ValueError(f"stat must be 'mean' or 'std', got {stat!r}")
         x = self.group(backbone)[f"pooled_{stat}"]
+        self._check_pooled(backbone, stat, x)
         x = x[:] if rows is None else x.get_orthogonal_selection((np.asarray(rows),))
         sel = self._layer_sel(layers)
         return x if isinstance(sel, slice) else x[:, sel]
+
+    def _check_pooled(self, backbone: str, stat: str, arr: zarr.Array) -> None:
+        """Once per array: every chunk file of pooled rows of clips with frames is there, at its size
+        (Zarr would hand out NaN, the fill value, for a missing one)."""
+        seen = self.__dict__.setdefault("_pooled_checked", set())
+        if (backbone, stat) in seen:
+            return
+        name = self.backbone_name(backbone)
+        files = ChunkFiles(arr, self.path / layout.backbone_path(name) / f"pooled_{stat}",
+                           frame_spans_to_rows(self._offsets(backbone)), self.clip_ids,
+                           f"backbone {name!r} pooled_{stat}")
+        for c in range(files.n):
+            files.check(c)
+        seen.add((backbone, stat))
 
     def frames_array(self, backbone: str) -> zarr.Array:
         """The raw [F, L, D] Zarr array (for bulk readers); use :meth:`offsets` to address clips."""
@@ -213,17 +244,142 @@ class FeatureStore:
         return f"FeatureStore({str(self.path)!r}, clips={len(self)}, backbones={self.backbones})"
 
 
+def plain_bytes(arr: zarr.Array) -> bool:
+    """True when each chunk file of ``arr`` is the raw little-endian C-order bytes of a full chunk
+    (no sharding, no compression), so its size is known: prod(chunk shape) x itemsize, edge chunks
+    included (Zarr 3 stores them at full size)."""
+    try:
+        from zarr.codecs import BytesCodec
+
+        codecs = arr.metadata.codecs
+        return (arr.shards is None and len(codecs) == 1 and isinstance(codecs[0], BytesCodec)
+                and str(getattr(codecs[0].endian, "value", codecs[0].endian)) in ("little", "None")
+                and np.dtype(arr.dtype).itemsize > 0)
+    except Exception:  # noqa: BLE001 - any other layout: size unknown
+        return False
+
+
+def frame_spans_to_rows(offsets: np.ndarray) -> np.ndarray:
+    """Spans of the pooled rows of each clip: [i, i + 1) for a clip with frames, [i, i) for one
+    without (its row is NaN, the fill value) -> int64 [N, 2]."""
+    n = len(offsets)
+    rows = np.arange(n, dtype=np.int64)
+    return np.stack([rows, rows + (offsets[:, 1] > offsets[:, 0])], axis=1)
+
+
+class ChunkFiles:
+    """The chunk files of one array along its first axis, which of them must exist, and their size.
+
+    A file holds ``grain`` rows of the first axis (frames: a chunk, or a shard when sharded; pooled
+    arrays: one unit's clips). ``spans`` int64 [N, 2]: the rows [start, end) each clip's data takes
+    (a backbone's offsets for frames, :func:`frame_spans_to_rows` for pooled rows); a file that
+    holds any of them must exist, one that holds none (alignment frames between units) may be
+    absent and reads as the fill value. Without ``spans`` no file is required. ``ids``: clip ids
+    for messages; ``label``: what the array is (e.g. "backbone 'mert' frames").
+    """
+
+    def __init__(self, arr: zarr.Array, array_dir: Path, spans: np.ndarray | None = None, ids=None,
+                 label: str = "", rows_name: str = "rows"):
+        self.dir, self.meta, self.label = Path(array_dir), arr.metadata, label or str(array_dir)
+        self.rows_name = rows_name  # what the first axis counts, for messages ("frames", "rows")
+        self.rows = int(arr.shape[0])
+        self.grain = int((arr.shards or arr.chunks)[0])
+        self.n = -(-self.rows // self.grain) if self.rows else 0
+        self.nbytes = (int(np.prod((self.grain,) + tuple(arr.shape[1:]))) * np.dtype(arr.dtype).itemsize
+                       if plain_bytes(arr) else None)
+        self.spans = None if spans is None else np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+        self.ids = ids
+        self.owned = np.zeros(self.n, dtype=bool)
+        if self.spans is not None and self.n:
+            s = self.spans[self.spans[:, 1] > self.spans[:, 0]]
+            diff = np.zeros(self.n + 1, dtype=np.int64)
+            np.add.at(diff, np.clip(s[:, 0] // self.grain, 0, self.n), 1)
+            np.add.at(diff, np.clip((s[:, 1] - 1) // self.grain + 1, 0, self.n), -1)
+            self.owned = np.cumsum(diff)[:-1] > 0
+
+    def path(self, c: int) -> Path:
+        """File of chunk (or shard) ``c``."""
+        return self.dir / self.meta.encode_chunk_key((int(c),) + (0,) * (len(self.meta.shape) - 1))
+
+    def owners(self, c: int) -> list[int]:
+        """Clips (rows of the clip table) with data in chunk ``c``."""
+        if self.spans is None:
+            return []
+        lo, hi = c * self.grain, (c + 1) * self.grain
+        return np.flatnonzero((self.spans[:, 0] < hi) & (self.spans[:, 1] > lo)
+                              & (self.spans[:, 1] > self.spans[:, 0])).tolist()
+
+    def describe_owners(self, c: int) -> str:
+        rows = self.owners(c)
+        if not rows:
+            return "no clip"
+        name = (lambda i: repr(str(self.ids[i]))) if self.ids is not None else (lambda i: f"#{i}")
+        if len(rows) == 1:
+            return f"clip {name(rows[0])}"
+        return f"clips {name(rows[0])} to {name(rows[-1])} ({len(rows)} clips)"
+
+    def inspect(self, c: int) -> tuple[bool, str | None]:
+        """(whether chunk file ``c`` exists, what is wrong with it or None): wrong when it is missing
+        although it holds clip data, or has the wrong size. One ``stat``."""
+        f = self.path(c)
+        lo, hi = c * self.grain, min((c + 1) * self.grain, self.rows)
+        try:
+            size = f.stat().st_size
+        except FileNotFoundError:
+            if not (0 <= c < self.n and self.owned[c]):
+                return False, None
+            return False, (f"{self.label}: chunk file {f} is missing; it holds {self.rows_name} {lo}-{hi} "
+                           f"({self.describe_owners(c)})")
+        if self.nbytes is not None and size != self.nbytes:
+            return True, (f"{self.label}: chunk file {f} has {size} bytes, expected {self.nbytes}; it holds "
+                          f"{self.rows_name} {lo}-{hi} ({self.describe_owners(c)})")
+        return True, None
+
+    def check(self, c: int) -> bool:
+        """True if chunk file ``c`` is there and sound, False if it is absent and holds no clip data;
+        raises :class:`StoreCorrupted` otherwise."""
+        exists, msg = self.inspect(c)
+        if msg is not None:
+            raise StoreCorrupted(msg + "; run python -m featurestore.verify on the store (--repair, then the "
+                                       "build again, re-extracts it)")
+        return exists
+
+
+class CheckedArray:
+    """A frames array read through Zarr (sharded or encoded layouts) that first checks, once per
+    chunk file, that the files a read touches are there (:class:`ChunkFiles`): Zarr itself would
+    return the fill value for a missing file."""
+
+    def __init__(self, arr: zarr.Array, files: ChunkFiles):
+        self.arr, self.files, self.shape = arr, files, arr.shape
+        self._seen: set[int] = set()
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        for c in range(a // self.files.grain, -(-b // self.files.grain)):
+            if c not in self._seen:
+                self.files.check(c)
+                self._seen.add(c)
+        return self.arr[a:b]
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        a, b, _ = s.indices(self.shape[0])  # clipped to the array, as numpy and Zarr slices are
+        return self.read(a, max(a, b))
+
+
 class RawChunkReader:
     """Reads frame ranges straight from the chunk files of an uncompressed, unsharded frames array.
 
     Each such chunk file is the raw little-endian C-order bytes of a (chunk, L, D) block, so it can
     be memory-mapped; this skips Zarr's per-call overhead (about 0.4 ms a read, which dominated
-    random window reads). A chunk that was never written reads as the fill value (0).
+    random window reads). Each file's size is checked once, when it is mapped; a missing file that
+    holds clip frames (``files`` knows which) raises :class:`StoreCorrupted`; one that holds none
+    (alignment frames) reads as the fill value (0).
     """
 
-    def __init__(self, arr: zarr.Array, path: Path):
+    def __init__(self, arr: zarr.Array, path: Path, files: ChunkFiles | None = None):
         self.path, self.shape, self.dtype = Path(path), arr.shape, np.dtype(arr.dtype)
         self.chunk = int(arr.chunks[0])
+        self.files = files or ChunkFiles(arr, self.path)
         self._maps: OrderedDict[int, np.ndarray | None] = OrderedDict()
 
     @staticmethod
@@ -246,8 +402,9 @@ class RawChunkReader:
         if c in self._maps:
             self._maps.move_to_end(c)
             return self._maps[c]
-        f = self.path / "c" / str(c) / "0" / "0"
-        m = np.memmap(f, dtype=self.dtype, mode="r").reshape((-1,) + tuple(self.shape[1:])) if f.is_file() else None
+        f = self.files.path(c)
+        m = np.memmap(f, dtype=self.dtype, mode="r").reshape((-1,) + tuple(self.shape[1:])) if self.files.check(c) \
+            else None
         self._maps[c] = m
         if len(self._maps) > self.MAX_OPEN:
             self._maps.popitem(last=False)
@@ -267,7 +424,8 @@ class RawChunkReader:
         return out
 
     def __getitem__(self, s: slice) -> np.ndarray:
-        return self.read(s.start or 0, self.shape[0] if s.stop is None else s.stop)
+        a, b, _ = s.indices(self.shape[0])  # clipped to the array, as numpy and Zarr slices are
+        return self.read(a, max(a, b))
 
 
 def open_store(path: str | Path) -> FeatureStore:

@@ -49,7 +49,9 @@ def test_stored_frames_equal_model_hidden_states(tmp_path, save_tiny, name, arch
     store_path = tmp_path / "s.zarr"
     report = build(tmp_path / "audio", store_path, [name], model_path=folder,
                    clip_settings=ClipSettings(segment_s=None, min_segment_s=0.0),
-                   extract=ExtractSettings(window_s=WINDOW_S, batch_s=3.0, target_unit_frames=150),
+                   # context_s=0: non-overlapping windows, as `reference` computes them (margins are
+                   # tested in test_window_context.py)
+                   extract=ExtractSettings(window_s=WINDOW_S, context_s=0.0, batch_s=3.0, target_unit_frames=150),
                    num_workers=0, progress=False)
     assert report.skipped == []
     store = open_store(store_path)

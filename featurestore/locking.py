@@ -1,0 +1,349 @@
+"""An exclusive lock on a store, taken by the build while it changes shared metadata.
+
+What takes it: planning the clip table, planning a backbone (and the deletions of ``--overwrite``),
+marking a backbone complete, and ``featurestore.verify --repair``. Unit writes never take it: each
+unit owns its own chunks (:mod:`featurestore.layout`), so extraction stays lock-free. A build that
+finds the store already planned takes no lock at all; one that has to plan re-checks the state
+once it holds the lock (another process may have planned it meanwhile) and only then writes.
+
+Two kinds, one interface (:class:`StoreLock`):
+
+- ``flock``: an OS lock (``fcntl.flock``) on ``<store>.lock``, a file beside the store. The kernel
+  drops it when its process dies, so it is never stale. The holder writes who it is into the file
+  (for the waiting message) and deletes the file when it lets go; a process that locked a file that
+  was deleted meanwhile notices (the path no longer names its file) and tries again.
+- ``lease``: for file systems where OS locks do not work. ``<store>.lease`` holds JSON (host, pid,
+  token, since, expires, what); it is created atomically (``os.link`` of a finished file, so nobody
+  reads half of it), renewed every ``ttl / 3`` seconds by a thread while held, and taken over when
+  its expiry has passed or its owner is a dead process on this host. Every change to an existing
+  lease (renew, take-over, release) happens under a short-lived guard file created with
+  ``O_EXCL``, so a take-over never removes a lease that was just renewed. Hosts sharing the store
+  must agree on the clock to well within ``ttl`` (30 s by default).
+- ``auto`` (default): ``flock``, or ``lease`` where the file system refuses ``flock``.
+
+All processes building one store must use the same kind.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+KINDS = ("auto", "flock", "lease")
+
+#: errno values meaning "this file system does not do flock" (as opposed to "someone holds it")
+_UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+class LockTimeout(RuntimeError):
+    """Gave up waiting for another process's lock on a store (the message names the holder)."""
+
+
+class LockLost(RuntimeError):
+    """A lease expired while held (the process stalled for longer than the lease time)."""
+
+
+class LockUnsupported(OSError):
+    """The file system does not support OS file locks."""
+
+
+def lock_path(store_path, kind: str) -> Path:
+    """The lock file of a store: ``<store>.lock`` (flock) or ``<store>.lease`` (lease), beside it."""
+    p = Path(store_path)
+    return p.with_name(p.name + (".lease" if kind == "lease" else ".lock"))
+
+
+def describe_holder(info: dict | None) -> str:
+    """'host:pid since 2024-05-01 12:00:03 (planning the clip table)' from a lock file's JSON."""
+    if not info:
+        return "another process"
+    since = info.get("since")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
+    what = f" ({info['what']})" if info.get("what") else ""
+    return f"{info.get('host', '?')}:{info.get('pid', '?')} since {when}{what}"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True  # exists but is not ours, or unreadable: assume alive
+    return True
+
+
+class _Flock:
+    """``fcntl.flock`` on a lock file that the holder deletes when it lets go."""
+
+    kind = "flock"
+
+    def __init__(self, path: Path):
+        import fcntl  # ImportError on systems without it (then 'auto' uses a lease)
+
+        self.fcntl, self.path, self.fd = fcntl, path, None
+
+    def try_acquire(self, info: dict) -> bool:
+        fcntl = self.fcntl
+        for _ in range(100):  # retries only when the file was replaced under us
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except OSError as e:
+                os.close(fd)
+                if e.errno in _UNSUPPORTED:
+                    raise LockUnsupported(e.errno, f"flock is not supported on {self.path.parent}: {e.strerror}")
+                raise
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                st = None
+            mine = os.fstat(fd)
+            if st is None or (st.st_ino, st.st_dev) != (mine.st_ino, mine.st_dev):
+                os.close(fd)  # the holder before us deleted this file after we opened it: lock the new one
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(info).encode())
+            self.fd = fd
+            return True
+        return False
+
+    def holder(self) -> dict | None:
+        return _read_json(self.path)
+
+    def check(self) -> None:
+        pass  # an OS lock cannot be lost while its process lives
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink()  # while still holding it: waiters that locked this inode will retry
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+class _Lease:
+    """A lease file renewed by a thread; see the module docstring."""
+
+    kind = "lease"
+
+    def __init__(self, path: Path, ttl: float):
+        self.path, self.ttl = path, float(ttl)
+        self.guard_path = path.with_name(path.name + ".guard")
+        self.token: str | None = None
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._info: dict = {}
+
+    @contextlib.contextmanager
+    def _guard(self):
+        """Exclusive right to change an existing lease file, for a moment."""
+        deadline = time.monotonic() + max(10.0, self.ttl)
+        while True:
+            try:
+                os.close(os.open(self.guard_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                break
+            except FileExistsError:
+                try:  # a guard older than the lease time belongs to a process that died inside it
+                    if time.time() - self.guard_path.stat().st_mtime > max(10.0, self.ttl):
+                        self.guard_path.unlink()
+                        continue
+                except FileNotFoundError:
+                    continue
+                if time.monotonic() > deadline:
+                    raise LockTimeout(f"the guard file {self.guard_path} stays in place; remove it if no build "
+                                      "of this store is running") from None
+                time.sleep(0.01)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self.guard_path.unlink()
+
+    def _write_tmp(self, data: dict) -> Path:
+        tmp = self.path.with_name(f"{self.path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_text(json.dumps(data))
+        return tmp
+
+    def _stale(self, cur: dict | None) -> bool:
+        if cur is None:  # unreadable: stale once it is older than the lease time
+            try:
+                return time.time() - self.path.stat().st_mtime > self.ttl
+            except FileNotFoundError:
+                return False
+        expires = cur.get("expires")
+        if not isinstance(expires, (int, float)) or expires < time.time():
+            return True
+        return cur.get("host") == socket.gethostname() and not _pid_alive(cur.get("pid"))
+
+    def try_acquire(self, info: dict) -> bool:
+        token = uuid.uuid4().hex
+        data = {**info, "token": token, "expires": time.time() + self.ttl}
+        tmp = self._write_tmp(data)
+        try:
+            os.link(tmp, self.path)  # atomic: fails if a lease exists
+        except FileExistsError:
+            cur = _read_json(self.path)
+            if self._stale(cur):
+                with self._guard():  # take it over only if it is still the stale one we saw
+                    again = _read_json(self.path)
+                    same = (again or {}).get("token") == (cur or {}).get("token")
+                    if same and self._stale(again):
+                        with contextlib.suppress(FileNotFoundError):
+                            self.path.unlink()
+                return self.try_acquire(info) if not self.path.exists() else False
+            return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        self.token, self._info, self.lost = token, data, False
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._renew_loop, name="featurestore-lease", daemon=True)
+        self._thread.start()
+        return True
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                self._renew()
+            except OSError:
+                pass  # a failed renewal is retried; the lease only runs out after ttl
+            if self.lost:
+                return
+
+    def _renew(self) -> None:
+        with self._guard():
+            cur = _read_json(self.path)
+            if (cur or {}).get("token") != self.token:
+                self.lost = True
+                return
+            self._info = {**self._info, "expires": time.time() + self.ttl}
+            os.replace(self._write_tmp(self._info), self.path)
+
+    def holder(self) -> dict | None:
+        return _read_json(self.path)
+
+    def check(self) -> None:
+        if self.lost:
+            raise LockLost(f"the lease {self.path} was taken over while this process held it (it stalled for "
+                           f"more than the lease time, {self.ttl:g} s); run the build again")
+
+    def release(self) -> None:
+        if self.token is None:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._guard():
+            if (_read_json(self.path) or {}).get("token") == self.token:
+                self.path.unlink()
+        self.token, self._thread = None, None
+
+
+class StoreLock:
+    """Exclusive, re-entrant lock on one store (see the module docstring).
+
+    ``kind``: auto | flock | lease. ``timeout``: seconds to wait for another holder before raising
+    :class:`LockTimeout` (None: wait as long as it takes). ``ttl``: lease time in seconds (lease
+    kind). ``log``: where the waiting message goes (default: stderr).
+
+    >>> lock = StoreLock("songs.zarr")
+    >>> with lock.hold("planning the clip table"):
+    ...     ...
+    """
+
+    def __init__(self, store_path, kind: str = "auto", timeout: float | None = None, *, poll: float = 0.1,
+                 ttl: float = 30.0, log=None):
+        if kind not in KINDS:
+            raise ValueError(f"lock kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"the lock timeout must be >= 0 seconds, got {timeout}")
+        self.store_path = Path(store_path)
+        self.kind, self.timeout, self.poll, self.ttl = kind, timeout, poll, ttl
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self._backend = None
+        self._depth = 0
+        self._mutex = threading.RLock()
+
+    def _make_backend(self, kind: str):
+        path = lock_path(self.store_path, kind)
+        return _Lease(path, self.ttl) if kind == "lease" else _Flock(path)
+
+    def _acquire(self, what: str) -> None:
+        self.store_path.parent.mkdir(parents=True, exist_ok=True)
+        kind = "flock" if self.kind == "auto" else self.kind
+        try:
+            backend = self._make_backend(kind)
+        except ImportError:
+            if self.kind == "flock":
+                raise LockUnsupported(errno.ENOSYS, "fcntl.flock is not available here; use the lease lock") from None
+            backend = self._make_backend(kind := "lease")
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "what": what}
+        start, announced = time.monotonic(), None
+        while True:
+            try:
+                if backend.try_acquire(info):
+                    break
+            except LockUnsupported as e:
+                if self.kind != "auto":
+                    raise
+                self.log(f"note: {e}; using a lease file instead")
+                backend = self._make_backend(kind := "lease")
+                continue
+            holder = backend.holder()
+            for _ in range(50):  # a holder writes who it is just after locking: give it a moment
+                if holder is not None or not backend.path.exists():
+                    break
+                time.sleep(0.01)
+                holder = backend.holder()
+            waited = time.monotonic() - start
+            if self.timeout is not None and waited >= self.timeout:
+                raise LockTimeout(
+                    f"gave up after {waited:.0f} s waiting for the lock on {self.store_path}, held by "
+                    f"{describe_holder(holder)} (lock file {backend.path}); run the build again once that "
+                    "process is done")
+            key = (holder or {}).get("pid"), (holder or {}).get("host"), (holder or {}).get("what")
+            if key != announced:
+                announced = key
+                hint = "" if self.timeout is not None else "; --lock-timeout SECONDS gives up instead"
+                self.log(f"waiting for the lock on {self.store_path} held by {describe_holder(holder)}{hint}")
+            time.sleep(self.poll)
+        self._backend = backend
+
+    @contextlib.contextmanager
+    def hold(self, what: str):
+        """Hold the lock for the ``with`` block; ``what`` is shown to processes that wait for it."""
+        with self._mutex:
+            if self._depth == 0:
+                self._acquire(what)
+            self._depth += 1
+            try:
+                yield self
+                self._backend.check()
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    backend, self._backend = self._backend, None
+                    backend.release()

@@ -1,0 +1,492 @@
+"""``python -m featurestore.verify STORE``: check that a store holds what its metadata says.
+
+Checks, each problem reported with the backbone, unit, clip(s) and file it concerns:
+
+- *metadata*: root attributes (``format``, ``clip_settings``); the clip table (``complete``, every
+  column and label array present with one value per clip, unique ids); each backbone's attributes
+  (``planned``, ``complete``, ``identity``, ``frontend`` sizes, layout) and arrays (shapes agree
+  with the clip table and the frontend). :func:`clip_table_problems` and :func:`plan_problems` are
+  also what the build uses to decide that a part marked done is damaged and must be re-planned.
+- *offsets*: equal to the layout the build makes from the clip table and the frontend's frame
+  count (so: monotone, inside ``frames``, each unit starting on a chunk or shard boundary, and
+  ``T`` = the frontend's frames for each clip's samples).
+- *files*: every chunk file (shard file when sharded) of ``frames`` and of the pooled arrays that a
+  done unit owns exists, with the size of an uncompressed chunk (:class:`featurestore.store.ChunkFiles`).
+- *values* (not with ``--quick``; reads every done unit once): the unit's CRC-32 written at
+  extraction (``unit_checksum``; a store built before checksums has none: said, and skipped); no
+  NaN or Inf in the frames of a done unit; ``pooled_mean`` / ``pooled_std`` rows equal the mean and
+  standard deviation of their clip's stored frames, within the rounding of the store dtype (pooled
+  rows are computed in float32 from the frames before both are rounded).
+
+``--repair`` (under the store's lock, :mod:`featurestore.locking`) unmarks damaged units
+(``unit_done`` = 0) and clears their backbone's ``complete``; a damaged backbone plan loses
+``planned`` and a damaged clip table ``complete``. Running the build again then re-extracts
+exactly those units (or re-plans what lost its mark; a clip table re-planned from the same input
+and settings is the same, and backbones laid out on it are kept).
+
+Exit status: 0 when the store is sound, 1 when something is wrong (also after ``--repair``: the
+build still has to run), 2 when STORE cannot be read as a store.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import zarr
+
+from featurestore import layout
+from featurestore.cli import HelpFormatter
+from featurestore.clips import COLUMNS, clip_samples
+from featurestore.locking import KINDS, StoreLock
+from featurestore.store import ChunkFiles, frame_spans_to_rows, stored_backbone_name
+from featurestore.writer import BackbonePlan, crc_update
+
+#: keys of a backbone's ``frontend`` attribute that reading and verifying a store need
+FRONTEND_KEYS = ("name", "sample_rate", "frame_rate", "stride", "receptive", "pad", "num_layers", "dim")
+#: a backbone's arrays (``unit_checksum`` is optional: stores built before checksums lack it)
+BACKBONE_ARRAYS = ("frames", "offsets", "pooled_mean", "pooled_std", "unit_done")
+
+
+# --------------------------------------------------------------------------------------------
+# structure (also used by featurestore.build)
+# --------------------------------------------------------------------------------------------
+
+def _array(g: zarr.Group, name: str):
+    """The array ``name`` of ``g``, or None when it is absent or not an array."""
+    try:
+        a = g[name]
+    except (KeyError, FileNotFoundError, ValueError):
+        return None
+    return a if isinstance(a, zarr.Array) else None
+
+
+def clip_table_problems(root: zarr.Group) -> list[str]:
+    """What is missing from the store's root attributes and clip table (empty when sound).
+    Does not read the columns' values."""
+    out = []
+    if root.attrs.get("format") != layout.FORMAT:
+        out.append(f"root attribute 'format' is {root.attrs.get('format')!r}, expected {layout.FORMAT!r}")
+    if not isinstance(root.attrs.get("clip_settings"), dict):
+        out.append("root attribute 'clip_settings' is missing")
+    if layout.CLIPS not in root:
+        return out + ["the clip table (clips/) is missing"]
+    g = root[layout.CLIPS]
+    if not g.attrs.get("complete", False):
+        out.append("the clip table is not marked complete")
+    n = g.attrs.get("n_clips")
+    if not isinstance(n, int):
+        out.append("clips attribute 'n_clips' is missing")
+    columns = g.attrs.get("columns")
+    if not isinstance(columns, list) or set(COLUMNS) - set(columns):
+        out.append(f"clips attribute 'columns' is {columns!r}, expected every one of {list(COLUMNS)}")
+    labels = g.attrs.get("labels")
+    if not isinstance(labels, list):
+        out.append("clips attribute 'labels' is missing")
+        labels = []
+    for col in list(COLUMNS) + [f"labels/{name}" for name in labels]:
+        a = _array(g, col)
+        if a is None:
+            out.append(f"clips/{col} is missing")
+        elif isinstance(n, int) and a.shape != (n,):
+            out.append(f"clips/{col} has shape {a.shape}, expected ({n},) (n_clips)")
+    return out
+
+
+def expected_plan(root: zarr.Group, g: zarr.Group) -> BackbonePlan:
+    """The layout the build makes for backbone group ``g`` from the clip table and the frontend's
+    geometry as stored (``frontend``: sample_rate, stride, receptive, pad; ``identity``:
+    target_unit_frames; ``align``). Raises KeyError/TypeError when those attributes are missing."""
+    from featurestore.frontends import Frontend
+
+    fe, clips = g.attrs["frontend"], root[layout.CLIPS]
+    a, b = clip_samples(clips["start_s"][:], clips["end_s"][:], int(fe["sample_rate"]))
+    geometry = SimpleNamespace(pad=int(fe["pad"]), receptive=int(fe["receptive"]), stride=int(fe["stride"]))
+    nf = np.array([Frontend.n_frames(geometry, n) for n in (b - a)], dtype=np.int64)
+    align = int(g.attrs["align"])
+    per_unit = layout.clips_per_unit(nf, int(g.attrs["identity"]["target_unit_frames"]))
+    offsets, total = layout.layout_frames(nf, per_unit, align)
+    return BackbonePlan(offsets, per_unit, align, total)
+
+
+def plan_problems(g: zarr.Group, plan: BackbonePlan | None = None) -> list[str]:
+    """What is missing or inconsistent in a backbone group's plan (empty when sound): attributes,
+    arrays and their shapes, and, given the ``plan`` the clip table and frontend call for, its
+    offsets and sizes. ``complete`` is not looked at (an unfinished backbone is not damaged)."""
+    out = []
+    if not g.attrs.get("planned", False):
+        out.append("attribute 'planned' is missing")
+    if not isinstance(g.attrs.get("identity"), dict):
+        out.append("attribute 'identity' is missing")
+    fe = g.attrs.get("frontend")
+    missing = [k for k in FRONTEND_KEYS if not isinstance(fe, dict) or k not in fe]
+    if missing:
+        out.append(f"attribute 'frontend' lacks {', '.join(missing)}")
+    sizes = {}
+    for key in ("clips_per_unit", "align", "total_frames"):
+        v = g.attrs.get(key)
+        if not isinstance(v, int) or v < (0 if key == "total_frames" else 1):
+            out.append(f"attribute {key!r} is {v!r}")
+        sizes[key] = v
+    arrays = {name: _array(g, name) for name in BACKBONE_ARRAYS + ("unit_checksum",)}
+    out += [f"array {name!r} is missing" for name in BACKBONE_ARRAYS if arrays[name] is None]
+    if out:
+        return out
+    L, D = int(fe["num_layers"]), int(fe["dim"])
+    N, per_unit = arrays["offsets"].shape[0], sizes["clips_per_unit"]
+    want = {"frames": (sizes["total_frames"], L, D), "offsets": (N, 2), "pooled_mean": (N, L, D),
+            "pooled_std": (N, L, D), "unit_done": (-(-N // per_unit),), "unit_checksum": (-(-N // per_unit),)}
+    for name, shape in want.items():
+        a = arrays[name]
+        if a is not None and tuple(a.shape) != shape:
+            out.append(f"array {name!r} has shape {tuple(a.shape)}, expected {shape}")
+    if plan is not None and not out:
+        if (N, per_unit, sizes["align"], sizes["total_frames"]) != (len(plan.offsets), plan.per_unit, plan.align,
+                                                                    plan.total_frames):
+            out.append(f"the layout (clips {N}, clips_per_unit {per_unit}, align {sizes['align']}, frames "
+                       f"{sizes['total_frames']}) is not the one the clip table calls for (clips "
+                       f"{len(plan.offsets)}, clips_per_unit {plan.per_unit}, align {plan.align}, frames "
+                       f"{plan.total_frames})")
+        else:
+            stored = arrays["offsets"][:]
+            bad = np.flatnonzero((stored != plan.offsets).any(axis=1))
+            if len(bad):
+                i = int(bad[0])
+                out.append(f"offsets of {len(bad)} clip(s) differ from the layout of the clip table, first clip row "
+                           f"{i}: stored [{stored[i, 0]}, {stored[i, 1]}), expected [{plan.offsets[i, 0]}, "
+                           f"{plan.offsets[i, 1]})")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the full check
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Problem:
+    """One thing wrong. check: metadata | offsets | missing_chunk | chunk_size | checksum | nonfinite |
+    pooled | incomplete. unit: unit number (None for the store or a whole backbone)."""
+
+    check: str
+    message: str
+    backbone: str | None = None
+    unit: int | None = None
+    clips: list = field(default_factory=list)
+    file: str | None = None
+
+    def text(self) -> str:
+        where = " ".join(x for x in (self.backbone or "", f"unit {self.unit}" if self.unit is not None else "") if x)
+        return f"[{self.check}] {where + ': ' if where else ''}{self.message}"
+
+
+@dataclass
+class Report:
+    store: str
+    clips: int = 0
+    problems: list = field(default_factory=list)
+    backbones: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+    repaired: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def damaged_units(self) -> dict[str, list[int]]:
+        """Backbone -> units with a unit-level problem."""
+        out: dict[str, set] = {}
+        for p in self.problems:
+            if p.unit is not None:
+                out.setdefault(p.backbone, set()).add(p.unit)
+        return {k: sorted(v) for k, v in out.items()}
+
+    def as_dict(self) -> dict:
+        return {"store": self.store, "ok": self.ok, "clips": self.clips,
+                "problems": [asdict(p) for p in self.problems], "backbones": self.backbones,
+                "notes": self.notes, "repaired": self.repaired}
+
+
+def _tolerances(dtype: np.dtype, T: int, s1, s2, sabs):
+    """Largest |stored - recomputed| allowed for pooled mean and std rows of a clip of T frames.
+
+    Frames were rounded to the store dtype (relative error <= u, the unit roundoff) after the pooled
+    statistics were computed from the unrounded values, and the statistics were rounded too. So the
+    mean may differ by u * (mean|x| + |mean|) and the std (1-Lipschitz in the frames' RMS) by
+    u * (rms + std), plus the dtype's smallest subnormal, plus float64 cancellation in E[x^2] - m^2;
+    twice that is allowed."""
+    info = np.finfo(dtype)
+    u, tiny = float(info.eps) / 2, float(info.smallest_subnormal)
+    m, ms = s1 / T, s2 / T
+    sd = np.sqrt(np.maximum(ms - m * m, 0.0))
+    rms = np.sqrt(ms)
+    tol_mean = 2 * (u * (sabs / T + np.abs(m)) + tiny)
+    tol_std = 2 * (u * (rms + sd) + tiny) + np.sqrt(2.0 ** -48 * ms)
+    return m, sd, tol_mean, tol_std
+
+
+def _describe_clips(ids, rows) -> str:
+    rows = list(rows)
+    if not rows:
+        return "no clip"
+    if len(rows) == 1:
+        return f"clip {str(ids[rows[0]])!r}"
+    return f"clips {str(ids[rows[0]])!r} to {str(ids[rows[-1]])!r} ({len(rows)} clips)"
+
+
+def _check_unit_values(g, name, u, fr, lo, hi, offsets, ids, checksums) -> list[Problem]:
+    """Read one done unit once (in slices): CRC-32, NaN/Inf in its clips' frames, pooled rows."""
+    frames, dtype = g["frames"], np.dtype(g["frames"].dtype)
+    mean, std = g["pooled_mean"][lo:hi], g["pooled_std"][lo:hi]
+    n, shape = hi - lo, tuple(frames.shape[1:])
+    s1, s2, sabs = (np.zeros((n,) + shape) for _ in range(3))
+    bad = np.zeros(n, dtype=np.int64)
+    crc = 0
+    step = max(int(frames.chunks[0]), (1024 // int(frames.chunks[0])) * int(frames.chunks[0]))
+    for p in range(fr[0], fr[1], step):
+        q = min(fr[1], p + step)
+        x = frames[p:q]
+        crc = crc_update(crc, x)
+        for c in range(n):
+            a, b = max(int(offsets[lo + c, 0]), p), min(int(offsets[lo + c, 1]), q)
+            if b <= a:
+                continue
+            seg = x[a - p:b - p].astype(np.float64)
+            bad[c] += int(np.count_nonzero(~np.isfinite(seg)))
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf are counted above
+                s1[c] += seg.sum(0)
+                s2[c] += np.square(seg).sum(0)
+                sabs[c] += np.abs(seg).sum(0)
+    out = []
+    if checksums is not None:
+        crc = crc_update(crc_update(crc, mean), std)  # as writer.unit_checksum: frames, then pooled rows
+        if int(checksums[u]) != crc:
+            out.append(Problem("checksum", f"the unit's bytes do not match the checksum written at extraction "
+                                           f"(stored {int(checksums[u]):#010x}, now {crc:#010x}): frames "
+                                           f"{fr[0]}-{fr[1]} or pooled rows {lo}-{hi} "
+                                           f"({_describe_clips(ids, range(lo, hi))}) changed", name, u,
+                               [str(ids[i]) for i in range(lo, hi)]))
+    for c in range(n):
+        i, T = lo + c, int(offsets[lo + c, 1] - offsets[lo + c, 0])
+        cid = str(ids[i])
+        if bad[c]:
+            out.append(Problem("nonfinite", f"clip {cid!r} has {bad[c]} NaN/Inf values in its frames "
+                                            f"{offsets[i, 0]}-{offsets[i, 1]}", name, u, [cid]))
+            continue
+        if T == 0:
+            if not (np.isnan(mean[c]).all() and np.isnan(std[c]).all()):
+                out.append(Problem("pooled", f"clip {cid!r} has no frame but pooled rows that are not NaN",
+                                   name, u, [cid]))
+            continue
+        m, sd, tol_m, tol_s = _tolerances(dtype, T, s1[c], s2[c], sabs[c])
+        for stat, stored, want, tol in (("pooled_mean", mean[c], m, tol_m), ("pooled_std", std[c], sd, tol_s)):
+            err = np.abs(stored.astype(np.float64) - want)
+            wrong = ~(err <= tol)  # NaN in the stored row counts as wrong
+            if wrong.any():
+                k = np.unravel_index(int(np.argmax(np.where(wrong, np.nan_to_num(err, nan=np.inf), -1))), wrong.shape)
+                out.append(Problem("pooled", f"{stat} row of clip {cid!r} (row {i}) is not the statistic of its "
+                                             f"frames at {int(wrong.sum())} of {wrong.size} values; e.g. layer "
+                                             f"{k[0]} dim {k[1]}: stored {float(stored[k]):.6g}, frames give "
+                                             f"{float(want[k]):.6g}", name, u, [cid]))
+    return out
+
+
+def verify_backbone(root: zarr.Group, store_dir: Path, name: str, ids, quick: bool = False,
+                    table_ok: bool = True) -> tuple[list[Problem], dict]:
+    """Every check of one backbone (see the module docstring) -> (problems, summary)."""
+    g = root[layout.backbone_path(name)]
+    plan = None
+    if table_ok:
+        try:
+            plan = expected_plan(root, g)
+        except (KeyError, TypeError, ValueError):
+            plan = None  # the attributes it needs are missing: reported below
+    meta = plan_problems(g, plan)
+    if meta:
+        return [Problem("offsets" if m.startswith(("offsets", "the layout")) else "metadata", m, name)
+                for m in meta], {"plan": "damaged"}
+    per_unit, align = int(g.attrs["clips_per_unit"]), int(g.attrs["align"])
+    offsets, done = g["offsets"][:], g["unit_done"][:]
+    checksums = g["unit_checksum"][:] if _array(g, "unit_checksum") is not None else None
+    base = store_dir / layout.backbone_path(name)
+    label = f"backbone {name!r}"
+    frames = ChunkFiles(g["frames"], base / "frames", offsets, ids, f"{label} frames", rows_name="frames")
+    pooled = {s: ChunkFiles(g[s], base / s, frame_spans_to_rows(offsets), ids, f"{label} {s}")
+              for s in ("pooled_mean", "pooled_std")}
+    problems = []
+    if not g.attrs.get("complete", False):
+        problems.append(Problem("incomplete", f"not complete: {int(done.sum())} of {len(done)} units done; run the "
+                                              "build again to finish it", name))
+    values_checked = 0
+    for u in np.flatnonzero(done):
+        u = int(u)
+        lo, hi = layout.unit_range(u, per_unit, len(offsets))
+        fr = layout.unit_frame_range(offsets, u, per_unit, align)
+        clips = [str(ids[i]) for i in range(lo, hi)]
+        found = []
+        cells = [(frames, c) for c in range(fr[0] // frames.grain, -(-fr[1] // frames.grain))]
+        cells += [(files, u) for files in pooled.values()]
+        for files, c in cells:
+            exists, msg = files.inspect(c)
+            if msg is not None:
+                found.append(Problem("chunk_size" if exists else "missing_chunk", msg, name, u, clips,
+                                     str(files.path(c))))
+        if not found and not quick:
+            found = _check_unit_values(g, name, u, fr, lo, hi, offsets, ids, checksums)
+            values_checked += 1
+        problems += found
+    summary = {"units": int(len(done)), "units_done": int(done.sum()),
+               "frames": int((offsets[:, 1] - offsets[:, 0]).sum()), "complete": bool(g.attrs.get("complete", False)),
+               "checksums": ("skipped (--quick)" if quick else "checked" if checksums is not None
+                             else "no checksums (store built by an older version)"),
+               "units_value_checked": values_checked}
+    return problems, summary
+
+
+def verify(path, backbones=None, quick: bool = False) -> Report:
+    """Check a store (see the module docstring). ``backbones``: names or registry aliases (None: every
+    backbone in the store). Raises FileNotFoundError when ``path`` is not a store."""
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise FileNotFoundError(f"{path} is not a feature store (no zarr.json)")
+    root = zarr.open_group(str(path), mode="r", zarr_format=3)
+    report = Report(str(path))
+    table = clip_table_problems(root)
+    report.problems += [Problem("metadata", m) for m in table]
+    ids = None
+    if layout.CLIPS in root and _array(root[layout.CLIPS], "id") is not None:
+        ids = np.asarray(root[layout.CLIPS]["id"][:].tolist(), dtype=object)
+        report.clips = len(ids)
+        uniq, counts = np.unique(ids.astype(str), return_counts=True)
+        dup = uniq[counts > 1]
+        if len(dup):
+            report.problems.append(Problem("metadata", f"{len(dup)} clip id(s) occur more than once, e.g. {dup[0]!r}"))
+    have = sorted(k for k, _ in root[layout.BACKBONES].groups()) if layout.BACKBONES in root else []
+    names = have if backbones is None else [stored_backbone_name(root, b) for b in backbones]
+    for name in names:
+        if name not in have:
+            report.problems.append(Problem("metadata", f"backbone {name!r} is not in the store (backbones: "
+                                                       f"{', '.join(have) or 'none'})", name))
+            continue
+        if ids is None:
+            report.problems.append(Problem("metadata", "not checked: the clip table has no ids", name))
+            continue
+        problems, summary = verify_backbone(root, path, name, ids, quick=quick, table_ok=not table)
+        report.problems += problems
+        report.backbones[name] = summary
+        if summary.get("checksums", "").startswith("no checksums"):
+            report.notes.append(f"{name}: no checksums (store built by an older version): checksum check skipped")
+    return report
+
+
+def repair(path, report: Report, lock: StoreLock | None = None) -> dict[str, list[int]]:
+    """Unmark what ``report`` found damaged, under the store's lock, so the build redoes it: damaged
+    units get ``unit_done`` = 0, their backbone loses ``complete``; a backbone with a damaged plan
+    loses ``planned`` and ``complete``; a damaged clip table loses ``complete``. Returns backbone ->
+    units unmarked (``"plan"`` -> backbones to re-plan, ``"clips"`` -> ["table"] when the clip table is)."""
+    path = Path(path)
+    lock = lock or StoreLock(path)
+    done: dict[str, list] = {}
+    with lock.hold("repairing the store (featurestore.verify --repair)"):
+        root = zarr.open_group(str(path), mode="a", zarr_format=3)
+        for name, units in report.damaged_units().items():
+            g = root[layout.backbone_path(name)]
+            marks = g["unit_done"]
+            for u in units:
+                marks[u] = 0
+            g.attrs["complete"] = False
+            done[name] = units
+        plans = sorted({p.backbone for p in report.problems
+                        if p.unit is None and p.backbone and p.check in ("metadata", "offsets")
+                        and layout.backbone_path(p.backbone) in root})
+        for name in plans:
+            root[layout.backbone_path(name)].attrs.update({"planned": False, "complete": False})
+        if plans:
+            done["plan"] = plans
+        if any(p.backbone is None and p.check == "metadata" for p in report.problems) and layout.CLIPS in root:
+            root[layout.CLIPS].attrs["complete"] = False
+            done["clips"] = ["table"]
+    report.repaired = done
+    return done
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+
+def format_report(report: Report) -> str:
+    lines = []
+    if report.ok:
+        parts = [f"{n}: {s['units_done']}/{s['units']} units, {s['frames']} frames, checksums "
+                 f"{s['checksums']}" for n, s in report.backbones.items()]
+        lines.append(f"ok: {report.store}: {report.clips} clips" + ("; " + "; ".join(parts) if parts else
+                                                                     "; no backbone"))
+    else:
+        lines.append(f"{report.store}: {len(report.problems)} problem(s)")
+        lines += [f"  {p.text()}" for p in report.problems]
+    lines += [f"note: {n}" for n in report.notes]
+    if report.repaired:
+        for name, what in report.repaired.items():
+            if name == "plan":
+                lines.append(f"repaired: backbone(s) {', '.join(what)} marked for re-planning (every unit re-extracted)")
+            elif name == "clips":
+                lines.append("repaired: the clip table is marked for re-planning")
+            else:
+                lines.append(f"repaired: {name}: units {', '.join(map(str, what))} unmarked")
+        lines.append("run the build again (same command as before) to re-extract them")
+    elif report.problems and all(p.check == "incomplete" for p in report.problems):
+        lines.append("to finish: run the build again (same command as before)")
+    elif not report.ok:
+        lines.append(f"to mend: python -m featurestore.verify {report.store} --repair, then run the build again "
+                     "(it re-extracts only what --repair unmarked)")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m featurestore.verify",
+        description="Check a feature store: metadata, offsets, every chunk file a finished unit owns, per-unit "
+                    "checksums, NaN/Inf, pooled rows against their frames. Prints each problem with its backbone, "
+                    "unit, clip and file; exit status 0 when sound, 1 when something is wrong, 2 when the store "
+                    "cannot be read.",
+        formatter_class=HelpFormatter)
+    p.add_argument("store", help="the store folder (e.g. songs.zarr)")
+    p.add_argument("--backbone", action="append",
+                   help="check only this backbone (name or registry alias); repeat for several. Default: all")
+    p.add_argument("--quick", action="store_true",
+                   help="metadata, offsets and chunk files only: do not read values (no checksums, NaN or pooled "
+                        "checks)")
+    p.add_argument("--repair", action="store_true",
+                   help="unmark damaged units (and damaged plans or clip table) so that running the build again "
+                        "re-extracts exactly those")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--lock", choices=KINDS, default="auto",
+                   help="how --repair locks the store: auto, flock (OS lock) or lease (lease file); the same as "
+                        "the builds of this store use")
+    p.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
+                   help="seconds --repair waits for a build's lock on the store before giving up "
+                        "(default: wait as long as it takes)")
+    args = p.parse_args(argv)
+    if args.lock_timeout is not None and not args.lock_timeout >= 0:
+        p.error(f"--lock-timeout must be >= 0 seconds, got {args.lock_timeout}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        report = verify(args.store, args.backbone, quick=args.quick)
+        if args.repair and not report.ok:
+            repair(args.store, report, StoreLock(args.store, args.lock, args.lock_timeout))
+    except (FileNotFoundError, RuntimeError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.as_dict(), indent=2, default=str) if args.json else format_report(report))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
