@@ -61,121 +61,153 @@ def _order(num_pitches: int) -> torch.Tensor:
 
 
 class _Chain:
-    """The CRF's scores in the internal order, as the recursions use them (float64 unless said).
+    """The CRF's scores in the internal order.
 
-    ``free``: exp-scores into the free columns ``[S, 1 + P]``; ``on_sus`` / ``sus_sus``: exp-scores
-    of ``onset_k -> sustain_k`` and ``sustain_k -> sustain_k`` ``[P]``; all scaled by ``exp(-shift)``
-    (``shift`` = the largest allowed transition score) so they stay within float range. ``log_*`` are
-    the same in log space in ``dtype`` (for Viterbi).
+    Log space, in ``dtype`` on the parameters' device (for Viterbi): ``log_free`` ``[S, 1 + P]``
+    (scores into the free columns), ``log_on_sus`` / ``log_sus_sus`` ``[P]`` (``onset_k -> sustain_k``
+    and ``sustain_k -> sustain_k``), ``log_start``, ``log_end`` ``[S]``.
+
+    Scaled probability space, float64 numpy (for the forward-backward): ``free``, ``on_sus``,
+    ``sus_sus`` = exp(score - ``shift``) with ``shift`` the largest allowed transition score, and
+    ``start``/``end`` = exp(score - ``start_shift``/``end_shift``), so all stay within float range.
     """
 
     def __init__(self, trans: torch.Tensor, start: torch.Tensor, end: torch.Tensor, P: int, perm: torch.Tensor,
                  dtype=torch.float64):
-        t = trans[perm][:, perm]
+        t = trans.detach()[perm][:, perm]
         k = torch.arange(P, device=t.device)
         self.P = P
         self.log_free = t[:, :1 + P].to(dtype)
         self.log_on_sus = t[1 + k, 1 + P + k].to(dtype)
         self.log_sus_sus = t[1 + P + k, 1 + P + k].to(dtype)
-        self.log_start = start[perm].to(dtype)
-        self.log_end = end[perm].to(dtype)
-        t64 = t.double()
-        self.shift = torch.maximum(t64[:, :1 + P].max(), torch.maximum(t64[1 + k, 1 + P + k].max(),
-                                                                       t64[1 + P + k, 1 + P + k].max()))
-        self.free = torch.exp(t64[:, :1 + P] - self.shift)
-        self.on_sus = torch.exp(t64[1 + k, 1 + P + k] - self.shift)
-        self.sus_sus = torch.exp(t64[1 + P + k, 1 + P + k] - self.shift)
+        self.log_start = start.detach()[perm].to(dtype)
+        self.log_end = end.detach()[perm].to(dtype)
+        t64 = t.double().cpu().numpy()
+        kk = np.arange(P)
+        free, on_sus, sus_sus = t64[:, :1 + P], t64[1 + kk, 1 + P + kk], t64[1 + P + kk, 1 + P + kk]
+        self.shift = float(max(free.max(), on_sus.max(), sus_sus.max()))
+        self.free = np.exp(free - self.shift)
+        self.free_t = np.ascontiguousarray(self.free.T)
+        self.on_sus = np.exp(on_sus - self.shift)
+        self.sus_sus = np.exp(sus_sus - self.shift)
+        # the sustain columns as one [2P, P] product of the onset and sustain states: two entries per
+        # column (onset_k and sustain_k -> sustain_k), so one BLAS call replaces three element-wise ops
+        self.into_sus = np.zeros((2 * P, P))
+        self.into_sus[kk, kk] = self.on_sus
+        self.into_sus[P + kk, kk] = self.sus_sus
+        self.into_sus_t = np.ascontiguousarray(self.into_sus.T)
+        st = start.detach()[perm].double().cpu().numpy()
+        en = end.detach()[perm].double().cpu().numpy()
+        self.start_shift, self.end_shift = float(st.max()), float(en.max())
+        self.start, self.end = np.exp(st - self.start_shift), np.exp(en - self.end_shift)
+        self._cast = {}
 
-    def step(self, a: torch.Tensor) -> torch.Tensor:
-        """``a M`` for a ``[B, S]`` row vector batch (sum over the previous state) -> ``[B, S]``."""
+    def as_dtype(self, dtype) -> "_Chain":
+        """The same chain with its probability-space arrays in ``dtype`` (cached)."""
+        dtype = np.dtype(dtype)
+        if dtype == np.float64:
+            return self
+        if dtype not in self._cast:
+            other = object.__new__(_Chain)
+            other.__dict__.update(self.__dict__)
+            for name in ("free", "free_t", "into_sus", "into_sus_t", "start", "end", "on_sus", "sus_sus"):
+                setattr(other, name, getattr(self, name).astype(dtype))
+            other._cast = {}
+            self._cast[dtype] = other
+        return self._cast[dtype]
+
+    def step(self, a: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``out = a M`` for a ``[B, S]`` batch of row vectors (sum over the previous state)."""
         P = self.P
-        out = torch.empty_like(a)
-        torch.matmul(a, self.free, out=out[:, :1 + P])
-        torch.addcmul(a[:, 1 + P:] * self.sus_sus, a[:, 1:1 + P], self.on_sus, out=out[:, 1 + P:])
+        np.matmul(a, self.free, out=out[:, :1 + P])
+        np.matmul(a[:, 1:], self.into_sus, out=out[:, 1 + P:])
         return out
 
-    def step_back(self, v: torch.Tensor) -> torch.Tensor:
-        """``M v`` for a ``[B, S]`` batch (sum over the next state) -> ``[B, S]``."""
+    def step_back(self, v: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``out = M v`` for a ``[B, S]`` batch (sum over the next state)."""
         P = self.P
-        out = v[:, :1 + P] @ self.free.T
-        out[:, 1:1 + P] += self.on_sus * v[:, 1 + P:]
-        out[:, 1 + P:] += self.sus_sus * v[:, 1 + P:]
+        np.matmul(v[:, :1 + P], self.free_t, out=out)
+        out[:, 1:] += v[:, 1 + P:] @ self.into_sus_t
         return out
 
 
-def _forward_backward(E: torch.Tensor, mask: torch.Tensor, chain: _Chain, need_grad: bool):
-    """Scaled forward(-backward) in the internal order.
+#: A float32 forward pass whose per-frame scale falls below this is redone in float64.
+_RESCALE_FLOOR = 1e-30
 
-    E float64 ``[B, T, S]`` (internal order), mask bool ``[B, T]``. Returns ``(log_z [B], grads)``;
-    ``grads`` is None unless ``need_grad``, else a dict of ``d log Z`` with respect to the emissions
-    (the marginals, ``[B, T, S]``), the free transition columns ``[S, 1 + P]``, the two sustain
-    diagonals ``[P]``, start ``[S]`` and end ``[S]``, per row (emissions) or summed over rows
-    (the rest) with each row weighted by ``row_weight`` set later (see :class:`_NoteLogZ`).
+
+def _forward_backward(E: np.ndarray, mask: np.ndarray, chain: _Chain, need_grad: bool):
+    """Scaled forward(-backward) in the internal order, float64 numpy on the CPU.
+
+    The per-frame arrays are tiny ([B, S]): numpy runs such a step with a fraction of torch's
+    per-operation overhead (about half the time of the same loop in torch on one CPU thread), and
+    on a GPU the ~10 kernel launches per frame would cost more than the arithmetic. So the
+    recursions run here whatever the device, and only their inputs and results move.
+
+    Runs in the dtype of ``E``: float64, or float32 (about twice as fast; a batch that would
+    underflow there is redone in float64, see ``_RESCALE_FLOOR``). ``log Z`` is summed in float64.
+
+    E ``[B, T, S]`` (internal order), mask bool ``[B, T]``. Returns ``(log_z [B] float64, grads)``;
+    ``grads`` is None unless ``need_grad``, else what :class:`_NoteLogZ` needs for ``d log Z``:
+    the marginals ``[T, B, S]`` (``d log Z / d E``, time first), the scaled alphas of frames ``0..T-2`` and the
+    ``v_t = e_t * beta_t / c_t`` of frames ``1..T-1`` (``[T-1, B, S]`` each: their products give the
+    expected transition counts), the marginals of the first frame and the end weights of the last.
     """
-    with _one_thread(E.device):
-        return _recursions(E, mask, chain, need_grad)
-
-
-def _recursions(E: torch.Tensor, mask: torch.Tensor, chain: "_Chain", need_grad: bool):
     B, T, S = E.shape
-    emax = E.max(dim=2, keepdim=True).values
-    e = torch.exp(E - emax)                                            # [B, T, S] in (0, 1]
-    tiny = torch.finfo(torch.float64).tiny
-    s_shift = chain.log_start.max().double()
-    e_shift = chain.log_end.max().double()
-    start = torch.exp(chain.log_start.double() - s_shift)
-    end = torch.exp(chain.log_end.double() - e_shift)
-    full = mask.all(dim=0).tolist()
-    a = start * e[:, 0]
-    c = a.sum(1).clamp(min=tiny)
-    a = a / c[:, None]
-    log_z = torch.log(c) + s_shift + emax[:, 0, 0]
-    if need_grad:
-        alphas = torch.empty(T, B, S, dtype=torch.float64, device=E.device)
-        scales = torch.ones(T, B, dtype=torch.float64, device=E.device)
-        alphas[0], scales[0] = a, c
-    step_shift = chain.shift + emax[:, 1:, 0]                          # [B, T-1]
+    dtype = E.dtype
+    chain = chain.as_dtype(dtype)
+    valid = mask.T                                                       # [T, B]
+    full = valid.all(axis=1)
+    emax = E.max(axis=2)                                                 # [B, T]
+    e = np.exp(E - emax[:, :, None]).transpose(1, 0, 2).copy()          # [T, B, S] in (0, 1]
+    tiny = np.finfo(dtype).tiny
+    alphas = np.empty((T, B, S), dtype)
+    scales = np.ones((T, B), dtype)
+    a = alphas[0]
+    np.multiply(chain.start, e[0], out=a)
+    scales[0] = np.maximum(a.sum(1), tiny)
+    a /= scales[0][:, None]
     for t in range(1, T):
-        nxt = chain.step(a) * e[:, t]
-        ct = nxt.sum(1).clamp(min=tiny)
+        nxt = chain.step(alphas[t - 1], alphas[t])
+        nxt *= e[t]
+        ct = np.maximum(nxt.sum(1), tiny)
         if full[t]:
-            a = nxt / ct[:, None]
-            log_z = log_z + torch.log(ct) + step_shift[:, t - 1]
+            nxt /= ct[:, None]
+            scales[t] = ct
         else:
-            valid = mask[:, t]
-            a = torch.where(valid[:, None], nxt / ct[:, None], a)
-            ct = torch.where(valid, ct, torch.ones_like(ct))
-            log_z = log_z + torch.where(valid, torch.log(ct) + step_shift[:, t - 1], torch.zeros_like(ct))
-        if need_grad:
-            alphas[t], scales[t] = a, ct
-    c_end = (a * end).sum(1).clamp(min=tiny)
-    log_z = log_z + torch.log(c_end) + e_shift
-    has = mask[:, 0]
-    log_z = torch.where(has, log_z, torch.zeros_like(log_z))
+            keep = valid[t]
+            nxt[keep] /= ct[keep, None]
+            nxt[~keep] = alphas[t - 1][~keep]                            # a padded frame carries alpha
+            scales[t] = np.where(keep, ct, 1.0)
+    last = alphas[T - 1]
+    c_end = np.maximum((last * chain.end).sum(1), tiny)
+    if dtype != np.float64 and (scales.min() < _RESCALE_FLOOR or c_end.min() < _RESCALE_FLOOR):
+        # a frame whose reachable states all lie ~70 nats below its best state would underflow in
+        # float32: run the batch again in float64 (exact to 708 nats)
+        return _forward_backward(E.astype(np.float64), mask, chain, need_grad)
+    log_z = (np.log(scales.astype(np.float64)).sum(0) + np.where(valid, emax.T, 0.0).sum(0, dtype=np.float64)
+             + chain.shift * (valid[1:].sum(0)) + chain.start_shift + np.log(np.float64(1.0) * c_end)
+             + chain.end_shift)
+    has = valid[0]
+    log_z = np.where(has, log_z, 0.0)
     if not need_grad:
         return log_z, None
-    # backward recursion: beta_hat[t] = (M (e_{t+1} * beta_hat[t+1])) / c_{t+1}; gamma = alpha * beta_hat
-    betas = torch.empty_like(alphas)
-    beta = (end / c_end[:, None]).expand(B, S).clone() if B else torch.empty(0, S, dtype=torch.float64)
-    betas[T - 1] = beta
-    vs = torch.zeros(max(T - 1, 0), B, S, dtype=torch.float64, device=E.device)   # e_t * beta_t / c_t
+    # backward: beta_hat[t-1] = M (e_t * beta_hat[t]) / c_t; gamma = alpha * beta_hat
+    betas = np.empty_like(alphas)
+    betas[T - 1] = chain.end[None, :] / c_end[:, None]
+    vs = np.zeros((max(T - 1, 0), B, S), dtype)
     for t in range(T - 1, 0, -1):
-        v = e[:, t] * beta / scales[t][:, None]
-        if full[t]:
-            vs[t - 1] = v
-            beta = chain.step_back(v)
-        else:
-            valid = mask[:, t:t + 1]
-            vs[t - 1] = torch.where(valid, v, torch.zeros_like(v))
-            beta = torch.where(valid, chain.step_back(v), beta)
-        betas[t - 1] = beta
-    gamma = (alphas * betas).permute(1, 0, 2) * mask[:, :, None]         # [B, T, S]
-    gamma = gamma * has[:, None, None]
-    # expected transition counts, per row (weighted later): sum_t alpha_{t-1}(i) M(i, j) v_t(j)
-    prev = alphas[:-1]                                                   # [T-1, B, S]
-    grads = {"emissions": gamma, "alphas": prev, "vs": vs, "has": has,
-             "start": gamma[:, 0], "last": (a * end / c_end[:, None]) * has[:, None]}
-    return log_z, grads
+        v = vs[t - 1]
+        np.multiply(e[t], betas[t], out=v)
+        v /= scales[t][:, None]
+        chain.step_back(v, betas[t - 1])
+        if not full[t]:
+            keep = valid[t]
+            v[~keep] = 0.0
+            betas[t - 1][~keep] = betas[t][~keep]                        # a padded frame carries beta
+    gamma = alphas * betas                                               # [T, B, S]
+    gamma *= (valid & has[None, :])[:, :, None]
+    return log_z, {"emissions": gamma, "alphas": alphas[:-1], "vs": vs, "has": has, "start": gamma[0],
+                   "last": (last * chain.end / c_end[:, None]) * has[:, None]}
 
 
 class _NoteLogZ(torch.autograd.Function):
@@ -183,48 +215,49 @@ class _NoteLogZ(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, emissions, trans, start, end, mask, P, perm):
-        chain = _Chain(trans.detach(), start.detach(), end.detach(), P, perm)
-        E = emissions.detach().double()[:, :, perm]
+        chain = _Chain(trans, start, end, P, perm)
+        work = torch.float64 if emissions.dtype == torch.float64 else torch.float32
+        E = emissions.detach()[:, :, perm].to(work).cpu().numpy()
         need = any(ctx.needs_input_grad[:4])
-        log_z, grads = _forward_backward(E, mask, chain, need)
+        log_z, grads = _forward_backward(E, mask.cpu().numpy(), chain, need)
         if need:
             ctx.grads, ctx.chain, ctx.perm = grads, chain, perm
             ctx.dtypes = (emissions.dtype, trans.dtype)
-        return log_z.to(emissions.dtype)
+        return torch.from_numpy(log_z).to(device=emissions.device, dtype=emissions.dtype)
 
     @staticmethod
     def backward(ctx, g):
-        grads, chain, perm, P = ctx.grads, ctx.chain, ctx.perm, ctx.chain.P
+        grads, chain, P = ctx.grads, ctx.chain, ctx.chain.P
+        device = g.device
+        perm = ctx.perm.cpu().numpy()
         em_dtype, tr_dtype = ctx.dtypes
-        g = g.double() * grads["has"]
+        work = grads["emissions"].dtype
+        g = (g.detach().double().cpu().numpy() * grads["has"]).astype(work)
         S = 1 + 2 * P
-        inv = torch.empty_like(perm)
-        inv[perm] = torch.arange(S, device=perm.device)
-        g_em = (grads["emissions"] * g[:, None, None])[:, :, inv].to(em_dtype)
-        prev = grads["alphas"] * g[None, :, None]                            # [T-1, B, S]
+        inv = np.argsort(perm)
+        g_em = np.take(grads["emissions"] * g[None, :, None], inv, axis=2)         # [T, B, S]
+        same = bool(len(g)) and bool((g == g[0]).all())                    # one weight for every row (sum / mean)
+        prev = grads["alphas"] if same else grads["alphas"] * g[None, :, None]    # [T-1, B, S]
         vs = grads["vs"]
+        g_t = np.zeros((S, S), work)
+        k = np.arange(P)
         if prev.shape[0]:
-            a2 = prev.reshape(-1, S)
-            v2 = vs.reshape(-1, S)
-            free = (a2.T @ v2[:, :1 + P]) * chain.free                      # [S, 1 + P]
-            on_sus = (a2[:, 1:1 + P] * v2[:, 1 + P:]).sum(0) * chain.on_sus
-            sus_sus = (a2[:, 1 + P:] * v2[:, 1 + P:]).sum(0) * chain.sus_sus
-        else:
-            free = torch.zeros(S, 1 + P, dtype=torch.float64, device=g.device)
-            on_sus = sus_sus = torch.zeros(P, dtype=torch.float64, device=g.device)
-        g_t = torch.zeros(S, S, dtype=torch.float64, device=g.device)
-        g_t[:, :1 + P] = free
-        k = torch.arange(P, device=g.device)
-        g_t[1 + k, 1 + P + k] = on_sus
-        g_t[1 + P + k, 1 + P + k] = sus_sus
-        g_trans = torch.zeros_like(g_t)
-        g_trans[perm[:, None], perm[None, :]] = g_t
-        g_start = torch.zeros(S, dtype=torch.float64, device=g.device)
-        g_start[perm] = (grads["start"] * g[:, None]).sum(0)
-        g_end = torch.zeros(S, dtype=torch.float64, device=g.device)
-        g_end[perm] = (grads["last"] * g[:, None]).sum(0)
+            a2, v2 = prev.reshape(-1, S), vs.reshape(-1, S)
+            g_t[:, :1 + P] = (a2.T @ v2[:, :1 + P]) * chain.free
+            g_t[1 + k, 1 + P + k] = (a2[:, 1:1 + P] * v2[:, 1 + P:]).sum(0) * chain.on_sus
+            g_t[1 + P + k, 1 + P + k] = (a2[:, 1 + P:] * v2[:, 1 + P:]).sum(0) * chain.sus_sus
+            if same:
+                g_t *= g[0]
+        g_trans = g_t[inv][:, inv]
+        g_start = (grads["start"] * g[:, None]).sum(0)[inv]
+        g_end = (grads["last"] * g[:, None]).sum(0)[inv]
         ctx.grads = None
-        return g_em, g_trans.to(tr_dtype), g_start.to(tr_dtype), g_end.to(tr_dtype), None, None, None
+
+        def back(x, dtype):
+            return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
+
+        return (torch.from_numpy(g_em).to(device=device, dtype=em_dtype).permute(1, 0, 2), back(g_trans, tr_dtype), back(g_start, tr_dtype), back(g_end, tr_dtype),
+                None, None, None)
 
 
 class NoteChainCRF(LinearChainCRF):
@@ -253,9 +286,11 @@ class NoteChainCRF(LinearChainCRF):
         mask = self._check(emissions, mask)
         trans, start, end = self._effective(torch.float64)
         chain = _Chain(trans, start, end, self.num_pitches, self.perm)
-        _, grads = _forward_backward(emissions.double()[:, :, self.perm], mask, chain, True)
-        inv = torch.argsort(self.perm)
-        return grads["emissions"][:, :, inv].to(emissions.dtype)
+        E = emissions[:, :, self.perm].double().cpu().numpy()
+        _, grads = _forward_backward(E, mask.cpu().numpy(), chain, True)
+        inv = np.argsort(self.perm.cpu().numpy())
+        marg = np.take(grads["emissions"], inv, axis=2).transpose(1, 0, 2)
+        return torch.from_numpy(np.ascontiguousarray(marg)).to(device=emissions.device, dtype=emissions.dtype)
 
     @torch.no_grad()
     def viterbi(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
