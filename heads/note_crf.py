@@ -37,18 +37,28 @@ from heads.crf import LinearChainCRF
 from heads.note_states import NoteStates
 
 
+_BLAS = None
+
+
 @contextlib.contextmanager
 def _one_thread(device: torch.device):
-    """Run the per-frame recursions on one CPU thread. Their tensors are tiny ([B, S]), so splitting
-    them over threads only adds wake-ups: on a loaded 2-core machine one nll + backward of 16 x 250
+    """Run the per-frame recursions on one CPU thread (torch's and numpy's BLAS). Their arrays are
+    tiny ([B, S]), so splitting them over threads only adds wake-ups, and idle threads spinning
+    beside them slow them down: on a loaded 2-core machine one torch nll + backward of 16 x 250
     frames took 20 s with torch's default threads and 0.1 s with one."""
+    global _BLAS
     if device.type != "cpu":
         yield
         return
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        with _BLAS.limit(limits=1, user_api="blas"):
+            yield
     finally:
         torch.set_num_threads(n)
 
@@ -136,6 +146,12 @@ _RESCALE_FLOOR = 1e-30
 
 
 def _forward_backward(E: np.ndarray, mask: np.ndarray, chain: _Chain, need_grad: bool):
+    """:func:`_recursions` on one thread (see :func:`_one_thread`)."""
+    with _one_thread(torch.device("cpu")):
+        return _recursions(E, mask, chain, need_grad)
+
+
+def _recursions(E: np.ndarray, mask: np.ndarray, chain: _Chain, need_grad: bool):
     """Scaled forward(-backward) in the internal order, float64 numpy on the CPU.
 
     The per-frame arrays are tiny ([B, S]): numpy runs such a step with a fraction of torch's
@@ -183,7 +199,7 @@ def _forward_backward(E: np.ndarray, mask: np.ndarray, chain: _Chain, need_grad:
     if dtype != np.float64 and (scales.min() < _RESCALE_FLOOR or c_end.min() < _RESCALE_FLOOR):
         # a frame whose reachable states all lie ~70 nats below its best state would underflow in
         # float32: run the batch again in float64 (exact to 708 nats)
-        return _forward_backward(E.astype(np.float64), mask, chain, need_grad)
+        return _recursions(E.astype(np.float64), mask, chain, need_grad)
     log_z = (np.log(scales.astype(np.float64)).sum(0) + np.where(valid, emax.T, 0.0).sum(0, dtype=np.float64)
              + chain.shift * (valid[1:].sum(0)) + chain.start_shift + np.log(np.float64(1.0) * c_end)
              + chain.end_shift)
