@@ -37,3 +37,36 @@ def test_extraction_benchmark_smoke(tmp_path, capsys):
         assert _positive(r["read"][kind]["ratio_store_over_memmap"])
     rnd = r["read"]["random"]
     assert rnd["zarr"]["bytes"] == rnd["store"]["bytes"] == rnd["memmap"]["bytes"] > 0
+
+
+def test_heads_fit_benchmark_reports_consistent_numbers(tmp_path, capsys, monkeypatch):
+    """``benchmarks.heads_fit`` on a small corpus store: the ratio, frames per second and scores it prints
+    are the quantities they claim to be (recomputed here from the JSON's own parts)."""
+    from benchmarks import heads_fit
+    from featurestore import open_store
+
+    monkeypatch.setenv("SINGFRONT_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(heads_fit, "SONG_S", 4.0)
+    monkeypatch.setattr(heads_fit, "SINGERS", 2)
+    out = tmp_path / "bench.json"
+    # 0.4 minutes of 4 s songs, 2 singers -> 3 songs each: one train, one valid, one test per singer
+    assert heads_fit.main(["--corpus-minutes", "0.4", "--epochs", "2", "--skip-clip-heads",
+                           "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads(out.read_text())
+    store = open_store(r["store"])
+    assert store.clip_settings.get("segment_s") is None                     # whole songs
+    rows = {row["head"]: row for row in r["transcription"]}
+    assert list(rows) == ["frames", "crf", "crf+ctx150ms"]
+    info = r["transcription_data"]
+    assert info["scored_split"] == "test" and info["selection_split"] == "valid"
+    assert info["train_songs"] == 2 and info["test_songs"] == 2
+    assert info["train_frames"] == int(store.n_frames("crepe-tiny")[store.split_indices("train")].sum())
+    for row in rows.values():
+        assert row["epochs"] == 2 and 0 <= row["best_epoch"] < 2
+        assert math.isclose(row["vs_frames"], row["fit_s"] / rows["frames"]["fit_s"])
+        assert math.isclose(row["train_fps"], info["train_frames"] * row["epochs"] / row["fit_s"])
+        assert 0.0 <= row["val_share"] < 1.0
+        assert all(0.0 <= row[k] <= 1.0 for k in ("COnPOff", "COnP", "COn"))
+        assert row["COnPOff"] <= row["COnP"] + 1e-12
+    assert f"{rows['crf']['vs_frames']:.2f}x" in printed
