@@ -36,6 +36,23 @@ NEG = -1.0e4
 _REDUCTIONS = ("mean", "sum", "none")
 
 
+def backtrack(pointers: torch.Tensor, last: torch.Tensor) -> np.ndarray:
+    """Viterbi paths from backpointers: ``pointers`` ``[T-1, B, S]`` (the best previous state of each
+    state at frames 1..T-1), ``last`` ``[B]`` (the best final state) -> int64 ``[B, T]``.
+    Runs on the CPU with numpy: T tiny gathers are much cheaper there than as torch ops."""
+    ptr = pointers.cpu().numpy()
+    B = last.shape[0]
+    T = ptr.shape[0] + 1
+    rows = np.arange(B)
+    path = np.empty((B, T), dtype=np.int64)
+    cur = last.cpu().numpy().astype(np.int64)
+    path[:, T - 1] = cur
+    for t in range(T - 1, 0, -1):
+        cur = ptr[t - 1, rows, cur]
+        path[:, t - 1] = cur
+    return path
+
+
 class LinearChainCRF(nn.Module):
     """Linear-chain CRF over ``num_states`` states, vectorised over the batch (log space).
 
@@ -214,15 +231,7 @@ class LinearChainCRF(nn.Module):
                 step = mask[:, t:t + 1]
                 delta = torch.where(step, best, delta)
                 pointers[t - 1] = torch.where(step, arg, identity)
-        # backtrack on the CPU with numpy: T tiny gathers are much cheaper there than as torch ops
-        ptr = pointers.cpu().numpy()
-        rows = np.arange(B)
-        path = np.empty((B, T), dtype=np.int64)
-        cur = (delta + end).argmax(dim=1).cpu().numpy()
-        path[:, T - 1] = cur
-        for t in range(T - 1, 0, -1):
-            cur = ptr[t - 1, rows, cur]
-            path[:, t - 1] = cur
+        path = backtrack(pointers, (delta + end).argmax(dim=1))
         return torch.from_numpy(path).to(device).masked_fill(~mask, -1)
 
     def marginals(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ import contextlib
 import numpy as np
 import torch
 
-from heads.crf import LinearChainCRF
+from heads.crf import LinearChainCRF, backtrack
 from heads.note_states import NoteStates
 
 
@@ -346,14 +346,6 @@ class NoteChainCRF(LinearChainCRF):
                     step = mask[:, t:t + 1]
                     delta = torch.where(step, best, delta)
                     pointers[t - 1] = torch.where(step, arg, identity)
-        # backtrack on the CPU with numpy: T tiny gathers are much cheaper there than as torch ops
-        ptr = pointers.cpu().numpy()
-        rows = np.arange(B)
-        path = np.empty((B, T), dtype=np.int64)
-        cur = (delta + chain.log_end).argmax(dim=1).cpu().numpy()
-        path[:, T - 1] = cur
-        for t in range(T - 1, 0, -1):
-            cur = ptr[t - 1, rows, cur]
-            path[:, t - 1] = cur
+        path = backtrack(pointers, (delta + chain.log_end).argmax(dim=1))
         out = perm.cpu().numpy()[path]
         return torch.from_numpy(out).to(device).masked_fill(~mask, -1)
