@@ -143,6 +143,10 @@ class _Chain:
 
 #: A float32 forward pass whose per-frame scale falls below this is redone in float64.
 _RESCALE_FLOOR = 1e-30
+#: Alphas are renormalised every this many frames (and at the last): in between they only shrink
+#: (every factor is <= 1), by much less than float32's range in the cases seen; the scales of the
+#: frames in between are 1. Any choice of scales gives the same log Z and marginals.
+_RESCALE_EVERY = 4
 
 
 def _forward_backward(E: np.ndarray, mask: np.ndarray, chain: _Chain, need_grad: bool):
@@ -165,7 +169,7 @@ def _recursions(E: np.ndarray, mask: np.ndarray, chain: _Chain, need_grad: bool)
     E ``[B, T, S]`` (internal order), mask bool ``[B, T]``. Returns ``(log_z [B] float64, grads)``;
     ``grads`` is None unless ``need_grad``, else what :class:`_NoteLogZ` needs for ``d log Z``:
     the marginals ``[T, B, S]`` (``d log Z / d E``, time first), the scaled alphas of frames ``0..T-2`` and the
-    ``v_t = e_t * beta_t / c_t`` of frames ``1..T-1`` (``[T-1, B, S]`` each: their products give the
+    ``v_t = e_t * beta_hat_t / c_t`` of frames ``1..T-1`` (``[T-1, B, S]`` each: their products give the
     expected transition counts), the marginals of the first frame and the end weights of the last.
     """
     B, T, S = E.shape
@@ -185,15 +189,15 @@ def _recursions(E: np.ndarray, mask: np.ndarray, chain: _Chain, need_grad: bool)
     for t in range(1, T):
         nxt = chain.step(alphas[t - 1], alphas[t])
         nxt *= e[t]
-        ct = np.maximum(nxt.sum(1), tiny)
-        if full[t]:
+        if not full[t]:
+            keep = valid[t]
+            nxt[~keep] = alphas[t - 1][~keep]                            # a padded frame carries alpha
+        if t % _RESCALE_EVERY == 0 or t == T - 1:                        # else the scale stays 1
+            ct = np.maximum(nxt.sum(1), tiny)
+            if not full[t]:
+                ct[~keep] = 1.0                                          # a carried alpha keeps its scale
             nxt /= ct[:, None]
             scales[t] = ct
-        else:
-            keep = valid[t]
-            nxt[keep] /= ct[keep, None]
-            nxt[~keep] = alphas[t - 1][~keep]                            # a padded frame carries alpha
-            scales[t] = np.where(keep, ct, 1.0)
     last = alphas[T - 1]
     c_end = np.maximum((last * chain.end).sum(1), tiny)
     if dtype != np.float64 and (scales.min() < _RESCALE_FLOOR or c_end.min() < _RESCALE_FLOOR):
@@ -214,7 +218,8 @@ def _recursions(E: np.ndarray, mask: np.ndarray, chain: _Chain, need_grad: bool)
     for t in range(T - 1, 0, -1):
         v = vs[t - 1]
         np.multiply(e[t], betas[t], out=v)
-        v /= scales[t][:, None]
+        if t % _RESCALE_EVERY == 0 or t == T - 1:
+            v /= scales[t][:, None]
         chain.step_back(v, betas[t - 1])
         if not full[t]:
             keep = valid[t]
