@@ -155,6 +155,15 @@ def _forward_backward(E: np.ndarray, mask: np.ndarray, chain: _Chain, need_grad:
         return _recursions(E, mask, chain, need_grad)
 
 
+def _on_one_thread(fn):
+    """Run an autograd Function's forward/backward on one thread (see :func:`_one_thread`): a BLAS
+    thread pool woken by its numpy work would keep spinning beside torch's next operations."""
+    def wrapped(*args):
+        with _one_thread(torch.device("cpu")):
+            return fn(*args)
+    return staticmethod(wrapped)
+
+
 def _recursions(E: np.ndarray, mask: np.ndarray, chain: _Chain, need_grad: bool):
     """Scaled forward(-backward) in the internal order, float64 numpy on the CPU.
 
@@ -234,7 +243,7 @@ def _recursions(E: np.ndarray, mask: np.ndarray, chain: _Chain, need_grad: bool)
 class _NoteLogZ(torch.autograd.Function):
     """log Z of the note CRF with a hand-written backward (marginals and expected counts)."""
 
-    @staticmethod
+    @_on_one_thread
     def forward(ctx, emissions, trans, start, end, mask, P, perm):
         chain = _Chain(trans, start, end, P, perm)
         work = torch.float64 if emissions.dtype == torch.float64 else torch.float32
@@ -246,7 +255,7 @@ class _NoteLogZ(torch.autograd.Function):
             ctx.dtypes = (emissions.dtype, trans.dtype)
         return torch.from_numpy(log_z).to(device=emissions.device, dtype=emissions.dtype)
 
-    @staticmethod
+    @_on_one_thread
     def backward(ctx, g):
         grads, chain, P = ctx.grads, ctx.chain, ctx.chain.P
         device = g.device
