@@ -22,6 +22,7 @@ BACKBONE_DIMS = {
     "pooled_std": ["clip", "layer", "dim"],
     "unit_done": ["unit"],
     "unit_checksum": ["unit"],
+    "piece_sums": ["unit", "stat", "layer", "dim"],
 }
 
 _CLIP_COLUMNS = {
@@ -83,13 +84,20 @@ def backbone_array(name: str, frontend: dict, dtype: str) -> dict:
     if name == "unit_done":
         return {"description": "1 once the unit's frames and pooled rows are written (the marker is written "
                                "last), 0 before; unit u holds clips u*clips_per_unit to (u+1)*clips_per_unit "
-                               "(exclusive; clips_per_unit is an attribute of the backbone group)"}
+                               "(exclusive; clips_per_unit is an attribute of the backbone group), except in "
+                               "a backbone with the attribute piece_frames, where a clip longer than that is "
+                               "split over several units of piece_frames frames each "
+                               "(featurestore.layout.unit_table)"}
     if name == "unit_checksum":
         return {"description": "CRC-32 (zlib.crc32) of each unit's bytes as stored: its frames (alignment frames "
-                               "included), then its pooled_mean and pooled_std rows, C order; written before "
-                               "the unit's marker, checked by python -m featurestore.verify"}
-    if name == "unit_checksum":
-        return {"description": "CRC-32 (zlib.crc32) of each unit's bytes as stored: its frames (alignment frames "
-                               "included), then its pooled_mean and pooled_std rows, C order, store dtype; "
-                               "written before the unit's unit_done marker (see featurestore.writer.unit_checksum)"}
+                               "included), then its pooled_mean and pooled_std rows (for a piece of a split "
+                               "clip: its piece_sums row instead, float64), C order, store dtype; written before the unit's "
+                               "unit_done marker, checked by python -m featurestore.verify "
+                               "(see featurestore.writer.unit_checksum)"}
+    if name == "piece_sums":
+        return {"description": "for a unit that is one piece of a clip split over several units (attribute "
+                               "piece_frames): the sum (stat 0) and sum of squares (stat 1) over the piece's "
+                               "frames, float64, computed before the cast to the store dtype; the clip's "
+                               "pooled rows are computed from its pieces' sums once all are done. Zero for "
+                               "other units", "stat": ["sum", "sum_of_squares"]}
     raise KeyError(f"no description for backbone array {name!r}")

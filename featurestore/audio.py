@@ -39,8 +39,11 @@ __all__ = [
     "DB_EPS",
     "read_audio",
     "read_audio_channels",
+    "scan_audio",
     "resample",
     "load_audio",
+    "load_audio_range",
+    "resample_margin",
     "frame_rms_db",
     "trim_bounds",
     "segment_bounds",
@@ -312,6 +315,72 @@ def read_audio(path: PathLike, *, check: bool = True) -> tuple[np.ndarray, int]:
     return mono, sr
 
 
+def scan_audio(path: PathLike, *, check: bool = True, block: int = 1 << 18) -> tuple[int, int]:
+    """Length and rate of a file, decoded in blocks of ``block`` frames (rounded up to a multiple of
+    4096) and checked as
+    :func:`read_audio` checks it, without holding it: ``(samples, sr)`` equal ``(len(x), sr)`` of
+    ``read_audio(path)``, and the same AudioError (reason and message) for a file it rejects.
+    Memory is O(block) whatever the file's length (a two-hour 44.1 kHz stereo file decodes to
+    2.5 GB of float32). A file that stops decoding keeps what came before, as :func:`read_audio`
+    does.
+
+    Raises:
+        AudioError: ``missing``, ``unreadable`` or ``empty`` always, ``nonfinite`` / ``silent``
+            (of the mono downmix) only when ``check`` is True.
+    """
+    import soundfile as sf
+
+    p = Path(path)
+    if not p.exists():
+        raise AudioError(MISSING, f"Audio file does not exist: {p}")
+    if not p.is_file():
+        raise AudioError(UNREADABLE, f"Audio path is not a regular file: {p}")
+    n, peak, finite, error = 0, 0.0, True, None
+    small = 4096  # after a decoding error: go on from the last good block in blocks as _decode_prefix reads
+    block = max(1, -(-int(block) // small)) * small  # on the same grid, so the same frames decode
+    try:
+        while True:
+            with sf.SoundFile(str(p)) as f:
+                sr = int(f.samplerate)
+                skip = n  # frames read before an error: read again up to there, then on in small blocks
+                if skip and f.seekable():
+                    f.seek(skip)
+                    skip = 0
+                try:
+                    while True:
+                        b = f.read(block if not error else min(block, small), dtype="float32", always_2d=True)
+                        if skip:
+                            drop = min(skip, len(b))
+                            b, skip = b[drop:], skip - drop
+                            if len(b) == 0 and drop:
+                                continue
+                        if len(b) == 0:
+                            break
+                        n += len(b)
+                        if check:
+                            mono = b[:, 0] if b.shape[1] == 1 else b.T.mean(axis=0, dtype=np.float64).astype(np.float32)
+                            finite = finite and bool(np.isfinite(b).all())
+                            if finite:
+                                peak = max(peak, float(np.max(np.abs(mono))))
+                    break
+                except Exception as exc:  # noqa: BLE001 - decoding stops here; what came before is kept
+                    if error is not None or block <= small:
+                        error = exc
+                        break
+                    error = exc  # a large block failed: retry its frames in small blocks
+    except Exception as exc:  # noqa: BLE001 - the file does not even open
+        raise AudioError(UNREADABLE, f"Cannot decode audio file {p}: {exc}") from exc
+    if n == 0:
+        if error is not None:
+            raise AudioError(UNREADABLE, f"Cannot decode audio file {p}: {error}") from error
+        raise AudioError(EMPTY, f"Audio file decodes to 0 samples: {p}")
+    if check and not finite:
+        raise AudioError(NONFINITE, f"Audio file contains NaN or Inf samples: {path}")
+    if check and peak < SILENCE_PEAK:
+        raise AudioError(SILENT, f"Audio file is digital silence (peak {peak:.3g} < {SILENCE_PEAK:g}): {path}")
+    return n, sr
+
+
 def _check_rate(name: str, sr) -> int:
     if isinstance(sr, bool) or int(sr) != sr or sr <= 0:
         raise ValueError(f"{name} must be a positive integer number of Hz, got {sr!r}")
@@ -369,6 +438,127 @@ def load_audio(path: PathLike, sr: int, *, check: bool = True) -> np.ndarray:
     """
     x, native_sr = read_audio(path, check=check)
     return resample(x, native_sr, sr)
+
+
+def resample_margin(orig_sr: int, target_sr: int) -> int:
+    """Input samples (at ``orig_sr``) on each side of a stretch that :func:`resample` reads to compute
+    its output: torchaudio's default kernel (``lowpass_filter_width`` 6, ``rolloff`` 0.99) reaches
+    ``width = ceil(6 * o / (0.99 * min(o, t)))`` samples before and ``width + o`` after an output
+    block's input position, with ``o``, ``t`` the rates divided by their gcd. Returns that reach
+    rounded up to whole blocks of ``o`` samples, plus one block (0 when the rates are equal)."""
+    orig_sr, target_sr = _check_rate("orig_sr", orig_sr), _check_rate("target_sr", target_sr)
+    if orig_sr == target_sr:
+        return 0
+    g = math.gcd(orig_sr, target_sr)
+    o, t = orig_sr // g, target_sr // g
+    width = math.ceil(6 * o / (0.99 * min(o, t)))
+    return (-(-(width + o) // o) + 1) * o
+
+
+#: soundfile formats (``SoundFile.format``) whose seek lands on the exact sample and decodes the same
+#: values as a read from the start (checked against whole-file decodes; Ogg Vorbis seeks near the end
+#: of a file landed elsewhere, so Ogg and anything not listed are decoded from the start instead).
+SEEK_EXACT = frozenset({"WAV", "WAVEX", "RF64", "W64", "AIFF", "AU", "CAF", "FLAC", "MP3"})
+#: samples decoded and dropped before a seek target: an MP3 decoder needs the frames before (bit
+#: reservoir, overlapping transforms) to give the same values; 8192 is more than 7 MP3 frames
+SEEK_PREROLL = {"MP3": 8192}
+
+
+def _read_frames(path: PathLike, start: int, stop: int) -> tuple[np.ndarray, int]:
+    """Mono float32 samples ``[start, stop)`` of ``path`` at its native rate (fewer where the file
+    ends or stops decoding), downmixed as :func:`read_audio` does, and the native rate in Hz.
+    Seeks in the formats of :data:`SEEK_EXACT` (after :data:`SEEK_PREROLL`); otherwise decodes from
+    the start in blocks and drops what comes before (memory stays O(stop - start) either way)."""
+    import soundfile as sf
+
+    p = Path(path)
+    if not p.is_file():
+        raise AudioError(MISSING, f"Audio file does not exist: {p}")
+    blocks, got = [], 0
+    try:
+        with sf.SoundFile(str(p)) as f:
+            sr = int(f.samplerate)
+            skip = start
+            if start > 0 and f.seekable() and f.format in SEEK_EXACT:
+                pre = min(start, SEEK_PREROLL.get(f.format, 0))
+                try:
+                    f.seek(start - pre)
+                except Exception:  # noqa: BLE001 - past the end (or past what decodes): nothing to read
+                    return np.zeros(0, dtype=np.float32), sr
+                skip = pre
+            want = stop - start
+            try:
+                while got < want:
+                    n = min(want - got + skip, 1 << 18)
+                    b = f.read(n, dtype="float32", always_2d=True)
+                    if len(b) == 0:
+                        break
+                    if skip:
+                        drop = min(skip, len(b))
+                        b, skip = b[drop:], skip - drop
+                    blocks.append(b[:want - got])
+                    got += len(blocks[-1])
+            except Exception:  # noqa: BLE001 - a file that stops decoding (cut short) keeps what came before
+                pass
+    except Exception as exc:  # noqa: BLE001 - the file does not even open
+        raise AudioError(UNREADABLE, f"Cannot decode audio file {p}: {exc}") from exc
+    x = np.concatenate(blocks, axis=0).T if blocks else np.zeros((1, 0), dtype=np.float32)
+    mono = x[0].copy() if x.shape[0] == 1 else x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    return np.ascontiguousarray(mono, dtype=np.float32), sr
+
+
+def load_audio_range(path: PathLike, sr: int, start: int, stop: int) -> np.ndarray:
+    """Samples ``[start, stop)`` of ``load_audio(path, sr, check=False)``, decoding only what they need.
+
+    Positions are samples at ``sr`` Hz; samples past the end of the (resampled) file are 0. The file
+    is read from the block of input samples that holds ``start``, less :func:`resample_margin`, to
+    the one after ``stop``, plus the margin, and that stretch is resampled alone: it starts on a
+    multiple of the rates' block (``orig_sr / gcd`` input samples = ``sr / gcd`` output samples),
+    so its outputs are computed from exactly the inputs, and with exactly the kernel taps, of the
+    same outputs of a whole-file resampling (equal up to float32 rounding of the convolution;
+    tested). Memory: O(stop - start), whatever the file's length.
+
+    Returns:
+        float32 ``[stop - start]``.
+
+    Raises:
+        AudioError: ``missing`` or ``unreadable``; ValueError for ``start < 0`` or ``stop < start``.
+    """
+    sr = _check_rate("sr", sr)
+    start, stop = int(start), int(stop)
+    if start < 0 or stop < start:
+        raise ValueError(f"load_audio_range: invalid sample range [{start}, {stop}) of {path}")
+    out = np.zeros(stop - start, dtype=np.float32)
+    if stop == start:
+        return out
+    import soundfile as sf
+
+    try:
+        native = int(sf.info(str(path)).samplerate)
+    except Exception as exc:  # noqa: BLE001
+        if not Path(path).is_file():
+            raise AudioError(MISSING, f"Audio file does not exist: {path}") from exc
+        raise AudioError(UNREADABLE, f"Cannot decode audio file {path}: {exc}") from exc
+    if native == sr:
+        x, _ = _read_frames(path, start, stop)
+        out[:len(x)] = x
+        return out
+    g = math.gcd(native, sr)
+    o, t = native // g, sr // g
+    margin = resample_margin(native, sr)
+    q0 = max(0, start // t - margin // o)  # first input block read
+    q1 = -(-stop // t) + margin // o  # one past the last
+    x, _ = _read_frames(path, q0 * o, q1 * o)
+    if len(x) == 0:
+        return out
+    ended = len(x) < (q1 - q0) * o  # the file ends inside the stretch: whole-file resampling sees zeros there too
+    y = resample(x, native, sr)
+    if not ended:  # outputs near the stretch's end saw its zero padding: only those before it are used
+        y = y[:(q1 - q0 - margin // o) * t]
+    lo = start - q0 * t
+    piece = y[lo:lo + (stop - start)]
+    out[:len(piece)] = piece
+    return out
 
 
 def _frame_length(sr: int, frame_s: float) -> int:

@@ -25,14 +25,15 @@ from featurestore.cli import HelpFormatter
 import featurestore
 from featurestore import layout
 from featurestore.clips import ClipSettings, clip_samples, plan_clips
-from featurestore.extract import UnitAudio, run_unit, window_plan
+from featurestore.extract import UnitAudio, WindowGeometry, run_unit, window_plan
 from featurestore.frontends import Frontend, load_frontend
 from featurestore.locking import KINDS as LOCK_KINDS, LockTimeout, StoreLock
 from featurestore import fingerprint as fpr
 from featurestore.manifest import read_inputs
 from featurestore.registry import ALIASES, DEFAULT_BACKBONE, REGISTRY
 from featurestore.verify import clip_table_problems, plan_problems
-from featurestore.writer import BackgroundWriter, BackbonePlan, create_backbone, open_root, write_clip_table
+from featurestore.writer import (BackgroundWriter, BackbonePlan, create_backbone, finish_split_clip, open_root,
+                                  write_clip_table)
 
 DTYPES = {"float16": "float16", "float32": "float32"}
 
@@ -48,7 +49,9 @@ class ExtractSettings:
     own span on each side, computed in overlapping margins and dropped (not for frame-local
     frontends such as CREPE; see :mod:`featurestore.extract`); batch_s: padded audio seconds per
     batch; chunk_frames/shard_frames: Zarr chunking of frames; target_unit_frames: frames per unit
-    of work (a unit is the grain of resume and of parallel writers)."""
+    of work (a unit is the grain of resume and of parallel writers, and bounds the frames and audio
+    one extraction step holds: a longer clip is split over several units, see
+    :mod:`featurestore.layout`)."""
 
     dtype: str = "float16"
     window_s: float = 30.0
@@ -183,9 +186,9 @@ def _layout(root, fe: Frontend, ext: ExtractSettings) -> tuple[BackbonePlan, dic
     a, b = clip_samples(clips["start_s"][:], clips["end_s"][:], fe.sample_rate)
     nf = np.array([fe.n_frames(n) for n in (b - a)], dtype=np.int64)
     align = ext.shard_frames or ext.chunk_frames
-    per_unit = layout.clips_per_unit(nf, ext.target_unit_frames)
+    per_unit, piece = layout.unit_plan(nf, ext.target_unit_frames, align)
     offsets, total = layout.layout_frames(nf, per_unit, align)
-    plan = BackbonePlan(offsets, per_unit, align, total)
+    plan = BackbonePlan(offsets, per_unit, align, total, piece)
     ids = clips["id"][:]
     short = [{"where": str(ids[i]), "reason": "too_short",
               "message": f"clip {ids[i]}: {int(b[i] - a[i])} samples give no {fe.name} frame "
@@ -216,11 +219,12 @@ def _plan_backbone(root, fe: Frontend, ext: ExtractSettings, identity: dict, *, 
     after checking again whether another process planned it while this one waited."""
     path = layout.backbone_path(fe.name)
     plan, attrs = _layout(root, fe, ext)
-    if _plan_state(root, path, identity, plan)[0] == "ok":  # the usual case: no lock needed
+    if _plan_state(root, path, _with_pieces(identity, plan), plan)[0] == "ok":  # the usual case: no lock needed
         return root[path]
     with (lock or _default_lock(root)).hold(f"planning backbone {fe.name}"):
         root = _reopen(root)
         plan, attrs = _layout(root, fe, ext)
+        identity = _with_pieces(identity, plan)
         state, detail = _plan_state(root, path, identity, plan)
         if state == "ok":
             return root[path]
@@ -238,6 +242,13 @@ def _plan_backbone(root, fe: Frontend, ext: ExtractSettings, identity: dict, *, 
         attrs = {**attrs, "identity": identity, "plan_id": uuid.uuid4().hex}
         return create_backbone(root, fe.name, plan, fe.num_layers, fe.dim, dtype=ext.dtype,
                                chunk_frames=ext.chunk_frames, shard_frames=ext.shard_frames, attrs=attrs)
+
+
+def _with_pieces(identity: dict, plan: BackbonePlan) -> dict:
+    """The identity of a backbone whose layout splits long clips into pieces carries ``piece_frames``
+    (and only then: a store without split clips, old or new, has the same identity as before pieces
+    existed, while an old store that a build would now split reports ``piece_frames`` as changed)."""
+    return {**identity, "piece_frames": plan.piece} if plan.piece else identity
 
 
 def _mark_complete(root, name: str, plan_id, lock: StoreLock) -> bool:
@@ -275,6 +286,45 @@ def _default_lock(root) -> StoreLock:
     return StoreLock(_store_dir(root))
 
 
+def _work_order(todo: list[int]) -> list[int]:
+    """The order this process extracts its units in: ``todo`` rotated to start at a random unit.
+    Builds of one store started together (no --shard) then work on different units and, as each
+    skips the units the other has finished (:class:`featurestore.extract.UnitAudio` and the
+    extraction loop re-read a unit's marker before decoding and before running it), split the work
+    instead of both doing all of it. The result does not depend on the order."""
+    if len(todo) < 2:
+        return list(todo)
+    k = int(np.random.default_rng().integers(len(todo)))
+    return list(todo[k:]) + list(todo[:k])
+
+
+def finish_split_clips(g, units: np.ndarray, offsets: np.ndarray) -> int:
+    """Write the pooled rows of every split clip whose pieces are all done but whose rows are not
+    written yet (a build killed between a clip's last piece marker and its pooled rows, or two builds
+    finishing pieces of one clip at once). Returns how many clips it finished."""
+    split = layout.split_units(units)
+    if not split:
+        return 0
+    done = g["unit_done"][:]
+    n = 0
+    for clip, us in split.items():
+        if done[us.start:us.stop].all() and np.isnan(g["pooled_mean"][clip]).all():
+            n += finish_split_clip(g, clip, us, int(offsets[clip, 1] - offsets[clip, 0]))
+    return n
+
+
+def _audio_seconds(units: np.ndarray, offsets: np.ndarray, samples: np.ndarray, sr: int) -> float:
+    """Audio seconds that ``units`` (rows of :func:`featurestore.layout.unit_table`) extract: each
+    clip's length (``samples`` [N] at ``sr`` Hz) times the share of its frames the unit owns (all of
+    them, except for a piece of a split clip)."""
+    total = 0.0
+    for lo, hi, start, end in units:
+        own = np.minimum(offsets[lo:hi, 1], end) - np.maximum(offsets[lo:hi, 0], start)
+        nf = np.maximum(offsets[lo:hi, 1] - offsets[lo:hi, 0], 1)
+        total += float((own.clip(0) / nf * samples[lo:hi]).sum())
+    return total / sr
+
+
 def _one_thread(_worker_id: int) -> None:
     """Decoding workers resample with torch: one thread each, so they do not fight the model for cores."""
     torch.set_num_threads(1)
@@ -301,14 +351,17 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
         return {"planned": True}
     per_unit, align = int(g.attrs["clips_per_unit"]), int(g.attrs["align"])
     offsets = g["offsets"][:]
+    units = layout.unit_table(offsets, per_unit, align, g.attrs.get("piece_frames"))
+    split = layout.split_units(units)
     done = g["unit_done"][:]
     index, count = shard
-    todo = [u for u in range(len(done)) if not done[u] and u % count == index]
+    todo = _work_order([u for u in range(len(done)) if not done[u] and u % count == index])
     clips = root[layout.CLIPS]
     a, b = clip_samples(clips["start_s"][:], clips["end_s"][:], fe.sample_rate)
-    data = UnitAudio(todo, per_unit, clips["audio"][:], a, b, fe.sample_rate, fe.pad)
-    seconds = float(sum((b[lo:hi] - a[lo:hi]).sum() for lo, hi in
-                        (layout.unit_range(u, per_unit, len(a)) for u in todo))) / fe.sample_rate
+    rows = np.array([[u, *units[u]] for u in todo], dtype=np.int64).reshape(-1, 5)
+    data = UnitAudio(rows, offsets, clips["audio"][:], a, b, fe.sample_rate,
+                     WindowGeometry.of(fe, window_k, context_k), done_path=str(_store_dir(root) / path / "unit_done"))
+    seconds = _audio_seconds(units[todo], offsets, b - a, fe.sample_rate)
     loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=num_workers,
                                          prefetch_factor=2 if num_workers > 0 else None,
                                          persistent_workers=False, worker_init_fn=_one_thread)
@@ -320,20 +373,27 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
     writer = BackgroundWriter(g, depth=2)
     budget = int(resolve_batch_seconds(ext.batch_s, device) * fe.sample_rate)
     np_dtype = np.dtype(ext.dtype)
+    marks = g["unit_done"]
+    skipped = 0
     try:
         for u, waves in loader:
-            lo, _ = layout.unit_range(u, per_unit, len(offsets))
-            fr = layout.unit_frame_range(offsets, u, per_unit, align)
-            res = run_unit(fe, u, waves, offsets, lo, fr, window_k=window_k, context_k=context_k,
-                           budget_samples=budget, device=device, dtype=np_dtype,
+            if waves is None or marks[u]:  # another build finished it meanwhile
+                skipped += 1
+                continue
+            lo = int(units[u, layout.CLIP_LO])
+            res = run_unit(fe, u, units[u], waves, offsets, window_k=window_k, context_k=context_k,
+                           budget_samples=budget, device=device, dtype=np_dtype, clip_units=split.get(lo),
                            on_batch=lambda s: bar.update(round(s, 3)))
             writer.put(res)
     finally:
         writer.close()
         bar.close()
     done = g["unit_done"][:]
+    if done.all() and not g.attrs.get("complete", False):
+        finish_split_clips(g, units, offsets)
     complete = bool(done.all()) and _mark_complete(root, fe.name, g.attrs.get("plan_id"), lock)
     return {"units": int(len(done)), "units_done": int(done.sum()), "complete": complete,
+            "units_skipped": skipped,
             "frames": int((offsets[:, 1] - offsets[:, 0]).sum()), "frames_allocated": int(g["frames"].shape[0]),
             "layers": fe.num_layers, "dim": fe.dim, "audio_seconds": seconds,
             "seconds": time.perf_counter() - t0}
@@ -420,7 +480,9 @@ def format_report(report: BuildReport) -> str:
         lines.append(f"backbone    {name}: {s['frames']} frames x {s['layers']} layers x {s['dim']} dims, "
                      f"{state}, {s['audio_seconds']:.1f} audio-s in {s['seconds']:.1f} s "
                      f"({s['audio_seconds'] / max(s['seconds'], 1e-9):.1f}x real time), "
-                     f"{s['frames_allocated'] - s['frames']} alignment frames")
+                     f"{s['frames_allocated'] - s['frames']} alignment frames"
+                     + (f", {s['units_skipped']} unit(s) left to another build that finished them first"
+                        if s.get("units_skipped") else ""))
     if report.skipped:
         lines.append(f"skipped     {len(report.skipped)}:")
         lines += [f"  - [{s['reason']}] {s['message']}" for s in report.skipped]
@@ -502,7 +564,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ex.add_argument("--shard-frames", type=int, default=None,
                     help="frames per Zarr shard (off by default; for object stores / very many files)")
     ex.add_argument("--unit-frames", type=int, default=8192,
-                    help="frames per unit of work (the grain of resume and of parallel writers)")
+                    help="frames per unit of work (the grain of resume and of parallel writers); a clip with "
+                         "more frames is decoded, extracted and marked done in pieces of this size, so memory "
+                         "does not grow with a clip's length and a killed long clip resumes from its last piece")
     ex.add_argument("--shard", default="0/1", metavar="I/N",
                     help="process only units u with u %% N == I (several processes, one store, no locks); "
                          "run once with --plan-only first")

@@ -70,16 +70,20 @@ def _plan_file(row: Row, settings: ClipSettings, separator=None) -> tuple[list[d
             raise au.AudioError("missing", f"{row.path} does not exist")
         if separator is not None:
             audio_path = separator.vocals_path(row.path)
-        x, sr = au.read_audio(audio_path)
+        if settings.trim_db is None and settings.drop_quiet_db is None:  # only its length is needed: scan it in
+            x, (n, sr) = None, au.scan_audio(audio_path)                  # blocks, never holding a long file
+        else:
+            x, sr = au.read_audio(audio_path)
+            n = len(x)
     except au.AudioError as e:
         return [], [Skip(where, e.reason, f"{where}: {e}", str(row.path)).as_dict()]
     except Exception as e:  # noqa: BLE001 - any decoder/separator failure is a skip, not a crash
         return [], [Skip(where, "unreadable", f"{where}: {type(e).__name__}: {e}", str(row.path)).as_dict()]
-    reports = _length_reports(row, where, len(x), sr)
+    reports = _length_reports(row, where, n, sr)
     if any(r.reason == START_PAST_END for r in reports):
         return [], [r.as_dict() for r in reports]
     lo = 0 if row.start_s is None else round(row.start_s * sr)
-    hi = len(x) if row.end_s is None else min(len(x), round(row.end_s * sr))
+    hi = n if row.end_s is None else min(n, round(row.end_s * sr))
     reports = [r.as_dict() for r in reports]
     if hi - lo < settings.min_seconds * sr:
         dur = (hi - lo) / sr

@@ -1,9 +1,11 @@
 """Running a frontend over the units of a store.
 
-Audio is decoded in DataLoader worker processes (one item = one unit's clips) while the model
-runs; long clips are cut into windows (:func:`plan_windows`); windows are batched by total samples
-(:func:`batch_windows`); the kept hidden states of each window are placed at the clip's frame
-positions; the finished unit goes to the background writer.
+Audio is decoded in DataLoader worker processes (one item = one unit's clips, or one piece of a
+clip split over several units; only the samples the unit's windows read are decoded) while the
+model runs; long clips are cut into windows (:func:`plan_windows`, :func:`clip_windows` for a
+piece); windows are batched by total samples (:func:`batch_windows`); the kept hidden states of
+each window are placed at the clip's frame positions; the finished unit goes to the background
+writer. Memory therefore follows the unit size (``target_unit_frames``), not the clip's length.
 
 Windowing contract (``window_s``, ``context_s``; :func:`window_plan` turns them into frames):
 
@@ -46,9 +48,8 @@ import numpy as np
 import torch
 
 from featurestore import audio as au
-from featurestore import layout
 from featurestore.frontends import Frontend
-from featurestore.writer import UnitResult
+from featurestore.writer import UnitResult, pooled_stats
 
 
 def window_frames(fe: Frontend, window_s: float) -> int:
@@ -158,39 +159,155 @@ def batch_windows(windows: list[Window], budget_samples: int, allow_padding: boo
     return batches
 
 
-class UnitAudio(torch.utils.data.Dataset):
-    """Dataset over units: item ``i`` -> (unit, [float32 wave [n + 2*pad] per clip of the unit]).
+def clip_windows(n_frames: int, lo: int, hi: int, k: int, stride: int, receptive: int, context: int = 0,
+                 frame_local: bool = False) -> list[WindowSpan]:
+    """The windows that compute a clip's frames [lo, hi) (a piece of a clip split over several
+    units, or the whole clip: ``lo=0, hi=n_frames``), keeping only those frames.
 
-    Each clip is cut from its file resampled to ``sr`` at samples [round(start*sr), round(end*sr)),
-    zero-padded to that length if the resampled file is a few samples shorter, then padded by
-    ``pad`` zeros on both sides (the frontend's own centring). A file is decoded once per unit.
+    They are the windows of the whole clip (:func:`plan_windows`) whose kept frames meet [lo, hi),
+    each keeping its part inside (its other kept frames become margin), so every frame is computed
+    from exactly the samples, and in exactly the window, that extracting the whole clip at once
+    uses: pieces change what is held in memory, never a stored value. The price is that a window
+    straddling a piece boundary runs once for each side (at most one window per boundary).
+    A ``frame_local`` frontend's frames do not depend on the window, so [lo, hi) is tiled on its
+    own (windows of ``k`` frames from ``lo``, nothing computed twice)."""
+    if not 0 <= lo <= hi <= n_frames:
+        raise ValueError(f"clip_windows: frames [{lo}, {hi}) are not inside the clip's [0, {n_frames})")
+    if frame_local:
+        return [WindowSpan(s.frame + lo, s.n_frames, s.lead, s.trail, s.start + lo * stride, s.samples)
+                for s in plan_windows(hi - lo, k, stride, receptive, 0)]
+    out = []
+    for s in plan_windows(n_frames, k, stride, receptive, context):
+        a, b = max(s.frame, lo), min(s.frame + s.n_frames, hi)
+        if a < b:
+            first = s.frame - s.lead  # first computed frame: unchanged, so are start and samples
+            out.append(WindowSpan(a, b - a, a - first, s.frame + s.n_frames + s.trail - b, s.start, s.samples))
+    return out
+
+
+class ClipWave(NamedTuple):
+    """The audio a unit needs of one clip: padded-clip samples [first, first + len(wave)).
+
+    row: the clip's row in the clip table; wave: float32 samples of the clip padded by the
+    frontend's ``pad`` zeros on both sides (the frontend's own centring), from padded-clip sample
+    ``first``; seconds: the clip's whole length in seconds (for progress)."""
+
+    row: int
+    first: int
+    wave: np.ndarray
+    seconds: float
+
+
+@dataclass(frozen=True)
+class WindowGeometry:
+    """What is needed to know which samples a unit's windows read: the frontend's ``stride``,
+    ``receptive`` and ``pad`` (samples), window and margin frames (:func:`window_plan`) and whether
+    its frames are frame-local."""
+
+    stride: int
+    receptive: int
+    pad: int
+    window_k: int
+    context_k: int
+    frame_local: bool
+
+    @classmethod
+    def of(cls, fe: Frontend, window_k: int, context_k: int) -> "WindowGeometry":
+        return cls(fe.stride, fe.receptive, fe.pad, window_k, context_k, bool(fe.frame_local))
+
+    def windows(self, n_frames: int, lo: int, hi: int) -> list[WindowSpan]:
+        return clip_windows(n_frames, lo, hi, self.window_k, self.stride, self.receptive, self.context_k,
+                            self.frame_local)
+
+
+def unit_clip_frames(offsets: np.ndarray, unit_row: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """(clip row, clip frames T, first kept frame, end kept frame) of each clip of a unit
+    (a row of :func:`featurestore.layout.unit_table`): the unit's frames of each clip, in clip frames."""
+    lo, hi, start, end = (int(v) for v in unit_row)
+    out = []
+    for c in range(lo, hi):
+        a, b = int(offsets[c, 0]), int(offsets[c, 1])
+        out.append((c, b - a, max(start, a) - a, max(min(end, b), max(start, a)) - a))
+    return out
+
+
+#: clips of one file in one unit are decoded together when the gap between them is at most this
+#: many seconds (segments of one file: one decode; clips far apart: one decode each)
+MERGE_GAP_S = 1.0
+
+
+class UnitAudio(torch.utils.data.Dataset):
+    """Dataset over units: item ``i`` -> (unit, [:class:`ClipWave` per clip of the unit]), or
+    (unit, None) when the unit's marker says it was done since the work list was made.
+
+    units: int64 [K, 5], the units to load in order: unit number, then its row of
+    :func:`featurestore.layout.unit_table`; offsets [N, 2]: the backbone's frame ranges. A clip is its file resampled to ``sr`` at samples [starts[c], ends[c])
+    (zero where the file is shorter), padded by ``geometry.pad`` zeros on both sides. Only the
+    samples the unit's windows read (:class:`WindowGeometry`) are decoded
+    (:func:`featurestore.audio.load_audio_range`), so memory follows the unit's size, not the
+    file's: a piece of a two-hour clip decodes its own stretch (plus context margins). Clips of one
+    file less than :data:`MERGE_GAP_S` apart are decoded in one stretch. ``done_path``: the
+    backbone's ``unit_done`` array, read before decoding a unit (None: not checked).
     """
 
-    def __init__(self, units: list[int], per_unit: int, audio_paths: np.ndarray, starts: np.ndarray,
-                 ends: np.ndarray, sr: int, pad: int):
-        self.units, self.per_unit = units, per_unit
+    def __init__(self, units: np.ndarray, offsets: np.ndarray, audio_paths: np.ndarray, starts: np.ndarray,
+                 ends: np.ndarray, sr: int, geometry: WindowGeometry, done_path: str | None = None):
+        self.units, self.offsets = np.asarray(units, dtype=np.int64).reshape(-1, 5), offsets
         self.paths, self.starts, self.ends = audio_paths, starts, ends
-        self.sr, self.pad = sr, pad
+        self.sr, self.geo, self.done_path = sr, geometry, done_path
+        self._done = None
 
     def __len__(self):
         return len(self.units)
 
+    def is_done(self, u: int) -> bool:
+        """The unit's marker as stored now (one small read)."""
+        if self.done_path is None:
+            return False
+        if self._done is None:  # opened lazily: in the worker process that uses it
+            import zarr
+
+            self._done = zarr.open_array(self.done_path, mode="r")
+        return bool(self._done[u])
+
+    def needed(self, row: tuple[int, int, int, int]) -> tuple[int, int]:
+        """Padded-clip samples [first, last) that the windows of a clip's frames [f0, f1) read."""
+        c, T, f0, f1 = row
+        spans = self.geo.windows(T, f0, f1)
+        if not spans:
+            return 0, 0
+        return min(s.start for s in spans), max(s.start + s.samples for s in spans)
+
     def __getitem__(self, i):
-        u = self.units[i]
-        lo, hi = layout.unit_range(u, self.per_unit, len(self.paths))
-        cache: dict[str, np.ndarray] = {}
-        waves = []
-        for c in range(lo, hi):
-            p = str(self.paths[c])
-            if p not in cache:
-                cache.clear()
-                cache[p] = au.load_audio(p, self.sr, check=False)
-            x = cache[p]
+        u, *unit_row = (int(v) for v in self.units[i])
+        if self.is_done(u):
+            return u, None
+        pad, sr = self.geo.pad, self.sr
+        need = []  # (clip row, first padded sample, last, file sample range [fa, fb))
+        for row in unit_clip_frames(self.offsets, np.array(unit_row)):
+            c = row[0]
+            first, last = self.needed(row)
             a, b = int(self.starts[c]), int(self.ends[c])
-            seg = np.zeros(b - a + 2 * self.pad, dtype=np.float32)
-            piece = x[a:b]
-            seg[self.pad:self.pad + len(piece)] = piece
-            waves.append(seg)
+            fa, fb = a + min(max(first - pad, 0), b - a), a + min(max(last - pad, 0), b - a)
+            need.append((c, first, last, fa, fb))
+        waves, k = [], 0
+        gap = int(MERGE_GAP_S * sr)
+        while k < len(need):  # a run of clips of one file, close together: one decode
+            j = k + 1
+            while (j < len(need) and str(self.paths[need[j][0]]) == str(self.paths[need[k][0]])
+                   and need[j][3] - max(n[4] for n in need[k:j]) <= gap and need[j][3] >= need[k][3]):
+                j += 1
+            lo, hi = min(n[3] for n in need[k:j]), max(n[4] for n in need[k:j])
+            x = au.load_audio_range(str(self.paths[need[k][0]]), sr, lo, hi) if hi > lo else np.zeros(0, np.float32)
+            for c, first, last, fa, fb in need[k:j]:
+                seg = np.zeros(max(last - first, 0), dtype=np.float32)
+                # padded-clip sample p holds clip sample p - pad, i.e. file sample starts[c] + p - pad
+                p0 = int(self.starts[c]) - pad  # file sample of padded-clip sample 0
+                q0, q1 = max(fa, p0 + first), min(fb, p0 + last)
+                if q1 > q0:
+                    seg[q0 - p0 - first:q1 - p0 - first] = x[q0 - lo:q1 - lo]
+                waves.append(ClipWave(c, first, seg, (int(self.ends[c]) - int(self.starts[c])) / sr))
+            k = j
         return u, waves
 
 
@@ -201,31 +318,36 @@ def _autocast(device: torch.device):
 
 
 @torch.inference_mode()
-def run_unit(fe: Frontend, unit: int, waves: list[np.ndarray], offsets: np.ndarray, clip_lo: int,
-             frame_range: tuple[int, int], *, window_k: int, budget_samples: int, device: torch.device,
-             dtype: np.dtype, context_k: int = 0, on_batch=None) -> UnitResult:
-    """Hidden states of every clip of a unit, laid out at its offsets.
+def run_unit(fe: Frontend, unit: int, unit_row: np.ndarray, clips: list[ClipWave], offsets: np.ndarray, *,
+             window_k: int, budget_samples: int, device: torch.device, dtype: np.dtype, context_k: int = 0,
+             clip_units: range | None = None, on_batch=None) -> UnitResult:
+    """Hidden states of a unit's frames, laid out at its offsets.
 
-    waves: padded clips of the unit; offsets: int64 [N, 2] of the whole backbone; frame_range:
-    the frames the unit owns; window_k / context_k: frames per window and margin frames per side
-    (:func:`window_plan`, :func:`plan_windows`); margin frames are computed and dropped. Returns
-    frames [owned, L, D] in ``dtype`` (float32 math, cast once) and the clip means/stds
-    [clips, L, D] computed in float32 before the cast.
+    unit_row: the unit's row of :func:`featurestore.layout.unit_table` (clips [lo, hi), frames
+    [start, end) it owns); clips: the audio of each of its clips (:class:`UnitAudio`); offsets:
+    int64 [N, 2] of the whole backbone; window_k / context_k: frames per window and margin frames
+    per side (:func:`window_plan`, :func:`clip_windows`); margin frames are computed and dropped.
+    Returns frames [owned, L, D] in ``dtype`` (float32 math, cast once) and the clip means/stds
+    [clips, L, D] computed in float32 before the cast; for a piece of a split clip (``clip_units``:
+    every unit of that clip) the float64 sum and sum of squares of its frames [2, L, D] instead.
     """
     L, D = fe.num_layers, fe.dim
-    start, end = frame_range
+    lo, hi, start, end = (int(v) for v in unit_row)
+    geo = WindowGeometry.of(fe, window_k, context_k)
     block = np.zeros((end - start, L, D), dtype=dtype)
-    n = len(waves)
+    n = hi - lo
     sums = np.zeros((n, L, D), dtype=np.float64)
     sqs = np.zeros((n, L, D), dtype=np.float64)
-    clip_frames = (offsets[clip_lo:clip_lo + n, 1] - offsets[clip_lo:clip_lo + n, 0]).astype(np.float64)
-    clip_seconds = [(len(w) - 2 * fe.pad) / fe.sample_rate for w in waves]
-    windows = []
-    for c, w in enumerate(waves):
-        nf = int(offsets[clip_lo + c, 1] - offsets[clip_lo + c, 0])
-        for span in plan_windows(nf, window_k, fe.stride, fe.receptive, context_k):
-            windows.append(Window(c, span.frame, span.n_frames, span.lead,
-                                  w[span.start:span.start + span.samples]))
+    parts = unit_clip_frames(offsets, unit_row)
+    windows, seconds_per_frame = [], np.zeros(n)
+    for (c, T, f0, f1), cw in zip(parts, clips):
+        if int(cw.row) != c:
+            raise RuntimeError(f"unit {unit}: audio of clip row {int(cw.row)} where clip row {c} was expected")
+        wave = np.asarray(cw.wave)
+        seconds_per_frame[c - lo] = float(cw.seconds) / max(T, 1)
+        for span in geo.windows(T, f0, f1):
+            a = span.start - int(cw.first)
+            windows.append(Window(c - lo, span.frame, span.n_frames, span.lead, wave[a:a + span.samples]))
     for batch in batch_windows(windows, budget_samples, fe.supports_padding):
         longest = max(len(w.wave) for w in batch)
         x = np.zeros((len(batch), longest), dtype=np.float32)
@@ -243,15 +365,17 @@ def run_unit(fe: Frontend, unit: int, waves: list[np.ndarray], offsets: np.ndarr
             if hw.shape[0] != w.n_frames:
                 raise RuntimeError(f"{fe.name}: a window of {len(w.wave)} samples gave {h.shape[1]} frames, "
                                    f"expected at least {w.lead + w.n_frames}")
-            pos = int(offsets[clip_lo + w.clip, 0]) + w.frame - start
+            pos = int(offsets[lo + w.clip, 0]) + w.frame - start
             block[pos:pos + w.n_frames] = hw
             sums[w.clip] += hw.sum(0, dtype=np.float64)
             sqs[w.clip] += np.square(hw, dtype=np.float64).sum(0)
-        if on_batch is not None:
-            # audio seconds of the clips covered by this batch (a window's share of its clip)
-            on_batch(sum(w.n_frames / clip_frames[w.clip] * clip_seconds[w.clip] for w in batch))
-    counts = (offsets[clip_lo:clip_lo + n, 1] - offsets[clip_lo:clip_lo + n, 0]).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = sums / counts[:, None, None]
-        var = np.maximum(sqs / counts[:, None, None] - mean ** 2, 0.0)
-    return UnitResult(unit, start, block, mean.astype(dtype), np.sqrt(var).astype(dtype), clip_lo)
+        if on_batch is not None:  # audio seconds of the frames this batch kept
+            on_batch(sum(w.n_frames * seconds_per_frame[w.clip] for w in batch))
+    if clip_units is not None:
+        T = int(offsets[lo, 1] - offsets[lo, 0])
+        empty = np.zeros((0, L, D), dtype=dtype)
+        return UnitResult(unit, start, block, empty, empty, lo, sums=np.stack([sums[0], sqs[0]]),
+                          clip_units=clip_units, clip_frames=T)
+    counts = offsets[lo:hi, 1] - offsets[lo:hi, 0]
+    mean, std = pooled_stats(sums, sqs, counts, dtype)
+    return UnitResult(unit, start, block, mean, std, lo)

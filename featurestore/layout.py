@@ -25,6 +25,22 @@ its pooled rows are exactly one chunk of the pooled arrays. So units are written
 by one process after a crash, or by several processes at once — without locks, and a unit is
 done only when its marker chunk says so. The cost is a few unused frames between units
 (less than one chunk per unit; reported by the build).
+
+*Pieces of long clips.* A clip of more than ``piece_frames`` frames (``target_unit_frames`` rounded
+up to whole chunks; then ``clips_per_unit`` is 1) is split over several units, one per
+``piece_frames`` frames of it (the last one takes the rest), so that extracting one holds a
+bounded amount of audio and frames whatever the clip's length, and a killed long clip resumes from
+its last finished piece. Offsets are the same as without pieces (the reader does not see units).
+Such a backbone has the attribute ``piece_frames`` (also in its ``identity``) and one more array::
+
+        piece_sums  [U, 2, L, D] float64: sum and sum of squares over the unit's frames, written
+                                 by units that are pieces of a split clip (before their marker)
+
+A split clip's pooled rows belong to no unit: whoever sees every piece of it done (the writer,
+after a piece's marker; every build once more before marking the backbone complete) writes them
+from the pieces' sums. Stores built before pieces existed have no ``piece_frames`` and are read
+and verified as before; a build refuses to resume one that would now be split (its identity
+differs) unless ``--overwrite``.
 """
 from __future__ import annotations
 
@@ -75,3 +91,73 @@ def unit_frame_range(offsets: np.ndarray, unit: int, per_unit: int, align: int) 
     start = int(offsets[a, 0])
     end = int(-(-int(offsets[b - 1, 1]) // align) * align)
     return start, max(end, start)
+
+
+def unit_plan(frames_per_clip: np.ndarray, target_frames: int, align: int, pieces: bool = True
+              ) -> tuple[int, int | None]:
+    """(clips per unit, frames per piece or None) of a backbone's layout: :func:`clips_per_unit`, and
+    :func:`piece_frames` when ``pieces`` and some clip is longer than a piece (None otherwise, which
+    is the layout of stores built before pieces existed: pass ``pieces=False`` to get theirs)."""
+    per_unit = clips_per_unit(frames_per_clip, target_frames)
+    piece = piece_frames(target_frames, align)
+    return per_unit, piece if pieces and splits_clips(frames_per_clip, per_unit, piece) else None
+
+
+def piece_frames(target_frames: int, align: int) -> int:
+    """Frames per piece of a split clip: ``target_frames`` rounded up to a multiple of ``align``, so
+    that every piece starts on a chunk (shard) boundary and owns its chunks."""
+    return max(1, -(-int(target_frames) // align)) * align
+
+
+def clip_pieces(frames_per_clip: np.ndarray, per_unit: int, piece: int) -> np.ndarray:
+    """Units each clip is split over -> int64 [N]: ceil(T / piece) for a clip of more than ``piece``
+    frames (only when ``per_unit`` is 1, which every such clip implies), else 1."""
+    nf = np.asarray(frames_per_clip, dtype=np.int64)
+    if per_unit != 1:
+        return np.ones(len(nf), dtype=np.int64)
+    return np.where(nf > piece, -(-nf // piece), 1)
+
+
+def splits_clips(frames_per_clip: np.ndarray, per_unit: int, piece: int) -> bool:
+    """Whether some clip is split into pieces under this layout."""
+    return bool((clip_pieces(frames_per_clip, per_unit, piece) > 1).any())
+
+
+#: columns of :func:`unit_table`
+CLIP_LO, CLIP_HI, FRAME_START, FRAME_END = range(4)
+
+
+def unit_table(offsets: np.ndarray, per_unit: int, align: int, piece: int | None = None) -> np.ndarray:
+    """Every unit of a layout -> int64 [U, 4]: clip rows [clip_lo, clip_hi) and the frames
+    [frame_start, frame_end) of ``frames`` it owns (its clips' frames up to the next aligned frame).
+
+    ``piece``: frames per piece (:func:`piece_frames`) when the layout splits clips, None otherwise
+    (then unit u holds clips [u*per_unit, (u+1)*per_unit), as :func:`unit_range` says). A piece of a
+    split clip has clip_hi = clip_lo + 1 and owns ``piece`` frames from the clip's start (the last
+    piece: the rest, up to the next aligned frame)."""
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    n = len(offsets)
+    if n == 0:
+        return np.zeros((0, 4), dtype=np.int64)
+    aligned_end = -(-offsets[:, 1] // align) * align
+    if piece is None or per_unit != 1:
+        lo = np.arange(0, n, per_unit, dtype=np.int64)
+        hi = np.minimum(lo + per_unit, n)
+        start = offsets[lo, 0]
+        return np.stack([lo, hi, start, np.maximum(aligned_end[hi - 1], start)], axis=1)
+    counts = clip_pieces(offsets[:, 1] - offsets[:, 0], 1, piece)
+    clip = np.repeat(np.arange(n, dtype=np.int64), counts)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    j = np.arange(len(clip), dtype=np.int64) - first
+    start = offsets[clip, 0] + j * piece
+    end = np.where(j < counts[clip] - 1, start + piece, np.maximum(aligned_end[clip], start))
+    return np.stack([clip, clip + 1, start, end], axis=1)
+
+
+def split_units(units: np.ndarray) -> dict[int, range]:
+    """Clip row -> its units, for every clip split over more than one unit of ``units``
+    (:func:`unit_table`)."""
+    single = units[:, CLIP_HI] - units[:, CLIP_LO] == 1
+    clips, first, counts = np.unique(units[single, CLIP_LO], return_index=True, return_counts=True)
+    rows = np.flatnonzero(single)
+    return {int(c): range(int(rows[f]), int(rows[f]) + int(k)) for c, f, k in zip(clips, first, counts) if k > 1}

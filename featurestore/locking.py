@@ -313,7 +313,7 @@ class StoreLock:
                 backend = self._make_backend(kind := "lease")
                 continue
             holder = backend.holder()
-            for _ in range(50):  # a holder writes who it is just after locking: give it a moment
+            for _ in range(300):  # a holder writes who it is just after locking: give it up to 3 s (a loaded machine)
                 if holder is not None or not backend.path.exists():
                     break
                 time.sleep(0.01)

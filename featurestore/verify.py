@@ -12,11 +12,15 @@ Checks, each problem reported with the backbone, unit, clip(s) and file it conce
   ``T`` = the frontend's frames for each clip's samples).
 - *files*: every chunk file (shard file when sharded) of ``frames`` and of the pooled arrays that a
   done unit owns exists, with the size of an uncompressed chunk (:class:`featurestore.store.ChunkFiles`).
+  The pooled rows of a clip split over several units (pieces, see :mod:`featurestore.layout`) are
+  owned by its last piece once every piece is done.
 - *values* (not with ``--quick``; reads every done unit once): the unit's CRC-32 written at
   extraction (``unit_checksum``; a store built before checksums has none: said, and skipped); no
   NaN or Inf in the frames of a done unit; ``pooled_mean`` / ``pooled_std`` rows equal the mean and
   standard deviation of their clip's stored frames, within the rounding of the store dtype (pooled
-  rows are computed in float32 from the frames before both are rounded).
+  rows are computed in float32 from the frames before both are rounded). A piece's checksum covers
+  its frames and its ``piece_sums`` row; a split clip's pooled rows are checked against the frames
+  of all its pieces, at its last piece.
 
 ``--repair`` (under the store's lock, :mod:`featurestore.locking`) unmarks damaged units
 (``unit_done`` = 0) and clears their backbone's ``complete``; a damaged backbone plan loses
@@ -107,10 +111,12 @@ def expected_plan(root: zarr.Group, g: zarr.Group) -> BackbonePlan:
     a, b = clip_samples(clips["start_s"][:], clips["end_s"][:], int(fe["sample_rate"]))
     geometry = SimpleNamespace(pad=int(fe["pad"]), receptive=int(fe["receptive"]), stride=int(fe["stride"]))
     nf = np.array([Frontend.n_frames(geometry, n) for n in (b - a)], dtype=np.int64)
-    align = int(g.attrs["align"])
-    per_unit = layout.clips_per_unit(nf, int(g.attrs["identity"]["target_unit_frames"]))
+    align, identity = int(g.attrs["align"]), g.attrs["identity"]
+    # a store planned before long clips were split into pieces has no piece_frames: its layout has none
+    per_unit, piece = layout.unit_plan(nf, int(identity["target_unit_frames"]), align,
+                                       pieces="piece_frames" in identity)
     offsets, total = layout.layout_frames(nf, per_unit, align)
-    return BackbonePlan(offsets, per_unit, align, total)
+    return BackbonePlan(offsets, per_unit, align, total, piece)
 
 
 def plan_problems(g: zarr.Group, plan: BackbonePlan | None = None) -> list[str]:
@@ -132,25 +138,33 @@ def plan_problems(g: zarr.Group, plan: BackbonePlan | None = None) -> list[str]:
         if not isinstance(v, int) or v < (0 if key == "total_frames" else 1):
             out.append(f"attribute {key!r} is {v!r}")
         sizes[key] = v
-    arrays = {name: _array(g, name) for name in BACKBONE_ARRAYS + ("unit_checksum",)}
+    piece = g.attrs.get("piece_frames")
+    if piece is not None and (not isinstance(piece, int) or piece < 1):
+        out.append(f"attribute 'piece_frames' is {piece!r}")
+    arrays = {name: _array(g, name) for name in BACKBONE_ARRAYS + ("unit_checksum", "piece_sums")}
     out += [f"array {name!r} is missing" for name in BACKBONE_ARRAYS if arrays[name] is None]
+    if piece is not None and arrays["piece_sums"] is None:
+        out.append("array 'piece_sums' is missing (the backbone splits long clips into pieces)")
     if out:
         return out
     L, D = int(fe["num_layers"]), int(fe["dim"])
     N, per_unit = arrays["offsets"].shape[0], sizes["clips_per_unit"]
+    U = len(layout.unit_table(arrays["offsets"][:], per_unit, sizes["align"], piece)) if piece else -(-N // per_unit)
     want = {"frames": (sizes["total_frames"], L, D), "offsets": (N, 2), "pooled_mean": (N, L, D),
-            "pooled_std": (N, L, D), "unit_done": (-(-N // per_unit),), "unit_checksum": (-(-N // per_unit),)}
+            "pooled_std": (N, L, D), "unit_done": (U,), "unit_checksum": (U,)}
+    if piece:
+        want["piece_sums"] = (U, 2, L, D)
     for name, shape in want.items():
         a = arrays[name]
         if a is not None and tuple(a.shape) != shape:
             out.append(f"array {name!r} has shape {tuple(a.shape)}, expected {shape}")
     if plan is not None and not out:
-        if (N, per_unit, sizes["align"], sizes["total_frames"]) != (len(plan.offsets), plan.per_unit, plan.align,
-                                                                    plan.total_frames):
+        if (N, per_unit, sizes["align"], sizes["total_frames"], piece) != (len(plan.offsets), plan.per_unit,
+                                                                           plan.align, plan.total_frames, plan.piece):
             out.append(f"the layout (clips {N}, clips_per_unit {per_unit}, align {sizes['align']}, frames "
-                       f"{sizes['total_frames']}) is not the one the clip table calls for (clips "
-                       f"{len(plan.offsets)}, clips_per_unit {plan.per_unit}, align {plan.align}, frames "
-                       f"{plan.total_frames})")
+                       f"{sizes['total_frames']}, piece_frames {piece}) is not the one the clip table calls for "
+                       f"(clips {len(plan.offsets)}, clips_per_unit {plan.per_unit}, align {plan.align}, frames "
+                       f"{plan.total_frames}, piece_frames {plan.piece})")
         else:
             stored = arrays["offsets"][:]
             bad = np.flatnonzero((stored != plan.offsets).any(axis=1))
@@ -237,10 +251,10 @@ def _describe_clips(ids, rows) -> str:
     return f"clips {str(ids[rows[0]])!r} to {str(ids[rows[-1]])!r} ({len(rows)} clips)"
 
 
-def _check_unit_values(g, name, u, fr, lo, hi, offsets, ids, checksums) -> list[Problem]:
-    """Read one done unit once (in slices): CRC-32, NaN/Inf in its clips' frames, pooled rows."""
-    frames, dtype = g["frames"], np.dtype(g["frames"].dtype)
-    mean, std = g["pooled_mean"][lo:hi], g["pooled_std"][lo:hi]
+def _frame_sums(frames, fr, offsets, lo: int, hi: int):
+    """Read frames [fr[0], fr[1]) once, in slices -> (CRC-32 of their bytes, and per clip of rows
+    [lo, hi) the float64 sum, sum of squares and sum of |x| [n, L, D] of its frames in that range,
+    and its count of NaN/Inf values [n])."""
     n, shape = hi - lo, tuple(frames.shape[1:])
     s1, s2, sabs = (np.zeros((n,) + shape) for _ in range(3))
     bad = np.zeros(n, dtype=np.int64)
@@ -260,6 +274,40 @@ def _check_unit_values(g, name, u, fr, lo, hi, offsets, ids, checksums) -> list[
                 s1[c] += seg.sum(0)
                 s2[c] += np.square(seg).sum(0)
                 sabs[c] += np.abs(seg).sum(0)
+    return crc, s1, s2, sabs, bad
+
+
+def _pooled_problems(name, u, i, cid, span, mean, std, s1, s2, sabs, bad, dtype) -> list[Problem]:
+    """NaN/Inf in clip row ``i``'s frames ``span`` (its offsets), or pooled rows ``mean``/``std``
+    [L, D] that are not the statistics of its frames (sums ``s1``, ``s2``, ``sabs``), reported
+    against unit ``u``."""
+    T = int(span[1] - span[0])
+    if bad:
+        return [Problem("nonfinite", f"clip {cid!r} has {bad} NaN/Inf values in its frames {span[0]}-{span[1]}",
+                        name, u, [cid])]
+    if T == 0:
+        if not (np.isnan(mean).all() and np.isnan(std).all()):
+            return [Problem("pooled", f"clip {cid!r} has no frame but pooled rows that are not NaN", name, u, [cid])]
+        return []
+    out = []
+    m, sd, tol_m, tol_s = _tolerances(dtype, T, s1, s2, sabs)
+    for stat, stored, want, tol in (("pooled_mean", mean, m, tol_m), ("pooled_std", std, sd, tol_s)):
+        err = np.abs(stored.astype(np.float64) - want)
+        wrong = ~(err <= tol)  # NaN in the stored row counts as wrong
+        if wrong.any():
+            k = np.unravel_index(int(np.argmax(np.where(wrong, np.nan_to_num(err, nan=np.inf), -1))), wrong.shape)
+            out.append(Problem("pooled", f"{stat} row of clip {cid!r} (row {i}) is not the statistic of its "
+                                         f"frames at {int(wrong.sum())} of {wrong.size} values; e.g. layer "
+                                         f"{k[0]} dim {k[1]}: stored {float(stored[k]):.6g}, frames give "
+                                         f"{float(want[k]):.6g}", name, u, [cid]))
+    return out
+
+
+def _check_unit_values(g, name, u, fr, lo, hi, offsets, ids, checksums) -> list[Problem]:
+    """Read one done unit once (in slices): CRC-32, NaN/Inf in its clips' frames, pooled rows."""
+    dtype = np.dtype(g["frames"].dtype)
+    mean, std = g["pooled_mean"][lo:hi], g["pooled_std"][lo:hi]
+    crc, s1, s2, sabs, bad = _frame_sums(g["frames"], fr, offsets, lo, hi)
     out = []
     if checksums is not None:
         crc = crc_update(crc_update(crc, mean), std)  # as writer.unit_checksum: frames, then pooled rows
@@ -269,28 +317,35 @@ def _check_unit_values(g, name, u, fr, lo, hi, offsets, ids, checksums) -> list[
                                            f"{fr[0]}-{fr[1]} or pooled rows {lo}-{hi} "
                                            f"({_describe_clips(ids, range(lo, hi))}) changed", name, u,
                                [str(ids[i]) for i in range(lo, hi)]))
-    for c in range(n):
-        i, T = lo + c, int(offsets[lo + c, 1] - offsets[lo + c, 0])
-        cid = str(ids[i])
-        if bad[c]:
-            out.append(Problem("nonfinite", f"clip {cid!r} has {bad[c]} NaN/Inf values in its frames "
-                                            f"{offsets[i, 0]}-{offsets[i, 1]}", name, u, [cid]))
-            continue
-        if T == 0:
-            if not (np.isnan(mean[c]).all() and np.isnan(std[c]).all()):
-                out.append(Problem("pooled", f"clip {cid!r} has no frame but pooled rows that are not NaN",
-                                   name, u, [cid]))
-            continue
-        m, sd, tol_m, tol_s = _tolerances(dtype, T, s1[c], s2[c], sabs[c])
-        for stat, stored, want, tol in (("pooled_mean", mean[c], m, tol_m), ("pooled_std", std[c], sd, tol_s)):
-            err = np.abs(stored.astype(np.float64) - want)
-            wrong = ~(err <= tol)  # NaN in the stored row counts as wrong
-            if wrong.any():
-                k = np.unravel_index(int(np.argmax(np.where(wrong, np.nan_to_num(err, nan=np.inf), -1))), wrong.shape)
-                out.append(Problem("pooled", f"{stat} row of clip {cid!r} (row {i}) is not the statistic of its "
-                                             f"frames at {int(wrong.sum())} of {wrong.size} values; e.g. layer "
-                                             f"{k[0]} dim {k[1]}: stored {float(stored[k]):.6g}, frames give "
-                                             f"{float(want[k]):.6g}", name, u, [cid]))
+    for c in range(hi - lo):
+        i = lo + c
+        out += _pooled_problems(name, u, i, str(ids[i]), offsets[i], mean[c], std[c], s1[c], s2[c], sabs[c],
+                                int(bad[c]), dtype)
+    return out
+
+
+def _check_piece_values(g, name, u, fr, clip, pieces: range, offsets, ids, checksums, acc: dict,
+                        all_done: bool) -> list[Problem]:
+    """Read one done piece of split clip row ``clip`` (``pieces``: every unit of the clip): CRC-32
+    over its frames and its ``piece_sums`` row (as the writer computed it); its frame sums are added
+    to ``acc[clip]``, and at the clip's last piece, when every piece is done and was read, the
+    clip's NaN/Inf count and pooled rows are checked against all its frames."""
+    crc, s1, s2, sabs, bad = _frame_sums(g["frames"], fr, offsets, clip, clip + 1)
+    cid = str(ids[clip])
+    out = []
+    if checksums is not None:
+        crc = crc_update(crc, g["piece_sums"][u])
+        if int(checksums[u]) != crc:
+            out.append(Problem("checksum", f"the unit's bytes do not match the checksum written at extraction "
+                                           f"(stored {int(checksums[u]):#010x}, now {crc:#010x}): frames "
+                                           f"{fr[0]}-{fr[1]} or piece_sums row {u} (piece {u - pieces.start + 1} "
+                                           f"of {len(pieces)} of clip {cid!r}) changed", name, u, [cid]))
+    k, t1, t2, tabs, tbad = acc.get(clip, (0, 0.0, 0.0, 0.0, 0))
+    acc[clip] = (k + 1, t1 + s1[0], t2 + s2[0], tabs + sabs[0], tbad + int(bad[0]))
+    if u == pieces.stop - 1 and all_done and acc[clip][0] == len(pieces):
+        k, t1, t2, tabs, tbad = acc.pop(clip)
+        out += _pooled_problems(name, u, clip, cid, offsets[clip], g["pooled_mean"][clip], g["pooled_std"][clip], t1,
+                                t2, tabs, tbad, np.dtype(g["frames"].dtype))
     return out
 
 
@@ -321,21 +376,31 @@ def verify_backbone(root: zarr.Group, store_dir: Path, name: str, ids, quick: bo
         problems.append(Problem("incomplete", f"not complete: {int(done.sum())} of {len(done)} units done; run the "
                                               "build again to finish it", name))
     values_checked = 0
+    units = layout.unit_table(offsets, per_unit, align, g.attrs.get("piece_frames"))
+    split = layout.split_units(units)
+    acc: dict = {}  # split clip -> sums over its pieces read so far
     for u in np.flatnonzero(done):
         u = int(u)
-        lo, hi = layout.unit_range(u, per_unit, len(offsets))
-        fr = layout.unit_frame_range(offsets, u, per_unit, align)
+        lo, hi, *fr = (int(v) for v in units[u])
+        pieces = split.get(lo) if hi - lo == 1 else None
         clips = [str(ids[i]) for i in range(lo, hi)]
         found = []
         cells = [(frames, c) for c in range(fr[0] // frames.grain, -(-fr[1] // frames.grain))]
-        cells += [(files, u) for files in pooled.values()]
+        # pooled rows: one chunk per unit of clips; a split clip's rows belong to its last piece, and
+        # exist once every piece is done
+        pieces_done = pieces is not None and bool(done[pieces.start:pieces.stop].all())
+        if pieces is None or (u == pieces.stop - 1 and pieces_done):
+            cells += [(files, lo // per_unit) for files in pooled.values()]
         for files, c in cells:
             exists, msg = files.inspect(c)
             if msg is not None:
                 found.append(Problem("chunk_size" if exists else "missing_chunk", msg, name, u, clips,
                                      str(files.path(c))))
         if not found and not quick:
-            found = _check_unit_values(g, name, u, fr, lo, hi, offsets, ids, checksums)
+            if pieces is None:
+                found = _check_unit_values(g, name, u, fr, lo, hi, offsets, ids, checksums)
+            else:
+                found = _check_piece_values(g, name, u, fr, lo, pieces, offsets, ids, checksums, acc, pieces_done)
             values_checked += 1
         problems += found
     summary = {"units": int(len(done)), "units_done": int(done.sum()),

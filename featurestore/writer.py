@@ -52,16 +52,23 @@ def write_clip_table(root: zarr.Group, clips: list[dict]) -> None:
 
 @dataclass
 class BackbonePlan:
-    """Where each clip of one backbone goes. offsets int64 [N, 2]; frames F total."""
+    """Where each clip of one backbone goes. offsets int64 [N, 2]; frames F total; piece: frames per
+    piece when long clips are split over several units (:func:`featurestore.layout.unit_table`)."""
 
     offsets: np.ndarray
     per_unit: int
     align: int
     total_frames: int
+    piece: int | None = None
+
+    @property
+    def units(self) -> np.ndarray:
+        """int64 [U, 4]: clip_lo, clip_hi, frame_start, frame_end of every unit."""
+        return layout.unit_table(self.offsets, self.per_unit, self.align, self.piece)
 
     @property
     def n_units(self) -> int:
-        return -(-len(self.offsets) // self.per_unit)
+        return len(self.units)
 
 
 def create_backbone(root: zarr.Group, name: str, plan: BackbonePlan, num_layers: int, dim: int, *, dtype: str,
@@ -86,18 +93,26 @@ def create_backbone(root: zarr.Group, name: str, plan: BackbonePlan, num_layers:
     for stat in ("pooled_mean", "pooled_std"):
         g.create_array(stat, shape=(N, L, D), dtype=dtype, chunks=(plan.per_unit, L, D), compressors=None,
                        fill_value=np.nan, **doc(stat))
-    g.create_array("unit_done", shape=(plan.n_units,), dtype="uint8", chunks=(1,), fill_value=0, **doc("unit_done"))
-    g.create_array("unit_checksum", shape=(plan.n_units,), dtype="uint32", chunks=(1,), fill_value=0,
+    U = plan.n_units
+    g.create_array("unit_done", shape=(U,), dtype="uint8", chunks=(1,), fill_value=0, **doc("unit_done"))
+    g.create_array("unit_checksum", shape=(U,), dtype="uint32", chunks=(1,), fill_value=0,
                    **doc("unit_checksum"))
+    pieces = {}
+    if plan.piece:
+        g.create_array("piece_sums", shape=(U, 2, L, D), dtype="float64", chunks=(1, 2, L, D), compressors=None,
+                       fill_value=0, **doc("piece_sums"))
+        pieces = {"piece_frames": plan.piece}
     g.attrs.update({**attrs, "clips_per_unit": plan.per_unit, "align": plan.align,
-                    "total_frames": plan.total_frames, "planned": True})
+                    "total_frames": plan.total_frames, **pieces, "planned": True})
     return g
 
 
 @dataclass
 class UnitResult:
     """One unit's output. frames [end-start, L, D] (store dtype) starting at frame ``start``;
-    mean/std [clips in unit, L, D]."""
+    mean/std [clips in unit, L, D]. A piece of a split clip has no pooled rows (mean/std [0, L, D])
+    but ``sums`` float64 [2, L, D] (sum and sum of squares over its frames), ``clip_units`` (every
+    unit of its clip) and ``clip_frames`` (the clip's frame count)."""
 
     unit: int
     start: int
@@ -105,6 +120,19 @@ class UnitResult:
     mean: np.ndarray
     std: np.ndarray
     clip_lo: int
+    sums: np.ndarray | None = None
+    clip_units: range | None = None
+    clip_frames: int = 0
+
+
+def pooled_stats(sums: np.ndarray, sqs: np.ndarray, counts: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (population) std rows [n, L, D] in ``dtype`` from float64 sums and sums of squares
+    [n, L, D] over ``counts`` [n] frames (NaN where a count is 0)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sums / counts[:, None, None]
+        var = np.maximum(sqs / counts[:, None, None] - mean ** 2, 0.0)
+    return mean.astype(dtype), np.sqrt(var).astype(dtype)
 
 
 def crc_update(crc: int, a: np.ndarray) -> int:
@@ -112,13 +140,14 @@ def crc_update(crc: int, a: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8), crc)
 
 
-def unit_checksum(frames: np.ndarray, mean: np.ndarray, std: np.ndarray) -> int:
+def unit_checksum(frames: np.ndarray, *rows: np.ndarray) -> int:
     """CRC-32 of a unit's bytes as stored: its frames [owned frames, L, D] (alignment frames
-    included), then its pooled mean and std rows [clips, L, D], store dtype. The same as
-    :func:`crc_update` over the frames in consecutive slices, then the rows. About 4 GB/s, in the
-    writer thread, so a build does not wait for it."""
-    crc = 0
-    for a in (frames, mean, std):
+    included), then its pooled mean and std rows [clips, L, D], store dtype (for a piece of a split
+    clip: its ``piece_sums`` row [2, L, D] float64 instead). The same as :func:`crc_update` over the
+    frames in consecutive slices, then the rows. About 4 GB/s, in the writer thread, so a build
+    does not wait for it."""
+    crc = crc_update(0, frames)
+    for a in rows:
         crc = crc_update(crc, a)
     return crc
 
@@ -129,16 +158,39 @@ _WRITE_ALL = {"write_empty_chunks": True}
 
 
 def write_unit(g: zarr.Group, r: UnitResult) -> None:
-    """Frames, then pooled rows, then the unit's checksum (stores built before checksums have no
-    ``unit_checksum``), then its marker (last, so a partial unit is never 'done')."""
+    """Frames, then pooled rows (a piece of a split clip: its ``piece_sums`` row), then the unit's
+    checksum (stores built before checksums have no ``unit_checksum``), then its marker (last, so a
+    partial unit is never 'done'); then, for a piece, the clip's pooled rows if every piece of the
+    clip is done (:func:`finish_split_clip`)."""
     if len(r.frames):
         g["frames"].with_config(_WRITE_ALL)[r.start:r.start + len(r.frames)] = r.frames
     if len(r.mean):
         g["pooled_mean"].with_config(_WRITE_ALL)[r.clip_lo:r.clip_lo + len(r.mean)] = r.mean
         g["pooled_std"].with_config(_WRITE_ALL)[r.clip_lo:r.clip_lo + len(r.std)] = r.std
+    if r.sums is not None:
+        g["piece_sums"].with_config(_WRITE_ALL)[r.unit] = r.sums
     if "unit_checksum" in g:
-        g["unit_checksum"][r.unit] = unit_checksum(r.frames, r.mean, r.std)
+        rows = (r.sums,) if r.sums is not None else (r.mean, r.std)
+        g["unit_checksum"][r.unit] = unit_checksum(r.frames, *rows)
     g["unit_done"][r.unit] = 1
+    if r.clip_units is not None:
+        finish_split_clip(g, r.clip_lo, r.clip_units, r.clip_frames)
+
+
+def finish_split_clip(g: zarr.Group, clip: int, units: range, n_frames: int) -> bool:
+    """Write the pooled rows of a clip split over ``units`` from their ``piece_sums`` once every one
+    of them is done; returns whether it wrote them. Idempotent (the same bytes each time), so the
+    writers of two pieces that finish together may both write them."""
+    if not g["unit_done"][units.start:units.stop].all():
+        return False
+    sums = g["piece_sums"][units.start:units.stop]  # [pieces, 2, L, D] float64
+    total = sums[0].copy()
+    for k in range(1, len(sums)):  # piece by piece, in order: the same sums whoever adds them
+        total += sums[k]
+    mean, std = pooled_stats(total[None, 0], total[None, 1], np.array([n_frames]), g["pooled_mean"].dtype)
+    g["pooled_mean"].with_config(_WRITE_ALL)[clip:clip + 1] = mean
+    g["pooled_std"].with_config(_WRITE_ALL)[clip:clip + 1] = std
+    return True
 
 
 class BackgroundWriter:

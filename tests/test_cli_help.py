@@ -47,6 +47,7 @@ PARSERS = {
     "pipelines.transcription": lambda: _pipeline_parser("transcription"),
     "benchmarks.extraction": lambda: _parser_of("benchmarks.extraction", "parse_args"),
     "benchmarks.heads_fit": lambda: _parser_of("benchmarks.heads_fit", "main"),
+    "benchmarks.memory": lambda: _parser_of("benchmarks.memory", "parse_args"),
 }
 
 

@@ -1,0 +1,262 @@
+"""``python -m benchmarks.memory``: peak memory (RSS) of ``featurestore.build`` on one long recording
+of 10, 40 and 120 minutes. Memory must not grow with the recording's length: a long clip is
+decoded and extracted piece by piece (:mod:`featurestore.layout`), so the peaks should agree within
+``--tolerance`` (15 %).
+
+For each length it writes a 16 kHz PCM_16 WAV (noise and a gliding tone, written in blocks, so the
+generator holds one minute at a time), then runs each build in a **fresh Python process** and reads
+that process's own peak RSS (``VmHWM`` of ``/proc/self/status``) and the peak RSS of its decoding
+workers (``ru_maxrss`` of ``getrusage(RUSAGE_CHILDREN)``) when the build returns. One extra process
+only loads the model and runs one ``--window-seconds`` forward pass: the floor that the model
+itself costs.
+
+The backbone is a randomly initialised transformers model saved to a folder and loaded by the
+build through the registry's user path (``--backbone FOLDER``), as a downloaded model would be:
+``--model base`` is ``Wav2Vec2Model(Wav2Vec2Config())`` (12 layers x 768, about 95 M parameters),
+``--model tiny`` a 2-layer x 32 one (same code path, seconds instead of minutes), or
+``--backbone NAME`` any registry frontend (e.g. ``logmel``).
+
+Stopping early (``--units K``, default 2): the build extracts only the first K units (pieces of
+``--unit-frames`` frames, 8192 = 164 s at 50 Hz) of the recording and stops, leaving a resumable
+store. Peak memory is reached within the first pieces when it is bounded (each piece holds the same
+amount), and everything that used to grow with the file (decoding the whole file, holding all its
+frames) happens before or during the first piece, so this measures it; the full 120 min with the
+base model would take about 2 hours of extraction on 2 CPU cores. ``--units 0`` extracts
+everything (on a GPU machine: ``python -m benchmarks.memory --model base --units 0 --device cuda``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from featurestore.cli import HelpFormatter
+
+MODELS = {
+    "base": {},  # Wav2Vec2Config() defaults: 12 layers x 768
+    "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                 conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2),
+}
+SR = 16000
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.memory",
+        description="Peak RSS of featurestore.build on one long recording of several lengths (default 10, 40 "
+                    "and 120 minutes), each build in a fresh process; checks that the peaks agree within "
+                    "--tolerance (memory does not grow with the recording's length).",
+        formatter_class=HelpFormatter)
+    p.add_argument("--minutes", default="10,40,120", help="recording lengths in minutes, comma-separated")
+    p.add_argument("--model", choices=sorted(MODELS), default="base",
+                   help="random Wav2Vec2 model saved to a folder and loaded as a user's model: base (12 x 768) "
+                        "or tiny (2 x 32)")
+    p.add_argument("--backbone", default=None,
+                   help="measure this registry frontend or model folder instead of a random --model")
+    p.add_argument("--units", type=int, default=2,
+                   help="extract only the first K units (pieces) of each recording, then stop; 0: everything")
+    p.add_argument("--unit-frames", type=int, default=8192, help="--unit-frames of the build (frames per piece)")
+    p.add_argument("--window-seconds", type=float, default=30.0, help="--window-seconds of the build")
+    p.add_argument("--num-workers", type=int, default=2, help="decoding worker processes of the build")
+    p.add_argument("--device", default="cpu", help="device of the build (cpu, cuda)")
+    p.add_argument("--tolerance", type=float, default=0.15,
+                   help="largest allowed (max - min) / min of the builds' peak RSS")
+    p.add_argument("--workdir", default=None,
+                   help="folder for the recordings, model and stores (default: a temporary folder, removed at "
+                        "the end; a 120 min recording is 230 MB)")
+    p.add_argument("--json", metavar="OUT", default=None, help="write the results as JSON to this file")
+    p.add_argument("--child", choices=("build", "model"), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--input", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--store", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    try:
+        args.minutes = [float(m) for m in str(args.minutes).split(",") if m.strip()]
+    except ValueError:
+        p.error(f"--minutes expects numbers separated by commas, got {args.minutes!r}")
+    if not args.minutes or any(not m > 0 for m in args.minutes):
+        p.error("--minutes must be positive")
+    if args.units < 0 or args.unit_frames < 1 or args.num_workers < 0 or not args.tolerance > 0:
+        p.error("--units and --num-workers must be >= 0, --unit-frames >= 1 and --tolerance > 0")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# inputs
+# ----------------------------------------------------------------------------------------------
+
+def write_recording(path: Path, minutes: float, sr: int = SR, seed: int = 0) -> Path:
+    """A mono PCM_16 WAV of ``minutes`` minutes at ``sr`` Hz (noise and a slowly gliding tone), written
+    one minute at a time (the generator holds one block, not the file)."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    n, block = int(round(minutes * 60 * sr)), 60 * sr
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sf.SoundFile(str(path), "w", samplerate=sr, channels=1, subtype="PCM_16") as f:
+        for a in range(0, n, block):
+            t = np.arange(a, min(n, a + block)) / sr
+            x = 0.3 * np.sin(2 * np.pi * (220 + 40 * np.sin(2 * np.pi * t / 30)) * t) + 0.05 * rng.standard_normal(len(t))
+            f.write(x.astype(np.float32))
+    return path
+
+
+def save_model(folder: Path, model: str) -> Path:
+    """A randomly initialised ``Wav2Vec2Model`` of size ``model`` (:data:`MODELS`) saved to ``folder``."""
+    import torch
+    import transformers as T
+
+    torch.manual_seed(0)
+    T.Wav2Vec2Model(T.Wav2Vec2Config(**MODELS[model])).eval().save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"sampling_rate": SR, "do_normalize": False}))
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# the measured processes
+# ----------------------------------------------------------------------------------------------
+
+def peak_rss() -> dict:
+    """Peak RSS in MiB of this process (``VmHWM``) and of its finished children (decoding workers)."""
+    own = None
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                own = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if own is None:  # not Linux: ru_maxrss (kB on Linux, bytes on macOS)
+        scale = 1024 * 1024 if sys.platform == "darwin" else 1024
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+    return {"self_mib": own, "workers_mib": kids}
+
+
+def child(args) -> dict:
+    """The measured process: a build (``--child build``) or loading the model and one forward pass of
+    ``--window-seconds`` (``--child model``). Returns its peak RSS and what it did."""
+    import torch
+
+    import featurestore.build as fb
+    from featurestore.clips import ClipSettings
+
+    t0 = time.perf_counter()
+    out = {}
+    if args.child == "model":
+        fe = fb.load_frontend(args.backbone, device=args.device)
+        fe.to(args.device).eval()
+        x = torch.zeros(1, int(args.window_seconds * fe.sample_rate))
+        x[0].normal_(0, 0.1)
+        with torch.inference_mode():
+            fe.hidden_states(x.to(args.device), torch.tensor([x.shape[1]], device=args.device))
+    else:
+        if args.units:  # stop after the first K units: the build extracts only these (rotation off)
+            fb._work_order = lambda todo, k=args.units: list(todo)[:k]
+        report = fb.build(args.input, args.store, [args.backbone], name="bench",
+                          clip_settings=ClipSettings(segment_s=None, min_segment_s=0.0),
+                          extract=fb.ExtractSettings(target_unit_frames=args.unit_frames,
+                                                     window_s=args.window_seconds),
+                          device=args.device, num_workers=args.num_workers, progress=False)
+        s = report.backbones["bench"]
+        out = {"units": s["units"], "units_done": s["units_done"], "audio_seconds": s["audio_seconds"],
+               "extract_seconds": s["seconds"]}
+    return {**out, **peak_rss(), "seconds": time.perf_counter() - t0}
+
+
+def run_child(args, kind: str, **extra) -> dict:
+    """Run :func:`child` in a fresh Python process and return what it printed (JSON)."""
+    cmd = [sys.executable, "-m", "benchmarks.memory", "--child", kind, "--backbone", args.backbone,
+           "--units", str(args.units), "--unit-frames", str(args.unit_frames), "--window-seconds",
+           str(args.window_seconds), "--num-workers", str(args.num_workers), "--device", args.device]
+    for k, v in extra.items():
+        cmd += [f"--{k}", str(v)]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"the measured process failed ({' '.join(cmd)}):\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------------
+# the benchmark
+# ----------------------------------------------------------------------------------------------
+
+def run(args, workdir: Path) -> dict:
+    if args.backbone is None:
+        args.backbone = str(save_model(workdir / f"wav2vec2-{args.model}-random", args.model))
+        label = f"random Wav2Vec2 {args.model} (saved and loaded as a model folder)"
+    else:
+        label = args.backbone
+    result = {"backbone": label, "unit_frames": args.unit_frames, "units_per_build": args.units or "all",
+              "window_seconds": args.window_seconds, "num_workers": args.num_workers, "device": args.device,
+              "machine": {"nproc": os.cpu_count(), "platform": platform.platform(),
+                          "loadavg_start": list(os.getloadavg())},
+              "model_only": run_child(args, "model"), "builds": []}
+    for minutes in args.minutes:
+        wav = write_recording(workdir / f"rec-{minutes:g}min" / "rec.wav", minutes)
+        store = workdir / f"rec-{minutes:g}min.zarr"
+        shutil.rmtree(store, ignore_errors=True)
+        r = run_child(args, "build", input=wav.parent, store=store)
+        result["builds"].append({"minutes": minutes, "file_mb": wav.stat().st_size / 1e6, **r})
+        shutil.rmtree(store, ignore_errors=True)
+        wav.unlink()
+    peaks = [b["self_mib"] for b in result["builds"]]
+    result["spread"] = (max(peaks) - min(peaks)) / min(peaks)
+    result["within_tolerance"] = bool(result["spread"] <= args.tolerance)
+    result["tolerance"] = args.tolerance
+    result["machine"]["loadavg_end"] = list(os.getloadavg())
+    return result
+
+
+def format_table(r: dict) -> str:
+    m = r["model_only"]
+    lines = [f"backbone: {r['backbone']}; units of {r['unit_frames']} frames, {r['units_per_build']} unit(s) per "
+             f"build; {r['num_workers']} decoding workers; device {r['device']}",
+             f"model only (load + one {r['window_seconds']:g} s forward pass): peak RSS {m['self_mib']:.0f} MiB",
+             "", "| recording | WAV | units extracted / planned | audio-s extracted | build peak RSS | "
+                 "decoding workers peak | wall s |",
+             "|---|---|---|---|---|---|---|"]
+    for b in r["builds"]:
+        lines.append(f"| {b['minutes']:g} min | {b['file_mb']:.0f} MB | {b['units_done']} / {b['units']} | "
+                     f"{b['audio_seconds']:.0f} | {b['self_mib']:.0f} MiB | {b['workers_mib']:.0f} MiB | "
+                     f"{b['seconds']:.0f} |")
+    lines += ["", f"spread of the build peaks (max - min) / min: {100 * r['spread']:.1f} % "
+                  f"({'within' if r['within_tolerance'] else 'NOT within'} {100 * r['tolerance']:.0f} %); "
+                  f"load average {r['machine']['loadavg_start'][0]:.1f} -> {r['machine']['loadavg_end'][0]:.1f}"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args)))
+        return 0
+    tmp = None
+    if args.workdir:
+        workdir = Path(args.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        workdir = tmp = Path(tempfile.mkdtemp(prefix="singfront-memory-"))
+    try:
+        result = run(args, workdir)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0 if result["within_tolerance"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
