@@ -28,13 +28,13 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.workdir import work_folder
 from featurestore.cli import HelpFormatter
 from featurestore import open_store
 from featurestore.audio import load_audio, segment_bounds
@@ -481,18 +481,8 @@ def run(args, workdir: Path) -> dict:
 def main(argv=None) -> int:
     """Run the benchmark, print the table, write ``--json`` if asked."""
     args = parse_args(argv)
-    tmp = None
-    if args.workdir is None:
-        tmp = Path(tempfile.mkdtemp(prefix="featurestore-bench-"))
-        workdir = tmp
-    else:
-        workdir = Path(args.workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_folder(args.workdir, "featurestore-bench-") as workdir:
         results = run(args, workdir)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     print(format_table(results))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

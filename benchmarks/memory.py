@@ -34,12 +34,12 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.workdir import work_folder
 from featurestore.cli import HelpFormatter
 
 MODELS = {
@@ -241,17 +241,8 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(child(args)))
         return 0
-    tmp = None
-    if args.workdir:
-        workdir = Path(args.workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-    else:
-        workdir = tmp = Path(tempfile.mkdtemp(prefix="singfront-memory-"))
-    try:
+    with work_folder(args.workdir, "singfront-memory-") as workdir:
         result = run(args, workdir)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -36,6 +36,18 @@ NEG = -1.0e4
 _REDUCTIONS = ("mean", "sum", "none")
 
 
+def advance(delta, best, arg, pointers, t: int, mask, full: bool, identity):
+    """One Viterbi frame ``t`` (>= 1): store the backpointers ``arg`` [B, S] in ``pointers[t - 1]`` and
+    return the new ``delta`` (``best`` [B, S]). A row whose frame ``t`` is padding keeps its delta
+    and gets the identity pointer, so backtracking passes through it unchanged."""
+    if full:
+        pointers[t - 1] = arg
+        return best
+    step = mask[:, t:t + 1]
+    pointers[t - 1] = torch.where(step, arg, identity)
+    return torch.where(step, best, delta)
+
+
 def backtrack(pointers: torch.Tensor, last: torch.Tensor) -> np.ndarray:
     """Viterbi paths from backpointers: ``pointers`` ``[T-1, B, S]`` (the best previous state of each
     state at frames 1..T-1), ``last`` ``[B]`` (the best final state) -> int64 ``[B, T]``.
@@ -222,15 +234,7 @@ class LinearChainCRF(nn.Module):
             best, arg = scores.max(dim=1)                                 # over the previous state
             best.add_(emissions[:, t])
             best.sub_(best.max(dim=1, keepdim=True).values)               # renormalise (path unchanged)
-            if full[t]:
-                delta = best
-                pointers[t - 1] = arg
-            else:
-                # a padded frame keeps delta and gets the identity pointer, so backtracking passes
-                # through it unchanged
-                step = mask[:, t:t + 1]
-                delta = torch.where(step, best, delta)
-                pointers[t - 1] = torch.where(step, arg, identity)
+            delta = advance(delta, best, arg, pointers, t, mask, full[t], identity)
         path = backtrack(pointers, (delta + end).argmax(dim=1))
         return torch.from_numpy(path).to(device).masked_fill(~mask, -1)
 

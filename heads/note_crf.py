@@ -33,7 +33,7 @@ import contextlib
 import numpy as np
 import torch
 
-from heads.crf import LinearChainCRF, backtrack
+from heads.crf import LinearChainCRF, advance, backtrack
 from heads.note_states import NoteStates
 
 
@@ -353,13 +353,7 @@ class NoteChainCRF(LinearChainCRF):
                 best = torch.cat([best_free, torch.where(take_on, from_on, from_sus)], dim=1) + E[:, t]
                 arg = torch.cat([arg_free, torch.where(take_on, on_idx, sus_idx)], dim=1)
                 best = best - best.max(dim=1, keepdim=True).values
-                if full[t]:
-                    delta = best
-                    pointers[t - 1] = arg
-                else:
-                    step = mask[:, t:t + 1]
-                    delta = torch.where(step, best, delta)
-                    pointers[t - 1] = torch.where(step, arg, identity)
+                delta = advance(delta, best, arg, pointers, t, mask, full[t], identity)
         path = backtrack(pointers, (delta + chain.log_end).argmax(dim=1))
         out = perm.cpu().numpy()[path]
         return torch.from_numpy(out).to(device).masked_fill(~mask, -1)
