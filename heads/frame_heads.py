@@ -303,7 +303,8 @@ class _FrameBank:
     def song_batches(self, budget_bytes: float | None = None):
         """Whole clips in padded batches (longest first, at most ``budget_bytes`` of frames per batch
         unless one clip is bigger) -> a list of (clip indices, x [B, T, L', D], mask [B, T], targets)
-        when the frames are in memory (so every epoch reuses it), else a generator reading them."""
+        when the frames are in memory (so every epoch reuses it), else an iterable that reads them
+        again each time it is iterated (once per epoch)."""
         budget_bytes = DECODE_BATCH_BYTES if budget_bytes is None else budget_bytes
         order = sorted((i for i in range(len(self)) if self.lengths[i] > 0), key=lambda i: -self.lengths[i])
         groups, cur = [], []
@@ -319,8 +320,20 @@ class _FrameBank:
             x, tg, mask = self.batch([(i, 0, self.lengths[i]) for i in rows])
             return rows, x, mask, tg
 
-        gen = (make(rows) for rows in groups)
-        return list(gen) if self.frames is not None else gen
+        if self.frames is not None:
+            return [make(rows) for rows in groups]
+        return _Reread(lambda: (make(rows) for rows in groups))
+
+
+class _Reread:
+    """An iterable whose every iteration calls ``make()`` for a fresh iterator (a generator can be
+    iterated once only; validation iterates its batches every epoch)."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __iter__(self):
+        return iter(self.make())
 
 
 class _Net(torch.nn.Module):
