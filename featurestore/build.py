@@ -25,6 +25,8 @@ from featurestore.cli import HelpFormatter
 import featurestore
 from featurestore import layout
 from featurestore.clips import ClipSettings, clip_samples, plan_clips
+from featurestore import distributed
+from featurestore.distributed import Ranks
 from featurestore.extract import UnitAudio, WindowGeometry, run_unit, window_plan
 from featurestore.frontends import Frontend, load_frontend
 from featurestore.locking import KINDS as LOCK_KINDS, LockTimeout, StoreLock
@@ -330,12 +332,26 @@ def _one_thread(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+def _rank_units(ranks: Ranks, units: np.ndarray, offsets: np.ndarray, samples: np.ndarray, sr: int) -> np.ndarray:
+    """The units (indices into ``units``, rows of :func:`featurestore.layout.unit_table`) that rank
+    ``ranks.rank`` extracts: its share of all units, done or not, balanced by audio seconds, so that
+    every rank and every rerun agree on it."""
+    seconds = [_audio_seconds(units[u:u + 1], offsets, samples, sr) for u in range(len(units))]
+    return distributed.assign_units(seconds, ranks.world_size)[ranks.rank]
+
+
 def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=False, device="cpu", num_workers=2,
                      shard: tuple[int, int] = (0, 1), progress=True, plan_only=False,
-                     lock: StoreLock | None = None) -> dict:
+                     lock: StoreLock | None = None, ranks: Ranks | None = None) -> dict:
     """Plan (if needed) and extract every unit of one backbone that is not done yet (those with
     ``unit % shard[1] == shard[0]``). Returns a summary. ``lock``: the store's lock, taken to plan
-    and to mark the backbone complete (None: the default lock of the store's folder)."""
+    and to mark the backbone complete (None: the default lock of the store's folder).
+
+    ``ranks``: this process's place in a multi-process build (:mod:`featurestore.distributed`): it
+    extracts only its share of the units (:func:`featurestore.distributed.assign_units`, balanced by
+    audio seconds). With a process group (torchrun), rank 0 plans while the others wait, and once
+    every rank has finished rank 0 marks the backbone complete; without one (one rank's share run
+    alone), the backbone must be planned already."""
     lock = lock or _default_lock(root)
     device = torch.device(device)
     window_k, context_k = window_plan(fe, ext.window_s, ext.context_s)  # checked before anything is planned
@@ -343,10 +359,17 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
                 "stride": fe.stride, "receptive": fe.receptive, "pad": fe.pad,
                 "do_normalize": getattr(fe, "do_normalize", None)}
     path = layout.backbone_path(fe.name)
-    if shard[1] > 1 and not (path in root and root[path].attrs.get("planned", False)):
-        raise RuntimeError(f"--shard needs {fe.name!r} planned first: run the build once with --plan-only "
+    alone = shard[1] > 1 or (ranks is not None and not ranks.group)
+    if alone and not (path in root and root[path].attrs.get("planned", False)):
+        raise RuntimeError(f"--shard/--rank need {fe.name!r} planned first: run the build once with --plan-only "
                            f"--backbone {fe.name}")
-    g = _plan_backbone(root, fe, ext, identity, overwrite=overwrite, lock=lock)
+
+    def plan():
+        return _plan_backbone(root, fe, ext, identity, overwrite=overwrite, lock=lock)
+
+    if ranks is not None and ranks.group:
+        ranks.barrier_then(plan, f"planning backbone {fe.name}")  # then every rank finds it planned
+    g = plan()
     if plan_only:
         return {"planned": True}
     per_unit, align = int(g.attrs["clips_per_unit"]), int(g.attrs["align"])
@@ -355,9 +378,10 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
     split = layout.split_units(units)
     done = g["unit_done"][:]
     index, count = shard
-    todo = _work_order([u for u in range(len(done)) if not done[u] and u % count == index])
     clips = root[layout.CLIPS]
     a, b = clip_samples(clips["start_s"][:], clips["end_s"][:], fe.sample_rate)
+    mine = range(len(done)) if ranks is None else _rank_units(ranks, units, offsets, b - a, fe.sample_rate)
+    todo = _work_order([int(u) for u in mine if not done[u] and u % count == index])
     rows = np.array([[u, *units[u]] for u in todo], dtype=np.int64).reshape(-1, 5)
     data = UnitAudio(rows, offsets, clips["audio"][:], a, b, fe.sample_rate,
                      WindowGeometry.of(fe, window_k, context_k), done_path=str(_store_dir(root) / path / "unit_done"))
@@ -388,11 +412,18 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
     finally:
         writer.close()
         bar.close()
+    if ranks is not None and ranks.group:
+        ranks.wait_all()  # every rank's units are written
     done = g["unit_done"][:]
-    if done.all() and not g.attrs.get("complete", False):
-        finish_split_clips(g, units, offsets)
-    complete = bool(done.all()) and _mark_complete(root, fe.name, g.attrs.get("plan_id"), lock)
-    return {"units": int(len(done)), "units_done": int(done.sum()), "complete": complete,
+    if ranks is None or ranks.leader or not ranks.group:
+        if done.all() and not g.attrs.get("complete", False):
+            finish_split_clips(g, units, offsets)
+        complete = bool(done.all()) and _mark_complete(root, fe.name, g.attrs.get("plan_id"), lock)
+    if ranks is not None and ranks.group:
+        ranks.wait_all()  # rank 0 has marked it complete
+        complete = bool(_reopen(root)[path].attrs.get("complete", False))
+    rank = {"rank": f"{ranks.rank}/{ranks.world_size}"} if ranks is not None else {}
+    return {**rank, "units": int(len(done)), "units_done": int(done.sum()), "complete": complete,
             "units_skipped": skipped,
             "frames": int((offsets[:, 1] - offsets[:, 0]).sum()), "frames_allocated": int(g["frames"].shape[0]),
             "layers": fe.num_layers, "dim": fe.dim, "audio_seconds": seconds,
@@ -403,7 +434,7 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
           extract: ExtractSettings | None = None, model_path=None, name=None, local_files_only=False,
           device=None, num_workers=2, overwrite=False, shard=(0, 1), vocals_cache=None,
           progress=True, plan_only=False, fingerprint=None, lock: str = "auto",
-          lock_timeout: float | None = None) -> BuildReport:
+          lock_timeout: float | None = None, ranks: Ranks | None = None) -> BuildReport:
     """Library entry point of the CLI: plan the clips (once) and extract each backbone.
 
     ``lock``: auto | flock | lease, how the store is locked while its metadata is planned or changed
@@ -415,7 +446,11 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
     table was planned from (None: the store's mode, ``stat`` for a new store).
 
     ``plan_only``: plan the clip table and the backbones' layouts, extract nothing (the step before
-    several ``shard`` processes write one store)."""
+    several ``shard`` processes write one store).
+
+    ``ranks``: this process's rank in a multi-process build (:mod:`featurestore.distributed`; from
+    torchrun, with a process group: rank 0 plans the clip table while the others wait; without one:
+    one rank's share run alone, on a planned store). ``device`` is then this rank's device."""
     t0 = time.perf_counter()
     clip_settings = clip_settings or ClipSettings()
     extract = extract or ExtractSettings()
@@ -426,11 +461,19 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
     store_lock = StoreLock(store_path, kind=lock, timeout=lock_timeout)
     vocals_cache = Path(vocals_cache) if vocals_cache else store_path.with_name(store_path.name + ".vocals")
     try:
-        if shard[1] > 1 and not (layout.CLIPS in root and root[layout.CLIPS].attrs.get("complete", False)):
-            raise RuntimeError("--shard needs a planned clip table: run the build once with --plan-only first")
-        skips = _ensure_clip_table(root, input_path, clip_settings, overwrite=overwrite, num_workers=num_workers,
-                                   progress=progress, vocals_cache=vocals_cache, device=device,
-                                   fingerprint=fingerprint, lock=store_lock)
+        alone = shard[1] > 1 or (ranks is not None and not ranks.group)
+        if alone and not (layout.CLIPS in root and root[layout.CLIPS].attrs.get("complete", False)):
+            raise RuntimeError("--shard/--rank need a planned clip table: run the build once with --plan-only first")
+
+        def plan():
+            return _ensure_clip_table(root, input_path, clip_settings, overwrite=overwrite, num_workers=num_workers,
+                                      progress=progress, vocals_cache=vocals_cache, device=device,
+                                      fingerprint=fingerprint, lock=store_lock)
+
+        if ranks is not None and ranks.group:
+            ranks.barrier_then(plan, "planning the clip table")  # then every rank finds it planned
+            root = open_root(store_path)  # attributes as rank 0 wrote them
+        skips = plan()
     except Exception as e:
         if created and not isinstance(e, LockTimeout):
             _remove_empty_store(store_path, store_lock)
@@ -445,7 +488,7 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
             fe.name = name
         summary = extract_backbone(root, fe, extract, overwrite=overwrite, device=device,
                                    num_workers=num_workers, shard=shard, progress=progress, plan_only=plan_only,
-                                   lock=store_lock)
+                                   lock=store_lock, ranks=ranks)
         g = root[layout.backbone_path(fe.name)]
         report.skipped += list(g.attrs.get("skipped", []))
         if not plan_only:
@@ -477,7 +520,8 @@ def format_report(report: BuildReport) -> str:
              f"time        {report.seconds:.1f} s"]
     for name, s in report.backbones.items():
         state = "complete" if s["complete"] else f"{s['units_done']}/{s['units']} units"
-        lines.append(f"backbone    {name}: {s['frames']} frames x {s['layers']} layers x {s['dim']} dims, "
+        rank = f"(rank {s['rank']}) " if s.get("rank") else ""
+        lines.append(f"backbone    {name}: {rank}{s['frames']} frames x {s['layers']} layers x {s['dim']} dims, "
                      f"{state}, {s['audio_seconds']:.1f} audio-s in {s['seconds']:.1f} s "
                      f"({s['audio_seconds'] / max(s['seconds'], 1e-9):.1f}x real time), "
                      f"{s['frames_allocated'] - s['frames']} alignment frames"
@@ -570,6 +614,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ex.add_argument("--shard", default="0/1", metavar="I/N",
                     help="process only units u with u %% N == I (several processes, one store, no locks); "
                          "run once with --plan-only first")
+    ex.add_argument("--rank", default=None, metavar="I/N",
+                    help="without torchrun: extract only the units rank I of an N-process torchrun build "
+                         "extracts (balanced by audio seconds), e.g. to redo one rank that died; the store "
+                         "must be planned. Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set) each process "
+                         "takes its rank from the environment, rank 0 plans, and --device cuda means "
+                         "cuda:LOCAL_RANK")
     run = p.add_argument_group("control")
     run.add_argument("--plan-only", action="store_true",
                      help="only plan the clip table and the --backbone layouts, extract nothing")
@@ -593,13 +643,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
-    try:
-        i, n = (int(v) for v in args.shard.split("/"))
-        if not 0 <= i < n:
-            raise ValueError
-        args.shard = (i, n)
-    except ValueError:
-        p.error(f"--shard expects I/N with 0 <= I < N, got {args.shard!r}")
+    for opt in ("shard", "rank"):
+        value = getattr(args, opt)
+        if value is None:
+            continue
+        try:
+            i, n = (int(v) for v in value.split("/"))
+            if not 0 <= i < n:
+                raise ValueError
+            setattr(args, opt, (i, n))
+        except ValueError:
+            p.error(f"--{opt} expects I/N with 0 <= I < N, got {value!r}")
     if args.chunk_frames < 1 or args.unit_frames < 1:
         p.error("--chunk-frames and --unit-frames must be >= 1")
     if args.shard_frames is not None and (args.shard_frames < 1 or args.shard_frames % args.chunk_frames):
@@ -615,6 +669,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.name and args.backbone and len(args.backbone) > 1:
         p.error("--name applies to a single --backbone")
     return args
+
+
+def _ranks(args: argparse.Namespace) -> Ranks | None:
+    """This process's rank: from torchrun's environment (joining its process group; ``args.device``
+    becomes the rank's device), from ``--rank I/N`` (no group), or None for a plain build. Raises
+    ValueError for a torchrun build combined with --shard or --rank, or a bad torchrun environment."""
+    ranks = distributed.from_env()
+    if ranks is None:
+        return Ranks(*args.rank) if args.rank else None
+    if args.rank or args.shard[1] > 1:
+        raise ValueError("--rank and --shard are for builds outside torchrun; under torchrun each process "
+                         "takes its share from RANK and WORLD_SIZE")
+    args.device = distributed.rank_device(args.device, ranks)
+    return distributed.init(ranks, args.device)
 
 
 def main(argv=None) -> int:
@@ -636,15 +704,24 @@ def main(argv=None) -> int:
                           chunk_frames=args.chunk_frames, shard_frames=args.shard_frames,
                           target_unit_frames=args.unit_frames)
     try:
+        ranks = _ranks(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
         report = build(input_path, store, args.backbone or [DEFAULT_BACKBONE], clip_settings=clip_settings,
                        extract=ext, model_path=args.model_path, name=args.name,
                        local_files_only=args.local_files_only, device=args.device,
                        num_workers=args.num_workers, overwrite=args.overwrite, shard=args.shard,
                        vocals_cache=args.vocals_cache, progress=progress, plan_only=args.plan_only,
-                       fingerprint=args.fingerprint, lock=args.lock, lock_timeout=args.lock_timeout)
+                       fingerprint=args.fingerprint, lock=args.lock, lock_timeout=args.lock_timeout,
+                       ranks=ranks)
     except (SettingsMismatch, FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}" if ranks is None else f"error (rank {ranks.rank}/{ranks.world_size}): {e}",
+              file=sys.stderr)
         return 2
+    finally:
+        distributed.close(ranks)
     if args.json:
         print(json.dumps(report.__dict__, indent=2, default=str))
     else:
