@@ -39,6 +39,8 @@ def _pipeline_parser(name: str):
 PARSERS = {
     "featurestore.build": lambda: _parser_of("featurestore.build", "parse_args"),
     "featurestore.verify": lambda: _parser_of("featurestore.verify", "parse_args"),
+    "featurestore.export": lambda: _parser_of("featurestore.export", "parse_args"),
+    "featurestore.ingest": lambda: _parser_of("featurestore.ingest", "parse_args"),
     "heads.fit": lambda: _parser_of("heads.fit", "parse_args"),
     "heads.score": lambda: _parser_of("heads.score", "main"),
     "pipelines.clustering": lambda: _parser_of("pipelines.clustering", "parse_args"),
