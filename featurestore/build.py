@@ -10,7 +10,6 @@ import argparse
 import importlib.metadata as md
 import json
 import os
-import shutil
 import sys
 import time
 import uuid
@@ -29,6 +28,7 @@ from featurestore import distributed
 from featurestore.distributed import Ranks
 from featurestore.extract import UnitAudio, WindowGeometry, run_unit, window_plan
 from featurestore.frontends import Frontend, load_frontend
+from featurestore.location import Location, is_url, store_location
 from featurestore.locking import KINDS as LOCK_KINDS, LockTimeout, StoreLock
 from featurestore import fingerprint as fpr
 from featurestore.manifest import read_inputs
@@ -274,9 +274,16 @@ def _mark_complete(root, name: str, plan_id, lock: StoreLock) -> bool:
     return True
 
 
-def _store_dir(root) -> Path:
-    """The folder of a store opened from a local path."""
-    return Path(root.store.root)
+def _store_dir(root) -> Path | str:
+    """The folder (local path) or URL of an open store."""
+    loc = store_location(root)
+    return loc.url if loc.is_url else loc.path
+
+
+def _array_address(root, *parts: str) -> str:
+    """What ``zarr.open_array`` takes for an array of an open store: a local path or a URL."""
+    loc = store_location(root)
+    return "/".join([loc.url, *parts]) if loc.is_url else str(loc.path.joinpath(*parts))
 
 
 def _reopen(root):
@@ -384,7 +391,7 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
     todo = _work_order([int(u) for u in mine if not done[u] and u % count == index])
     rows = np.array([[u, *units[u]] for u in todo], dtype=np.int64).reshape(-1, 5)
     data = UnitAudio(rows, offsets, clips["audio"][:], a, b, fe.sample_rate,
-                     WindowGeometry.of(fe, window_k, context_k), done_path=str(_store_dir(root) / path / "unit_done"))
+                     WindowGeometry.of(fe, window_k, context_k), done_path=_array_address(root, path, "unit_done"))
     seconds = _audio_seconds(units[todo], offsets, b - a, fe.sample_rate)
     loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=num_workers,
                                          prefetch_factor=2 if num_workers > 0 else None,
@@ -455,11 +462,16 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
     clip_settings = clip_settings or ClipSettings()
     extract = extract or ExtractSettings()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    store_path = Path(store_path)
-    created = not store_path.exists()
+    loc = Location(store_path)  # a local folder or an fsspec URL (featurestore.location)
+    store_path = loc.url if loc.is_url else loc.path
+    created = not loc.exists()
     root = open_root(store_path)
     store_lock = StoreLock(store_path, kind=lock, timeout=lock_timeout)
-    vocals_cache = Path(vocals_cache) if vocals_cache else store_path.with_name(store_path.name + ".vocals")
+    if vocals_cache:
+        vocals_cache = Path(vocals_cache)
+    else:  # separated audio is a local cache: beside a local store, under the user's cache for a URL one
+        vocals_cache = (default_demo_dir().parent / "vocals" / (loc.name + ".vocals") if loc.is_url
+                        else loc.path.with_name(loc.name + ".vocals"))
     try:
         alone = shard[1] > 1 or (ranks is not None and not ranks.group)
         if alone and not (layout.CLIPS in root and root[layout.CLIPS].attrs.get("complete", False)):
@@ -497,26 +509,30 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
     return report
 
 
-def _remove_empty_store(store_path: Path, lock: StoreLock) -> None:
+def _remove_empty_store(store_path, lock: StoreLock) -> None:
     """Delete the folder a failed build created, if no clip table was written into it (by this or by
-    another build of the same store: checked under the lock)."""
+    another build of the same store: checked under the lock). ``store_path``: a local path or URL."""
+    loc = Location(store_path)
     try:
         with lock.hold("removing the empty store folder of a failed build"):
-            if not (store_path / layout.CLIPS).exists():
-                shutil.rmtree(store_path, ignore_errors=True)
+            if not loc.exists(layout.CLIPS):
+                loc.remove()
     except (LockTimeout, OSError):
         pass  # leave the folder: another build holds the store
 
 
 def dir_size(path: Path) -> int:
     """Bytes on disk under a folder."""
+    loc = Location(path)
+    if loc.is_url:
+        return int(loc.fs.du(loc.fs_path, total=True))
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def format_report(report: BuildReport) -> str:
     lines = [f"store       {report.store}",
              f"clips       {report.clips}",
-             f"size        {dir_size(Path(report.store)) / 2**20:.1f} MiB on disk",
+             f"size        {dir_size(report.store) / 2**20:.1f} MiB on disk",
              f"time        {report.seconds:.1f} s"]
     for name, s in report.backbones.items():
         state = "complete" if s["complete"] else f"{s['units_done']}/{s['units']} units"
@@ -567,7 +583,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     io.add_argument("--input", help="folder of audio files (wav/flac/mp3), or a CSV/JSON manifest with columns "
                                     "path, optional id, split, start, end (seconds) and any label columns. "
                                     "Default: the built-in demo corpus")
-    io.add_argument("--store", help="Zarr store to create or extend. Default: <input>.zarr, or the demo store")
+    io.add_argument("--store", help="Zarr store to create or extend: a folder, or an fsspec URL (s3://bucket/x.zarr, "
+                                     "gs://..., file:///shared/x.zarr; use --shard-frames there). "
+                                     "Default: <input>.zarr, or the demo store")
     io.add_argument("--backbone", action="append",
                     help=f"frontend(s) to extract; repeat to add several. Registry: {names}. Aliases: {aliases}. "
                          f"Also any transformers audio model id or local folder. Default: {DEFAULT_BACKBONE}")
@@ -685,15 +703,20 @@ def _ranks(args: argparse.Namespace) -> Ranks | None:
     return distributed.init(ranks, args.device)
 
 
+def _store_arg(store: str):
+    """--store as given: an fsspec URL stays a string, anything else is a local path."""
+    return store if is_url(store) else Path(store)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     progress = not args.no_progress
     if args.input is None:
         manifest = ensure_demo_corpus()
-        input_path, store = manifest, Path(args.store) if args.store else default_demo_dir() / "store.zarr"
+        input_path, store = manifest, _store_arg(args.store) if args.store else default_demo_dir() / "store.zarr"
     else:
         input_path = Path(args.input)
-        store = Path(args.store) if args.store else input_path.with_name(input_path.stem + ".zarr")
+        store = _store_arg(args.store) if args.store else input_path.with_name(input_path.stem + ".zarr")
     if args.segment_seconds is None:
         args.segment_seconds = DEMO_SEGMENT_S if args.input is None else 5.0
     clip_settings = ClipSettings(segment_s=args.segment_seconds or None, min_segment_s=args.min_segment_seconds,

@@ -21,6 +21,11 @@ Two kinds, one interface (:class:`StoreLock`):
   must agree on the clock to well within ``ttl`` (30 s by default).
 - ``auto`` (default): ``flock``, or ``lease`` where the file system refuses ``flock``.
 
+A store on an fsspec URL (:mod:`featurestore.location`) always uses the lease, kept beside the store
+through fsspec: exclusive creation is fsspec's ``open(path, "xb")`` (object stores need conditional
+writes for it; a file system without them is refused with a clear error), a renewal overwrites the
+object. ``flock`` is refused for URLs.
+
 All processes building one store must use the same kind.
 """
 from __future__ import annotations
@@ -129,6 +134,9 @@ class _Flock:
     def holder(self) -> dict | None:
         return _read_json(self.path)
 
+    def exists(self) -> bool:
+        return self.path.exists()
+
     def check(self) -> None:
         pass  # an OS lock cannot be lost while its process lives
 
@@ -143,14 +151,98 @@ class _Flock:
         self.fd = None
 
 
+class _LocalFiles:
+    """The file operations a lease needs, on a local (or mounted) file system."""
+
+    def sibling(self, path: Path, suffix: str) -> Path:
+        return path.with_name(path.name + suffix)
+
+    def create_new(self, path: Path, data: bytes) -> None:
+        """Write ``data`` to ``path`` at once, or raise FileExistsError when it exists (``os.link`` of a
+        finished file, so nobody reads half of it)."""
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        try:
+            os.link(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def touch_new(self, path: Path) -> None:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+
+    def replace(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def read_json(self, path: Path) -> dict | None:
+        return _read_json(path)
+
+    def mtime(self, path: Path) -> float:
+        return path.stat().st_mtime
+
+    def remove(self, path: Path) -> None:
+        path.unlink()
+
+    def exists(self, path: Path) -> bool:
+        return path.exists()
+
+
+class _FsspecFiles:
+    """The same operations through an fsspec file system (paths are strings inside ``fs``)."""
+
+    def __init__(self, fs):
+        self.fs = fs
+
+    def sibling(self, path: str, suffix: str) -> str:
+        return path + suffix
+
+    def create_new(self, path: str, data: bytes) -> None:
+        try:
+            with self.fs.open(path, "xb") as f:
+                f.write(data)
+        except (NotImplementedError, ValueError) as e:
+            raise LockUnsupported(errno.ENOSYS, f"{self.fs.unstrip_protocol(path)}: this file system cannot create a "
+                                                f"file only if it is absent ({e}), so it cannot hold a lease") from None
+
+    def touch_new(self, path: str) -> None:
+        self.create_new(path, b"")
+
+    def replace(self, path: str, data: bytes) -> None:
+        self.fs.pipe_file(path, data)
+
+    def read_json(self, path: str) -> dict | None:
+        try:
+            data = json.loads(self.fs.cat_file(path))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def mtime(self, path: str) -> float:
+        try:
+            return self.fs.modified(path).timestamp()
+        except NotImplementedError:  # no modification time: treat it as made now (expires after ttl from the lease)
+            self.fs.info(path)  # FileNotFoundError when absent
+            return time.time()
+
+    def remove(self, path: str) -> None:
+        self.fs.rm_file(path)
+
+    def exists(self, path: str) -> bool:
+        return self.fs.exists(path)
+
+
 class _Lease:
-    """A lease file renewed by a thread; see the module docstring."""
+    """A lease file renewed by a thread; see the module docstring. ``files``: how its files are
+    made (:class:`_LocalFiles` by default, :class:`_FsspecFiles` for a store on a URL)."""
 
     kind = "lease"
 
-    def __init__(self, path: Path, ttl: float):
+    def __init__(self, path, ttl: float, files=None):
         self.path, self.ttl = path, float(ttl)
-        self.guard_path = path.with_name(path.name + ".guard")
+        self.files = files or _LocalFiles()
+        self.guard_path = self.files.sibling(path, ".guard")
         self.token: str | None = None
         self.lost = False
         self._stop = threading.Event()
@@ -163,12 +255,12 @@ class _Lease:
         deadline = time.monotonic() + max(10.0, self.ttl)
         while True:
             try:
-                os.close(os.open(self.guard_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                self.files.touch_new(self.guard_path)
                 break
             except FileExistsError:
                 try:  # a guard older than the lease time belongs to a process that died inside it
-                    if time.time() - self.guard_path.stat().st_mtime > max(10.0, self.ttl):
-                        self.guard_path.unlink()
+                    if time.time() - self.files.mtime(self.guard_path) > max(10.0, self.ttl):
+                        self.files.remove(self.guard_path)
                         continue
                 except FileNotFoundError:
                     continue
@@ -180,17 +272,12 @@ class _Lease:
             yield
         finally:
             with contextlib.suppress(FileNotFoundError):
-                self.guard_path.unlink()
-
-    def _write_tmp(self, data: dict) -> Path:
-        tmp = self.path.with_name(f"{self.path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(json.dumps(data))
-        return tmp
+                self.files.remove(self.guard_path)
 
     def _stale(self, cur: dict | None) -> bool:
         if cur is None:  # unreadable: stale once it is older than the lease time
             try:
-                return time.time() - self.path.stat().st_mtime > self.ttl
+                return time.time() - self.files.mtime(self.path) > self.ttl
             except FileNotFoundError:
                 return False
         expires = cur.get("expires")
@@ -201,23 +288,19 @@ class _Lease:
     def try_acquire(self, info: dict) -> bool:
         token = uuid.uuid4().hex
         data = {**info, "token": token, "expires": time.time() + self.ttl}
-        tmp = self._write_tmp(data)
         try:
-            os.link(tmp, self.path)  # atomic: fails if a lease exists
+            self.files.create_new(self.path, json.dumps(data).encode())  # atomic: fails if a lease exists
         except FileExistsError:
-            cur = _read_json(self.path)
+            cur = self.files.read_json(self.path)
             if self._stale(cur):
                 with self._guard():  # take it over only if it is still the stale one we saw
-                    again = _read_json(self.path)
+                    again = self.files.read_json(self.path)
                     same = (again or {}).get("token") == (cur or {}).get("token")
                     if same and self._stale(again):
                         with contextlib.suppress(FileNotFoundError):
-                            self.path.unlink()
-                return self.try_acquire(info) if not self.path.exists() else False
+                            self.files.remove(self.path)
+                return self.try_acquire(info) if not self.files.exists(self.path) else False
             return False
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
         self.token, self._info, self.lost = token, data, False
         self._stop.clear()
         self._thread = threading.Thread(target=self._renew_loop, name="featurestore-lease", daemon=True)
@@ -235,15 +318,18 @@ class _Lease:
 
     def _renew(self) -> None:
         with self._guard():
-            cur = _read_json(self.path)
+            cur = self.files.read_json(self.path)
             if (cur or {}).get("token") != self.token:
                 self.lost = True
                 return
             self._info = {**self._info, "expires": time.time() + self.ttl}
-            os.replace(self._write_tmp(self._info), self.path)
+            self.files.replace(self.path, json.dumps(self._info).encode())
 
     def holder(self) -> dict | None:
-        return _read_json(self.path)
+        return self.files.read_json(self.path)
+
+    def exists(self) -> bool:
+        return self.files.exists(self.path)
 
     def check(self) -> None:
         if self.lost:
@@ -257,8 +343,8 @@ class _Lease:
         if self._thread is not None:
             self._thread.join()
         with self._guard():
-            if (_read_json(self.path) or {}).get("token") == self.token:
-                self.path.unlink()
+            if (self.files.read_json(self.path) or {}).get("token") == self.token:
+                self.files.remove(self.path)
         self.token, self._thread = None, None
 
 
@@ -280,7 +366,13 @@ class StoreLock:
             raise ValueError(f"lock kind must be one of {', '.join(KINDS)}, got {kind!r}")
         if timeout is not None and timeout < 0:
             raise ValueError(f"the lock timeout must be >= 0 seconds, got {timeout}")
-        self.store_path = Path(store_path)
+        from featurestore.location import Location
+
+        self.location = Location(store_path)  # a local folder or an fsspec URL
+        if self.location.is_url and kind == "flock":
+            raise LockUnsupported(errno.EOPNOTSUPP, f"{self.location}: a store on a URL has no OS locks; "
+                                                    "use the lease lock (--lock lease or auto)")
+        self.store_path = self.location.url if self.location.is_url else self.location.path
         self.kind, self.timeout, self.poll, self.ttl = kind, timeout, poll, ttl
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._backend = None
@@ -288,12 +380,20 @@ class StoreLock:
         self._mutex = threading.RLock()
 
     def _make_backend(self, kind: str):
+        if self.location.is_url:  # <store>.lease beside the store, through fsspec
+            loc = self.location
+            return _Lease(loc.fs_path + ".lease", self.ttl, _FsspecFiles(loc.fs))
         path = lock_path(self.store_path, kind)
         return _Lease(path, self.ttl) if kind == "lease" else _Flock(path)
 
     def _acquire(self, what: str) -> None:
-        self.store_path.parent.mkdir(parents=True, exist_ok=True)
-        kind = "flock" if self.kind == "auto" else self.kind
+        if self.location.is_url:
+            parent = self.location.fs_path.rsplit("/", 1)[0]
+            if parent:
+                self.location.fs.makedirs(parent, exist_ok=True)  # a folder on file systems that have them
+        else:
+            self.store_path.parent.mkdir(parents=True, exist_ok=True)
+        kind = "lease" if self.location.is_url else "flock" if self.kind == "auto" else self.kind
         try:
             backend = self._make_backend(kind)
         except ImportError:
@@ -307,14 +407,14 @@ class StoreLock:
                 if backend.try_acquire(info):
                     break
             except LockUnsupported as e:
-                if self.kind != "auto":
+                if self.kind != "auto" or self.location.is_url:
                     raise
                 self.log(f"note: {e}; using a lease file instead")
                 backend = self._make_backend(kind := "lease")
                 continue
             holder = backend.holder()
             for _ in range(300):  # a holder writes who it is just after locking: give it up to 3 s (a loaded machine)
-                if holder is not None or not backend.path.exists():
+                if holder is not None or not backend.exists():
                     break
                 time.sleep(0.01)
                 holder = backend.holder()

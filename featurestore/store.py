@@ -15,6 +15,7 @@ import numpy as np
 import zarr
 
 from featurestore import layout
+from featurestore.location import Location
 
 
 def _plain(a: np.ndarray) -> np.ndarray:
@@ -52,10 +53,11 @@ class FeatureStore:
     id, file_id, source, audio, start_s, end_s, split, and ``labels`` -> dict of label arrays)."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not (self.path / "zarr.json").is_file():
+        self.location = Location(path)  # a local folder or an fsspec URL (featurestore.location)
+        self.path = self.location.path if not self.location.is_url else self.location.url
+        if not self.location.is_file("zarr.json"):
             raise FileNotFoundError(f"{self.path} is not a feature store (no zarr.json)")
-        self.root = zarr.open_group(str(self.path), mode="r", zarr_format=3)
+        self.root = self.location.open_group(mode="r")
         if layout.CLIPS not in self.root or not self.root[layout.CLIPS].attrs.get("complete", False):
             raise ValueError(f"{self.path}: the clip table is not complete; run featurestore.build again")
 
@@ -196,10 +198,11 @@ class FeatureStore:
         if backbone not in cache:
             arr = self.group(backbone)["frames"]
             name = self.backbone_name(backbone)
-            path = self.path / layout.backbone_path(name) / "frames"
+            path = self.location.join(layout.backbone_path(name), "frames")
             files = ChunkFiles(arr, path, self._offsets(backbone), self.clip_ids, f"backbone {name!r} frames",
-                               rows_name="frames")
-            cache[backbone] = RawChunkReader(arr, path, files) if RawChunkReader.supports(arr) else \
+                               rows_name="frames", location=self.location)
+            local = not self.location.is_url  # chunk files of a URL store cannot be memory-mapped
+            cache[backbone] = RawChunkReader(arr, path, files) if local and RawChunkReader.supports(arr) else \
                 CheckedArray(arr, files)
         return cache[backbone]
 
@@ -229,9 +232,9 @@ class FeatureStore:
         if (backbone, stat) in seen:
             return
         name = self.backbone_name(backbone)
-        files = ChunkFiles(arr, self.path / layout.backbone_path(name) / f"pooled_{stat}",
+        files = ChunkFiles(arr, self.location.join(layout.backbone_path(name), f"pooled_{stat}"),
                            frame_spans_to_rows(self._offsets(backbone)), self.clip_ids,
-                           f"backbone {name!r} pooled_{stat}")
+                           f"backbone {name!r} pooled_{stat}", location=self.location)
         for c in range(files.n):
             files.check(c)
         seen.add((backbone, stat))
@@ -275,12 +278,16 @@ class ChunkFiles:
     (a backbone's offsets for frames, :func:`frame_spans_to_rows` for pooled rows); a file that
     holds any of them must exist, one that holds none (alignment frames between units) may be
     absent and reads as the fill value. Without ``spans`` no file is required. ``ids``: clip ids
-    for messages; ``label``: what the array is (e.g. "backbone 'mert' frames").
+    for messages; ``label``: what the array is (e.g. "backbone 'mert' frames"). ``location``: the
+    store's :class:`featurestore.location.Location` when it is a URL (``array_dir`` is then the
+    array's path inside its fsspec file system, and files are checked through fsspec); None: local.
     """
 
-    def __init__(self, arr: zarr.Array, array_dir: Path, spans: np.ndarray | None = None, ids=None,
-                 label: str = "", rows_name: str = "rows"):
-        self.dir, self.meta, self.label = Path(array_dir), arr.metadata, label or str(array_dir)
+    def __init__(self, arr: zarr.Array, array_dir: Path | str, spans: np.ndarray | None = None, ids=None,
+                 label: str = "", rows_name: str = "rows", location: Location | None = None):
+        self.loc = location if location is not None and location.is_url else None
+        self.dir = str(array_dir).rstrip("/") if self.loc else Path(array_dir)
+        self.meta, self.label = arr.metadata, label or str(array_dir)
         self.rows_name = rows_name  # what the first axis counts, for messages ("frames", "rows")
         self.rows = int(arr.shape[0])
         self.grain = int((arr.shards or arr.chunks)[0])
@@ -297,9 +304,10 @@ class ChunkFiles:
             np.add.at(diff, np.clip((s[:, 1] - 1) // self.grain + 1, 0, self.n), -1)
             self.owned = np.cumsum(diff)[:-1] > 0
 
-    def path(self, c: int) -> Path:
-        """File of chunk (or shard) ``c``."""
-        return self.dir / self.meta.encode_chunk_key((int(c),) + (0,) * (len(self.meta.shape) - 1))
+    def path(self, c: int) -> Path | str:
+        """File of chunk (or shard) ``c`` (a URL store: its path inside the fsspec file system)."""
+        key = self.meta.encode_chunk_key((int(c),) + (0,) * (len(self.meta.shape) - 1))
+        return f"{self.dir}/{key}" if self.loc else self.dir / key
 
     def owners(self, c: int) -> list[int]:
         """Clips (rows of the clip table) with data in chunk ``c``."""
@@ -324,13 +332,15 @@ class ChunkFiles:
         f = self.path(c)
         lo, hi = c * self.grain, min((c + 1) * self.grain, self.rows)
         try:
-            size = f.stat().st_size
+            size = self.loc.size(f) if self.loc else f.stat().st_size
         except FileNotFoundError:
+            f = self.loc.display(f) if self.loc else f
             if not (0 <= c < self.n and self.owned[c]):
                 return False, None
             return False, (f"{self.label}: chunk file {f} is missing; it holds {self.rows_name} {lo}-{hi} "
                            f"({self.describe_owners(c)})")
         if self.nbytes is not None and size != self.nbytes:
+            f = self.loc.display(f) if self.loc else f
             return True, (f"{self.label}: chunk file {f} has {size} bytes, expected {self.nbytes}; it holds "
                           f"{self.rows_name} {lo}-{hi} ({self.describe_owners(c)})")
         return True, None
@@ -429,5 +439,6 @@ class RawChunkReader:
 
 
 def open_store(path: str | Path) -> FeatureStore:
-    """Open a store built by ``python -m featurestore.build`` for reading."""
+    """Open a store built by ``python -m featurestore.build`` for reading: a local folder or an
+    fsspec URL (``s3://bucket/songs.zarr``, ``memory://songs.zarr``; :mod:`featurestore.location`)."""
     return FeatureStore(path)

@@ -46,6 +46,7 @@ import zarr
 from featurestore import layout
 from featurestore.cli import HelpFormatter
 from featurestore.clips import COLUMNS, clip_samples
+from featurestore.location import Location
 from featurestore.locking import KINDS, StoreLock
 from featurestore.store import ChunkFiles, frame_spans_to_rows, stored_backbone_name
 from featurestore.writer import BackbonePlan, crc_update
@@ -366,10 +367,12 @@ def verify_backbone(root: zarr.Group, store_dir: Path, name: str, ids, quick: bo
     per_unit, align = int(g.attrs["clips_per_unit"]), int(g.attrs["align"])
     offsets, done = g["offsets"][:], g["unit_done"][:]
     checksums = g["unit_checksum"][:] if _array(g, "unit_checksum") is not None else None
-    base = store_dir / layout.backbone_path(name)
+    loc = Location(store_dir)  # a local folder or an fsspec URL: chunk files are checked through fsspec there
+    base = layout.backbone_path(name)
     label = f"backbone {name!r}"
-    frames = ChunkFiles(g["frames"], base / "frames", offsets, ids, f"{label} frames", rows_name="frames")
-    pooled = {s: ChunkFiles(g[s], base / s, frame_spans_to_rows(offsets), ids, f"{label} {s}")
+    frames = ChunkFiles(g["frames"], loc.join(base, "frames"), offsets, ids, f"{label} frames", rows_name="frames",
+                        location=loc)
+    pooled = {s: ChunkFiles(g[s], loc.join(base, s), frame_spans_to_rows(offsets), ids, f"{label} {s}", location=loc)
               for s in ("pooled_mean", "pooled_std")}
     problems = []
     if not g.attrs.get("complete", False):
@@ -414,10 +417,11 @@ def verify_backbone(root: zarr.Group, store_dir: Path, name: str, ids, quick: bo
 def verify(path, backbones=None, quick: bool = False) -> Report:
     """Check a store (see the module docstring). ``backbones``: names or registry aliases (None: every
     backbone in the store). Raises FileNotFoundError when ``path`` is not a store."""
-    path = Path(path)
-    if not (path / "zarr.json").is_file():
+    loc = Location(path)
+    path = loc.url if loc.is_url else loc.path
+    if not loc.is_file("zarr.json"):
         raise FileNotFoundError(f"{path} is not a feature store (no zarr.json)")
-    root = zarr.open_group(str(path), mode="r", zarr_format=3)
+    root = loc.open_group(mode="r")
     report = Report(str(path))
     table = clip_table_problems(root)
     report.problems += [Problem("metadata", m) for m in table]
@@ -452,11 +456,11 @@ def repair(path, report: Report, lock: StoreLock | None = None) -> dict[str, lis
     units get ``unit_done`` = 0, their backbone loses ``complete``; a backbone with a damaged plan
     loses ``planned`` and ``complete``; a damaged clip table loses ``complete``. Returns backbone ->
     units unmarked (``"plan"`` -> backbones to re-plan, ``"clips"`` -> ["table"] when the clip table is)."""
-    path = Path(path)
-    lock = lock or StoreLock(path)
+    loc = Location(path)
+    lock = lock or StoreLock(loc.url if loc.is_url else loc.path)
     done: dict[str, list] = {}
     with lock.hold("repairing the store (featurestore.verify --repair)"):
-        root = zarr.open_group(str(path), mode="a", zarr_format=3)
+        root = loc.open_group(mode="a")
         for name, units in report.damaged_units().items():
             g = root[layout.backbone_path(name)]
             marks = g["unit_done"]

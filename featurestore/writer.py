@@ -19,10 +19,15 @@ from featurestore import array_docs, layout
 
 
 def open_root(path, mode: str = "a") -> zarr.Group:
+    """The root group of the store at ``path``: a local folder or an fsspec URL
+    (:mod:`featurestore.location`), created when absent (mode ``a``)."""
+    from featurestore.location import Location
+
+    loc = Location(path)
     try:
-        return zarr.open_group(str(path), mode=mode, zarr_format=3)
+        return loc.open_group(mode=mode)
     except zarr.errors.ContainsGroupError:  # another build created the store between Zarr's check and its write
-        return zarr.open_group(str(path), mode=mode, zarr_format=3)
+        return loc.open_group(mode=mode)
 
 
 def write_clip_table(root: zarr.Group, clips: list[dict]) -> None:
