@@ -154,3 +154,34 @@ def test_rank_option_needs_a_planned_store_and_no_torchrun_mix(corpus, capsys, m
     assert "under torchrun" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--input", str(manifest), "--store", str(store), *OPTS, "--rank", "2/2"])
+
+
+def test_a_rank_killed_mid_way_is_finished_by_rerunning(corpus, capsys):
+    """The state a rank killed in the middle of its share leaves: some of its units marked done, the
+    next one's frames half written (garbage, no marker), the rest untouched. Rerunning the torchrun
+    job redoes exactly the unmarked units and gives the reference store, which verify passes."""
+    tmp, manifest, ref = corpus
+    store = tmp / "killed.zarr"
+    args = ["--input", str(manifest), "--store", str(store), *OPTS]
+    assert main([*args, "--plan-only"]) == 0
+    assert main([*args, "--rank", "0/2"]) == 0
+    assert main([*args, "--rank", "1/2"]) == 0
+    g = zarr.open_group(str(store), mode="a")[layout.backbone_path(BACKBONE)]
+    offsets = g["offsets"][:]
+    units = layout.unit_table(offsets, int(g.attrs["clips_per_unit"]), int(g.attrs["align"]),
+                              g.attrs.get("piece_frames"))
+    clips = zarr.open_group(str(store), mode="r")[layout.CLIPS]
+    a, b = clip_samples(clips["start_s"][:], clips["end_s"][:], SR)
+    seconds = [_audio_seconds(units[u:u + 1], offsets, b - a, SR) for u in range(len(units))]
+    share1 = assign_units(seconds, 2)[1]
+    assert len(share1) >= 3
+    killed = share1[len(share1) // 2:]                       # rank 1 died after its first half
+    g["unit_done"][killed] = 0
+    start, stop = (int(v) for v in units[killed[0]][2:4])   # frames of the unit being written when it died
+    g["frames"][start:stop] = np.float16(7.0)                # half-written garbage, no marker
+    g.attrs["complete"] = False
+    res = torchrun(2, *args)
+    assert "complete" in res.stdout
+    assert_same_store(ref, store)
+    capsys.readouterr()
+    assert verify_main([str(store)]) == 0, capsys.readouterr().out
