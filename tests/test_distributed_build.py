@@ -96,6 +96,19 @@ def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
     return res
 
 
+def _units_and_shares(store, mode: str):
+    """(backbone group, unit table [U, 4], each of 2 ranks' units), computed here independently of the
+    build from the store's layout and the clips' audio seconds."""
+    g = zarr.open_group(str(store), mode=mode)[layout.backbone_path(BACKBONE)]
+    offsets = g["offsets"][:]
+    units = layout.unit_table(offsets, int(g.attrs["clips_per_unit"]), int(g.attrs["align"]),
+                              g.attrs.get("piece_frames"))
+    clips = zarr.open_group(str(store), mode="r")[layout.CLIPS]
+    a, b = clip_samples(clips["start_s"][:], clips["end_s"][:], SR)
+    seconds = [_audio_seconds(units[u:u + 1], offsets, b - a, SR) for u in range(len(units))]
+    return g, units, assign_units(seconds, 2)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("distributed")
@@ -125,14 +138,8 @@ def test_a_rank_that_never_finished_is_redone_by_rerunning(corpus, capsys):
     args = ["--input", str(manifest), "--store", str(store), *OPTS]
     assert main([*args, "--plan-only"]) == 0
     assert main([*args, "--rank", "0/2"]) == 0  # rank 0's share alone: rank 1 "died" before doing any
-    g = zarr.open_group(str(store), mode="r")[layout.backbone_path(BACKBONE)]
-    offsets = g["offsets"][:]
-    units = layout.unit_table(offsets, int(g.attrs["clips_per_unit"]), int(g.attrs["align"]),
-                              g.attrs.get("piece_frames"))
-    clips = zarr.open_group(str(store), mode="r")[layout.CLIPS]
-    a, b = clip_samples(clips["start_s"][:], clips["end_s"][:], SR)
-    seconds = [_audio_seconds(units[u:u + 1], offsets, b - a, SR) for u in range(len(units))]
-    share0 = assign_units(seconds, 2)[0]
+    g, units, shares = _units_and_shares(store, "r")
+    share0 = shares[0]
     np.testing.assert_array_equal(np.flatnonzero(g["unit_done"][:]), share0)
     assert 0 < len(share0) < len(units) and not g.attrs.get("complete", False)
     res = torchrun(2, *args)  # the whole job again: rank 0 skips its finished units, rank 1 does its share
@@ -166,14 +173,8 @@ def test_a_rank_killed_mid_way_is_finished_by_rerunning(corpus, capsys):
     assert main([*args, "--plan-only"]) == 0
     assert main([*args, "--rank", "0/2"]) == 0
     assert main([*args, "--rank", "1/2"]) == 0
-    g = zarr.open_group(str(store), mode="a")[layout.backbone_path(BACKBONE)]
-    offsets = g["offsets"][:]
-    units = layout.unit_table(offsets, int(g.attrs["clips_per_unit"]), int(g.attrs["align"]),
-                              g.attrs.get("piece_frames"))
-    clips = zarr.open_group(str(store), mode="r")[layout.CLIPS]
-    a, b = clip_samples(clips["start_s"][:], clips["end_s"][:], SR)
-    seconds = [_audio_seconds(units[u:u + 1], offsets, b - a, SR) for u in range(len(units))]
-    share1 = assign_units(seconds, 2)[1]
+    g, units, shares = _units_and_shares(store, "a")
+    share1 = shares[1]
     assert len(share1) >= 3
     killed = share1[len(share1) // 2:]                       # rank 1 died after its first half
     g["unit_done"][killed] = 0
