@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from featurestore import audio as au
+from featurestore import layout
 from featurestore.frontends import Frontend
 from featurestore.writer import UnitResult, pooled_stats
 
@@ -220,17 +221,6 @@ class WindowGeometry:
                             self.frame_local)
 
 
-def unit_clip_frames(offsets: np.ndarray, unit_row: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """(clip row, clip frames T, first kept frame, end kept frame) of each clip of a unit
-    (a row of :func:`featurestore.layout.unit_table`): the unit's frames of each clip, in clip frames."""
-    lo, hi, start, end = (int(v) for v in unit_row)
-    out = []
-    for c in range(lo, hi):
-        a, b = int(offsets[c, 0]), int(offsets[c, 1])
-        out.append((c, b - a, max(start, a) - a, max(min(end, b), max(start, a)) - a))
-    return out
-
-
 #: clips of one file in one unit are decoded together when the gap between them is at most this
 #: many seconds (segments of one file: one decode; clips far apart: one decode each)
 MERGE_GAP_S = 1.0
@@ -284,7 +274,7 @@ class UnitAudio(torch.utils.data.Dataset):
             return u, None
         pad, sr = self.geo.pad, self.sr
         need = []  # (clip row, first padded sample, last, file sample range [fa, fb))
-        for row in unit_clip_frames(self.offsets, np.array(unit_row)):
+        for row in layout.unit_clip_frames(self.offsets, np.array(unit_row)):
             c = row[0]
             first, last = self.needed(row)
             a, b = int(self.starts[c]), int(self.ends[c])
@@ -338,7 +328,7 @@ def run_unit(fe: Frontend, unit: int, unit_row: np.ndarray, clips: list[ClipWave
     n = hi - lo
     sums = np.zeros((n, L, D), dtype=np.float64)
     sqs = np.zeros((n, L, D), dtype=np.float64)
-    parts = unit_clip_frames(offsets, unit_row)
+    parts = layout.unit_clip_frames(offsets, unit_row)
     windows, seconds_per_frame = [], np.zeros(n)
     for (c, T, f0, f1), cw in zip(parts, clips):
         if int(cw.row) != c:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from featurestore import layout
 from featurestore.registry import BackboneSpec, resolve
 
 
@@ -59,8 +60,7 @@ class Frontend(torch.nn.Module):
 
     def n_frames(self, n_samples) -> int:
         """Frames of a clip of ``n_samples`` samples (the frontend's own padding included)."""
-        n = int(n_samples) + 2 * self.pad
-        return max(0, (n - self.receptive) // self.stride + 1) if n >= self.receptive else 0
+        return layout.frame_count(n_samples, self.receptive, self.stride, self.pad)
 
     def frame_times(self, n_frames: int) -> np.ndarray:
         """Centre of each frame's span, in seconds from the clip start -> float64 [n_frames]."""

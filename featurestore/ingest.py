@@ -301,8 +301,7 @@ class Geometry:
 
     def n_frames(self, n_samples: int) -> int:
         """The same rule as :meth:`featurestore.frontends.Frontend.n_frames`."""
-        n = int(n_samples) + 2 * self.pad
-        return max(0, (n - self.receptive) // self.stride + 1) if n >= self.receptive else 0
+        return layout.frame_count(n_samples, self.receptive, self.stride, self.pad)
 
     def samples_for(self, T: int) -> int:
         """The fewest samples that give T frames (0 for T = 0)."""
@@ -387,14 +386,13 @@ def _unit_result(u: int, row: np.ndarray, plan: BackbonePlan, clips: list[Clip],
                  split: dict[int, range], use_pooled: bool) -> tuple[UnitResult, dict]:
     """One unit's frames and pooled rows (or, for a piece of a split clip, its sums), computed like
     :func:`featurestore.extract.run_unit`; plus the stored pooled rows to put over a split clip's."""
-    from featurestore.extract import unit_clip_frames
 
     lo, hi, start, end = (int(v) for v in row)
     L, D = clips[lo].arrays.shape[1:] if hi > lo else (0, 0)
     block = np.zeros((end - start, L, D), dtype=dtype)
     sums = np.zeros((hi - lo, L, D), dtype=np.float64)
     sqs = np.zeros((hi - lo, L, D), dtype=np.float64)
-    for c, T, f0, f1 in unit_clip_frames(plan.offsets, row):
+    for c, T, f0, f1 in layout.unit_clip_frames(plan.offsets, row):
         pos = int(plan.offsets[c, 0]) + f0 - start
         for a in range(f0, f1, 8192):
             x = clips[c].arrays.read(a, min(f1, a + 8192), h5)

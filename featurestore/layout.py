@@ -161,3 +161,21 @@ def split_units(units: np.ndarray) -> dict[int, range]:
     clips, first, counts = np.unique(units[single, CLIP_LO], return_index=True, return_counts=True)
     rows = np.flatnonzero(single)
     return {int(c): range(int(rows[f]), int(rows[f]) + int(k)) for c, f, k in zip(clips, first, counts) if k > 1}
+
+
+def unit_clip_frames(offsets: np.ndarray, unit_row: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """(clip row, clip frames T, first kept frame, end kept frame) of each clip of a unit
+    (a row of :func:`featurestore.layout.unit_table`): the unit's frames of each clip, in clip frames."""
+    lo, hi, start, end = (int(v) for v in unit_row)
+    out = []
+    for c in range(lo, hi):
+        a, b = int(offsets[c, 0]), int(offsets[c, 1])
+        out.append((c, b - a, max(start, a) - a, max(min(end, b), max(start, a)) - a))
+    return out
+
+
+def frame_count(n_samples: int, receptive: int, stride: int, pad: int) -> int:
+    """Frames of a clip of ``n_samples`` samples for a frontend whose frame j covers padded samples
+    [j * stride, j * stride + receptive) after ``pad`` zeros on each side (0 when shorter)."""
+    n = int(n_samples) + 2 * int(pad)
+    return max(0, (n - int(receptive)) // int(stride) + 1) if n >= int(receptive) else 0

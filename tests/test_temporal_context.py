@@ -66,17 +66,14 @@ def test_heads_fit_with_context_and_record_its_frames(cls):
 
 
 @pytest.mark.parametrize("cls", [FrameClassifierHead, CRFHead])
-def test_batched_predict_equals_clip_by_clip(cls, monkeypatch):
+def test_batched_predict_equals_clip_by_clip(cls):
     """Clips of different lengths decoded in one padded batch give the notes each gives alone (the
     temporal layer zeroes the padding; Viterbi carries padded frames)."""
-    from heads import frame_heads
-
     rng = np.random.default_rng(1)
     X = [rng.standard_normal((n, 2, 3)).astype(np.float32) for n in (70, 23, 51, 8)]
     y = [[[0.1, 0.4, 60], [0.5, 0.9, 64]]] * 4
     head = cls(epochs=3, lr=3e-2, window=20, context=0.1).fit(X, y, frame_rate=50.0)
     offsets = [0.0, 1.5, 3.0, 7.25]
     together = head.predict(X, offsets=offsets)
-    monkeypatch.setattr(frame_heads, "DECODE_BATCH_BYTES", 1)            # one clip per batch
     alone = [head.predict([x], offsets=[o])[0] for x, o in zip(X, offsets)]
     assert together == alone and any(len(n) for n in together)
