@@ -149,12 +149,6 @@ _RESCALE_FLOOR = 1e-30
 _RESCALE_EVERY = 4
 
 
-def _forward_backward(E: np.ndarray, mask: np.ndarray, chain: _Chain, need_grad: bool):
-    """:func:`_recursions` on one thread (see :func:`_one_thread`)."""
-    with _one_thread(torch.device("cpu")):
-        return _recursions(E, mask, chain, need_grad)
-
-
 def _on_one_thread(fn):
     """Run an autograd Function's forward/backward on one thread (see :func:`_one_thread`): a BLAS
     thread pool woken by its numpy work would keep spinning beside torch's next operations."""
@@ -164,8 +158,9 @@ def _on_one_thread(fn):
     return staticmethod(wrapped)
 
 
-def _recursions(E: np.ndarray, mask: np.ndarray, chain: _Chain, need_grad: bool):
-    """Scaled forward(-backward) in the internal order, float64 numpy on the CPU.
+def _forward_backward(E: np.ndarray, mask: np.ndarray, chain: _Chain, need_grad: bool):
+    """Scaled forward(-backward) in the internal order, numpy on the CPU (callers run it under
+    :func:`_one_thread`).
 
     The per-frame arrays are tiny ([B, S]): numpy runs such a step with a fraction of torch's
     per-operation overhead (about half the time of the same loop in torch on one CPU thread), and
@@ -212,7 +207,7 @@ def _recursions(E: np.ndarray, mask: np.ndarray, chain: _Chain, need_grad: bool)
     if dtype != np.float64 and (scales.min() < _RESCALE_FLOOR or c_end.min() < _RESCALE_FLOOR):
         # a frame whose reachable states all lie ~70 nats below its best state would underflow in
         # float32: run the batch again in float64 (exact to 708 nats)
-        return _recursions(E.astype(np.float64), mask, chain, need_grad)
+        return _forward_backward(E.astype(np.float64), mask, chain, need_grad)
     log_z = (np.log(scales.astype(np.float64)).sum(0) + np.where(valid, emax.T, 0.0).sum(0, dtype=np.float64)
              + chain.shift * (valid[1:].sum(0)) + chain.start_shift + np.log(np.float64(1.0) * c_end)
              + chain.end_shift)
@@ -317,7 +312,8 @@ class NoteChainCRF(LinearChainCRF):
         trans, start, end = self._effective(torch.float64)
         chain = _Chain(trans, start, end, self.num_pitches, self.perm)
         E = emissions[:, :, self.perm].double().cpu().numpy()
-        _, grads = _forward_backward(E, mask.cpu().numpy(), chain, True)
+        with _one_thread(torch.device("cpu")):
+            _, grads = _forward_backward(E, mask.cpu().numpy(), chain, True)
         inv = np.argsort(self.perm.cpu().numpy())
         marg = np.take(grads["emissions"], inv, axis=2).transpose(1, 0, 2)
         return torch.from_numpy(np.ascontiguousarray(marg)).to(device=emissions.device, dtype=emissions.dtype)
