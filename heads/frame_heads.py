@@ -348,7 +348,11 @@ class _Net(torch.nn.Module):
         self.crf = crf
 
     def forward(self, x, mask=None):
-        h = self.sum(x)
+        return self.from_sum(self.sum(x), mask)
+
+    def from_sum(self, h, mask=None):
+        """Layer-summed frames [B, T, D] (``self.sum`` applied) -> outputs [B, T, n_out]; lets a caller
+        sum a long clip window by window and run the rest over the whole clip."""
         if self.context is not None:
             h = self.context(h, mask)
         return self.out(h)

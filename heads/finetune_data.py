@@ -1,0 +1,106 @@
+"""Audio for fine-tuning, read on the fly from a store's clip table.
+
+A clip of the store is ``audio`` (the decoded file: the input, or its cached separated vocals) at
+samples ``[round(start_s * sr), round(end_s * sr))``, resampled to the frontend's rate ``sr``
+(:func:`featurestore.clips.clip_samples`, :func:`featurestore.audio.load_audio_range`): the same
+segments, resampling and vocals cache the extraction read. Waves handed to the model are stretches
+of the *padded clip* (the clip with the frontend's ``pad`` zeros on both sides, as extraction pads
+it) on the frame grid: frames ``[a, a + k)`` are padded-clip samples
+``[a * stride, (a + k - 1) * stride + receptive)``, so a crop's hidden states are the clip's frames
+a .. a + k - 1 computed from exactly their own samples.
+
+Which stretches an epoch reads is decided in the main process from a seeded generator
+(:func:`epoch_items`), so workers hold no randomness and a resumed run reads the same crops.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from featurestore import audio as au
+from featurestore.clips import clip_samples
+
+
+class ClipAudio(torch.utils.data.Dataset):
+    """Items ``(i, first, k)`` (clip ``i`` of ``rows``, first frame, frames; ``k`` None = to the
+    clip's end) -> dict(i, first, wave float32 [samples of the padded-clip stretch]).
+
+    store: a :class:`featurestore.store.FeatureStore`; rows: clip-table rows; ``sr``, ``stride``,
+    ``receptive``, ``pad``: the frontend's geometry in samples. ``n_frames[i]``: the clip's frames,
+    as the store lays them out."""
+
+    def __init__(self, store, rows, *, sr: int, stride: int, receptive: int, pad: int):
+        clips = store.clips
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.paths = [str(clips["audio"][r]) for r in self.rows]
+        a, b = clip_samples(clips["start_s"][self.rows], clips["end_s"][self.rows], sr)
+        self.starts, self.lengths = a, b - a
+        self.sr, self.stride, self.receptive, self.pad = int(sr), int(stride), int(receptive), int(pad)
+        self.n_frames = np.array([max(0, (n + 2 * self.pad - self.receptive) // self.stride + 1)
+                                  for n in self.lengths], dtype=np.int64)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def span(self, i: int, first: int, k: int | None) -> tuple[int, int]:
+        """Padded-clip samples [p0, p1) of frames [first, first + k) of clip ``i``."""
+        k = int(self.n_frames[i]) - first if k is None else int(k)
+        return first * self.stride, (first + k - 1) * self.stride + self.receptive
+
+    def read(self, i: int, first: int = 0, k: int | None = None) -> np.ndarray:
+        """float32 [p1 - p0]: the padded clip's samples of frames [first, first + k)."""
+        p0, p1 = self.span(i, first, k)
+        out = np.zeros(p1 - p0, dtype=np.float32)
+        # padded-clip sample p is clip sample p - pad, i.e. file sample starts[i] + p - pad
+        c0, c1 = max(p0 - self.pad, 0), min(p1 - self.pad, int(self.lengths[i]))
+        if c1 > c0:
+            a = int(self.starts[i])
+            x = au.load_audio_range(self.paths[i], self.sr, a + c0, a + c1)
+            out[c0 + self.pad - p0:c1 + self.pad - p0] = x
+        return out
+
+    def __getitem__(self, item):
+        i, first, k = item
+        return {"i": int(i), "first": int(first), "wave": torch.from_numpy(self.read(int(i), int(first), k))}
+
+
+def collate(items: list[dict]) -> dict:
+    """A batch: ``i`` [B], ``first`` [B] (lists of ints), ``waves``: list of B 1-D tensors (not
+    padded: :meth:`heads.finetune_model.FineTuneModel.hidden` batches equal lengths)."""
+    return {"i": [it["i"] for it in items], "first": [it["first"] for it in items],
+            "waves": [it["wave"] for it in items]}
+
+
+def tile(n: int, window: int, phase: int) -> list[tuple[int, int]]:
+    """Windows [(start, stop), ...] of at most ``window`` frames tiling [0, n) once, cut at ``phase``
+    (see :meth:`heads.frame_heads._FrameHead._tile`)."""
+    from heads.frame_heads import _FrameHead
+
+    return _FrameHead._tile(n, window, phase)
+
+
+def epoch_items(n_frames: np.ndarray, crop: int | None, generator: torch.Generator, *, tile_clips: bool,
+                rank: int = 0, world: int = 1) -> list[tuple[int, int, int | None]]:
+    """One epoch's items ``(clip, first frame, frames or None)`` for this rank, shuffled.
+
+    Clips of at most ``crop`` frames (or any clip when ``crop`` is None) are read whole. Longer clips:
+    with ``tile_clips`` (frame tasks) cut into windows of ``crop`` frames at a random phase, so every
+    frame is trained once per epoch; otherwise (clip tasks) one random crop of ``crop`` frames.
+    Clips without frames are left out. Every rank draws the same list from the same generator and
+    takes every ``world``-th item from ``rank`` on (after the shuffle), cut to a common length so
+    that ranks run the same number of batches."""
+    items = []
+    for i, n in enumerate(int(v) for v in n_frames):
+        if n <= 0:
+            continue
+        if crop is None or n <= crop:
+            items.append((i, 0, None))
+        elif tile_clips:
+            phase = int(torch.randint(0, crop, (1,), generator=generator))
+            items += [(i, a, b - a) for a, b in tile(n, crop, phase)]
+        else:
+            items.append((i, int(torch.randint(0, n - crop + 1, (1,), generator=generator)), crop))
+    order = torch.randperm(len(items), generator=generator).tolist()
+    items = [items[j] for j in order]
+    per_rank = len(items) // world if world > 1 else len(items)
+    return items[rank::world][:per_rank]

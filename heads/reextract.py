@@ -1,0 +1,99 @@
+"""``python -m heads.reextract --run DIR``: write a fine-tuned frontend into the store as a new backbone.
+
+    python -m heads.finetune --backbone crepe --head linear          # -> runs/crepe-tiny@sid-ft-linear
+    python -m heads.reextract --run runs/crepe-tiny@sid-ft-linear    # -> backbone crepe-tiny@sid-ft
+    python -m heads.fit --backbone crepe-tiny@sid-ft --head linear   # a probe on the fine-tuned frontend
+
+The run's ``frontend/`` folder (LoRA already merged) is loaded the way ``featurestore.build
+--model-path`` loads weights, and extracted over the store's clip table with the base backbone's
+extraction settings (dtype, windows, context margins, chunking), so the new backbone's frames line
+up with the base's frame for frame. Its provenance (``frontend.provenance`` in the backbone's
+attributes) points at the run. An interrupted re-extraction resumes like any build.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from featurestore import open_store
+from featurestore.build import ExtractSettings, extract_backbone
+from featurestore.cli import HelpFormatter
+from featurestore.frontends import load_frontend
+from featurestore.locking import StoreLock
+from featurestore.writer import open_root
+
+#: ExtractSettings fields read from the base backbone's stored identity.
+_SETTINGS = ("dtype", "window_s", "context_s", "chunk_frames", "shard_frames", "target_unit_frames")
+
+
+def base_settings(store, base: str | None, dtype: str | None) -> ExtractSettings:
+    """The base backbone's extraction settings (defaults when it is not in the store), ``dtype`` overriding."""
+    ident = {}
+    if base is not None and base in store.backbones:
+        ident = dict(store.group(base).attrs.get("identity", {}))
+    kw = {k: ident[k] for k in _SETTINGS if k in ident}
+    if "context_s" not in kw and ident:
+        kw["context_s"] = 0.0  # stored without margins (frame-local frontends record none)
+    if dtype:
+        kw["dtype"] = dtype
+    return ExtractSettings(**kw)
+
+
+def reextract(run: Path, store_path=None, *, name: str | None = None, dtype: str | None = None, device: str = "cpu",
+              num_workers: int = 2, overwrite: bool = False, progress: bool = True) -> dict:
+    """Extract ``run/frontend`` into the store (the run's, or ``store_path``) as ``name`` (the run's
+    backbone name). Returns the extraction summary with ``backbone`` and ``store`` added."""
+    run = Path(run)
+    args_file, metrics_file = run / "finetune_args.json", run / "metrics.json"
+    if not metrics_file.is_file() or not (run / "frontend").is_dir():
+        raise FileNotFoundError(f"{run} holds no finished fine-tune (metrics.json and frontend/ are written when "
+                                "training ends): run heads.finetune first, or --resume it")
+    m, a = json.loads(metrics_file.read_text()), json.loads(args_file.read_text())
+    store_path = store_path or m["store"]
+    store = open_store(store_path)
+    name = name or m["backbone"]
+    fe = load_frontend(a["backbone"], path=run / "frontend", device=device)
+    fe.name = name
+    ext = base_settings(store, m.get("base_backbone"), dtype)
+    root = open_root(store_path)
+    summary = extract_backbone(root, fe, ext, overwrite=overwrite, device=device, num_workers=num_workers,
+                               progress=progress, lock=StoreLock(store_path))
+    return {**summary, "backbone": name, "store": str(store_path)}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m heads.reextract",
+                                description="Write a fine-tuned frontend (a heads.finetune run folder) into the store "
+                                            "as a new backbone, with the base backbone's extraction settings and "
+                                            "provenance pointing at the run.", formatter_class=HelpFormatter)
+    p.add_argument("--run", required=True, help="run folder written by heads.finetune")
+    p.add_argument("--store", help="store to write into (default: the store the run was trained on)")
+    p.add_argument("--name", help="backbone name in the store (default: the run's, e.g. crepe-tiny@sid-ft)")
+    p.add_argument("--dtype", choices=["float16", "float32"], default=None,
+                   help="storage dtype (default: the base backbone's)")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--num-workers", type=int, default=2, help="audio decoding worker processes")
+    p.add_argument("--overwrite", action="store_true", help="replace a backbone of that name extracted differently")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from featurestore.build import SettingsMismatch
+
+    args = parse_args(argv)
+    try:
+        s = reextract(Path(args.run), args.store, name=args.name, dtype=args.dtype, device=args.device,
+                      num_workers=args.num_workers, overwrite=args.overwrite, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError, KeyError, SettingsMismatch) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"backbone {s['backbone']} in {s['store']}: {s['units_done']}/{s['units']} units, {s['frames']} frames "
+          f"x {s['layers']} layers x {s['dim']} ({'complete' if s['complete'] else 'incomplete'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

