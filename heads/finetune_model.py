@@ -203,4 +203,8 @@ def enable_gradient_checkpointing(fe: HFFrontend) -> None:
     model = fe.model.get_base_model() if hasattr(fe.model, "get_base_model") else fe.model
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise FineTuneError(f"--gradient-checkpointing: {type(model).__name__} does not support it")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

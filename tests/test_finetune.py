@@ -244,3 +244,92 @@ def test_refusals(store, tiny_hubert, tmp_path, capsys):
     assert "CUDA" in capsys.readouterr().err
     assert FT.main(base + ["--backbone", "logmel"]) == 2
     assert "not learned" in capsys.readouterr().err
+
+
+def test_demo_pipeline_finetune_reextract_probe_cluster(tiny_hubert, tmp_path, monkeypatch, capsys):
+    """On the demo: fine-tune a tiny model with the CRF head end to end (one command), re-extract it
+    (another), evaluate the fine-tuned run, fit a probe on the new backbone, cluster its frames."""
+    from pipelines import clustering
+    from pipelines import transcription as TR
+
+    monkeypatch.setenv("SINGFRONT_HOME", str(tmp_path / "home"))
+    work = tmp_path / "work"
+    common = ["--workdir", str(work), "--no-progress"]
+    assert TR.main(TR.SPEC, ["prepare", "--demo"] + common) == 0
+    assert TR.main(TR.SPEC, ["build", "--backbone", str(tiny_hubert), "--num-workers", "0"] + common) == 0
+    assert TR.main(TR.SPEC, ["finetune", "--backbone", str(tiny_hubert), "--head", "crf", "--epochs", "2", "--stage1-epochs", "1",
+                   "--batch-size", "4", "--num-workers", "0", "--crop-seconds", "2"] + common) == 0
+    name = f"{tiny_hubert.name}@svt-ft"
+    run = work / "runs" / f"{name}-crf"
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["backbone"] == name and m["protocol"]["scored_split"] == "test"
+    assert 0.0 <= m["mean"]["COnP"]["f1"] <= 1.0 and len(m["layer_weights"]) == 3
+    assert TR.main(TR.SPEC, ["reextract", "--backbone", str(tiny_hubert), "--head", "crf"] + common) == 0
+    st = open_store(work / "store.zarr")
+    assert name in st.backbones and st.shape(name) == st.shape(tiny_hubert.name)
+    # the pipeline's own evaluation of the fine-tuned run, on its stored features
+    capsys.readouterr()
+    assert TR.main(TR.SPEC, ["evaluate", "--backbone", name, "--head", "crf"] + common) == 0
+    ev = json.loads((run / "evaluation.json").read_text())
+    assert ev["backbone"] == name and f"{name}-crf" in (work / "results.md").read_text()
+    # stored in float16, decoded by the same head: the same notes as the run's own float32 scoring, or nearly
+    assert ev["mean"]["COnP"]["f1"] == pytest.approx(m["mean"]["COnP"]["f1"], abs=0.15)
+    # a probe on the new backbone, like any frontend
+    assert TR.main(TR.SPEC, ["fit", "--backbone", name, "--head", "frames", "--epochs", "2", "--lr", "1e-2"] + common) == 0
+    assert json.loads((work / "runs" / f"{name}-frames" / "metrics.json").read_text())["backbone"] == name
+    # the pitch-class clustering on its frames
+    out = tmp_path / "clus"
+    assert clustering.main(["--store", str(work / "store.zarr"), "--backbone", name, "--per-class", "10",
+                            "--pca", "0", "--out", str(out)]) == 0
+    res = json.loads((out / "clustering.json").read_text())
+    assert res["backbone"] == name and (out / "tsne.png").is_file()
+
+
+def test_two_torchrun_ranks_equal_one_process_with_the_doubled_batch(store, tiny_hubert, tmp_path):
+    """DDP: 2 ranks (gloo) with batch b each average their gradients: the same steps as one process
+    with batch 2b over the same items (dropout off so no RNG stream differs)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import featurestore
+    from tests.test_distributed_build import _free_port
+
+    common = ["--store", str(store), "--backbone", str(tiny_hubert), "--epochs", "2", "--stage1-epochs", "1",
+              "--frontend-lr", "1e-3", "--dropout", "0", "--num-workers", "0", "--no-progress"]
+    one = tmp_path / "one"
+    assert FT.main(common + ["--out", str(one), "--batch-size", "2"]) == 0
+    two = tmp_path / "two"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    repo = str(Path(featurestore.__file__).resolve().parents[1])
+    env.update(OMP_NUM_THREADS="1", SINGFRONT_DIST_TIMEOUT_S="120",
+               PYTHONPATH=os.pathsep.join([repo, *filter(None, [env.get("PYTHONPATH")])]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), "-m", "heads.finetune", *common, "--out", str(two), "--batch-size", "1"]
+    res = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    a = torch.load(one / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(two / "checkpoint.pt", weights_only=False)["model"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5, rtol=1e-4), k
+    assert json.loads((two / "metrics.json").read_text())["finetune"]["world_size"] == 2
+
+
+def test_accumulation_and_gradient_checkpointing_change_memory_not_the_result(store, tiny_hubert, tmp_path):
+    """batch 2 == batch 1 x 2 accumulated steps; with gradient checkpointing the same weights again."""
+    common = ["--mode", "full", "--epochs", "1", "--frontend-lr", "1e-3", "--dropout", "0"]
+    runs = {"b2": ["--batch-size", "2"], "b1x2": ["--batch-size", "1", "--accumulate", "2"],
+            "ckpt": ["--batch-size", "2", "--gradient-checkpointing"]}
+    states = {}
+    for key, extra in runs.items():
+        out = tmp_path / key
+        FT.finetune(args_for(store, tiny_hubert, out, *common, *extra))  # (the last --batch-size counts)
+        states[key] = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    from featurestore.frontends import load_frontend
+
+    base = {f"frontend.{k}": v for k, v in load_frontend(str(tiny_hubert)).state_dict().items()}
+    assert any(not torch.equal(states["b2"][k], v) for k, v in base.items() if ".feature_extractor." in k)  # full mode
+    for key in ("b1x2", "ckpt"):
+        for k, v in states["b2"].items():
+            assert torch.allclose(v.float(), states[key][k].float(), atol=1e-5, rtol=1e-4), (key, k)
