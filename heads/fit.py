@@ -25,7 +25,7 @@ from heads import metrics
 from heads.clip_heads import LGBMHead, LinearHead, LogRegHead, MLPHead
 from heads.evaluation import score_clip_head
 from heads.protocol import FILE, SCORE_CHOICES, SELECT_CHOICES, protocol_label
-from heads.tasks import TaskError, make_task
+from heads.tasks import DEFAULT_POOL, POOLS, TaskError, make_task, pool_suffix
 
 CLIP_HEADS = {"linear": LinearHead, "mlp": MLPHead, "logreg": LogRegHead, "lgbm": LGBMHead}
 FRAME_HEADS = ("crf", "frames")
@@ -147,8 +147,9 @@ def run_clip(args, store, backbone, task, out: Path, plan) -> dict:
         for cid, t, p in zip(ids, yt[known], proba):
             top = head.classes_[np.argsort(-p)[:3]]
             w.writerow([cid, t, top[0], "|".join(map(str, top))])
+    pool = "" if task.pool == DEFAULT_POOL else f" ({task.pool} pooling)"
     metrics.plot_confusion(np.array(report["confusion"]), [str(c) for c in head.classes_], out / "confusion.png",
-                           title=f"{backbone} / {args.head} / {args.task}\n{plan.label()}")
+                           title=f"{backbone} / {args.head} / {args.task}{pool}\n{plan.label()}")
     return head, report
 
 
@@ -249,11 +250,16 @@ def parse_args(argv=None):
                    help="crf/frames: temporal context each side of a frame, in seconds (a dilated convolution "
                         "stack of round(SECONDS x frame rate) frames each side between the layer sum and the "
                         "per-frame output; 0.15 suits slow sung onsets). 0: the paper's per-frame linear probe")
+    p.add_argument("--pool", choices=POOLS, default=None,
+                   help=f"clip heads: clip statistics over time the head reads: mean, std, or mean+std (both "
+                        f"side by side, D -> 2D per layer: statistics pooling); not given: {DEFAULT_POOL}. "
+                        "Not for crf/frames (they read frames)")
     p.add_argument("--class-weight", choices=["balanced", "paper"], default=None,
                    help="clip heads: balanced = n/(C n_c); paper = 1/n_c^0.2; not given: none")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and the holdout draw")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
-    p.add_argument("--out", help="run folder (default: runs/<backbone>-<head>-<task>)")
+    p.add_argument("--out", help="run folder (default: runs/<backbone>-<head>-<task>, plus -stdpool or "
+                                 "-meanstdpool for a --pool other than mean)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_protocol_arguments(p)
     return p.parse_args(argv)
@@ -263,11 +269,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args.task = args.task or ("transcription" if args.head in FRAME_HEADS else "singer")
     try:
+        if args.pool is not None and args.head in FRAME_HEADS:
+            raise ValueError(f"--pool pools clips for the clip heads ({', '.join(CLIP_HEADS)}); --head {args.head} "
+                             "reads every frame: leave --pool out")
         check_device(args.device)
         store = open_store(args.store) if args.store else open_store(ensure_demo_store())
         backbone = store.backbone_name(args.backbone)
         store.group(backbone)
-        task = make_task(args.task)
+        task = make_task(args.task, pool=args.pool)
         if task.kind == "clip" and args.head in FRAME_HEADS:
             raise TaskError(f"--head {args.head} is a frame-level note decoder; task {args.task!r} is a clip "
                             f"task: use one of {', '.join(CLIP_HEADS)}")
@@ -277,7 +286,8 @@ def main(argv=None) -> int:
         plan = make_plan(args, store, backbone, task)
         for note in plan.notes:
             print(f"note: {note}", file=sys.stderr)
-        out = Path(args.out or f"runs/{backbone}-{args.head}-{args.task.replace(':', '_')}")
+        pool = getattr(task, "pool", None)
+        out = Path(args.out or f"runs/{backbone}-{args.head}-{args.task.replace(':', '_')}{pool_suffix(pool)}")
         out.mkdir(parents=True, exist_ok=True)
         runner = run_clip if task.kind == "clip" else run_frames
         head, report = runner(args, store, backbone, task, out, plan)
@@ -297,6 +307,8 @@ def main(argv=None) -> int:
                   params={k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
                           for k, v in head.get_params().items()},
                   stored_layers=[int(l) for l in stored_layers])
+    if task.kind == "clip":
+        report["pool"] = task.pool  # what evaluate/predict must read: heads.tasks.pooled_features
     if learned is not None:
         key = {"softmax": "layer_weights", "importance": "layer_importance"}.get(learned[1].split()[0])
         if key:  # (the probe curve is in report["layer_curve"])
@@ -314,7 +326,8 @@ def summary_table(report: dict) -> str:
     else:
         keys = [k for k in ("accuracy", "top2", "top3", "macro_f1", "balanced_accuracy") if k in report]
         body = metrics.format_table([{"metric": k, "value": report[k]} for k in keys], ["metric", "value"])
-    return (f"{report['backbone']} / {report['head']} / {report['task']} "
+    pool = f" / {report['pool']} pooling" if report.get("pool", DEFAULT_POOL) != DEFAULT_POOL else ""
+    return (f"{report['backbone']} / {report['head']} / {report['task']}{pool} "
             f"({protocol_label(report['protocol'])})\n{body}")
 
 

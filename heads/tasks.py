@@ -1,6 +1,7 @@
 """Generic tasks read from a store: what X and y are for a clip label or for note transcription.
 
-- :class:`ClipLabelTask`: X = pooled [N, L, D] of some rows, y = a label column of the clip table.
+- :class:`ClipLabelTask`: X = pooled [N, L, D] of some rows (``pool``: the clip mean, the std, or
+  both side by side [N, L, 2D], see :func:`pooled_features`), y = a label column of the clip table.
 - :class:`NotesTask`: X = frames [T_i, L, D] per clip, y = notes [[onset_s, offset_s, midi], ...]
   in seconds of the clip's audio file, read from a JSON label column (default ``notes``).
 
@@ -30,6 +31,36 @@ def notes_in_span(notes_json: str, start_s: float, end_s: float) -> list[list]:
     :func:`heads.notes.midi_number` -> [[onset_s, offset_s, midi int], ...] (seconds of the file)."""
     return [[max(float(on), start_s), min(float(off), end_s), midi_number(m)]
             for on, off, m in json.loads(notes_json or "[]") if off > start_s and on < end_s]
+
+
+#: Clip pooling choices (``--pool``): the store's ``pooled_mean``, its ``pooled_std`` (population std
+#: over the clip's frames), or both concatenated on the feature axis (statistics pooling, the
+#: speaker-ID convention: D -> 2D per layer, mean first).
+POOLS = ("mean", "std", "mean+std")
+DEFAULT_POOL = "mean"
+
+
+def check_pool(pool: str) -> str:
+    """``pool`` if it is one of :data:`POOLS`, else ValueError naming ``--pool``."""
+    if pool not in POOLS:
+        raise ValueError(f"--pool {pool!r}: expected one of {', '.join(POOLS)}")
+    return pool
+
+
+def pool_suffix(pool: str | None) -> str:
+    """Run-folder suffix of a clip pooling: ``""`` for the default mean, ``-stdpool``, ``-meanstdpool``."""
+    return "" if pool in (None, DEFAULT_POOL) else f"-{check_pool(pool).replace('+', '')}pool"
+
+
+def pooled_features(store: FeatureStore, backbone: str, rows=None, pool: str = DEFAULT_POOL, layers=None) -> np.ndarray:
+    """Clip features float32 [n, L', D] (``mean``, ``std``) or [n, L', 2D] (``mean+std``: the mean in
+    ``[..., :D]``, the std in ``[..., D:]``) of ``rows`` (None: every clip), read from the store's
+    ``pooled_mean`` / ``pooled_std``. Fit, evaluate and predict all read through here, so a run
+    is scored on the features it was trained on."""
+    check_pool(pool)
+    stats = ("mean", "std") if pool == "mean+std" else (pool,)
+    parts = [store.pooled(backbone, layers=layers, stat=s, rows=rows).astype(np.float32) for s in stats]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
 
 
 @dataclass
@@ -69,16 +100,19 @@ class _Task:
 
 @dataclass
 class ClipLabelTask(_Task):
-    """Clip classification on a label column. ``kind`` = "clip"."""
+    """Clip classification on a label column. ``kind`` = "clip". ``pool``: which clip statistics
+    make X (one of :data:`POOLS`, see :func:`pooled_features`)."""
 
+    pool: str = DEFAULT_POOL
     kind = "clip"
 
     def data(self, store: FeatureStore, backbone: str, rows: np.ndarray):
-        """(X pooled float32 [n, L, D], y labels [n], rows [n]) of the clip rows (from :meth:`plan`)."""
+        """(X pooled float32 [n, L, D] (``mean+std``: [n, L, 2D]), y labels [n], rows [n]) of the clip
+        rows (from :meth:`plan`)."""
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             raise TaskError(f"no clip to read from {store.path}")
-        X = store.pooled(backbone, rows=rows).astype(np.float32)
+        X = pooled_features(store, backbone, rows, self.pool)
         return X, store.labels(self.label)[rows], rows
 
 
@@ -111,15 +145,18 @@ class NotesTask(_Task):
 NAMED_TASKS = {"singer": ("singer", "album"), "technique": ("technique", "singer")}
 
 
-def make_task(name: str):
+def make_task(name: str, pool: str | None = None):
     """``singer`` / ``technique`` / any ``label:<column>`` -> ClipLabelTask; ``transcription`` /
-    ``notes:<column>`` -> NotesTask."""
-    if name in ("transcription", "notes"):
-        return NotesTask()
-    if name.startswith("notes:"):
-        return NotesTask(name.split(":", 1)[1])
+    ``notes:<column>`` -> NotesTask. ``pool`` (clip tasks only; None: ``mean``) is checked against
+    :data:`POOLS`; a frame task given a pool is a ValueError (its heads read frames, not pooled rows)."""
+    if name in ("transcription", "notes") or name.startswith("notes:"):
+        if pool is not None:
+            raise ValueError(f"--pool {pool} pools clips for the clip heads; task {name!r} is frame-level "
+                             "transcription, whose heads read every frame")
+        return NotesTask() if ":" not in name else NotesTask(name.split(":", 1)[1])
+    pool = check_pool(DEFAULT_POOL if pool is None else pool)
     if name.startswith("label:"):
-        return ClipLabelTask(name.split(":", 1)[1])
+        return ClipLabelTask(name.split(":", 1)[1], pool=pool)
     if name in NAMED_TASKS:
-        return ClipLabelTask(*NAMED_TASKS[name])
-    return ClipLabelTask(name)
+        return ClipLabelTask(*NAMED_TASKS[name], pool=pool)
+    return ClipLabelTask(name, pool=pool)

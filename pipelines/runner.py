@@ -6,7 +6,8 @@ A task module (``pipelines.singer``, ``pipelines.transcription``, ``pipelines.te
     WORKDIR/manifest.csv            prepare: the dataset adapter's manifest for featurestore.build
     WORKDIR/prepare_report.json     prepare: what the adapter skipped, and why
     WORKDIR/store.zarr              build:   the feature store (featurestore.build with the task's settings)
-    WORKDIR/runs/<backbone>-<head>/ fit:     heads.fit's run folder
+    WORKDIR/runs/<backbone>-<head>/ fit:     heads.fit's run folder (-ctx<ms>ms with --context,
+                                             -stdpool / -meanstdpool with --pool std / mean+std)
     WORKDIR/runs/<...>/evaluation.json, WORKDIR/results.md   evaluate: task metrics, and a table of all runs
 
 ``prepare --demo`` turns the built-in demo corpus into the same manifest, so every pipeline runs
@@ -164,9 +165,28 @@ def run_dir(args) -> Path:
         bb = resolve(args.backbone[0]).name
     except KeyError:
         bb = args.backbone[0]
+    from heads.tasks import pool_suffix
+
     context = getattr(args, "context", 0.0) or 0.0
     suffix = f"-ctx{round(context * 1000)}ms" if context else ""
+    suffix += pool_suffix(getattr(args, "pool", None))
     return Path(args.workdir) / "runs" / f"{bb}-{args.head}{suffix}"
+
+
+def run_pool(rd: Path) -> str:
+    """The clip pooling a fitted run was trained on (``pool`` in its metrics.json; ``mean`` for runs
+    that predate ``--pool`` or frame heads), so evaluate and predict read the same features."""
+    from heads.tasks import DEFAULT_POOL, check_pool
+
+    m = Path(rd) / "metrics.json"
+    try:
+        pool = json.loads(m.read_text()).get("pool") or DEFAULT_POOL
+    except (OSError, ValueError):
+        return DEFAULT_POOL
+    try:
+        return check_pool(pool)
+    except ValueError:
+        raise ValueError(f"{m}: unknown pool {pool!r}") from None
 
 
 PROTOCOL_OPTIONS = ("score_split", "select_split", "group", "holdout_fraction")
@@ -182,6 +202,8 @@ def cmd_fit(spec: TaskSpec, args) -> int:
         argv += ["--class-weight", args.class_weight]
     if getattr(args, "context", 0):
         argv += ["--context", str(args.context)]
+    if getattr(args, "pool", None) not in (None, "mean"):  # the default adds nothing: older markers still match
+        argv += ["--pool", args.pool]
     for opt in PROTOCOL_OPTIONS:
         if getattr(args, opt, None) is not None:
             argv += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
@@ -198,6 +220,55 @@ def cmd_fit(spec: TaskSpec, args) -> int:
     if code == 0:
         marker.write_text(wanted)
     return code
+
+
+#: ``pipelines.<task> finetune`` options passed to ``heads.finetune`` as they are (when given).
+FINETUNE_OPTIONS = ("mode", "epochs", "stage1_epochs", "head_lr", "frontend_lr", "batch_size", "accumulate",
+                    "crop_seconds", "lora_rank", "lora_alpha", "lora_targets", "layerdrop", "mask_time_prob",
+                    "dropout", "precision", "num_workers", "seed", "patience", "model_path", "class_weight",
+                    "context")
+FINETUNE_FLAGS = ("gradient_checkpointing", "resume", "overwrite", "allow_scoring_selection_split", "no_progress")
+
+
+def finetuned_backbone(spec: TaskSpec, args) -> str:
+    """The name a fine-tuned backbone gets in the task's store (``heads.finetune`` naming)."""
+    from featurestore.registry import resolve
+    from heads.finetune import finetuned_name
+
+    try:
+        base = resolve(args.backbone[0]).name
+    except KeyError:
+        base = args.backbone[0]
+    return finetuned_name(base, spec.heads_task, args.mode)
+
+
+def cmd_finetune(spec: TaskSpec, args) -> int:
+    """Fine-tune end to end (``heads.finetune``) on the task's store, clips and splits; the run folder is
+    ``runs/<backbone>@<task>-<mode>-<head>``, where ``evaluate --backbone <that backbone>`` looks once
+    ``reextract`` has written it into the store."""
+    from heads.finetune import main as finetune_main
+
+    name = finetuned_backbone(spec, args)
+    argv = ["--store", str(Path(args.workdir) / "store.zarr"), "--backbone", args.backbone[0], "--head", args.head,
+            "--task", spec.heads_task, "--name", name, "--out", str(Path(args.workdir) / "runs" / f"{name}-{args.head}"),
+            "--device", args.device or "cpu"]
+    for opt in FINETUNE_OPTIONS + PROTOCOL_OPTIONS:
+        v = getattr(args, opt, None)
+        if v is not None and not (opt == "context" and not v):
+            argv += [f"--{opt.replace('_', '-')}", str(v)]
+    argv += [f"--{f.replace('_', '-')}" for f in FINETUNE_FLAGS if getattr(args, f, False)]
+    return finetune_main(argv)
+
+
+def cmd_reextract(spec: TaskSpec, args) -> int:
+    """Write a fine-tuned run's frontend into the task's store as its backbone (``heads.reextract``)."""
+    from heads.reextract import main as reextract_main
+
+    name = finetuned_backbone(spec, args)
+    argv = ["--run", str(Path(args.workdir) / "runs" / f"{name}-{args.head}"),
+            "--store", str(Path(args.workdir) / "store.zarr"), "--device", args.device or "cpu"]
+    argv += ["--no-progress"] if args.no_progress else []
+    return reextract_main(argv)
 
 
 def run_plan(store, rd: Path, spec: TaskSpec, backbone: str, score: str | None = None):
@@ -281,6 +352,8 @@ def cmd_evaluate(spec: TaskSpec, args) -> int:
     context = getattr(args, "context", 0.0) or 0.0
     result.update(backbone=run_backbone(store, rd, args), task=spec.name,
                   head=args.head + (f"+ctx{round(context * 1000)}ms" if context else ""))
+    if (rd / "metrics.json").is_file() and "pool" in json.loads((rd / "metrics.json").read_text()):
+        result["pool"] = run_pool(rd)
     (rd / "evaluation.json").write_text(json.dumps(result, indent=2, default=float))
     table = results_table(spec, Path(args.workdir))
     (Path(args.workdir) / "results.md").write_text(table + "\n")
@@ -323,6 +396,7 @@ def results_table(spec: TaskSpec, workdir: Path) -> str:
 
 def build_parser(spec: TaskSpec) -> argparse.ArgumentParser:
     from heads.fit import HEADS, add_protocol_arguments
+    from heads.tasks import POOLS
 
     p = argparse.ArgumentParser(prog=f"python -m pipelines.{spec.name}", description=spec.description,
                                 formatter_class=HelpFormatter)
@@ -331,6 +405,10 @@ def build_parser(spec: TaskSpec) -> argparse.ArgumentParser:
                 "build": "extract features into WORKDIR/store.zarr with the task's settings",
                 "fit": "train a head on the store (heads.fit) into WORKDIR/runs/<backbone>-<head>",
                 "evaluate": "score a fitted run with the task's conventions and update WORKDIR/results.md"}
+    commands["finetune"] = ("fine-tune the backbone end to end with the head (heads.finetune: two-stage, lora or "
+                            "full) into WORKDIR/runs/<backbone>@<task>-<mode>-<head>")
+    commands["reextract"] = ("write a finetune run's frontend into WORKDIR/store.zarr as backbone "
+                             "<backbone>@<task>-<mode>; then evaluate/fit it with --backbone <that name>")
     if spec.predict is not None:
         commands["predict"] = "predict for new audio with a fitted run"
     for name, help_ in commands.items():
@@ -340,7 +418,7 @@ def build_parser(spec: TaskSpec) -> argparse.ArgumentParser:
         if name == "prepare":
             c.add_argument("--raw", help="the dataset folder, as downloaded")
             c.add_argument("--demo", action="store_true", help="use the built-in demo corpus instead")
-        if name in ("build", "fit", "evaluate", "predict"):
+        if name in ("build", "fit", "evaluate", "predict", "finetune", "reextract"):
             c.add_argument("--backbone", action="append", default=None,
                            help="backbone, a registry name or alias (repeat for several in build); not given: crepe")
             c.add_argument("--device", default=None, help="torch device (cpu, cuda, cuda:1); not given: cpu")
@@ -351,11 +429,18 @@ def build_parser(spec: TaskSpec) -> argparse.ArgumentParser:
             c.add_argument("--batch-seconds", type=float, default=None,
                            help="audio seconds per forward batch; not given: 10 on CPU, 80 on CUDA")
             c.add_argument("--overwrite", action="store_true", help="rebuild a store whose settings differ")
+        if name in ("finetune", "reextract"):
+            add_finetune_arguments(c, spec, name)
         if name in ("fit", "evaluate", "predict"):
             c.add_argument("--head", choices=HEADS, default=spec.default_head, help="head of the run")
             c.add_argument("--context", type=float, default=0.0, metavar="SECONDS",
                            help="crf/frames: temporal context each side of a frame, in seconds (0: per-frame "
                                 "linear probe); a run with context lives in runs/<backbone>-<head>-ctx<ms>ms")
+            c.add_argument("--pool", choices=POOLS, default=None,
+                           help="clip heads: clip statistics the head reads: mean, std or mean+std (side by side, "
+                                "D -> 2D per layer); not given: mean. A run with std / mean+std lives in "
+                                "runs/<backbone>-<head>-stdpool / -meanstdpool"
+                                + ("" if name == "fit" else "; its features are read as the run recorded them"))
         if name == "fit":
             c.add_argument("--lr", default="1e-3,3e-3,1e-2",
                            help="learning rate or comma-separated grid, chosen on the selection split")
@@ -380,11 +465,47 @@ def build_parser(spec: TaskSpec) -> argparse.ArgumentParser:
     return p
 
 
+def add_finetune_arguments(c: argparse.ArgumentParser, spec: TaskSpec, command: str) -> None:
+    """Options of ``finetune`` / ``reextract`` (defaults not given here are heads.finetune's)."""
+    c.add_argument("--head", choices=("linear", "mlp", "frames", "crf"), default=spec.default_head,
+                   help="head on the weighted layer sum")
+    c.add_argument("--mode", choices=("two-stage", "lora", "full"), default="two-stage",
+                   help="what of the frontend learns (see python -m heads.finetune --help)")
+    if command == "reextract":
+        return
+    for opt, kind, help_ in (("epochs", int, "total epochs (paper: 30 singer, 20 technique)"),
+                             ("stage1-epochs", int, "epochs with the frontend frozen (paper: 6 singer, 5 technique)"),
+                             ("head-lr", float, "Adam rate of the head (default 3e-3)"),
+                             ("frontend-lr", float, "Adam rate of the frontend (default 5e-5; 5e-4 for lora)"),
+                             ("batch-size", int, "clips per step (paper: 32 singer, 16 technique)"),
+                             ("accumulate", int, "batches per optimiser step"),
+                             ("crop-seconds", float, "longest training input in seconds"),
+                             ("lora-rank", int, "LoRA rank"), ("lora-alpha", float, "LoRA alpha"),
+                             ("lora-targets", str, "modules with LoRA adapters (default q_proj,v_proj)"),
+                             ("layerdrop", float, "layerdrop while training (default 0)"),
+                             ("mask-time-prob", float, "SpecAugment time masking while training (default 0)"),
+                             ("dropout", float, "frontend dropout (default: the checkpoint's)"),
+                             ("precision", str, "auto | fp32 | bf16 | fp16 (CUDA autocast)"),
+                             ("num-workers", int, "audio decoding workers"), ("patience", int, "early stopping"),
+                             ("seed", int, "seed"), ("model-path", str, "local folder of the backbone's weights"),
+                             ("context", float, "crf/frames: temporal context in seconds")):
+        c.add_argument(f"--{opt}", type=kind, default=None, help=help_)
+    c.add_argument("--class-weight", choices=["balanced", "paper"], default=spec.default_class_weight,
+                   help="clip heads: balanced = n/(C n_c); paper = 1/n_c^0.2")
+    c.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
+    c.add_argument("--resume", action="store_true", help="continue an unfinished run from its checkpoint")
+    c.add_argument("--overwrite", action="store_true", help="start the run over")
+    from heads.fit import add_protocol_arguments
+
+    add_protocol_arguments(c)
+
+
 def main(spec: TaskSpec, argv=None) -> int:
     args = build_parser(spec).parse_args(argv)
     if hasattr(args, "backbone"):
         args.backbone = args.backbone or ["crepe"]
     handler = {"prepare": cmd_prepare, "build": cmd_build, "fit": cmd_fit, "evaluate": cmd_evaluate,
+               "finetune": cmd_finetune, "reextract": cmd_reextract,
                "predict": lambda s, a: s.predict(a)}[args.command]
     return handler(spec, args)
 

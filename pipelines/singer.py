@@ -53,7 +53,7 @@ import numpy as np
 
 from featurestore.clips import ClipSettings
 from pipelines.runner import (DEMO_FLAG, PrepareResult, TaskSpec, fitted_run, input_folder,  # noqa: F401
-                              is_demo, main, run_backbone, run_plan, training_clip_settings,
+                              is_demo, main, run_backbone, run_plan, run_pool, training_clip_settings,
                               write_manifest)
 
 #: Audio suffixes accepted in the Artist20 layout (and in the prediction folder).
@@ -290,6 +290,7 @@ def evaluate(store, run_dir: Path, args) -> dict:
     split that chose the model is refused). Unlabelled clips are left out and counted."""
     from heads import metrics
     from heads.persist import load_head
+    from heads.tasks import pooled_features
 
     run_dir = Path(run_dir)
     method = getattr(args, "aggregate", None) or "mean"
@@ -302,7 +303,7 @@ def evaluate(store, run_dir: Path, args) -> dict:
     y = store.labels("singer")[rows].astype(str)
     known = np.array([v in index for v in y], dtype=bool)
     rows, y = rows[known], y[known]
-    X = store.pooled(backbone, rows=rows).astype(np.float32)
+    X = pooled_features(store, backbone, rows, run_pool(run_dir))  # the features the run was fitted on
     logits = segment_logits(head, X)
     yi = np.array([index[v] for v in y], dtype=np.int64)
     seg = metrics.classification_report(yi, logits, class_names=classes)
@@ -359,6 +360,7 @@ def predict(args) -> int:
     from featurestore import open_store
     from featurestore.build import ExtractSettings, build
     from heads.persist import load_head
+    from heads.tasks import pooled_features
 
     work = Path(args.workdir)
     rd = fitted_run(args)
@@ -375,6 +377,7 @@ def predict(args) -> int:
         print(f"error: no audio file in {args.input}", file=sys.stderr)
         return 2
     head = load_head(rd / "head.joblib")
+    pool = run_pool(rd)
     classes = [str(c) for c in head.classes_]
     cs = training_clip_settings(SPEC, args)
     ext = ExtractSettings(batch_s=getattr(args, "batch_seconds", None))
@@ -387,7 +390,7 @@ def predict(args) -> int:
         rep = build(manifest, work / f"{name}.zarr", [args.backbone[0]], clip_settings=settings, **common)
         st = open_store(work / f"{name}.zarr")
         bb = next(iter(rep.backbones))
-        z = segment_logits(head, st.pooled(bb).astype(np.float32))
+        z = segment_logits(head, pooled_features(st, bb, pool=pool))
         ids, sc = aggregate(z, st.clips["file_id"], args.aggregate)
         return dict(zip(ids, sc)), rep.skipped
 

@@ -61,7 +61,8 @@ import numpy as np
 
 from featurestore.clips import ClipSettings
 from featurestore.manifest import AUDIO_SUFFIXES, Skip
-from pipelines.runner import DEMO_FLAG, PrepareResult, TaskSpec, is_demo, main, run_backbone, run_plan  # noqa: F401
+from pipelines.runner import (DEMO_FLAG, PrepareResult, TaskSpec, is_demo, main, run_backbone, run_plan,  # noqa: F401
+                              run_pool)
 
 #: The ten techniques of Table IV, sorted.
 TECHNIQUES = ("belt", "breathy", "inhaled", "lip_trill", "spoken", "straight", "trill", "trillo", "vibrato",
@@ -279,14 +280,15 @@ def evaluate(store, run_dir: Path, args) -> dict:
     from heads import metrics
     from heads.evaluation import score_clip_head
     from heads.persist import load_head
+    from heads.tasks import pooled_features
 
     head = load_head(Path(run_dir) / "head.joblib")
     bb = run_backbone(store, run_dir, args)
     plan = run_plan(store, run_dir, SPEC, bb, getattr(args, "score_split", None))
     rows = plan.score
     classes = [str(c) for c in head.classes_]
-    report = score_clip_head(head, store.pooled(bb, rows=rows).astype(np.float32),
-                             store.labels("technique")[rows]).report
+    X = pooled_features(store, bb, rows, run_pool(run_dir))  # the features the run was fitted on
+    report = score_clip_head(head, X, store.labels("technique")[rows]).report
     metrics.plot_confusion(np.array(report["confusion"]), classes, Path(run_dir) / "confusion_technique.png",
                            title=f"{bb} / {args.head} / technique\n{plan.label()}")
     print(f"technique, {plan.label()}")

@@ -333,3 +333,36 @@ def test_accumulation_and_gradient_checkpointing_change_memory_not_the_result(st
     for key in ("b1x2", "ckpt"):
         for k, v in states["b2"].items():
             assert torch.allclose(v.float(), states[key][k].float(), atol=1e-5, rtol=1e-4), (key, k)
+
+
+def test_training_noise_is_what_the_user_sets(tiny_hubert):
+    """Extraction loads with every noise off; fine-tuning sets layerdrop and masking as given (default
+    off) and keeps the checkpoint's dropout unless told otherwise."""
+    from transformers import AutoConfig
+
+    from featurestore.frontends import load_frontend
+
+    saved = AutoConfig.from_pretrained(tiny_hubert)
+    assert saved.hidden_dropout > 0  # the tiny checkpoint has dropout of its own
+    cfg = load_frontend(str(tiny_hubert)).model.config
+    assert cfg.layerdrop == 0 and cfg.mask_time_prob == 0 and cfg.hidden_dropout == 0 and not cfg.apply_spec_augment
+    cfg = load_frontend(str(tiny_hubert), noise={"layerdrop": 0.0, "mask_time_prob": 0.0, "dropout": None}).model.config
+    assert cfg.layerdrop == 0 and cfg.mask_time_prob == 0 and not cfg.apply_spec_augment
+    assert cfg.hidden_dropout == saved.hidden_dropout and cfg.attention_dropout == saved.attention_dropout
+    fe = load_frontend(str(tiny_hubert), noise={"layerdrop": 0.1, "mask_time_prob": 0.3, "dropout": 0.0})
+    cfg = fe.model.config
+    assert (cfg.layerdrop, cfg.mask_time_prob, cfg.hidden_dropout) == (0.1, 0.3, 0.0) and cfg.apply_spec_augment
+    assert cfg.mask_time_length == saved.mask_time_length
+    # masking acts in train mode only: eval outputs are deterministic, train outputs are masked
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((1, 16000)).astype(np.float32) * 0.1)
+    n = torch.tensor([16000])
+    fe.model.config.layerdrop = 0.0
+    with torch.no_grad():
+        fe.eval()
+        a, b = fe.hidden_states(x, n), fe.hidden_states(x, n)
+        fe.train()
+        torch.manual_seed(0)
+        c = fe.hidden_states(x, n)
+    assert torch.equal(a, b) and not torch.allclose(a[:, :, 1:], c[:, :, 1:])
+    with pytest.raises(ValueError, match="layerdrop"):
+        load_frontend(str(tiny_hubert), noise={"layerdrop": 1.5})
