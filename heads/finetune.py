@@ -43,7 +43,8 @@ from heads.finetune_loop import PRECISIONS, Loop, LoopSettings, Task
 from heads.finetune_model import (LORA_TARGETS, MODES, FineTuneError, FineTuneModel, add_lora, check_mode,
                                   enable_gradient_checkpointing, merge_lora, trainable_parts)
 from heads.fit import (CLIP_HEADS, FRAME_HEADS, HEADS, add_protocol_arguments, check_device, ensure_demo_store,
-                       frame_head_class, make_plan, plot_layer_weights)
+                       frame_head_class, make_plan, plot_layer_weights,
+                       summary_table)
 from heads.frame_heads import conp_f1
 from heads.modules import SumThenHead
 from heads.notes import notes_to_arrays
@@ -426,7 +427,7 @@ def _finetune(args, ranks, on_checkpoint) -> Path:
     plot_layer_weights(est.layer_weights_, list(range(fe.num_layers)), out / "layer_weights.png",
                        f"{name} / {args.head} / {args.task} (fine-tuned): per layer\n{plan.label()}")
     (out / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
-    print(summary(report))
+    print(summary_table(report))
     print(f"run folder: {out}\nnext: python -m heads.reextract --run {out}")
     return out
 
@@ -458,12 +459,6 @@ def score_run(loop, loop_task, est, model, kind, store, task, plan, scored, out:
     fitted_head(est, model, kind, None, None, loop.history, loop.best_epoch)
     return {"mean": rep["mean"], "n_songs": rep["n_songs"], "n_train": len(plan.train),
             "n_selection": len(plan.select), "context_frames": est.context_frames_, "per_song": rep["per_song"]}
-
-
-def summary(report: dict) -> str:
-    from heads.fit import summary_table
-
-    return summary_table(report)
 
 
 def main(argv=None) -> int:

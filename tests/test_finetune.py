@@ -43,21 +43,6 @@ def args_for(store, backbone, out, *extra):
                           "--no-progress", "--batch-size", "2", *extra])
 
 
-def frontend_state(fe) -> dict:
-    return {k: v.detach().clone() for k, v in fe.state_dict().items()}
-
-
-def capture(states, model_ref):
-    def on_checkpoint(epoch):
-        states.append(frontend_state(model_ref[0]))
-    return on_checkpoint
-
-
-def _run(args, on_checkpoint=None):
-    """finetune, keeping a handle on the FineTuneModel (read from the checkpoint file each epoch)."""
-    return FT.finetune(args, on_checkpoint=on_checkpoint)
-
-
 def checkpoint_frontend(out) -> dict:
     ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
     return {k: v for k, v in ck["model"].items()}
@@ -89,7 +74,7 @@ def test_two_stage_freezes_then_trains_the_encoder_only(store, tiny_hubert, tmp_
 
 
 def test_lora_trains_adapters_only_and_merges_exactly(store, tiny_hubert, tmp_path):
-    from heads.finetune_model import FineTuneModel, add_lora, merge_lora, trainable_parts
+    from heads.finetune_model import add_lora, merge_lora, trainable_parts
     from featurestore.frontends import load_frontend
 
     fe = load_frontend(str(tiny_hubert))
@@ -131,7 +116,6 @@ def test_lora_trains_adapters_only_and_merges_exactly(store, tiny_hubert, tmp_pa
         assert not any("lora_" in n for n, _ in fe.named_parameters())
         h_merged = fe.hidden_states(x, torch.tensor([16000, 16000]))
     assert torch.allclose(h_adapted, h_merged, atol=1e-5, rtol=1e-4)
-    assert FineTuneModel  # imported for the API check
 
 
 def test_resume_after_a_kill_equals_an_uninterrupted_run(store, tiny_hubert, tmp_path):
