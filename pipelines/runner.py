@@ -211,6 +211,13 @@ def cmd_fit(spec: TaskSpec, args) -> int:
         argv.append("--allow-scoring-selection-split")
     # A finished fit leaves fit_args.json beside its metrics: the same fit is not run twice.
     rd = run_dir(args)
+    if (rd / "finetune_args.json").is_file():  # runs/<backbone>@<task>-<mode>-<head> of `finetune`
+        if args.refit:
+            print(f"error: {rd} is a fine-tuning run (its head was trained with the frontend): retrain it with "
+                  "finetune --overwrite, not fit --refit", file=sys.stderr)
+            return 2
+        print(f"{rd} is a fine-tuning run, fitted by finetune (see {rd / 'metrics.json'}); evaluate it as it is")
+        return 0
     marker, wanted = rd / "fit_args.json", json.dumps(argv)
     if (rd / "metrics.json").is_file() and marker.is_file() and marker.read_text() == wanted and not args.refit:
         print(f"{rd} is already fitted with these settings (see {rd / 'metrics.json'}); --refit to train again")

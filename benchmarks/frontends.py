@@ -1,0 +1,620 @@
+"""``python -m benchmarks.frontends``: frontends side by side on the singing tasks, in the shape of the
+paper's Tables I, II and IV, with the learned layer weights.
+
+    python -m benchmarks.frontends --workdir cmp --demo                       # CI demo: built-in corpus
+    python -m benchmarks.frontends --workdir cmp --demo --layers each --published
+    python -m benchmarks.frontends --workdir cmp --tasks singer --backbones wavlm,mert-v0 --device cuda
+
+The matrix is task x backbone x head. Every cell goes through the task pipeline's own commands
+(``pipelines.<task>`` prepare / build / fit / evaluate, called in-process), in one pipelines work folder
+per task, ``WORKDIR/<task>/``:
+
+- prepare: only with ``--demo`` (the built-in demo corpus) and only when ``WORKDIR/<task>/manifest.csv``
+  is missing; for a real dataset run ``python -m pipelines.<task> prepare --workdir WORKDIR/<task> --raw
+  ...`` once first. ``--store PATH`` instead links ``WORKDIR/<task>/store.zarr`` to an existing store
+  and nothing is prepared or built (backbones missing from it are marked ``not in store``);
+- build: the backbones missing from the task's store are added to it, one build per backbone (a
+  failure marks that frontend ``not built`` and the others go on);
+- fit: ``pipelines.<task> fit``; a run folder fitted with the same settings is reused (the pipeline's
+  ``fit_args.json``), so a second invocation only fits what is missing or what changed;
+- evaluate: when the run has no ``evaluation.json`` newer than its ``metrics.json``;
+- ``--layers each``: also one linear probe per stored layer (the layer sweep) for the clip tasks,
+  in ``WORKDIR/<task>/layer_sweep/`` (a work folder sharing the task's store), so the main run is
+  not overwritten.
+
+Outputs (scores in %, each row with its scored split and the split that chose the model):
+
+- ``WORKDIR/<task>/comparison.md`` and ``comparison.csv``: one row per frontend (and head), the paper's
+  columns (:mod:`benchmarks.frontend_table`); ``—`` and a footnote for a missing cell. The pipelines'
+  own ``WORKDIR/<task>/results.md`` (every run of the folder) is left as the pipeline writes it;
+- ``WORKDIR/comparison.md``: the task tables together, with the plots;
+- ``WORKDIR/plots/layer_weights.png`` (frontend x layer heatmap, a panel per task),
+  ``layer_sweep.png`` (``--layers each``), ``main_metric.png`` (bar chart; published bars hatched);
+- ``WORKDIR/<task>/comparison_status.json``: why cells are missing (failures of this or earlier runs);
+  ``WORKDIR/frontends.log``: what the pipelines printed.
+
+Rows are labelled ``demo corpus`` (a work folder prepared from the demo, or a store of demo audio)
+and ``random-init`` (a model folder holding :data:`RANDOM_MARKER`, such as the built-in ``random-tiny``:
+a tiny wav2vec2 with random weights, seed 0, that exercises the transformer path and learns nothing
+about singing). ``--published`` adds the paper's rows (:mod:`benchmarks.published`), labelled
+``[published]``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from featurestore.cli import HelpFormatter
+from benchmarks import frontend_plots as plots
+from benchmarks import frontend_table as table
+from benchmarks.published import PAPER_BACKBONES
+
+TASKS = ("singer", "transcription", "technique")
+#: Built-in backbone name: a tiny randomly initialised wav2vec2 written to ``WORKDIR/models/random-tiny``.
+RANDOM_TINY = "random-tiny"
+#: File in a model folder that marks its weights as random (rows labelled ``random-init``).
+RANDOM_MARKER = "random_init.json"
+#: The ``--demo`` default backbones (edit here). Registry names this version lacks are left out with a note.
+DEMO_BACKBONES = ("crepe", "pesto", "logmel", RANDOM_TINY)
+#: Without ``--demo``: the paper's four self-supervised checkpoints.
+DEFAULT_BACKBONES = PAPER_BACKBONES
+#: Sizes of the built-in random transformer (hidden 32, 2 layers: 3 stored hidden states).
+RANDOM_TINY_CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                          mask_time_prob=0.0, mask_feature_prob=0.0)
+STATUS_FILE = "comparison_status.json"
+SWEEP_DIR = "layer_sweep"
+
+
+# ----------------------------------------------------------------------------------------------
+# backbones
+# ----------------------------------------------------------------------------------------------
+def make_random_tiny(folder: Path) -> Path:
+    """A tiny wav2vec2 with random weights (seed 0) saved in ``folder`` with :data:`RANDOM_MARKER`;
+    reused when already there."""
+    folder = Path(folder)
+    if (folder / RANDOM_MARKER).is_file() and (folder / "config.json").is_file():
+        return folder
+    import torch
+    import transformers as T
+
+    torch.manual_seed(0)
+    model = T.Wav2Vec2Model(T.Wav2Vec2Config(**RANDOM_TINY_CONFIG)).eval()
+    model.save_pretrained(folder)
+    (folder / RANDOM_MARKER).write_text(json.dumps(
+        {"what": "wav2vec2 with random weights (torch seed 0): exercises the transformer path, learned nothing",
+         "config": RANDOM_TINY_CONFIG}, indent=2))
+    return folder
+
+
+def _known_name(name: str) -> bool:
+    from featurestore.registry import ALIASES, REGISTRY
+
+    return name.lower() in REGISTRY or name.lower() in ALIASES
+
+
+def default_backbones(demo: bool) -> list[str]:
+    """:data:`DEMO_BACKBONES` (those this version knows) with ``--demo``, else :data:`DEFAULT_BACKBONES`."""
+    if not demo:
+        return list(DEFAULT_BACKBONES)
+    out = [b for b in DEMO_BACKBONES if b == RANDOM_TINY or _known_name(b)]
+    for b in DEMO_BACKBONES:
+        if b not in out:
+            print(f"note: {b} is not in this version's registry: left out of the demo backbones")
+    return out
+
+
+def display_name(backbone: str) -> str:
+    """The name a backbone gets in a store and in run folders (registry name, or the folder's name)."""
+    from featurestore.registry import resolve
+
+    try:
+        return resolve(backbone).name
+    except KeyError:
+        return backbone
+
+
+def check_backbone(name: str) -> None:
+    """A clear error for a name that is neither :data:`RANDOM_TINY`, a registry name or alias, a local
+    folder nor a Hugging Face id."""
+    from featurestore.registry import resolve
+
+    if name == RANDOM_TINY:
+        return
+    try:
+        resolve(name)
+    except KeyError as e:
+        raise ValueError(f"--backbones: {e.args[0]}") from None
+
+
+def random_init(store, name: str) -> bool:
+    """Is the stored backbone ``name`` a random-weights model (its source folder holds RANDOM_MARKER)?"""
+    try:
+        src = store.info(name)["frontend"].get("source") or ""
+    except Exception:  # noqa: BLE001 - not stored: nothing to say
+        return False
+    return bool(src) and (Path(src) / RANDOM_MARKER).is_file()
+
+
+def demo_store(store) -> bool:
+    """Are all the store's clips from the built-in demo corpus?"""
+    from featurestore.build import default_demo_dir
+
+    base = str(default_demo_dir().resolve())
+    src = [str(s) for s in store.clips["source"]]
+    return bool(src) and all(Path(s).resolve().as_posix().startswith(base) for s in src)
+
+
+# ----------------------------------------------------------------------------------------------
+# calling the pipelines
+# ----------------------------------------------------------------------------------------------
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, s):
+        for st in self.streams:
+            st.write(s)
+        return len(s)
+
+    def flush(self):
+        for st in self.streams:
+            st.flush()
+
+
+def call(fn, argv: list[str], log) -> tuple[int, str]:
+    """``fn(argv)`` with its stdout to ``log`` and its stderr to the console and ``log`` -> (exit code,
+    the last error line or ""). Exceptions and argparse exits are turned into a code and a message."""
+    err = io.StringIO()
+    log.write(f"\n$ {' '.join(argv)}\n")
+    log.flush()
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(_Tee(sys.stderr, log, err)):
+            rc = fn(argv)
+    except SystemExit as e:  # argparse
+        rc = e.code if isinstance(e.code, int) else 2
+    except Exception as e:  # noqa: BLE001 - one failing cell must not stop the comparison
+        traceback.print_exc(file=log)
+        return 1, f"{type(e).__name__}: {e}"
+    lines = [l.strip() for l in err.getvalue().splitlines() if l.strip()]
+    errors = [l for l in lines if l.lower().startswith("error")] or lines[-1:]
+    return int(rc or 0), (errors[-1] if errors and rc else "")
+
+
+def accepts(spec, command: str, option: str) -> bool:
+    """Does ``python -m pipelines.<task> <command>`` take ``option`` (e.g. ``--pool``) in this version?"""
+    from pipelines.runner import build_parser
+
+    p = build_parser(spec)
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    return option in sub.choices[command]._option_string_actions  # noqa: SLF001
+
+
+def run_folder(spec, fit_argv: list[str]) -> Path:
+    """The run folder the pipeline's fit writes for these arguments (``pipelines.runner.run_dir``)."""
+    from pipelines.runner import build_parser, run_dir
+
+    return run_dir(build_parser(spec).parse_args(fit_argv))
+
+
+def _load_status(tdir: Path) -> dict:
+    try:
+        return json.loads((tdir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# ----------------------------------------------------------------------------------------------
+# one task
+# ----------------------------------------------------------------------------------------------
+class TaskRun:
+    """The cells of one task: prepare/link, build, fit, evaluate, sweep; counts what was done."""
+
+    def __init__(self, task: str, root: Path, args, backbones: list[str], heads: list[str], log, say):
+        from pipelines.runner import main
+
+        self.task, self.args, self.backbones, self.heads, self.log, self.say = task, args, backbones, heads, log, say
+        self.spec = importlib.import_module(f"pipelines.{task}").SPEC
+        self.pipe = lambda argv: main(self.spec, argv)
+        self.dir = (root / task).resolve()
+        self.status = _load_status(self.dir)
+        self.counts = {"fitted": 0, "reused": 0, "evaluated": 0, "failed": 0, "built": 0}
+        self.stored: dict[str, str] = {}      # backbone argument -> name in the store
+        self.missing: dict[str, tuple[str, str]] = {}  # backbone argument -> (state, why)
+
+    # -- folder and store ------------------------------------------------------------------
+    def prepare(self) -> str | None:
+        """None when the work folder has (or links) a store or a manifest; else why not."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        link = self.dir / "store.zarr"
+        if self.args.store:
+            target = Path(self.args.store).resolve()
+            if link.is_symlink() and link.resolve() != target:
+                link.unlink()
+            if not link.exists() and not link.is_symlink():
+                link.symlink_to(target, target_is_directory=True)
+            elif link.resolve() != target:
+                return f"{link} is a store of its own: give another --workdir to use --store {target}"
+            return None
+        if (self.dir / "manifest.csv").is_file():
+            return None
+        if not self.args.demo:
+            return (f"{self.dir / 'manifest.csv'} is missing: run python -m pipelines.{self.task} prepare "
+                    f"--workdir {self.dir} --raw DATASET first, or pass --demo or --store")
+        rc, msg = call(self.pipe, ["prepare", "--workdir", str(self.dir), "--demo"], self.log)
+        return None if rc == 0 else f"prepare --demo failed: {msg}"
+
+    def open_store(self):
+        from featurestore import open_store
+
+        try:
+            return open_store(self.dir / "store.zarr")
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def build(self) -> None:
+        """Add the backbones missing from the task's store (one build each), or note them missing."""
+        store = self.open_store()
+        for bb in self.backbones:
+            name = store.backbone_name(bb) if store is not None else display_name(bb)
+            if store is not None and name in store.backbones:
+                self.stored[bb] = name
+                continue
+            if self.args.store:
+                self.missing[bb] = ("not in store", f"{display_name(bb)} is not in --store {self.args.store}")
+                continue
+            if self.args.table_only:
+                self.missing[bb] = ("not built", "not in the task's store (--table-only: nothing built)")
+                continue
+            t0 = time.perf_counter()
+            argv = ["build", "--workdir", str(self.dir), "--backbone", bb]
+            argv += ["--device", self.args.device] if self.args.device else []
+            argv += ["--num-workers", str(self.args.num_workers)] if self.args.num_workers is not None else []
+            rc, msg = call(self.pipe, argv + (["--no-progress"] if self.args.no_progress else []), self.log)
+            store = self.open_store()
+            if rc == 0 and store is not None and store.backbone_name(bb) in store.backbones:
+                self.say(f"{self.task}: {display_name(bb)} built in {time.perf_counter() - t0:.1f} s")
+                self.stored[bb] = store.backbone_name(bb)
+                self.counts["built"] += 1
+                self.status.pop(f"build:{display_name(bb)}", None)
+            else:
+                why = msg or f"build exited with {rc}"
+                self.missing[bb] = ("not built", why)
+                self.status[f"build:{display_name(bb)}"] = {"status": "not built", "message": why}
+                self.counts["failed"] += 1
+
+    # -- cells -----------------------------------------------------------------------------
+    def fit_argv(self, bb: str, head: str, workdir: Path, each: bool = False) -> list[str]:
+        a = self.args
+        argv = ["fit", "--workdir", str(workdir), "--backbone", bb, "--head", head]
+        argv += ["--epochs", str(a.epochs)] if a.epochs is not None else []
+        argv += ["--lr", a.lr] if a.lr is not None else []
+        argv += ["--device", a.device] if a.device else []
+        argv += ["--layers", "each"] if each else []
+        argv += ["--pool", a.pool] if a.pool and self.spec.heads_task != "transcription" else []
+        return argv + (["--no-progress"] if a.no_progress else [])
+
+    def fit(self, bb: str, head: str, workdir: Path, each: bool = False) -> tuple[Path | None, str, str]:
+        """Fit one cell unless its run is already fitted with these settings -> (run, status, why)."""
+        if self.args.pool and self.spec.heads_task != "transcription" and not accepts(self.spec, "fit", "--pool"):
+            self.counts["failed"] += 1
+            return None, "failed", f"--pool: pipelines.{self.task} fit has no --pool option in this version"
+        argv = self.fit_argv(bb, head, workdir, each)
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                run = run_folder(self.spec, argv)
+        except SystemExit:
+            self.counts["failed"] += 1
+            refused = (err.getvalue().strip().splitlines() or ["?"])[-1]
+            return None, "failed", f"pipelines.{self.task} fit refused its arguments: {refused}"
+        key = run.name + ("/each" if each else "")
+        if self.args.table_only:
+            return run, "ok", ""
+        metrics = run / "metrics.json"
+        before = metrics.stat().st_mtime_ns if metrics.is_file() else None
+        t0 = time.perf_counter()
+        rc, msg = call(self.pipe, argv, self.log)
+        if rc != 0:
+            why = msg or f"fit exited with {rc}"
+            self.status[key] = {"status": "failed", "stage": "fit", "message": why}
+            self.counts["failed"] += 1
+            return run, "failed", why
+        now = metrics.stat().st_mtime_ns if metrics.is_file() else None
+        if now != before:
+            self.counts["fitted"] += 1
+            self.say(f"{self.task}: {run.name}{' (layer sweep)' if each else ''} fitted in "
+                     f"{time.perf_counter() - t0:.1f} s")
+        else:
+            self.counts["reused"] += 1
+            self.say(f"{self.task}: {run.name}{' (layer sweep)' if each else ''}: reused (fitted with these settings)")
+        self.status.pop(key, None)
+        return run, "ok", ""
+
+    def evaluate(self, bb: str, head: str, run: Path) -> tuple[str, str]:
+        if table.run_state(run) == "ok" or self.args.table_only:
+            return "ok", ""
+        argv = ["evaluate", "--workdir", str(self.dir), "--backbone", bb, "--head", head]
+        argv += ["--device", self.args.device] if self.args.device else []
+        argv += ["--pool", self.args.pool] if self.args.pool and accepts(self.spec, "evaluate", "--pool") else []
+        t0 = time.perf_counter()
+        rc, msg = call(self.pipe, argv + (["--no-progress"] if self.args.no_progress else []), self.log)
+        self.say(f"{self.task}: {run.name} evaluated in {time.perf_counter() - t0:.1f} s")
+        if rc != 0:
+            why = msg or f"evaluate exited with {rc}"
+            self.status[run.name] = {"status": "failed", "stage": "evaluate", "message": why}
+            self.counts["failed"] += 1
+            return "failed", why
+        self.counts["evaluated"] += 1
+        self.status.pop(run.name, None)
+        return "ok", ""
+
+    def tags(self, store, name: str) -> list[str]:
+        from pipelines.runner import is_demo
+
+        out = []
+        if is_demo(self.dir) or (store is not None and demo_store(store)):
+            out.append("demo corpus")
+        if name == RANDOM_TINY or (store is not None and random_init(store, name)):
+            out.append("random-init")
+        return out
+
+    def cells(self) -> list[table.Cell]:
+        """Fit and evaluate every (head, backbone) of the task -> its cells, in table order."""
+        store = self.open_store()
+        cells = []
+        for bb in self.backbones:
+            for head in self.heads:
+                name = self.stored.get(bb, display_name(bb))
+                tags = self.tags(store, name)
+                if bb in self.missing:
+                    state, why = self.missing[bb]
+                    cells.append(table.Cell(self.task, name, head, None, state, why, tags))
+                    continue
+                run, state, why = self.fit(bb, head, self.dir)
+                if state == "ok":
+                    state, why = self.evaluate(bb, head, run)
+                if self.args.table_only and run is not None and run.name in self.status:
+                    state, why = self.status[run.name]["status"], self.status[run.name]["message"]
+                cells.append(table.Cell(self.task, name, head, run, state, why, tags))
+        return cells
+
+    def sweep(self) -> list[tuple[str, Path]]:
+        """``--layers each``: one linear probe per stored layer, in WORKDIR/<task>/layer_sweep."""
+        wd = self.dir / SWEEP_DIR
+        wd.mkdir(exist_ok=True)
+        link = wd / "store.zarr"
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(Path("..") / "store.zarr", target_is_directory=True)
+        out = []
+        for bb in self.backbones:
+            if bb in self.missing:
+                continue
+            run, state, why = self.fit(bb, "linear", wd, each=True)
+            if run is not None:
+                out.append((self.stored.get(bb, display_name(bb)), run))
+        return out
+
+    def save_status(self) -> None:
+        (self.dir / STATUS_FILE).write_text(json.dumps(self.status, indent=2))
+
+
+def sweep_runs(tdir: Path) -> list[tuple[str, Path]]:
+    """Every layer-sweep run of a task folder, labelled by the backbone of its metrics.json."""
+    out = []
+    for m in sorted((Path(tdir) / SWEEP_DIR / "runs").glob("*/metrics.json")):
+        try:
+            out.append((json.loads(m.read_text()).get("backbone") or m.parent.name, m.parent))
+        except ValueError:
+            continue
+    return out
+
+
+def stored_cells(task: str, tdir: Path) -> list[table.Cell]:
+    """Cells of every run folder of a task work folder (``--table-only`` without ``--backbones``)."""
+    status = _load_status(tdir)
+    cells = []
+    for m in sorted((Path(tdir) / "runs").glob("*/metrics.json")):
+        try:
+            meta = json.loads(m.read_text())
+        except ValueError:
+            continue
+        st = status.get(m.parent.name, {})
+        cells.append(table.Cell(task, meta.get("backbone") or m.parent.name, meta.get("head", "?"), m.parent,
+                                st.get("status", "ok"), st.get("message", "")))
+    return cells
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------
+DESCRIPTION = ("Frontends side by side on the singing tasks, in the shape of the paper's Tables I, II and IV, with "
+               "their learned layer weights. Runs the missing task x backbone x head cells through "
+               "pipelines.<task> (prepare --demo, build, fit, evaluate; finished runs are reused) and writes "
+               "WORKDIR/<task>/comparison.md and comparison.csv, WORKDIR/comparison.md and WORKDIR/plots/*.png. "
+               "Every score names the split it was measured on and the split that chose the model. See the "
+               "module docstring (benchmarks/frontends.py) for the folder layout.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from heads.fit import HEADS
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.frontends", description=DESCRIPTION,
+                                formatter_class=HelpFormatter)
+    p.add_argument("--workdir", required=True, help="comparison folder: one pipelines work folder per task inside")
+    p.add_argument("--store", default=None,
+                   help="an existing feature store to use for every task instead of building (linked as "
+                        "WORKDIR/<task>/store.zarr); backbones missing from it are marked 'not in store'")
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks: " + ", ".join(TASKS))
+    p.add_argument("--backbones", default=None,
+                   help="comma-separated registry names/aliases, local model folders, HF ids, or "
+                        f"'{RANDOM_TINY}'; not given: {','.join(DEMO_BACKBONES)} with --demo, else "
+                        f"{','.join(DEFAULT_BACKBONES)}")
+    p.add_argument("--heads", default=None,
+                   help=f"comma-separated heads ({', '.join(HEADS)}); each task takes those of its kind (clip "
+                        "heads for singer/technique, crf/frames for transcription); not given, or none of a "
+                        "task's kind: the task's default head (linear, crf, linear)")
+    p.add_argument("--demo", action="store_true", help="prepare the task folders from the built-in demo corpus")
+    p.add_argument("--layers", choices=["all", "each"], default="all",
+                   help="each: also fit one linear probe per stored layer (clip tasks) for the layer-sweep plot")
+    p.add_argument("--published", action="store_true",
+                   help="show the paper's published rows (Yamamoto, APSIPA 2023, Tables I/II/IV) beside the "
+                        "measured ones")
+    p.add_argument("--pool", default=None,
+                   help="passed to pipelines.<task> fit --pool for the clip tasks (mean | std | mean+std, where "
+                        "this version's pipelines take it)")
+    p.add_argument("--epochs", type=int, default=None, help="fit --epochs; not given: the pipeline's default")
+    p.add_argument("--lr", default=None, help="fit --lr (one rate or a comma-separated grid); not given: the "
+                                             "pipeline's default grid")
+    p.add_argument("--device", default=None, help="torch device for build and fit; not given: cpu")
+    p.add_argument("--num-workers", type=int, default=None, help="build --num-workers (audio decoding workers)")
+    p.add_argument("--table-only", action="store_true",
+                   help="run nothing: tables and plots from the runs already in WORKDIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        validate(args)
+    except ValueError as e:
+        p.error(str(e))
+    return args
+
+
+def _split(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def validate(args) -> None:
+    """Options checked before anything runs (errors name the option)."""
+    from heads.fit import CLIP_HEADS, HEADS
+
+    args.task_list = _split(args.tasks)
+    bad = [t for t in args.task_list if t not in TASKS]
+    if bad or not args.task_list:
+        raise ValueError(f"--tasks: unknown task(s) {bad or args.tasks!r}: choose from {', '.join(TASKS)}")
+    args.head_list = _split(args.heads)
+    bad = [h for h in args.head_list if h not in HEADS]
+    if bad:
+        raise ValueError(f"--heads: unknown head(s) {bad}: choose from {', '.join(HEADS)}")
+    if args.backbones is not None:
+        args.backbone_list = _split(args.backbones)
+        if not args.backbone_list:
+            raise ValueError("--backbones: empty list")
+        for b in args.backbone_list:
+            check_backbone(b)
+    if args.epochs is not None and args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1 (got {args.epochs})")
+    if args.store and not Path(args.store).is_dir():
+        raise ValueError(f"--store {args.store}: no such folder")
+    args.clip_heads = [h for h in args.head_list if h in CLIP_HEADS]
+    args.frame_heads = [h for h in args.head_list if h not in CLIP_HEADS]
+
+
+def heads_for(task: str, args) -> list[str]:
+    spec = importlib.import_module(f"pipelines.{task}").SPEC
+    mine = args.frame_heads if spec.heads_task == "transcription" else args.clip_heads
+    if args.head_list and not mine:
+        print(f"note: none of --heads {args.heads} is a {task} head: {task} uses its default, {spec.default_head}")
+    return mine or [spec.default_head]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    root = Path(args.workdir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    backbones = args.backbone_list if args.backbones is not None else default_backbones(args.demo)
+    if RANDOM_TINY in backbones:
+        folder = make_random_tiny(root / "models" / RANDOM_TINY)
+        backbones = [str(folder) if b == RANDOM_TINY else b for b in backbones]
+    (root / "plots").mkdir(exist_ok=True)
+    from tqdm.auto import tqdm
+
+    steps = len(args.task_list)
+    bar = tqdm(total=steps, unit="task", desc="frontends", disable=args.no_progress, file=sys.stderr)
+
+    def say(msg: str) -> None:
+        bar.write(msg, file=sys.stdout)
+
+    all_rows: dict[str, list[dict]] = {}
+    weights: dict[str, tuple] = {}
+    curves: dict[str, dict] = {}
+    counts = {}
+    code = 0
+    with open(root / "frontends.log", "a", encoding="utf-8") as log:
+        for task in args.task_list:
+            tr = TaskRun(task, root, args, backbones, heads_for(task, args), log, say)
+            why = None if args.table_only else tr.prepare()
+            if why:
+                print(f"error: {task}: {why}", file=sys.stderr)
+                code = 2
+                tr.missing = {bb: ("not built", why) for bb in backbones}
+            elif args.table_only and not (tr.dir / "store.zarr").exists():
+                tr.missing = {bb: ("not built", "no store in the task folder") for bb in backbones}
+            else:
+                tr.build()
+            cells = stored_cells(task, tr.dir) if args.table_only and args.backbones is None else tr.cells()
+            sweep = []
+            if args.layers == "each" and tr.spec.heads_task != "transcription" and not args.table_only:
+                sweep = tr.sweep()
+            tr.save_status()
+            counts[task] = tr.counts
+            rows = table.table_rows(task, cells, published=args.published)
+            all_rows[task] = rows
+            note = ("Measured on the built-in demo corpus (synthetic singers): a check that the path runs, not a "
+                    "result." if any("demo corpus" in c.tags for c in cells) else "")
+            md = table.to_markdown(task, rows, note)
+            (tr.dir / "comparison.md").write_text(md + "\n")
+            table.write_csv(task, rows, tr.dir / "comparison.csv")
+            multi = len({c.head for c in cells}) > 1
+            weights[task] = plots.layer_weight_matrix(
+                [(c.name + (f" / {c.head}" if multi else ""), c.run) for c in cells
+                 if c.run is not None and table.run_state(c.run) != "not fitted"])
+            curves[task] = plots.layer_curves(sweep or sweep_runs(tr.dir))
+            bar.update(1)
+    bar.close()
+    made = {"layer weights": plots.plot_layer_weights(weights, root / "plots" / "layer_weights.png"),
+            "layer sweep": plots.plot_layer_sweep(curves, root / "plots" / "layer_sweep.png"),
+            "main metric": plots.plot_main_metric({t: (table.main_metric(t), r) for t, r in all_rows.items()},
+                                                  root / "plots" / "main_metric.png")}
+    summary = write_summary(root, all_rows, made, counts)
+    print(summary)
+    failed = sum(c["failed"] for c in counts.values())
+    if failed and not code:
+        print(f"error: {failed} step(s) failed (see the footnotes and {root / 'frontends.log'})", file=sys.stderr)
+        code = 1
+    return code
+
+
+def write_summary(root: Path, all_rows: dict, made: dict, counts: dict) -> str:
+    """WORKDIR/comparison.md: every task's table file, the plots, and what this invocation did."""
+    lines = ["# Frontend comparison", ""]
+    for task, c in counts.items():
+        lines.append(f"- {task}: {c['built']} backbone(s) built, {c['fitted']} run(s) fitted, {c['reused']} reused, "
+                     f"{c['evaluated']} evaluated, {c['failed']} failed (this invocation)")
+    lines.append("")
+    for task in all_rows:
+        lines += [(root / task / "comparison.md").read_text(), f"(also {root / task / 'comparison.csv'})", ""]
+    for what, path in made.items():
+        if path is not None:
+            lines += [f"![{what}]({Path(path).relative_to(root).as_posix()})", ""]
+        else:
+            lines += [f"({what}: nothing to plot"
+                      + (": run with --layers each" if what == "layer sweep" else "") + ")", ""]
+    text = "\n".join(lines)
+    (root / "comparison.md").write_text(text + "\n")
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())
