@@ -210,12 +210,30 @@ def forward_batches(waves: list[np.ndarray], n_frames: np.ndarray, fe: Frontend,
     return batches
 
 
+def frontend_device(fe: torch.nn.Module) -> torch.device:
+    """The device of a frontend's weights (or buffers; CPU when it has neither)."""
+    for t in fe.parameters():
+        return t.device
+    for t in fe.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock times include it (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def time_forward(fe: Frontend, batches) -> tuple[float, None]:
-    """Seconds spent in ``fe.hidden_states`` over all batches (inference mode, outputs discarded)."""
+    """Seconds spent in ``fe.hidden_states`` over all batches (inference mode, outputs discarded;
+    batches are moved to the frontend's device inside the timed loop, as the build moves them)."""
+    dev = frontend_device(fe)
     with torch.inference_mode():
         t0 = time.perf_counter()
         for x, lengths, _ in batches:
-            fe.hidden_states(x, lengths)
+            fe.hidden_states(x.to(dev), lengths.to(dev))
+        sync(dev)
         return time.perf_counter() - t0, None
 
 
@@ -223,8 +241,9 @@ def check_against_store(fe: Frontend, batch, frames, offsets: np.ndarray) -> flo
     """Largest |forward - stored| over one batch, relative to the largest |stored| (float16 rounding
     and batch-size dependent kernels give ~1e-3)."""
     x, lengths, rows = batch
+    dev = frontend_device(fe)
     with torch.inference_mode():
-        h = fe.hidden_states(x, lengths).float().numpy()
+        h = fe.hidden_states(x.to(dev), lengths.to(dev)).float().cpu().numpy()
     worst, scale = 0.0, 1e-12
     for i, (c, f, lead, m) in enumerate(rows):
         a = int(offsets[c, 0]) + f
@@ -238,12 +257,13 @@ def check_against_store(fe: Frontend, batch, frames, offsets: np.ndarray) -> flo
 # 2. the build
 # ----------------------------------------------------------------------------------------------
 
-def time_build(manifest: Path, store: Path, backbone: str, num_workers: int) -> tuple[float, dict]:
-    """Wall time of ``build()`` into a fresh store -> (seconds, the backbone's summary + total)."""
+def time_build(manifest: Path, store: Path, backbone: str, num_workers: int, **build_kw) -> tuple[float, dict]:
+    """Wall time of ``build()`` into a fresh store -> (seconds, the backbone's summary + total).
+    ``build_kw``: more keyword arguments of ``build`` (``device``, ``model_path``...)."""
     fresh_dir(store)
     shutil.rmtree(store.with_name(store.name + ".vocals"), ignore_errors=True)
     t0 = time.perf_counter()
-    report = build(manifest, store, [backbone], num_workers=num_workers, progress=False)
+    report = build(manifest, store, [backbone], num_workers=num_workers, progress=False, **build_kw)
     seconds = time.perf_counter() - t0
     summary = dict(next(iter(report.backbones.values())))
     summary["report_seconds"] = report.seconds
@@ -262,6 +282,7 @@ def time_naive(manifest: Path, fe: Frontend, out: Path, settings: ClipSettings) 
     rows, _ = read_inputs(manifest)
     n_seg = n_npy = 0
     samples = 0
+    dev = frontend_device(fe)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for row in rows:
@@ -271,8 +292,8 @@ def time_naive(manifest: Path, fe: Frontend, out: Path, settings: ClipSettings) 
                                     min(settings.min_segment_s, settings.segment_s))
             for k, (a, b) in enumerate(bounds):
                 seg = np.pad(x[a:b], fe.pad)
-                h = fe.hidden_states(torch.from_numpy(seg)[None], torch.tensor([len(seg)]))[0]
-                h = h[:fe.n_frames(b - a)].numpy()
+                h = fe.hidden_states(torch.from_numpy(seg)[None].to(dev), torch.tensor([len(seg)], device=dev))[0]
+                h = h[:fe.n_frames(b - a)].float().cpu().numpy()
                 for layer in range(h.shape[1]):
                     np.save(out / f"{name}_{k:04d}_layer{layer:02d}.npy", h[:, layer].astype(np.float16))
                     n_npy += 1
@@ -316,14 +337,19 @@ def read_windows(offsets: np.ndarray, window: int, n: int, seed: int) -> list[tu
 
 def time_random_reads(arr, windows: list[tuple[int, int]], batch_size: int) -> tuple[float, dict]:
     """Read the windows, ``batch_size`` at a time, into a [B, window, L, D] batch buffer (``arr[a:a+m]``
-    per window, as a data loader would) -> (seconds, {bytes, batches})."""
+    per window, as a data loader would; a store reader with ``read_into`` writes straight into the
+    buffer) -> (seconds, {bytes, batches})."""
     width = max(m for _, m in windows)
     buf = np.empty((batch_size, width) + tuple(arr.shape[1:]), dtype=arr.dtype)
+    into = getattr(arr, "read_into", None)
     nbytes = 0
     t0 = time.perf_counter()
     for i in range(0, len(windows), batch_size):
         for j, (a, m) in enumerate(windows[i:i + batch_size]):
-            buf[j, :m] = arr[a:a + m]
+            if into is not None:
+                into(a, a + m, buf[j])
+            else:
+                buf[j, :m] = arr[a:a + m]
             nbytes += m * buf[0, 0].nbytes
     seconds = time.perf_counter() - t0
     return seconds, {"bytes": nbytes, "batches": -(-len(windows) // batch_size)}
@@ -331,14 +357,17 @@ def time_random_reads(arr, windows: list[tuple[int, int]], batch_size: int) -> t
 
 def time_scan_copy(arr, block: int, min_seconds: float = 0.0) -> tuple[float, dict]:
     """Full sequential scans of the [F, L, D] array, front to back in blocks of ``block`` frames, each
-    block copied into memory (``np.array(arr[a:b])``, so a memmap pays for every page like Zarr does).
-    Scans again until ``min_seconds`` have passed (one scan of a small store is too short to time)
-    -> (seconds, {bytes, passes})."""
+    block copied into memory once (a view, e.g. of a memmap, is copied with ``np.array`` so it pays
+    for every page like the store does; an array a reader already returned as a fresh copy is not
+    copied again). Scans again until ``min_seconds`` have passed (one scan of a small store is too
+    short to time) -> (seconds, {bytes, passes})."""
     nbytes, passes = 0, 0
     t0 = time.perf_counter()
     while passes == 0 or time.perf_counter() - t0 < min_seconds:
         for a in range(0, arr.shape[0], block):
-            x = np.array(arr[a:a + block])
+            x = arr[a:a + block]
+            if not (type(x) is np.ndarray and x.flags.owndata):
+                x = np.array(x)
             nbytes += x.nbytes
         passes += 1
     seconds = time.perf_counter() - t0

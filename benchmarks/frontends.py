@@ -122,16 +122,25 @@ def display_name(backbone: str) -> str:
 
 
 def check_backbone(name: str) -> None:
-    """A clear error for a name that is neither :data:`RANDOM_TINY`, a registry name or alias, a local
+    """A clear error for a name that is neither :data:`RANDOM_TINY`, a fine-tuned backbone
+    (``<backbone>@<task>-<mode>``, already in the task's store), a registry name or alias, a local
     folder nor a Hugging Face id."""
     from featurestore.registry import resolve
 
-    if name == RANDOM_TINY:
+    if name == RANDOM_TINY or "@" in name:  # "@": a fine-tuned backbone, written by pipelines.<task> reextract
         return
     try:
         resolve(name)
     except KeyError as e:
         raise ValueError(f"--backbones: {e.args[0]}") from None
+
+
+def finetune_provenance(store, name: str) -> dict | None:
+    """The provenance of a fine-tuned backbone (``heads.finetune`` run, mode, task), or None."""
+    try:
+        return store.info(name)["frontend"].get("provenance")
+    except Exception:  # noqa: BLE001 - not stored: nothing to say
+        return None
 
 
 def random_init(store, name: str) -> bool:
@@ -364,6 +373,9 @@ class TaskRun:
             out.append("demo corpus")
         if name == RANDOM_TINY or (store is not None and random_init(store, name)):
             out.append("random-init")
+        tuned = finetune_provenance(store, name) if store is not None else None
+        if tuned:
+            out.append(f"fine-tuned ({tuned.get('mode')}, {tuned.get('task')})")
         return out
 
     def cells(self) -> list[table.Cell]:

@@ -70,3 +70,54 @@ def test_heads_fit_benchmark_reports_consistent_numbers(tmp_path, capsys, monkey
         assert all(0.0 <= row[k] <= 1.0 for k in ("COnPOff", "COnP", "COn"))
         assert row["COnPOff"] <= row["COnP"] + 1e-12
     assert f"{rows['crf']['vs_frames']:.2f}x" in printed
+
+
+def test_speed_table_has_every_row_with_ratios_of_its_own_seconds(tmp_path, capsys):
+    """``benchmarks.speed`` on 12 s of audio (log-mel, no warm-up): every row of the table is printed and
+    written, each speed is the row's baseline seconds over its seconds, and those seconds are the
+    measurements the JSON reports elsewhere (build, forward, naive, reads, training)."""
+    from benchmarks import speed
+
+    out, md = tmp_path / "speed.json", tmp_path / "speed.md"
+    assert speed.main(["--backbone", "logmel", "--minutes", "0.2", "--file-seconds", "1", "--epochs", "3",
+                       "--recompute-epochs", "2", "--read-seconds", "0.05", "--no-warmup", "--quiet",
+                       "--workdir", str(tmp_path / "work"), "--json", str(out), "--out", str(md)]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert md.read_text().strip() == printed.strip()
+    assert printed.startswith("machine: ") and f"{r['machine']['nproc']} CPU cores" in printed
+    assert "device cpu" in printed
+    assert math.isclose(r["corpus"]["audio_seconds"], 12.0) and r["corpus"]["clips"] == 12
+
+    rows = r["rows"]
+    assert len(rows) == 8
+    names = [row["name"] for row in rows]
+    for want in ("featurestore build", "window-batch reads, shuffled", "window-batch reads, in order",
+                 "random windows into a batch buffer", "full sequential scan", "build included", "already built"):
+        assert any(want in n for n in names), want
+    for row in rows:
+        assert _positive(row["seconds"]) and _positive(row["baseline_seconds"]) and _positive(row["speed"])
+        assert math.isclose(row["speed"], row["baseline_seconds"] / row["seconds"], rel_tol=1e-9)
+        line = next(l for l in printed.splitlines() if l.startswith(f"| {row['name']} | {row['baseline']} |"))
+        assert f"| {row['seconds']:.3f} | {row['baseline_seconds']:.3f} | {row['speed']:.2f}x |" in line
+    assert "| peak memory |" in printed and "VmHWM" in printed
+
+    build_fwd, build_naive, rd_rand, rd_scan, _, _, tr_all, tr_store = rows
+    assert build_fwd["seconds"] == build_naive["seconds"] == r["build"]["seconds"]
+    assert build_fwd["baseline_seconds"] == r["forward"]["seconds"]
+    assert build_naive["baseline_seconds"] == r["naive"]["seconds"]
+    loader = r["reads"]["loader"]
+    assert rd_rand["seconds"] == min(loader["random"]["store"]["epochs"])
+    assert rd_scan["baseline_seconds"] == min(loader["scan"]["memmap"]["epochs"])
+    assert r["reads"]["identical_items"]
+    # training: 3 epochs from the store, 2 recomputed and extrapolated to 3 (said so in the table)
+    t = r["training"]
+    assert len(t["store"]["epoch_seconds"]) == 3 and len(t["recompute"]["epoch_seconds"]) == 2
+    assert math.isclose(tr_store["baseline_seconds"], t["recompute"]["seconds"] * 3 / 2)
+    assert math.isclose(tr_all["seconds"], r["build"]["seconds"] + t["store"]["seconds"])
+    assert tr_store["seconds"] == t["store"]["seconds"] and t["recompute_extrapolated"]
+    assert "measured 2 of 3 epochs" in printed and "extrapolated" in printed
+    # the same head on the same clips in the same order: equal losses up to float16 storage
+    assert t["max_loss_diff_same_epochs"] < 1e-2
+    for stage in ("build", "forward", "naive", "reads_random", "reads_scan", "train_store", "train_recompute"):
+        assert _positive(r["memory"][stage]["self_peak_mib"]), stage

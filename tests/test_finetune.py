@@ -237,7 +237,7 @@ def test_demo_pipeline_finetune_reextract_probe_cluster(tiny_hubert, tmp_path, m
     from pipelines import transcription as TR
 
     monkeypatch.setenv("SINGFRONT_HOME", str(tmp_path / "home"))
-    work = tmp_path / "work"
+    work = tmp_path / "cmp" / "transcription"
     common = ["--workdir", str(work), "--no-progress"]
     assert TR.main(TR.SPEC, ["prepare", "--demo"] + common) == 0
     assert TR.main(TR.SPEC, ["build", "--backbone", str(tiny_hubert), "--num-workers", "0"] + common) == 0
@@ -272,6 +272,14 @@ def test_demo_pipeline_finetune_reextract_probe_cluster(tiny_hubert, tmp_path, m
                             "--pca", "0", "--out", str(out)]) == 0
     res = json.loads((out / "clustering.json").read_text())
     assert res["backbone"] == name and (out / "tsne.png").is_file()
+    # a row of the frontend comparison, labelled fine-tuned, with the run's own evaluation
+    from benchmarks import frontends
+
+    frontends.main(["--workdir", str(tmp_path / "cmp"), "--tasks", "transcription", "--heads", "crf",
+                    "--backbones", f"{tiny_hubert},{name}", "--table-only", "--no-progress"])
+    row = [l for l in (work / "comparison.md").read_text().splitlines() if l.startswith(f"| {name} ")]
+    assert len(row) == 1 and "fine-tuned (two-stage, transcription)" in row[0]
+    assert f"| {100 * ev['mean']['COnP']['f1']:.1f} |" in row[0]
 
 
 def test_two_torchrun_ranks_equal_one_process_with_the_doubled_batch(store, tiny_hubert, tmp_path):

@@ -137,6 +137,50 @@ def test_raw_chunk_reads_equal_zarr_and_sharded_layout_reads_back(two_backbones,
         np.testing.assert_array_equal(t.frames(i, "crepe-tiny"), s.frames(i, "crepe-tiny"))
 
 
+
+def test_frames_into_fills_a_caller_buffer_like_zarr_reads(two_backbones, tmp_path):
+    """The copy-free path of the datasets: frames [start, stop) of a clip, any layer selection, written
+    into a float32 buffer (converted on the copy), equal to the Zarr array itself; the same through
+    the Zarr-backed reader of a sharded store; wrong buffers and bounds are refused naming the clip."""
+    from featurestore.store import CheckedArray, RawChunkReader
+
+    tmp, path, kw = two_backbones
+    s = open_store(path)
+    arr, off = s.frames_array("crepe-tiny"), s.offsets("crepe-tiny")
+    assert arr.chunks[0] < off[-1, 1]          # windows below cross chunk files
+    ref = arr[:].astype(np.float32)
+    sharded = tmp_path / "sharded.zarr"
+    build(tmp / "audio", sharded, ["crepe-tiny"], extract=ExtractSettings(target_unit_frames=120, chunk_frames=64,
+                                                                          shard_frames=128), **kw)
+    t = open_store(sharded)
+    assert isinstance(s._reader("crepe-tiny"), RawChunkReader) and isinstance(t._reader("crepe-tiny"), CheckedArray)
+    rng = np.random.default_rng(0)
+    for layers, sel in ((None, slice(None)), ([1, 4], [1, 4]), ([2, 3, 4], [2, 3, 4]), (5, [5]), ([-1, 0], [-1, 0])):
+        for i in range(len(s)):
+            n = int(off[i, 1] - off[i, 0])
+            a = int(rng.integers(0, n))
+            b = int(rng.integers(a, n + 1))
+            want = ref[off[i, 0] + a:off[i, 0] + b][:, sel]
+            for store in (s, t):
+                out = np.full((b - a + 3,) + want.shape[1:], 7.0, dtype=np.float32)
+                assert store.frames_into(i, "crepe-tiny", out, layers=layers, start=a, stop=b) == b - a
+                np.testing.assert_array_equal(out[:b - a], want)
+                assert np.all(out[b - a:] == 7.0)        # rows past the frames are left alone
+                np.testing.assert_array_equal(store.frames(i, "crepe-tiny", layers=layers, start=a, stop=b),
+                                              want.astype(np.float16))
+    with pytest.raises(ValueError, match="clip00#0001"):
+        s.frames_into("clip00#0001", "crepe-tiny", np.empty((51, 5, 256), np.float32))
+    with pytest.raises(ValueError, match=r"need \[>= 51, 2, 256\]"):
+        s.frames_into(1, "crepe-tiny", np.empty((50, 2, 256), np.float32), layers=[0, 1])
+    with pytest.raises(IndexError, match="clip00#0001"):
+        s.frames_into(1, "crepe-tiny", np.empty((60, 6, 256), np.float32), start=0, stop=52)
+    with pytest.raises(IndexError):
+        s.frames(1, "crepe-tiny", layers=[6])
+    # alignment frames between units (no clip's offsets) read as 0 and match Zarr's fill value
+    reader = s._reader("crepe-tiny")
+    whole = reader.read_into(0, arr.shape[0], np.full(arr.shape, np.nan, dtype=np.float32))
+    np.testing.assert_array_equal(whole, ref)
+
 def test_replanning_the_clips_with_overwrite_drops_every_old_backbone(tmp_path):
     noise_clips(tmp_path / "audio", 16000, [2.0, 1.0])
     kw = dict(num_workers=0, progress=False)
