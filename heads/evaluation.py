@@ -31,3 +31,25 @@ def score_clip_head(head, X: np.ndarray, labels: np.ndarray) -> ClipScores:
     report = metrics.classification_report(yi, proba, class_names=[str(c) for c in classes])
     report["unseen_labels"] = int((~known).sum())
     return ClipScores(report, proba, yi, known)
+
+
+def score_notes(store, rows, refs, ests, notes_dir=None) -> dict:
+    """mir_eval transcription scores of estimated against reference note lists, one pair per clip row
+    (``[[onset_s, offset_s, midi], ...]``), averaged over clips: the report of
+    :func:`heads.metrics.transcription_report` (``mean``, ``n_songs``, ``per_song`` keyed by clip id).
+    ``notes_dir``: also write each clip's estimated notes there as ``<clip id>.txt``."""
+    from pathlib import Path
+
+    from heads.notes import notes_to_arrays, write_notes
+
+    pairs = {}
+    if notes_dir is not None:
+        Path(notes_dir).mkdir(parents=True, exist_ok=True)
+    for r, ref, e in zip(rows, refs, ests):
+        cid = str(store.clip_ids[r])
+        ri, rp = notes_to_arrays(ref)
+        ei, ep = notes_to_arrays(e)
+        if notes_dir is not None:
+            write_notes(Path(notes_dir) / f"{cid.replace('/', '_')}.txt", ei, ep)
+        pairs[cid] = (ri, rp, ei, ep)
+    return metrics.transcription_report(pairs)

@@ -37,7 +37,7 @@ from featurestore.cli import HelpFormatter
 from featurestore.frontends import CrepeFrontend, HFFrontend, PROVENANCE_FILE, load_frontend
 from featurestore.registry import resolve
 from featurestore.store import BackboneNotInStore
-from heads import metrics
+from heads.evaluation import score_clip_head, score_notes
 from heads.finetune_data import ClipAudio
 from heads.finetune_loop import PRECISIONS, Loop, LoopSettings, Task
 from heads.finetune_model import (LORA_TARGETS, MODES, FineTuneError, FineTuneModel, add_lora, check_mode,
@@ -47,7 +47,6 @@ from heads.fit import (CLIP_HEADS, FRAME_HEADS, HEADS, add_protocol_arguments, c
                        summary_table)
 from heads.frame_heads import conp_f1
 from heads.modules import SumThenHead
-from heads.notes import notes_to_arrays
 from heads.tasks import TaskError, make_task, notes_in_span
 from heads.temporal import context_frames
 from heads.training import per_class_weights
@@ -435,8 +434,6 @@ def _finetune(args, ranks, on_checkpoint) -> Path:
 def score_run(loop, loop_task, est, model, kind, store, task, plan, scored, out: Path) -> dict:
     """Fit the estimator's attributes and score the scored split with heads.fit's scoring."""
     if kind == "clip":
-        from heads.evaluation import score_clip_head
-
         X = loop.evaluate(scored)
         fitted_head(est, model, kind, loop_task.classes, loop_task.class_weight, loop.history, loop.best_epoch)
         scores = score_clip_head(est, X, store.labels(task.label)[plan.score])
@@ -444,18 +441,7 @@ def score_run(loop, loop_task, est, model, kind, store, task, plan, scored, out:
         report.update(n_train=len(plan.train), n_selection=len(plan.select))
         return report
     ests = loop_task.notes(model, loop.evaluate(scored), clip_offsets(store, plan.score, model.frontend))
-    refs = clip_notes(store, task, plan.score)
-    pairs = {}
-    (out / "notes").mkdir(exist_ok=True)
-    from heads.notes import write_notes
-
-    for r, ref, e in zip(plan.score, refs, ests):
-        cid = str(store.clip_ids[r])
-        ri, rp = notes_to_arrays(ref)
-        ei, ep = notes_to_arrays(e)
-        write_notes(out / "notes" / f"{cid.replace('/', '_')}.txt", ei, ep)
-        pairs[cid] = (ri, rp, ei, ep)
-    rep = metrics.transcription_report(pairs)
+    rep = score_notes(store, plan.score, clip_notes(store, task, plan.score), ests, out / "notes")
     fitted_head(est, model, kind, None, None, loop.history, loop.best_epoch)
     return {"mean": rep["mean"], "n_songs": rep["n_songs"], "n_train": len(plan.train),
             "n_selection": len(plan.select), "context_frames": est.context_frames_, "per_song": rep["per_song"]}

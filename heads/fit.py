@@ -23,7 +23,7 @@ from featurestore import open_store
 from featurestore.store import BackboneNotInStore
 from heads import metrics
 from heads.clip_heads import LGBMHead, LinearHead, LogRegHead, MLPHead
-from heads.evaluation import score_clip_head
+from heads.evaluation import score_clip_head, score_notes
 from heads.protocol import FILE, SCORE_CHOICES, SELECT_CHOICES, protocol_label
 from heads.tasks import DEFAULT_POOL, POOLS, TaskError, make_task, pool_suffix
 
@@ -154,8 +154,6 @@ def run_clip(args, store, backbone, task, out: Path, plan) -> dict:
 
 
 def run_frames(args, store, backbone, task, out: Path, plan) -> dict:
-    from heads.notes import notes_to_arrays, write_notes
-
     X, y, off, _ = task.data(store, backbone, plan.train)
     Xv, yv, offv, _ = task.data(store, backbone, plan.select)
     Xt, yt, offt, rows = task.data(store, backbone, plan.score)
@@ -164,16 +162,7 @@ def run_frames(args, store, backbone, task, out: Path, plan) -> dict:
     t0 = time.perf_counter()
     head.fit(X, y, frame_rate=fr, offsets=off, eval_set=(Xv, yv, offv))
     fit_s = time.perf_counter() - t0
-    est = head.predict(Xt, offsets=offt)
-    pairs = {}
-    (out / "notes").mkdir(exist_ok=True)
-    for r, ref, e in zip(rows, yt, est):
-        cid = str(store.clip_ids[r])
-        ri, rp = notes_to_arrays(ref)
-        ei, ep = notes_to_arrays(e)
-        write_notes(out / "notes" / f"{cid.replace('/', '_')}.txt", ei, ep)
-        pairs[cid] = (ri, rp, ei, ep)
-    rep = metrics.transcription_report(pairs)
+    rep = score_notes(store, rows, yt, head.predict(Xt, offsets=offt), out / "notes")
     report = {"mean": rep["mean"], "n_songs": rep["n_songs"], "fit_seconds": fit_s, "n_train": len(X),
               "n_selection": len(Xv), "context_frames": head.context_frames_, "best_epoch": head.best_epoch_,
               "per_song": rep["per_song"]}
