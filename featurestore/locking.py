@@ -422,8 +422,7 @@ class StoreLock:
             if self.timeout is not None and waited >= self.timeout:
                 raise LockTimeout(
                     f"gave up after {waited:.0f} s waiting for the lock on {self.store_path}, held by "
-                    f"{describe_holder(holder)} (lock file {backend.path}); run the build again once that "
-                    "process is done")
+                    f"{describe_holder(holder)} (lock file {backend.path}); run again once that process is done")
             key = (holder or {}).get("pid"), (holder or {}).get("host"), (holder or {}).get("what")
             if key != announced:
                 announced = key

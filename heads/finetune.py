@@ -24,6 +24,7 @@ treat it like any other frontend.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -35,6 +36,7 @@ import torch
 from featurestore import distributed, open_store
 from featurestore.cli import HelpFormatter
 from featurestore.frontends import CrepeFrontend, HFFrontend, PROVENANCE_FILE, load_frontend
+from featurestore.locking import LockTimeout, StoreLock
 from featurestore.registry import resolve
 from featurestore.store import BackboneNotInStore
 from heads.evaluation import score_clip_head, score_notes
@@ -318,6 +320,11 @@ def finetune(args, on_checkpoint=None) -> Path:
 
 
 def _finetune(args, ranks, on_checkpoint) -> Path:
+    with contextlib.ExitStack() as stack:  # holds the run folder's lock, once it is known
+        return _finetune_in(args, ranks, on_checkpoint, stack)
+
+
+def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Path:
     check_device(args.device)
     store = open_store(args.store) if args.store else open_store(ensure_demo_store())
     task = make_task(args.task)
@@ -336,6 +343,9 @@ def _finetune(args, ranks, on_checkpoint) -> Path:
         raise FineTuneError(f"--name {name!r}: a backbone name is one path component")
     out = Path(args.out or f"runs/{name}-{args.head}")
     leader = ranks is None or ranks.rank == 0
+    if leader:  # one process per run folder: a second one stops at once, naming the holder
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(StoreLock(out, timeout=0, log=lambda _msg: None).hold("fine-tuning into this run folder"))
     state = check_run_folder(out, args) if leader else "new"
     if ranks is not None and ranks.group:
         box = [state]
@@ -451,7 +461,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         finetune(args)
-    except (FineTuneError, TaskError, BackboneNotInStore, ValueError, FileNotFoundError, KeyError) as e:
+    except (FineTuneError, TaskError, BackboneNotInStore, ValueError, FileNotFoundError, KeyError,
+            LockTimeout) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
         return 2

@@ -363,3 +363,15 @@ def test_training_noise_is_what_the_user_sets(tiny_hubert):
     assert torch.equal(a, b) and not torch.allclose(a[:, :, 1:], c[:, :, 1:])
     with pytest.raises(ValueError, match="layerdrop"):
         load_frontend(str(tiny_hubert), noise={"layerdrop": 1.5})
+
+
+def test_a_second_process_on_the_same_run_folder_stops_at_once(store, tiny_hubert, tmp_path, capsys):
+    from featurestore.locking import StoreLock
+
+    out = tmp_path / "busy"
+    with StoreLock(out).hold("another fine-tune"):
+        assert FT.main(["--store", str(store), "--backbone", str(tiny_hubert), "--out", str(out), "--epochs", "1",
+                        "--num-workers", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and str(out) in err
+    assert not (out / "checkpoint.pt").exists()
