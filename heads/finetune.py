@@ -43,7 +43,8 @@ from heads.evaluation import score_clip_head, score_notes
 from heads.finetune_data import ClipAudio
 from heads.finetune_loop import PRECISIONS, Loop, LoopSettings, Task
 from heads.finetune_model import (LORA_TARGETS, MODES, FineTuneError, FineTuneModel, add_lora, check_mode,
-                                  enable_gradient_checkpointing, merge_lora, trainable_parts)
+                                  enable_gradient_checkpointing, merge_lora, skip_cnn_backward,
+                                  trainable_parts)
 from heads.fit import (CLIP_HEADS, FRAME_HEADS, HEADS, add_protocol_arguments, check_device, ensure_demo_store,
                        frame_head_class, make_plan, plot_layer_weights,
                        summary_table)
@@ -123,15 +124,15 @@ class FramesTask(Task):
         return self.est._loss(model.head, h, tg, mask)
 
     def notes(self, model, outputs, offsets) -> list:
+        """Per-clip head outputs [T_i, n_out] -> decoded note lists (the head's own decoder)."""
         out = []
         with torch.no_grad():
             for o, off in zip(outputs, offsets):
                 if len(o) == 0:
                     out.append([])
                     continue
-                mask = torch.ones((1, len(o)), dtype=torch.bool)
-                out.append(self.est._decode(model.head.cpu(), o[None], mask, [off])[0])
-        model.head.to(self.device)
+                mask = torch.ones((1, len(o)), dtype=torch.bool, device=self.device)
+                out.append(self.est._decode(model.head, o[None].to(self.device), mask, [off])[0])
         return out
 
     def score(self, outputs, split):
@@ -362,6 +363,7 @@ def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Pat
     if args.mode == "lora":
         lora = add_lora(fe, rank=args.lora_rank, alpha=args.lora_alpha, targets=args.lora_targets.split(","),
                         dropout=args.lora_dropout)
+    skip_cnn_backward(fe, args.mode)
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(fe)
     est = make_estimator(args, kind)

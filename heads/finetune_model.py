@@ -90,6 +90,18 @@ def trainable_parts(fe: Frontend, mode: str) -> list[tuple[str, torch.nn.Paramet
     return named
 
 
+def skip_cnn_backward(fe: Frontend, mode: str) -> None:
+    """Where the CNN feature encoder stays frozen (``two-stage``, ``lora``), tell a transformers model
+    so (what its ``freeze_feature_encoder`` does): otherwise, in train mode, it makes the CNN output
+    require grad and the backward pass runs through the CNN for nothing."""
+    if not isinstance(fe, HFFrontend) or mode == "full":
+        return
+    base = fe.model.get_base_model() if hasattr(fe.model, "get_base_model") else fe.model
+    cnn = getattr(base, "feature_extractor", None)
+    if cnn is not None and hasattr(cnn, "_requires_grad"):
+        cnn._requires_grad = False
+
+
 def add_lora(fe: HFFrontend, *, rank: int, alpha: float, targets, dropout: float = 0.0) -> dict:
     """Wrap the frontend's transformers model with peft LoRA adapters on the modules whose names end
     in ``targets`` (see :data:`LORA_TARGETS`). The base weights stay as they were: the adapters' B
