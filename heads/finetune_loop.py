@@ -124,7 +124,7 @@ class Task:
         raise NotImplementedError
 
 
-class _LossModule(torch.nn.Module):
+class LossStep(torch.nn.Module):
     """What DDP wraps: a batch -> its loss (so gradient averaging covers the whole step)."""
 
     def __init__(self, model: FineTuneModel, task: Task, amp_dtype, frontend_learns: bool):
@@ -206,7 +206,7 @@ class Loop:
             p.requires_grad_(True)
 
     def _wrapped(self, learns: bool):
-        step = _LossModule(self.model, self.task, self.amp_dtype, learns)
+        step = LossStep(self.model, self.task, self.amp_dtype, learns)
         if self.ranks is not None and self.ranks.group:
             from torch.nn.parallel import DistributedDataParallel as DDP
 

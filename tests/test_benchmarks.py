@@ -121,3 +121,26 @@ def test_speed_table_has_every_row_with_ratios_of_its_own_seconds(tmp_path, caps
     assert t["max_loss_diff_same_epochs"] < 1e-2
     for stage in ("build", "forward", "naive", "reads_random", "reads_scan", "train_store", "train_recompute"):
         assert _positive(r["memory"][stage]["self_peak_mib"]), stage
+
+
+def test_finetune_speed_table_rows_and_ratios():
+    """benchmarks.finetune_speed: every configuration ran in its own process; the ratios are the
+    reported speeds divided by the fp32 baseline's, and checkpointing leaves the model unchanged."""
+    import io
+    import json as _json
+    from contextlib import redirect_stdout
+
+    import pytest
+
+    from benchmarks import finetune_speed as FS
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert FS.main(["--model", "tiny", "--steps", "2", "--batch-size", "2", "--clip-seconds", "0.5", "--json"]) == 0
+    r = _json.loads(buf.getvalue()[buf.getvalue().index("{"):])
+    assert [(row["precision"], row["checkpointing"]) for row in r["rows"]] == [("fp32", "off"), ("fp32", "on")]
+    for row in r["rows"]:
+        assert row["samples_per_s"] == pytest.approx(2 * 2 / row["seconds"]) and row["self_mib"] > 0
+    table = FS.format_table(r)
+    ratio = r["rows"][1]["samples_per_s"] / r["rows"][0]["samples_per_s"]
+    assert f"| fp32 | on | {r['rows'][1]['samples_per_s']:.2f} | {ratio:.2f} |" in table
