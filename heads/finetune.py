@@ -58,7 +58,7 @@ from heads.training import per_class_weights
 TASK_CODES = {"singer": "sid", "transcription": "svt", "notes": "svt", "technique": "tech"}
 MODE_TAGS = {"two-stage": "ft", "lora": "lora", "full": "full"}
 #: Options that may differ between a run and its ``--resume`` (they do not change the result).
-RESUME_FREE = ("resume", "no_progress", "num_workers", "overwrite")
+RESUME_FREE = ("resume", "no_progress", "num_workers", "overwrite", "device")
 
 
 def finetuned_name(base: str, task: str, mode: str) -> str:
