@@ -19,15 +19,15 @@ from benchmarks import frontends, published
 
 #: 4 singers x 4 clips x 2 s (2 train / 1 valid / 1 test per singer): CREPE tiny builds it in ~5 s of CPU.
 SMALL_DEMO = dict(n_singers=4, clips_per_singer=4, duration_s=2.0)
-BACKBONES = "crepe,logmel,random-tiny"
-NAMES = ["crepe-tiny", "logmel", "random-tiny"]
+BACKBONES = "crepe,pesto,logmel,random-tiny"
+NAMES = ["crepe-tiny", "pesto", "logmel", "random-tiny"]
 FIT = ["--epochs", "2", "--lr", "1e-2", "--no-progress"]
 HEAD = {"singer": "linear", "transcription": "crf", "technique": "linear"}
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """One demo store (all labels) with CREPE tiny, log-mel and the random tiny wav2vec2, and one comparison
+    """One demo store (all labels) with CREPE tiny, PESTO, log-mel and the random tiny wav2vec2, and one comparison
     of the three tasks on it (``--store``, ``--layers each``, ``--published``)."""
     import torch
 
@@ -45,7 +45,7 @@ def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("cmp")
     root, store = base / "cmp", base / "store.zarr"
     tiny = frontends.make_random_tiny(root / "models" / frontends.RANDOM_TINY)   # a local folder as backbone
-    fbuild.build(fbuild.ensure_demo_corpus(), store, ["crepe-tiny", "logmel", str(tiny)],
+    fbuild.build(fbuild.ensure_demo_corpus(), store, ["crepe-tiny", "pesto", "logmel", str(tiny)],
                  clip_settings=ClipSettings(segment_s=1.0), num_workers=0, progress=False)
     argv = ["--workdir", str(root), "--store", str(store), "--backbones", BACKBONES, "--layers", "each",
             "--published", *FIT]
@@ -137,7 +137,8 @@ def test_heatmap_values_are_the_runs_layer_weights(env):
             np.testing.assert_array_equal(m[i, :len(w)], w)
             assert np.isnan(m[i, len(w):]).all()                    # padded: the frontend has no such layer
             assert math.isclose(sum(w), 1.0, rel_tol=1e-5)           # a softmax
-        assert np.isnan(m[NAMES.index("logmel"), 1:]).all() and m.shape[1] == 6  # 1 log-mel layer, 6 CREPE layers
+        assert np.isnan(m[NAMES.index("logmel"), 1:]).all() and m.shape[1] == 10  # log-mel 1, CREPE 6, PESTO 10
+        assert np.isnan(m[NAMES.index("crepe-tiny"), 6:]).all() and not np.isnan(m[NAMES.index("pesto")]).any()
     for name in ("layer_weights", "layer_sweep", "main_metric"):
         assert (env.root / "plots" / f"{name}.png").stat().st_size > 5000
 
@@ -189,12 +190,13 @@ def test_finished_runs_are_not_recomputed(env, monkeypatch, capsys):
     assert frontends.main(env.argv) == 0
     assert calls == [] and {f: f.stat().st_mtime_ns for f in files} == before
     out = capsys.readouterr().out
-    assert out.count("reused (fitted with these settings)") == 3 * 3 + 2 * 3   # 9 cells + 6 sweeps
-    assert "singer: 0 backbone(s) built, 0 run(s) fitted, 6 reused, 0 evaluated, 0 failed" in out  # 3 + 3 sweeps
+    n = len(NAMES)
+    assert out.count("reused (fitted with these settings)") == 3 * n + 2 * n   # 3 tasks + 2 sweeps per frontend
+    assert f"singer: 0 backbone(s) built, 0 run(s) fitted, {2 * n} reused, 0 evaluated, 0 failed" in out
     # a new head: only its cells are fitted; the linear runs stay as they are
     assert frontends.main(["--workdir", str(env.root), "--store", str(env.store), "--tasks", "singer",
                            "--backbones", BACKBONES, "--heads", "linear,logreg", *FIT]) == 0
-    assert len(calls) == 3 and all(a[a.index("--head") + 1] == "logreg" for a in calls)
+    assert len(calls) == n and all(a[a.index("--head") + 1] == "logreg" for a in calls)
     assert {f: f.stat().st_mtime_ns for f in files} == before
     rows = _csv(env.root / "singer" / "comparison.csv")
     assert [(r["frontend"], r["head"]) for r in rows] == [(n, h) for n in NAMES for h in ("linear", "logreg")]
