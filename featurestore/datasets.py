@@ -4,8 +4,10 @@
 - :class:`FrameWindowDataset`: fixed-length windows of frames [W, L, D] cut from clips, with the
   clip row and the first frame, for frame-level tasks.
 
-Items are float32 torch tensors. Reads go through Zarr chunk by chunk; a window never reads more
-than the chunks it overlaps.
+Items are float32 torch tensors. Frames are copied from the store's chunk files straight into
+each item's float32 buffer (:meth:`featurestore.store.FeatureStore.frames_into`: one pass that
+also converts from float16, no intermediate arrays); a window never reads more than the chunks it
+overlaps.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ class ClipDataset(torch.utils.data.Dataset):
         self.store, self.backbone, self.layers, self.pooled = store, backbone, layers, pooled
         self.rows = _rows(store, split, rows)
         self._pooled = store.pooled(backbone, layers=layers, stat=stat, rows=self.rows) if pooled else None
+        L, D = store.shape(backbone)
+        self._shape_ld = (L if layers is None else len(np.atleast_1d(layers)), D)
 
     def __len__(self):
         return len(self.rows)
@@ -41,10 +45,11 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         row = int(self.rows[i])
         if self.pooled:
-            x = self._pooled[i]
+            x = np.asarray(self._pooled[i], dtype=np.float32)
         else:
-            x = self.store.frames(row, self.backbone, layers=self.layers)
-        return {"x": torch.from_numpy(np.asarray(x, dtype=np.float32)), "row": row}
+            x = np.empty((int(self.store.n_frames(self.backbone)[row]),) + self._shape_ld, dtype=np.float32)
+            self.store.frames_into(row, self.backbone, x, layers=self.layers)
+        return {"x": torch.from_numpy(x), "row": row}
 
 
 class FrameWindowDataset(torch.utils.data.Dataset):
@@ -79,10 +84,10 @@ class FrameWindowDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         row, start = self.index[i]
         stop = min(start + self.window, int(self._n[row]))  # a clip shorter than the window is padded
-        x = self.store.frames(row, self.backbone, layers=self.layers, start=start, stop=stop)
-        out = np.zeros((self.window,) + self._shape_ld, dtype=np.float32)
-        out[:len(x)] = x
-        return {"x": torch.from_numpy(out), "row": row, "start": start, "length": len(x)}
+        out = np.empty((self.window,) + self._shape_ld, dtype=np.float32)
+        n = self.store.frames_into(row, self.backbone, out, layers=self.layers, start=start, stop=stop)
+        out[n:] = 0
+        return {"x": torch.from_numpy(out), "row": row, "start": start, "length": n}
 
 
 class ClipFrames:

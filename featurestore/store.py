@@ -189,9 +189,38 @@ class FeatureStore:
         if not 0 <= start <= stop <= n:
             raise IndexError(f"frames [{start}, {stop}) are outside clip {self.clip_ids[i]!r}, which has {n} frames "
                              f"for {backbone!r} (0 <= start <= stop <= {n})")
-        x = self._reader(backbone)[a + start:a + stop]
         sel = self._layer_sel(layers)
-        return x if isinstance(sel, slice) else x[:, sel]
+        reader = self._reader(backbone)
+        if isinstance(sel, slice):
+            return reader.read(a + start, a + stop)
+        out = np.empty((stop - start, len(sel)) + tuple(reader.shape[2:]), dtype=reader.dtype)
+        return reader.read_into(a + start, a + stop, out, sel)
+
+    def frames_into(self, clip_id, backbone: str, out: np.ndarray, *, layers=None, start: int = 0,
+                    stop: int | None = None) -> int:
+        """Write frames [start, stop) of one clip into ``out[:stop - start]`` and return how many.
+
+        ``out``: a writable array [>= stop - start, L', D] of any float dtype (the store's float16 is
+        converted while it is copied, so a float32 batch buffer is filled in one pass); rows past
+        ``stop - start`` are left as they are. Same clip, layer and bounds rules as :meth:`frames`.
+        This is the copy-free path of the datasets: the chunk files are read straight into ``out``.
+        """
+        i = self.clip_index(clip_id)
+        a, b = (int(v) for v in self._offsets(backbone)[i])
+        n = b - a
+        stop = n if stop is None else int(stop)
+        start = int(start)
+        if not 0 <= start <= stop <= n:
+            raise IndexError(f"frames [{start}, {stop}) are outside clip {self.clip_ids[i]!r}, which has {n} frames "
+                             f"for {backbone!r} (0 <= start <= stop <= {n})")
+        sel = self._layer_sel(layers)
+        reader = self._reader(backbone)
+        want = (reader.shape[1] if isinstance(sel, slice) else len(sel), reader.shape[2])
+        if getattr(out, "ndim", None) != 3 or tuple(out.shape[1:]) != want or out.shape[0] < stop - start:
+            raise ValueError(f"out has shape {tuple(getattr(out, 'shape', ()))}; frames [{start}, {stop}) of clip "
+                             f"{self.clip_ids[i]!r} need [>= {stop - start}, {want[0]}, {want[1]}]")
+        reader.read_into(a + start, a + stop, out, None if isinstance(sel, slice) else sel)
+        return stop - start
 
     def _reader(self, backbone: str):
         cache = self.__dict__.setdefault("_readers", {})
@@ -364,12 +393,24 @@ class CheckedArray:
         self.arr, self.files, self.shape = arr, files, arr.shape
         self._seen: set[int] = set()
 
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.arr.dtype)
+
     def read(self, a: int, b: int) -> np.ndarray:
         for c in range(a // self.files.grain, -(-b // self.files.grain)):
             if c not in self._seen:
                 self.files.check(c)
                 self._seen.add(c)
         return self.arr[a:b]
+
+    def read_into(self, a: int, b: int, out: np.ndarray, layers=None) -> np.ndarray:
+        """Frames [a, b) (``layers``: a list of layer indices, None: all) into ``out[:b - a]``; returns
+        ``out``. Zarr decodes into its own buffer, so this is one copy more than
+        :meth:`RawChunkReader.read_into`."""
+        x = self.read(a, b)
+        out[:b - a] = x if layers is None else x[:, list(layers)]
+        return out
 
     def __getitem__(self, s: slice) -> np.ndarray:
         a, b, _ = s.indices(self.shape[0])  # clipped to the array, as numpy and Zarr slices are
@@ -384,6 +425,9 @@ class RawChunkReader:
     random window reads). Each file's size is checked once, when it is mapped; a missing file that
     holds clip frames (``files`` knows which) raises :class:`StoreCorrupted`; one that holds none
     (alignment frames) reads as the fill value (0).
+
+    :meth:`read_into` copies the mapped pages straight into a caller's buffer (a batch being
+    assembled, converting the dtype on the way): one copy, as from a raw ``np.memmap``.
     """
 
     def __init__(self, arr: zarr.Array, path: Path, files: ChunkFiles | None = None):
@@ -413,8 +457,10 @@ class RawChunkReader:
             self._maps.move_to_end(c)
             return self._maps[c]
         f = self.files.path(c)
-        m = np.memmap(f, dtype=self.dtype, mode="r").reshape((-1,) + tuple(self.shape[1:])) if self.files.check(c) \
-            else None
+        m = None
+        if self.files.check(c):
+            # a plain ndarray view of the map (it keeps the map open): slicing an np.memmap costs more
+            m = np.memmap(f, dtype=self.dtype, mode="r").view(np.ndarray).reshape((-1,) + tuple(self.shape[1:]))
         self._maps[c] = m
         if len(self._maps) > self.MAX_OPEN:
             self._maps.popitem(last=False)
@@ -422,14 +468,36 @@ class RawChunkReader:
 
     def read(self, a: int, b: int) -> np.ndarray:
         """Frames [a, b) -> [b - a, L, D] (a copy)."""
-        out = np.zeros((max(0, b - a),) + tuple(self.shape[1:]), dtype=self.dtype)
-        pos = a
+        out = np.empty((max(0, b - a),) + tuple(self.shape[1:]), dtype=self.dtype)
+        return self.read_into(a, b, out)
+
+    def read_into(self, a: int, b: int, out: np.ndarray, layers=None) -> np.ndarray:
+        """Frames [a, b) into ``out[:b - a]`` ([>= b - a, L', D], any dtype numpy casts the store's
+        to), straight from the mapped chunk files, one copy per chunk touched; ``layers``: a list of
+        layer indices (None: all). Frames of absent chunk files that hold no clip are written as 0.
+        Returns ``out``."""
+        if layers is not None:
+            layers = [int(v) for v in layers]
+            if layers and 0 <= layers[0] and layers[-1] < self.shape[1] \
+                    and layers == list(range(layers[0], layers[-1] + 1)):
+                layers = slice(layers[0], layers[-1] + 1)  # a run of layers is one strided copy
+        pos, size = a, self.chunk
         while pos < b:
-            c = pos // self.chunk
-            lo, hi = pos - c * self.chunk, min(b - c * self.chunk, self.chunk)
+            c = pos // size
+            lo = pos - c * size
+            hi = min(b - c * size, size)
+            dst = out[pos - a:pos - a + hi - lo]
             m = self._chunk(c)
-            if m is not None:
-                out[pos - a:pos - a + hi - lo] = m[lo:hi]
+            if m is None:
+                dst[...] = 0
+            elif layers is None:
+                dst[...] = m[lo:hi]
+            elif isinstance(layers, slice):
+                dst[...] = m[lo:hi, layers]
+            else:
+                src = m[lo:hi]
+                for k, layer in enumerate(layers):
+                    dst[:, k] = src[:, layer]
             pos += hi - lo
         return out
 

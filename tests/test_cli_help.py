@@ -50,6 +50,7 @@ PARSERS = {
     "benchmarks.extraction": lambda: _parser_of("benchmarks.extraction", "parse_args"),
     "benchmarks.heads_fit": lambda: _parser_of("benchmarks.heads_fit", "main"),
     "benchmarks.memory": lambda: _parser_of("benchmarks.memory", "parse_args"),
+    "benchmarks.speed": lambda: _parser_of("benchmarks.speed", "parse_args"),
 }
 
 
