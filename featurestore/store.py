@@ -178,9 +178,9 @@ class FeatureStore:
             return [int(layers)]
         return list(layers)
 
-    def frames(self, clip_id, backbone: str, layers=None, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Hidden states of one clip: [T, L', D] in the store dtype (frames [start, stop) of the clip,
-        0 <= start <= stop <= T; anything else raises IndexError naming the clip)."""
+    def _span(self, clip_id, backbone: str, start: int, stop: int | None) -> tuple[int, int, int, int]:
+        """(clip row, its first frame's row in the frames array, start, stop) for frames [start, stop) of
+        a clip (stop None: its end); IndexError naming the clip unless 0 <= start <= stop <= T."""
         i = self.clip_index(clip_id)
         a, b = (int(v) for v in self._offsets(backbone)[i])
         n = b - a
@@ -189,6 +189,12 @@ class FeatureStore:
         if not 0 <= start <= stop <= n:
             raise IndexError(f"frames [{start}, {stop}) are outside clip {self.clip_ids[i]!r}, which has {n} frames "
                              f"for {backbone!r} (0 <= start <= stop <= {n})")
+        return i, a, start, stop
+
+    def frames(self, clip_id, backbone: str, layers=None, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Hidden states of one clip: [T, L', D] in the store dtype (frames [start, stop) of the clip,
+        0 <= start <= stop <= T; anything else raises IndexError naming the clip)."""
+        i, a, start, stop = self._span(clip_id, backbone, start, stop)
         sel = self._layer_sel(layers)
         reader = self._reader(backbone)
         if isinstance(sel, slice):
@@ -205,14 +211,7 @@ class FeatureStore:
         ``stop - start`` are left as they are. Same clip, layer and bounds rules as :meth:`frames`.
         This is the copy-free path of the datasets: the chunk files are read straight into ``out``.
         """
-        i = self.clip_index(clip_id)
-        a, b = (int(v) for v in self._offsets(backbone)[i])
-        n = b - a
-        stop = n if stop is None else int(stop)
-        start = int(start)
-        if not 0 <= start <= stop <= n:
-            raise IndexError(f"frames [{start}, {stop}) are outside clip {self.clip_ids[i]!r}, which has {n} frames "
-                             f"for {backbone!r} (0 <= start <= stop <= {n})")
+        i, a, start, stop = self._span(clip_id, backbone, start, stop)
         sel = self._layer_sel(layers)
         reader = self._reader(backbone)
         want = (reader.shape[1] if isinstance(sel, slice) else len(sel), reader.shape[2])
