@@ -114,5 +114,10 @@ class ClipFrames:
     def window(self, i: int, a: int, b: int) -> np.ndarray:
         return self.store.frames(int(self.rows[i]), self.backbone, start=a, stop=b)
 
+    def window_into(self, i: int, a: int, b: int, out: np.ndarray, layers=None) -> int:
+        """Frames [a, b) of clip i (``layers``: stored layer indices, None = all) written into
+        ``out[:b - a]`` (e.g. a float32 buffer: one copy, the conversion included); returns b - a."""
+        return self.store.frames_into(int(self.rows[i]), self.backbone, out, layers=layers, start=a, stop=b)
+
     def __getitem__(self, i: int) -> np.ndarray:
         return self.window(i, 0, self.n_frames(i))

@@ -235,6 +235,13 @@ class _Clips:
     def subset(self, idx) -> "_Clips":
         return _Clips(self.source, [self.index[i] for i in idx])
 
+    def can_read_into(self) -> bool:
+        """Can clips be written straight into a caller's buffer (a store's lazy clips)?"""
+        return hasattr(self.source, "window_into")
+
+    def window_into(self, i: int, a: int, b: int, out: np.ndarray, layers=None) -> int:
+        return self.source.window_into(self.index[i], a, b, out, layers)
+
 
 class _FrameBank:
     """A split's frames (selected layers) and per-frame targets, for windowed training and batched decoding.
@@ -259,7 +266,11 @@ class _FrameBank:
             self.frames = torch.zeros((total + 1,) + self.shape_ld, device=self.device)
             for i in range(len(clips)):
                 a, b = self.starts[i], self.starts[i + 1]
-                if b > a:
+                if b <= a:
+                    continue
+                if self.device.type == "cpu" and clips.can_read_into():   # store -> this tensor, one copy
+                    clips.window_into(i, 0, self.lengths[i], self.frames[a:b].numpy(), layers)
+                else:
                     self.frames[a:b] = self._read(i, 0, self.lengths[i])
         self.targets = None
         if targets:

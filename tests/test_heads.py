@@ -283,3 +283,25 @@ def test_frame_heads_train_the_same_from_lazy_store_windows_and_from_memory(demo
     for a, b in zip(in_memory.module_.state_dict().values(), lazy.module_.state_dict().values()):
         torch.testing.assert_close(a, b)
     assert in_memory.predict(Xv, offsets=ov) == lazy.predict(Xv, offsets=ov)
+
+
+def test_frame_bank_reads_the_store_straight_into_its_tensor(demo_home):
+    """The training bank of the frame heads, filled from the store's lazy clips (one copy into the
+    tensor), equals the bank built from the clips read as arrays, with and without a layer selection."""
+    from featurestore import open_store
+    from featurestore.build import default_demo_dir
+    from featurestore.datasets import ClipFrames
+    from heads.frame_heads import _Clips, _FrameBank
+
+    store = open_store(default_demo_dir() / "store.zarr")
+    rows = np.arange(6)
+    lazy = ClipFrames(store, "crepe-tiny", rows)
+    arrays = [store.frames(int(r), "crepe-tiny") for r in rows]
+    assert _Clips.of(lazy).can_read_into() and not _Clips.of(arrays).can_read_into()
+    for layers in (None, [1, 4]):
+        a = _FrameBank(_Clips.of(lazy), None, layers, "cpu")
+        b = _FrameBank(_Clips.of(arrays), None, layers, "cpu")
+        assert a.frames.dtype == torch.float32 and torch.equal(a.frames, b.frames)
+        want = np.concatenate([x if layers is None else x[:, layers] for x in arrays]).astype(np.float32)
+        np.testing.assert_array_equal(a.frames[:-1].numpy(), want)
+        assert not a.frames[-1].any()  # the padding row
