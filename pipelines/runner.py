@@ -7,7 +7,8 @@ A task module (``pipelines.singer``, ``pipelines.transcription``, ``pipelines.te
     WORKDIR/prepare_report.json     prepare: what the adapter skipped, and why
     WORKDIR/store.zarr              build:   the feature store (featurestore.build with the task's settings)
     WORKDIR/runs/<backbone>-<head>/ fit:     heads.fit's run folder (-ctx<ms>ms with --context,
-                                             -stdpool / -meanstdpool with --pool std / mean+std)
+                                             -stdpool / -meanstdpool with --pool std / mean+std,
+                                             -layers-each / -layers-3_7 with --layers)
     WORKDIR/runs/<...>/evaluation.json, WORKDIR/results.md   evaluate: task metrics, and a table of all runs
 
 ``prepare --demo`` turns the built-in demo corpus into the same manifest, so every pipeline runs
@@ -170,7 +171,16 @@ def run_dir(args) -> Path:
     context = getattr(args, "context", 0.0) or 0.0
     suffix = f"-ctx{round(context * 1000)}ms" if context else ""
     suffix += pool_suffix(getattr(args, "pool", None))
+    suffix += layers_suffix(getattr(args, "layers", None))
     return Path(args.workdir) / "runs" / f"{bb}-{args.head}{suffix}"
+
+
+def layers_suffix(layers) -> str:
+    """Run-folder suffix of ``--layers``: none for all layers, ``-layers-each`` / ``-layers-concat`` /
+    ``-layers-3_7``, so a layer sweep or a layer subset never overwrites the all-layer run."""
+    if layers in (None, "", "all"):
+        return ""
+    return "-layers-" + "_".join(v.strip() for v in str(layers).split(",") if v.strip())
 
 
 def run_pool(rd: Path) -> str:
@@ -463,6 +473,10 @@ def build_parser(spec: TaskSpec) -> argparse.ArgumentParser:
             c.add_argument("--refit", action="store_true",
                            help="train again even if the run folder holds a fit with the same settings")
             add_protocol_arguments(c)
+        if name in ("evaluate", "predict"):
+            c.add_argument("--layers", default="all",
+                           help="the fit's --layers (a run fitted with --layers each / concat / i,j lives in "
+                                "runs/<backbone>-<head>-layers-<...>)")
         if name == "evaluate":
             c.add_argument("--score-split", choices=["test", "valid"], default=None,
                            help="split to score; not given: the split the run was scored on at fit time "

@@ -148,7 +148,7 @@ def test_layer_sweep_lives_beside_the_main_runs(env):
         curves = plots.layer_curves(frontends.sweep_runs(env.root / task))
         assert sorted(curves) == sorted(NAMES)
         for name, (layers, acc, split) in curves.items():
-            sweep = env.root / task / frontends.SWEEP_DIR / "runs" / f"{name}-linear"
+            sweep = env.root / task / frontends.SWEEP_DIR / "runs" / f"{name}-linear-layers-each"
             m = json.loads((sweep / "metrics.json").read_text())
             assert layers == m["layer_curve"]["layers"] and acc == m["layer_curve"]["selection_accuracy"]
             assert split == m["protocol"]["selection_split"]

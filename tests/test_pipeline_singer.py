@@ -346,3 +346,20 @@ def test_predict_cli_refuses_colliding_ids(demo_run, tmp_path, capsys):
                        "--num-workers", "0"]) == 2
     err = capsys.readouterr().err
     assert "0001.wav" in err and "1.wav" in err and not out.exists()
+
+
+def test_demo_layer_sweep_has_its_own_run_folder(demo_run):
+    """fit --layers each (one probe per layer) lives beside the all-layer run instead of replacing it,
+    and evaluate --layers each finds it."""
+    w, _ = demo_run
+    main_run = w / "runs" / "crepe-tiny-linear"
+    before = (main_run / "head.joblib").stat().st_mtime_ns
+    assert main(SPEC, ["fit", "--workdir", str(w), "--layers", "each", "--epochs", "3", "--lr", "1e-2",
+                       "--no-progress"]) == 0
+    sweep = w / "runs" / "crepe-tiny-linear-layers-each"
+    assert "layer_curve" in json.loads((sweep / "metrics.json").read_text())
+    assert (main_run / "head.joblib").stat().st_mtime_ns == before
+    assert "layer_curve" not in json.loads((main_run / "metrics.json").read_text())
+    assert main(SPEC, ["evaluate", "--workdir", str(w), "--layers", "each"]) == 0
+    assert (sweep / "evaluation.json").is_file()
+    assert "| crepe-tiny-linear-layers-each |" in (w / "results.md").read_text()
