@@ -168,7 +168,8 @@ def _forward_backward(E: np.ndarray, mask: np.ndarray, chain: _Chain, need_grad:
     recursions run here whatever the device, and only their inputs and results move.
 
     Runs in the dtype of ``E``: float64, or float32 (about twice as fast; a batch that would
-    underflow there is redone in float64, see ``_RESCALE_FLOOR``). ``log Z`` is summed in float64.
+    underflow there is redone in float64, see ``_RESCALE_FLOOR``, and so is one whose backward pass
+    leaves float32's range). ``log Z`` is summed in float64.
 
     E ``[B, T, S]`` (internal order), mask bool ``[B, T]``. Returns ``(log_z [B] float64, grads)``;
     ``grads`` is None unless ``need_grad``, else what :class:`_NoteLogZ` needs for ``d log Z``:
@@ -219,16 +220,21 @@ def _forward_backward(E: np.ndarray, mask: np.ndarray, chain: _Chain, need_grad:
     betas = np.empty_like(alphas)
     betas[T - 1] = chain.end[None, :] / c_end[:, None]
     vs = np.zeros((max(T - 1, 0), B, S), dtype)
-    for t in range(T - 1, 0, -1):
-        v = vs[t - 1]
-        np.multiply(e[t], betas[t], out=v)
-        if t % _RESCALE_EVERY == 0 or t == T - 1:
-            v /= scales[t][:, None]
-        chain.step_back(v, betas[t - 1])
-        if not full[t]:
-            keep = valid[t]
-            v[~keep] = 0.0
-            betas[t - 1][~keep] = betas[t][~keep]                        # a padded frame carries beta
+    # beta_hat of a state whose alpha is tiny is huge (their product is a marginal <= 1): with very
+    # peaked emissions it can pass float32's range; such a batch is redone in float64 (checked below)
+    with np.errstate(over="ignore", invalid="ignore") if dtype != np.float64 else contextlib.nullcontext():
+        for t in range(T - 1, 0, -1):
+            v = vs[t - 1]
+            np.multiply(e[t], betas[t], out=v)
+            if t % _RESCALE_EVERY == 0 or t == T - 1:
+                v /= scales[t][:, None]
+            chain.step_back(v, betas[t - 1])
+            if not full[t]:
+                keep = valid[t]
+                v[~keep] = 0.0
+                betas[t - 1][~keep] = betas[t][~keep]                    # a padded frame carries beta
+    if dtype != np.float64 and not (np.isfinite(betas).all() and np.isfinite(vs).all()):
+        return _forward_backward(E.astype(np.float64), mask, chain, need_grad)
     gamma = alphas * betas                                               # [T, B, S]
     gamma *= (valid & has[None, :])[:, :, None]
     return log_z, {"emissions": gamma, "alphas": alphas[:-1], "vs": vs, "has": has, "start": gamma[0],

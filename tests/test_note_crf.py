@@ -105,3 +105,36 @@ def test_crf_head_selection_rules():
             assert all(0.0 <= v <= 1.0 for v in vals)                         # an F1
     with pytest.raises(ValueError, match="selection"):
         CRFHead(epochs=1, selection="loss").fit(X, y, frame_rate=50.0)
+
+
+def test_float32_gradients_are_finite_when_emissions_favour_an_impossible_path():
+    """Emissions that favour an impossible path by ~100 nats (sustain of one pitch straight into the
+    sustain of the next, every onset far below: what PESTO's features gave early in training): the
+    states of the only possible paths underflow to alpha = 0 in float32 while their beta-hat passes
+    float32's range, so the backward pass must be redone in float64. Gradients are then finite, no
+    overflow warning is raised, and they equal the dense CRF's in float64."""
+    import warnings
+
+    states, fast, dense = pair(P=48)
+    with torch.no_grad():
+        for crf in (fast, dense):
+            for p in ("transitions", "start", "end"):
+                getattr(crf, p).zero_()
+    T, switch = 51, 34
+    g = torch.Generator().manual_seed(0)
+    em = -110.0 + torch.randn(1, T, states.num_states, generator=g)     # onsets, other pitches: far below
+    a, b = 2 + 2 * 8, 2 + 2 * 9                                         # sustain of pitch 8, then of pitch 9
+    em[0, :, 0] = -13.0                                                 # silence: possible, unlikely
+    em[0, :switch, a], em[0, switch:, a] = 0.0, -10.0
+    em[0, :switch, b], em[0, switch:, b] = -32.0, 0.0
+    mask = torch.ones(1, T, dtype=torch.bool)
+    e1 = em.clone().requires_grad_()
+    e2 = em.double().clone().requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)                  # no overflow / invalid value
+        fast.log_partition(e1, mask).sum().backward()
+    dense.double().log_partition(e2, mask).sum().backward()
+    assert torch.isfinite(e1.grad).all()
+    torch.testing.assert_close(e1.grad.double(), e2.grad, rtol=1e-4, atol=1e-5)
+    for p in ("transitions", "start", "end"):
+        assert torch.isfinite(getattr(fast, p).grad).all()
