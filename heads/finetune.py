@@ -173,6 +173,38 @@ def clip_notes(store, task, rows) -> list:
     return [notes_in_span(column[r], float(store.clips["start_s"][r]), float(store.clips["end_s"][r])) for r in rows]
 
 
+def stored_stage1(args, store, planned_on, fe, train: ClipAudio, rows):
+    """The stored frames stage 1 trains on instead of recomputing the frozen frontend, or None.
+
+    ``--stage1-features auto`` uses them when the store holds the base backbone extracted by these
+    very weights (weights hash, sample rate, framing and input normalisation as recorded at
+    extraction) on the same frame grid; ``store`` requires it (FineTuneError saying why not);
+    ``recompute`` never. Stored frames are the whole clip's (a crop's frames computed in their clip's
+    extraction window, in the store's dtype): for frame-local frontends (CREPE) that is what the
+    frontend computes on the crop, up to float16 rounding."""
+    from heads.finetune_data import StoredFrames
+
+    if args.stage1_features == "recompute" or args.stage1_epochs == 0:
+        return None
+    why = None
+    if planned_on is None:
+        why = f"the store holds no {args.backbone!r} backbone"
+    else:
+        ident = dict(store.group(planned_on).attrs.get("identity", {}))
+        have = {k: ident.get(k) for k in ("weights_hash", "sample_rate", "stride", "receptive", "pad")}
+        want = {"weights_hash": fe.weights_hash(), "sample_rate": fe.sample_rate, "stride": fe.stride,
+                "receptive": fe.receptive, "pad": fe.pad}
+        if have != want or ident.get("do_normalize") != getattr(fe, "do_normalize", None):
+            why = f"backbone {planned_on!r} in the store was extracted from other weights or settings"
+        elif not np.array_equal(store.n_frames(planned_on)[rows], train.n_frames):
+            why = f"backbone {planned_on!r} in the store has another frame grid"
+    if why is None:
+        return StoredFrames(store, planned_on, rows)
+    if args.stage1_features == "store":
+        raise FineTuneError(f"--stage1-features store: {why}")
+    return None
+
+
 def run_args(args) -> dict:
     return {k: v for k, v in sorted(vars(args).items()) if k not in RESUME_FREE}
 
@@ -256,6 +288,10 @@ def parse_args(argv=None):
     p.add_argument("--stage1-epochs", type=int, default=None,
                    help="epochs with the frontend frozen (the paper: 6 singer, 5 technique); default: a fifth of "
                         "--epochs for two-stage, 0 for lora and full")
+    p.add_argument("--stage1-features", choices=["auto", "store", "recompute"], default="auto",
+                   help="stage 1 (frontend frozen) trains on the frozen frontend's output: read from the store "
+                        "(store: the base backbone must be stored from these weights; auto: when it is) or "
+                        "recomputed from audio every epoch")
     p.add_argument("--head-lr", type=float, default=3e-3, help="Adam rate of the head and layer weights")
     p.add_argument("--frontend-lr", type=float, default=None,
                    help="Adam rate of the frontend parts that learn (default 5e-5, the paper's; 5e-4 for lora)")
@@ -359,6 +395,9 @@ def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Pat
     for note in plan.notes:
         print(f"note: {note}", file=sys.stderr) if leader else None
     fe, noise = load_for_finetune(args)
+    geometry = dict(sr=fe.sample_rate, stride=fe.stride, receptive=fe.receptive, pad=fe.pad)
+    train, select, scored = (ClipAudio(store, rows, **geometry) for rows in (plan.train, plan.select, plan.score))
+    stored = stored_stage1(args, store, planned_on, fe, train, plan.train)   # (before adapters change the weights)
     lora = None
     if args.mode == "lora":
         lora = add_lora(fe, rank=args.lora_rank, alpha=args.lora_alpha, targets=args.lora_targets.split(","),
@@ -367,8 +406,6 @@ def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Pat
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(fe)
     est = make_estimator(args, kind)
-    geometry = dict(sr=fe.sample_rate, stride=fe.stride, receptive=fe.receptive, pad=fe.pad)
-    train, select, scored = (ClipAudio(store, rows, **geometry) for rows in (plan.train, plan.select, plan.score))
     torch.manual_seed(args.seed)                               # the head's initialisation
     L, D = fe.num_layers, fe.dim
     if kind == "clip":
@@ -397,7 +434,7 @@ def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Pat
                             patience=args.patience, num_workers=args.num_workers, seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
     loop = Loop(model, loop_task, settings, train, select, parts, out, device=args.device,
-                progress=not args.no_progress, ranks=ranks)
+                progress=not args.no_progress, ranks=ranks, stored=stored)
     if state == "resume":
         loop.load(torch.load(out / "checkpoint.pt", map_location=args.device, weights_only=False))
         if leader:
@@ -425,6 +462,7 @@ def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Pat
                       "lora": lora, "noise": noise, "precision": args.precision, "batch_size": args.batch_size,
                       "accumulate": args.accumulate, "world_size": ranks.world_size if ranks else 1,
                       "gradient_checkpointing": args.gradient_checkpointing, "train_seconds": seconds,
+                      "stage1_features": "store" if stored is not None else "recomputed",
                       "history": loop.history},
                   params={k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
                           for k, v in est.get_params().items()},

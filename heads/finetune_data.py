@@ -64,11 +64,45 @@ class ClipAudio(torch.utils.data.Dataset):
         return {"i": int(i), "first": int(first), "wave": torch.from_numpy(self.read(int(i), int(first), k))}
 
 
+class StoredFrames(torch.utils.data.Dataset):
+    """The frozen frontend's output, read from the store instead of recomputed (stage 1).
+
+    Items ``(i, first, k)`` as :class:`ClipAudio`'s -> dict(i, first, frames float32 [k, L, D]): frames
+    [first, first + k) of clip ``i`` of ``rows`` for ``backbone`` (one copy from the chunk files)."""
+
+    def __init__(self, store, backbone: str, rows):
+        from featurestore.datasets import ClipFrames
+
+        self.clips = ClipFrames(store, backbone, rows)
+        self.n_frames = np.array([self.clips.n_frames(i) for i in range(len(self.clips))], dtype=np.int64)
+
+    def __len__(self):
+        return len(self.clips)
+
+    def __getitem__(self, item):
+        i, first, k = (int(item[0]), int(item[1]), item[2])
+        k = int(self.n_frames[i]) - first if k is None else int(k)
+        out = np.empty((k,) + tuple(self.clips.shape_ld), dtype=np.float32)
+        self.clips.window_into(i, first, first + k, out)
+        return {"i": i, "first": first, "frames": torch.from_numpy(out)}
+
+
 def collate(items: list[dict]) -> dict:
-    """A batch: ``i`` [B], ``first`` [B] (lists of ints), ``waves``: list of B 1-D tensors (not
-    padded: :meth:`heads.finetune_model.FineTuneModel.hidden` batches equal lengths)."""
-    return {"i": [it["i"] for it in items], "first": [it["first"] for it in items],
-            "waves": [it["wave"] for it in items]}
+    """A batch: ``i`` [B], ``first`` [B] (lists of ints), and either ``waves``: list of B 1-D tensors
+    (not padded: :meth:`heads.finetune_model.FineTuneModel.hidden` batches equal lengths), or, from
+    :class:`StoredFrames`, ``frames`` [B, T, L, D] zero-padded with ``mask`` [B, T]."""
+    out = {"i": [it["i"] for it in items], "first": [it["first"] for it in items]}
+    if "frames" not in items[0]:
+        out["waves"] = [it["wave"] for it in items]
+        return out
+    T = max(len(it["frames"]) for it in items)
+    frames = torch.zeros((len(items), T) + tuple(items[0]["frames"].shape[1:]))
+    mask = torch.zeros((len(items), T), dtype=torch.bool)
+    for r, it in enumerate(items):
+        frames[r, :len(it["frames"])] = it["frames"]
+        mask[r, :len(it["frames"])] = True
+    out.update(frames=frames, mask=mask)
+    return out
 
 
 def tile(n: int, window: int, phase: int) -> list[tuple[int, int]]:

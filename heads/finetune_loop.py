@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from featurestore.extract import context_frames as margin_frames, plan_windows, window_frames
-from heads.finetune_data import ClipAudio, collate, epoch_items
+from heads.finetune_data import ClipAudio, StoredFrames, collate, epoch_items
 from heads.finetune_model import FineTuneModel, set_train_mode
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -132,6 +132,9 @@ class LossStep(torch.nn.Module):
         self.model, self.task, self.amp_dtype, self.frontend_learns = model, task, amp_dtype, frontend_learns
 
     def forward(self, waves, batch):
+        if waves is None:  # stage 1 from the store: the frozen frontend's stored output
+            dev = next(self.model.head.parameters()).device
+            return self.task.loss(self.model, batch["frames"].to(dev), batch["mask"].to(dev), batch)
         dev = waves[0].device
         grad = contextlib.nullcontext() if self.frontend_learns else torch.no_grad()
         amp = (torch.autocast(dev.type, dtype=self.amp_dtype) if self.amp_dtype is not None
@@ -148,10 +151,11 @@ class Loop:
     ranks: this process's torchrun rank (:class:`featurestore.distributed.Ranks`) or None."""
 
     def __init__(self, model: FineTuneModel, task: Task, settings: LoopSettings, train: ClipAudio,
-                 select: ClipAudio, parts, out: Path, *, device, progress: bool = True, ranks=None):
+                 select: ClipAudio, parts, out: Path, *, device, progress: bool = True, ranks=None,
+                 stored: StoredFrames | None = None):
         settings.check()
         self.model, self.task, self.s = model, task, settings
-        self.train_data, self.select_data = train, select
+        self.train_data, self.select_data, self.stored = train, select, stored
         self.parts = [p for _, p in parts]
         self.out, self.device, self.progress, self.ranks = Path(out), torch.device(device), progress, ranks
         self.amp_dtype = autocast_dtype(settings.precision, self.device)
@@ -226,7 +230,9 @@ class Loop:
         rank, world = (self.ranks.rank, self.ranks.world_size) if self.ranks is not None and self.ranks.group else (0, 1)
         items = epoch_items(self.train_data.n_frames, self.crop, self.gen, tile_clips=self.task.kind == "frames",
                             rank=rank, world=world)
-        loader = torch.utils.data.DataLoader(self.train_data, batch_size=self.s.batch_size, sampler=items,
+        # stage 1 reads the frozen frontend's output from the store when it holds it (same items)
+        data = self.stored if (self.stored is not None and not learns) else self.train_data
+        loader = torch.utils.data.DataLoader(data, batch_size=self.s.batch_size, sampler=items,
                                              collate_fn=collate, num_workers=self.s.num_workers)
         n_batches = -(-len(items) // self.s.batch_size)
         bar = tqdm(loader, total=n_batches, desc=f"epoch {epoch + 1}/{self.s.epochs}"
@@ -235,7 +241,7 @@ class Loop:
         total, n = 0.0, 0
         self.opt.zero_grad(set_to_none=True)
         for b, batch in enumerate(bar):
-            waves = [w.to(self.device) for w in batch["waves"]]
+            waves = [w.to(self.device) for w in batch["waves"]] if "waves" in batch else None
             last = b + 1 == n_batches or (b + 1) % self.s.accumulate == 0
             sync = contextlib.nullcontext() if last or not hasattr(step, "no_sync") else step.no_sync()
             with sync:

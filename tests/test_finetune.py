@@ -375,3 +375,28 @@ def test_a_second_process_on_the_same_run_folder_stops_at_once(store, tiny_huber
     err = capsys.readouterr().err
     assert "error:" in err and str(out) in err
     assert not (out / "checkpoint.pt").exists()
+
+
+def test_stage1_from_the_store_trains_the_head_as_recomputing_does(store, tiny_hubert, tmp_path):
+    """Stage 1 reads the frozen frontend's stored output instead of recomputing it: the same items in
+    the same order, so the head ends where the recomputing run's does, up to the store's float16."""
+    common = ["--epochs", "2", "--stage1-epochs", "2", "--head-lr", "1e-2"]
+    runs = {}
+    for how in ("store", "recompute"):
+        out = tmp_path / how
+        FT.finetune(args_for(store, tiny_hubert, out, *common, "--stage1-features", how))
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["finetune"]["stage1_features"] == ("store" if how == "store" else "recomputed")
+        runs[how] = (torch.load(out / "checkpoint.pt", weights_only=False)["model"], m)
+    (a, ma), (b, mb) = runs["store"], runs["recompute"]
+    heads_keys = [k for k in a if k.startswith("head.")]
+    assert heads_keys
+    for k in heads_keys:
+        torch.testing.assert_close(a[k], b[k], rtol=2e-2, atol=2e-3)
+    assert [h["loss"] for h in ma["finetune"]["history"]] == pytest.approx(
+        [h["loss"] for h in mb["finetune"]["history"]], rel=1e-2)
+    for k in a:                                              # the frontend is untouched either way
+        if k.startswith("frontend."):
+            assert torch.equal(a[k], b[k])
+    with pytest.raises(FineTuneError, match="no 'crepe'"):
+        FT.finetune(args_for(store, "crepe", tmp_path / "x", *common, "--stage1-features", "store"))
