@@ -173,8 +173,9 @@ def clip_notes(store, task, rows) -> list:
     return [notes_in_span(column[r], float(store.clips["start_s"][r]), float(store.clips["end_s"][r])) for r in rows]
 
 
-def stored_stage1(args, store, planned_on, fe, train: ClipAudio, rows):
-    """The stored frames stage 1 trains on instead of recomputing the frozen frontend, or None.
+def stored_stage1(args, store, planned_on, fe, data: dict[str, ClipAudio], rows: dict[str, np.ndarray]):
+    """The stored frames stage 1 trains and selects on instead of recomputing the frozen frontend
+    ({"train": StoredFrames, "select": StoredFrames}, for ``data``/``rows`` of those roles), or None.
 
     ``--stage1-features auto`` uses them when the store holds the base backbone extracted by these
     very weights (weights hash, sample rate, framing and input normalisation as recorded at
@@ -196,10 +197,10 @@ def stored_stage1(args, store, planned_on, fe, train: ClipAudio, rows):
                 "receptive": fe.receptive, "pad": fe.pad}
         if have != want or ident.get("do_normalize") != getattr(fe, "do_normalize", None):
             why = f"backbone {planned_on!r} in the store was extracted from other weights or settings"
-        elif not np.array_equal(store.n_frames(planned_on)[rows], train.n_frames):
+        elif not all(np.array_equal(store.n_frames(planned_on)[rows[k]], data[k].n_frames) for k in rows):
             why = f"backbone {planned_on!r} in the store has another frame grid"
     if why is None:
-        return StoredFrames(store, planned_on, rows)
+        return {k: StoredFrames(store, planned_on, rows[k]) for k in rows}
     if args.stage1_features == "store":
         raise FineTuneError(f"--stage1-features store: {why}")
     return None
@@ -397,7 +398,8 @@ def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Pat
     fe, noise = load_for_finetune(args)
     geometry = dict(sr=fe.sample_rate, stride=fe.stride, receptive=fe.receptive, pad=fe.pad)
     train, select, scored = (ClipAudio(store, rows, **geometry) for rows in (plan.train, plan.select, plan.score))
-    stored = stored_stage1(args, store, planned_on, fe, train, plan.train)   # (before adapters change the weights)
+    stored = stored_stage1(args, store, planned_on, fe, {"train": train, "select": select},
+                           {"train": plan.train, "select": plan.select})          # (before adapters change the weights)
     lora = None
     if args.mode == "lora":
         lora = add_lora(fe, rank=args.lora_rank, alpha=args.lora_alpha, targets=args.lora_targets.split(","),

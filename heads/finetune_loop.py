@@ -10,6 +10,9 @@ transcription) and a checkpoint (``checkpoint.pt``: model, optimiser, scheduler,
 RNG, history), written atomically; the best epoch's weights go to ``best.pt``. A resumed run loads
 ``checkpoint.pt`` and continues with the next epoch as if it had never stopped.
 
+In stage 1 the frozen frontend's output can come from the store (``stored``: :class:`StoredFrames`
+of the training and selection clips, same items, no forward pass of the frontend).
+
 Under torchrun (``RANK``/``WORLD_SIZE`` set) every rank trains on its share of each epoch's items
 inside DistributedDataParallel (gradients averaged); rank 0 evaluates, checkpoints and reports.
 """
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from featurestore.extract import context_frames as margin_frames, plan_windows, window_frames
+from featurestore.extract import WindowSpan, context_frames as margin_frames, plan_windows, window_frames
 from heads.finetune_data import ClipAudio, StoredFrames, collate, epoch_items
 from heads.finetune_model import FineTuneModel, set_train_mode
 
@@ -152,7 +155,7 @@ class Loop:
 
     def __init__(self, model: FineTuneModel, task: Task, settings: LoopSettings, train: ClipAudio,
                  select: ClipAudio, parts, out: Path, *, device, progress: bool = True, ranks=None,
-                 stored: StoredFrames | None = None):
+                 stored: dict | None = None):
         settings.check()
         self.model, self.task, self.s = model, task, settings
         self.train_data, self.select_data, self.stored = train, select, stored
@@ -231,7 +234,7 @@ class Loop:
         items = epoch_items(self.train_data.n_frames, self.crop, self.gen, tile_clips=self.task.kind == "frames",
                             rank=rank, world=world)
         # stage 1 reads the frozen frontend's output from the store when it holds it (same items)
-        data = self.stored if (self.stored is not None and not learns) else self.train_data
+        data = self.stored["train"] if (self.stored is not None and not learns) else self.train_data
         loader = torch.utils.data.DataLoader(data, batch_size=self.s.batch_size, sampler=items,
                                              collate_fn=collate, num_workers=self.s.num_workers)
         n_batches = -(-len(items) // self.s.batch_size)
@@ -260,15 +263,18 @@ class Loop:
     # ---- evaluation -------------------------------------------------------------------------
 
     @torch.no_grad()
-    def evaluate(self, data: ClipAudio, batch_size: int | None = None):
-        """Whole clips in extraction's windows (``eval_window_s`` with ``eval_context_s`` margins) ->
+    def evaluate(self, data: ClipAudio | StoredFrames, batch_size: int | None = None):
+        """Whole clips in extraction's windows (``eval_window_s`` with ``eval_context_s`` margins), or
+        their stored frames (:class:`StoredFrames`, the frozen frontend's output in stage 1) ->
         for clip tasks the pooled mean hidden states [N, L, D] (float32 numpy); for frame tasks the
         head's outputs per clip ([T_i, n_out] tensors) from the layer sum of every window joined."""
         self.model.eval()
         fe = self.model.frontend
         windows = []  # (clip, window span)
+        from_store = isinstance(data, StoredFrames)  # stage 1: the frozen frontend's stored output, whole clips
         for i, n in enumerate(int(v) for v in data.n_frames):
-            windows += [(i, w) for w in plan_windows(n, self.window_k, fe.stride, fe.receptive, self.context_k)]
+            windows += ([(i, WindowSpan(0, n, 0, 0, 0, 0))] if from_store else
+                        [(i, w) for w in plan_windows(n, self.window_k, fe.stride, fe.receptive, self.context_k)])
         items = [(i, w.frame - w.lead, w.lead + w.n_frames + w.trail) for i, w in windows]
         loader = torch.utils.data.DataLoader(data, batch_size=batch_size or self.s.batch_size, sampler=items,
                                              collate_fn=collate, num_workers=self.s.num_workers)
@@ -281,8 +287,11 @@ class Loop:
         k = 0
         bar = tqdm(loader, desc="evaluate", disable=not (self.progress and self.leader), leave=False, dynamic_ncols=True)
         for batch in bar:
-            with amp:
-                h, _ = self.model.hidden([w.to(self.device) for w in batch["waves"]])
+            if from_store:
+                h = batch["frames"].to(self.device)
+            else:
+                with amp:
+                    h, _ = self.model.hidden([w.to(self.device) for w in batch["waves"]])
             h = h.float()
             for r in range(len(batch["i"])):
                 i, w = windows[k]
@@ -331,7 +340,8 @@ class Loop:
             t0 = time.perf_counter()
             loss = self.train_epoch(e)
             t1 = time.perf_counter()
-            metric = self.task.score(self.evaluate(self.select_data), "select") if self.leader else None
+            select = self.stored["select"] if self.stored is not None and not self.frontend_learns(e) else self.select_data
+            metric = self.task.score(self.evaluate(select), "select") if self.leader else None
             metric = self._share(metric)
             self.history.append({"epoch": e, "stage": 2 if self.frontend_learns(e) else 1, "loss": loss,
                                  "val": metric, "train_s": t1 - t0, "val_s": time.perf_counter() - t1})
