@@ -285,6 +285,7 @@ def cmd_reextract(spec: TaskSpec, args) -> int:
     argv = ["--run", str(Path(args.workdir) / "runs" / f"{name}-{args.head}"),
             "--store", str(Path(args.workdir) / "store.zarr"), "--device", args.device or "cpu"]
     argv += ["--no-progress"] if args.no_progress else []
+    argv += ["--overwrite"] if args.overwrite else []
     return reextract_main(argv)
 
 
@@ -493,6 +494,8 @@ def add_finetune_arguments(c: argparse.ArgumentParser, spec: TaskSpec, command: 
     c.add_argument("--mode", choices=("two-stage", "lora", "full"), default="two-stage",
                    help="what of the frontend learns (see python -m heads.finetune --help)")
     if command == "reextract":
+        c.add_argument("--overwrite", action="store_true",
+                       help="replace the backbone when it was extracted from other weights (a run fine-tuned again)")
         return
     for opt, kind, help_ in (("epochs", int, "total epochs (paper: 30 singer, 20 technique)"),
                              ("stage1-epochs", int, "epochs with the frontend frozen (paper: 6 singer, 5 technique)"),
