@@ -393,8 +393,8 @@ def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Pat
         print(f"{out} is already fine-tuned with these settings (see {out / 'metrics.json'}); --overwrite to train "
               "again", file=sys.stderr)
         return out
-    for note in plan.notes:
-        print(f"note: {note}", file=sys.stderr) if leader else None
+    for note in plan.notes if leader else []:
+        print(f"note: {note}", file=sys.stderr)
     fe, noise = load_for_finetune(args)
     geometry = dict(sr=fe.sample_rate, stride=fe.stride, receptive=fe.receptive, pad=fe.pad)
     train, select, scored = (ClipAudio(store, rows, **geometry) for rows in (plan.train, plan.select, plan.score))
