@@ -413,11 +413,17 @@ class StoreLock:
                 backend = self._make_backend(kind := "lease")
                 continue
             holder = backend.holder()
+            acquired = False
             for _ in range(300):  # a holder writes who it is just after locking: give it up to 3 s (a loaded machine)
                 if holder is not None or not backend.exists():
                     break
                 time.sleep(0.01)
+                if backend.try_acquire(info):  # or it let go meanwhile (its record already cleared): take it
+                    acquired = True
+                    break
                 holder = backend.holder()
+            if acquired:
+                break
             waited = time.monotonic() - start
             if self.timeout is not None and waited >= self.timeout:
                 raise LockTimeout(
