@@ -41,7 +41,7 @@ from featurestore.registry import resolve
 from featurestore.store import BackboneNotInStore
 from heads.evaluation import score_clip_head, score_notes
 from heads.finetune_data import ClipAudio
-from heads.finetune_loop import PRECISIONS, Loop, LoopSettings, Task
+from heads.finetune_loop import PRECISIONS, Loop, LoopSettings, Task, autocast_dtype
 from heads.finetune_model import (LORA_TARGETS, MODES, FineTuneError, FineTuneModel, add_lora, check_mode,
                                   enable_gradient_checkpointing, merge_lora, skip_cnn_backward,
                                   trainable_parts)
@@ -344,6 +344,17 @@ def parse_args(argv=None):
     return args
 
 
+def loop_settings(args) -> LoopSettings:
+    """The loop's settings from the command line, checked (ValueError naming the option)."""
+    settings = LoopSettings(epochs=args.epochs, stage1_epochs=args.stage1_epochs, head_lr=args.head_lr,
+                            frontend_lr=args.frontend_lr, batch_size=args.batch_size, accumulate=args.accumulate,
+                            crop_s=args.crop_seconds, eval_window_s=args.eval_window_seconds,
+                            eval_context_s=args.eval_context_seconds, precision=args.precision,
+                            patience=args.patience, num_workers=args.num_workers, seed=args.seed)
+    settings.check()
+    return settings
+
+
 def finetune(args, on_checkpoint=None) -> Path:
     """Run (or resume) the fine-tune described by parsed ``args``; return the run folder.
     ``on_checkpoint(epoch)``: called after each epoch's checkpoint (tests use it to stop a run)."""
@@ -364,6 +375,8 @@ def _finetune(args, ranks, on_checkpoint) -> Path:
 
 def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Path:
     check_device(args.device)
+    loop_settings(args)                                        # bad values stop here, before anything is written
+    autocast_dtype(args.precision, torch.device(args.device))
     store = open_store(args.store) if args.store else open_store(ensure_demo_store())
     task = make_task(args.task)
     kind = task.kind
@@ -429,11 +442,7 @@ def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Pat
     model = FineTuneModel(fe, head, kind).to(args.device)
     loop_task.model = model
     parts = trainable_parts(fe, args.mode)
-    settings = LoopSettings(epochs=args.epochs, stage1_epochs=args.stage1_epochs, head_lr=args.head_lr,
-                            frontend_lr=args.frontend_lr, batch_size=args.batch_size, accumulate=args.accumulate,
-                            crop_s=args.crop_seconds, eval_window_s=args.eval_window_seconds,
-                            eval_context_s=args.eval_context_seconds, precision=args.precision,
-                            patience=args.patience, num_workers=args.num_workers, seed=args.seed)
+    settings = loop_settings(args)
     out.mkdir(parents=True, exist_ok=True)
     loop = Loop(model, loop_task, settings, train, select, parts, out, device=args.device,
                 progress=not args.no_progress, ranks=ranks, stored=stored)

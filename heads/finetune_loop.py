@@ -67,9 +67,13 @@ class LoopSettings:
         if self.epochs < 1 or not 0 <= self.stage1_epochs <= self.epochs:
             raise ValueError(f"--epochs must be >= 1 and --stage1-epochs in 0..epochs, got {self.epochs} and "
                              f"{self.stage1_epochs}")
-        for name in ("head_lr", "frontend_lr", "crop_s", "eval_window_s"):
+        options = {"head_lr": "--head-lr", "frontend_lr": "--frontend-lr", "crop_s": "--crop-seconds",
+                   "eval_window_s": "--eval-window-seconds"}
+        for name, option in options.items():
             if not (np.isfinite(getattr(self, name)) and getattr(self, name) > 0):
-                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+                raise ValueError(f"{option} must be > 0, got {getattr(self, name)}")
+        if not (np.isfinite(self.eval_context_s) and self.eval_context_s >= 0):
+            raise ValueError(f"--eval-context-seconds must be >= 0, got {self.eval_context_s}")
         if self.batch_size < 1 or self.accumulate < 1 or self.num_workers < 0:
             raise ValueError("--batch-size and --accumulate must be >= 1, --num-workers >= 0")
         if self.precision not in PRECISIONS:

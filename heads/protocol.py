@@ -96,7 +96,7 @@ def group_values(store, group: str) -> np.ndarray:
     try:
         values = np.asarray(store.labels(group)).astype(str)
     except KeyError as e:
-        raise ProtocolError(f"cannot group by {group!r}: {e}") from None
+        raise ProtocolError(f"cannot group by {group!r}: {e.args[0]}") from None
     return np.where(values == "", files, values)
 
 
@@ -163,7 +163,7 @@ def plan_splits(store, backbone: str | None = None, *, label: str | None = None,
         try:
             values = np.asarray(store.labels(label)).astype(str)
         except KeyError as e:
-            raise ProtocolError(str(e)) from None
+            raise ProtocolError(e.args[0]) from None
         reasons.append(("unlabelled", np.char.strip(values) == ""))
         classes = values if stratify else None
     for reason, bad in reasons:

@@ -228,6 +228,11 @@ def test_refusals(store, tiny_hubert, tmp_path, capsys):
     assert "CUDA" in capsys.readouterr().err
     assert FT.main(base + ["--backbone", "logmel"]) == 2
     assert "not learned" in capsys.readouterr().err
+    for bad, option in ((["--epochs", "0"], "--epochs"), (["--crop-seconds", "-1"], "--crop-seconds"),
+                        (["--head-lr", "0"], "--head-lr"), (["--eval-context-seconds", "-2"], "--eval-context-seconds")):
+        assert FT.main(base + bad) == 2
+        assert option in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()                    # refused before anything was written
 
 
 def test_demo_pipeline_finetune_reextract_probe_cluster(tiny_hubert, tmp_path, monkeypatch, capsys):
