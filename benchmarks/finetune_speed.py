@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from benchmarks.extraction import machine_facts
 from benchmarks.memory import peak_rss, save_model
-from benchmarks.workdir import work_folder
+from benchmarks.workdir import run_child as fresh_process, work_folder
 from featurestore.cli import HelpFormatter
 
 
@@ -115,15 +113,10 @@ def child(args) -> dict:
 
 
 def run_child(args, config: str) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.finetune_speed", "--child", config, "--model-dir", str(args.model_dir),
-           "--device", args.device, "--batch-size", str(args.batch_size), "--clip-seconds", str(args.clip_seconds),
-           "--steps", str(args.steps)]
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"the measured process failed ({' '.join(cmd)}):\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    """Measure one configuration in a fresh process (:func:`child`)."""
+    return fresh_process("benchmarks.finetune_speed", [
+        "--child", config, "--model-dir", args.model_dir, "--device", args.device, "--batch-size", args.batch_size,
+        "--clip-seconds", args.clip_seconds, "--steps", args.steps])
 
 
 def configs(device: str) -> list[str]:

@@ -32,14 +32,13 @@ import os
 import platform
 import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.workdir import work_folder
+from benchmarks.workdir import run_child as fresh_process, work_folder
 from featurestore.cli import HelpFormatter
 
 MODELS = {
@@ -174,17 +173,11 @@ def child(args) -> dict:
 
 def run_child(args, kind: str, **extra) -> dict:
     """Run :func:`child` in a fresh Python process and return what it printed (JSON)."""
-    cmd = [sys.executable, "-m", "benchmarks.memory", "--child", kind, "--backbone", args.backbone,
-           "--units", str(args.units), "--unit-frames", str(args.unit_frames), "--window-seconds",
-           str(args.window_seconds), "--num-workers", str(args.num_workers), "--device", args.device]
+    argv = ["--child", kind, "--backbone", args.backbone, "--units", args.units, "--unit-frames", args.unit_frames,
+            "--window-seconds", args.window_seconds, "--num-workers", args.num_workers, "--device", args.device]
     for k, v in extra.items():
-        cmd += [f"--{k}", str(v)]
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"the measured process failed ({' '.join(cmd)}):\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+        argv += [f"--{k}", v]
+    return fresh_process("benchmarks.memory", argv)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,8 +1,13 @@
-"""The benchmarks' scratch folder: the one given, or a temporary one removed afterwards."""
+"""The benchmarks' scratch folder (the one given, or a temporary one removed afterwards), and the
+fresh process a measurement runs in."""
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,3 +26,16 @@ def work_folder(path, prefix: str):
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_child(module: str, argv: list[str]) -> dict:
+    """Run ``python -m module *argv`` in a fresh process (this checkout first on the path) and return the
+    JSON object of its last stdout line: a measurement whose peaks are its own. RuntimeError with the
+    command and the end of its stderr when it fails."""
+    cmd = [sys.executable, "-m", module, *[str(a) for a in argv]]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"the measured process failed ({' '.join(cmd)}):\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])

@@ -93,9 +93,9 @@ class ClipTask(Task):
         with torch.no_grad():
             return model.head(torch.from_numpy(pooled).to(self.device)).float().cpu().numpy()
 
-    def score(self, outputs, split):
+    def score(self, model, outputs):
         known = self.y_select >= 0
-        pred = self.logits(self.model, outputs[known]).argmax(1)
+        pred = self.logits(model, outputs[known]).argmax(1)
         correct = (pred == self.y_select[known]).astype(np.float64)
         w = None if self.est.class_weight is None else self.class_weight[self.y_select[known]]
         return float(correct.mean() if w is None or not w.sum() > 0 else (w @ correct) / w.sum())
@@ -135,8 +135,8 @@ class FramesTask(Task):
                 out.append(self.est._decode(model.head, o[None].to(self.device), mask, [off])[0])
         return out
 
-    def score(self, outputs, split):
-        return conp_f1(self.refs, self.notes(self.model, outputs, self.offsets))
+    def score(self, model, outputs):
+        return conp_f1(self.refs, self.notes(model, outputs, self.offsets))
 
 
 # ---- set-up ----------------------------------------------------------------------------------
@@ -375,7 +375,7 @@ def _finetune(args, ranks, on_checkpoint) -> Path:
 
 def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Path:
     check_device(args.device)
-    loop_settings(args)                                        # bad values stop here, before anything is written
+    settings = loop_settings(args)                             # bad values stop here, before anything is written
     autocast_dtype(args.precision, torch.device(args.device))
     store = open_store(args.store) if args.store else open_store(ensure_demo_store())
     task = make_task(args.task)
@@ -440,9 +440,7 @@ def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Pat
         loop_task = FramesTask(est, targets, clip_notes(store, task, plan.select), clip_offsets(store, plan.select, fe),
                                args.device)
     model = FineTuneModel(fe, head, kind).to(args.device)
-    loop_task.model = model
     parts = trainable_parts(fe, args.mode)
-    settings = loop_settings(args)
     out.mkdir(parents=True, exist_ok=True)
     loop = Loop(model, loop_task, settings, train, select, parts, out, device=args.device,
                 progress=not args.no_progress, ranks=ranks, stored=stored)

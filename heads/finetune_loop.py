@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from featurestore.extract import WindowSpan, context_frames as margin_frames, plan_windows, window_frames
 from heads.finetune_data import ClipAudio, StoredFrames, collate, epoch_items
-from heads.finetune_model import FineTuneModel, set_train_mode
+from heads.finetune_model import FineTuneModel, config_value, set_train_mode
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -119,7 +119,7 @@ def atomic_save(obj, path: Path) -> None:
 
 class Task:
     """What the loop needs of a task (built by :mod:`heads.finetune`): ``kind`` ("clip"/"frames"),
-    ``loss(model, h, mask, batch)`` -> scalar, ``score(outputs, split)`` -> selection metric (higher
+    ``loss(model, h, mask, batch)`` -> scalar, ``score(model, outputs)`` -> selection metric (higher
     is better) from :meth:`Loop.evaluate`'s outputs."""
 
     kind: str
@@ -127,7 +127,7 @@ class Task:
     def loss(self, model: FineTuneModel, h, mask, batch) -> torch.Tensor:
         raise NotImplementedError
 
-    def score(self, outputs, split: str) -> float:
+    def score(self, model: FineTuneModel, outputs) -> float:
         raise NotImplementedError
 
 
@@ -222,8 +222,7 @@ class Loop:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            unused = float(getattr(getattr(self.model.frontend, "model", None), "config", None) and
-                           getattr(self.model.frontend.model.config, "layerdrop", 0.0) or 0.0) > 0
+            unused = config_value(self.model.frontend, "layerdrop") > 0  # dropped layers get no gradient
             return DDP(step, device_ids=ids, find_unused_parameters=unused)
         return step
 
@@ -345,7 +344,7 @@ class Loop:
             loss = self.train_epoch(e)
             t1 = time.perf_counter()
             select = self.stored["select"] if self.stored is not None and not self.frontend_learns(e) else self.select_data
-            metric = self.task.score(self.evaluate(select), "select") if self.leader else None
+            metric = self.task.score(self.model, self.evaluate(select)) if self.leader else None
             metric = self._share(metric)
             self.history.append({"epoch": e, "stage": 2 if self.frontend_learns(e) else 1, "loss": loss,
                                  "val": metric, "train_s": t1 - t0, "val_s": time.perf_counter() - t1})

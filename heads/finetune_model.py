@@ -70,6 +70,13 @@ def _crepe_block(name: str) -> int | None:
     return None
 
 
+def config_value(fe: Frontend, name: str) -> float:
+    """A training-noise setting (``layerdrop``, ``mask_time_prob``...) of a transformers frontend's
+    config; 0 for frontends without one (CREPE) or a config without it."""
+    config = getattr(getattr(fe, "model", None), "config", None)
+    return float(getattr(config, name, 0.0) or 0.0)
+
+
 def trainable_parts(fe: Frontend, mode: str) -> list[tuple[str, torch.nn.Parameter]]:
     """The frontend parameters (name, parameter) that learn in stage 2 of ``mode``.
 
@@ -81,9 +88,7 @@ def trainable_parts(fe: Frontend, mode: str) -> list[tuple[str, torch.nn.Paramet
         return [(n, p) for n, p in named if _crepe_block(n.split("model.", 1)[-1]) in blocks]
     if mode == "lora":
         return [(n, p) for n, p in named if "lora_" in n]
-    # the mask embedding is used only when SpecAugment masking is on
-    masking = float(getattr(getattr(fe, "model", None), "config", None) and
-                    getattr(fe.model.config, "mask_time_prob", 0.0) or 0.0) > 0
+    masking = config_value(fe, "mask_time_prob") > 0  # the mask embedding is used only when masking is on
     named = [(n, p) for n, p in named if masking or not n.endswith("masked_spec_embed")]
     if mode == "two-stage":  # the CNN feature encoder stays frozen, as HF's freeze_feature_encoder()
         return [(n, p) for n, p in named if ".feature_extractor." not in f".{n}"]
