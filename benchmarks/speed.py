@@ -61,7 +61,8 @@ from featurestore.datasets import FrameWindowDataset
 from featurestore.demo import make_demo_corpus
 from featurestore.frontends import load_frontend
 from featurestore.registry import DEFAULT_BACKBONE
-from heads.modules import WeightedLayerSum
+from heads.finetune_model import masked_mean
+from heads.modules import SumThenHead
 
 MB = 1e6
 N_SINGERS = 4
@@ -326,32 +327,20 @@ def same_items(ds_store, ds_mm, k: int = 4) -> bool:
 # head training: from the store vs recomputing the frontend every epoch
 # ----------------------------------------------------------------------------------------------
 
-class PooledHead(torch.nn.Module):
-    """The paper's clip head: x [B, T, L, D], lengths [B] -> logits [B, C]: softmax-weighted layer
-    sum (:class:`heads.modules.WeightedLayerSum`), mean over each clip's valid frames, linear."""
-
-    def __init__(self, num_layers: int, dim: int, n_classes: int):
-        super().__init__()
-        self.sum = WeightedLayerSum(num_layers, dim)
-        self.out = torch.nn.Linear(dim, n_classes)
-
-    def forward(self, x, lengths):
-        h = self.sum(x)                                                    # [B, T, D]
-        mask = (torch.arange(h.shape[1], device=h.device)[None, :] < lengths[:, None]).to(h.dtype)
-        pooled = (h * mask[..., None]).sum(1) / lengths.clamp(min=1)[:, None].to(h.dtype)
-        return self.out(pooled)
-
-
-def new_head(L: int, D: int, C: int, args, device) -> tuple[PooledHead, torch.optim.Optimizer]:
-    """The head, initialised from ``--seed`` (the same weights for both paths), and its Adam."""
+def new_head(L: int, D: int, C: int, args, device) -> tuple[SumThenHead, torch.optim.Optimizer]:
+    """The paper's clip head (softmax-weighted layer sum, mean over each clip's valid frames, linear:
+    :class:`heads.modules.SumThenHead` on :func:`heads.finetune_model.masked_mean`), initialised from
+    ``--seed`` (the same weights for both paths), and its Adam."""
     torch.manual_seed(args.seed)
-    head = PooledHead(L, D, C).to(device)
+    head = SumThenHead(L, D, torch.nn.Linear(D, C)).to(device)
     return head, torch.optim.Adam(head.parameters(), lr=args.lr)
 
 
 def step(head, opt, x, lengths, y) -> float:
-    """One optimiser step of cross-entropy on a batch -> the batch loss."""
-    loss = torch.nn.functional.cross_entropy(head(x, lengths), y)
+    """One optimiser step of cross-entropy on a batch x [B, T, L, D] with ``lengths`` [B] valid frames
+    -> the batch loss."""
+    mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+    loss = torch.nn.functional.cross_entropy(head(masked_mean(x, mask)), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
