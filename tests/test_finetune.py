@@ -285,6 +285,16 @@ def test_demo_pipeline_finetune_reextract_probe_cluster(tiny_hubert, tmp_path, m
     row = [l for l in (work / "comparison.md").read_text().splitlines() if l.startswith(f"| {name} ")]
     assert len(row) == 1 and "fine-tuned (two-stage, transcription)" in row[0]
     assert f"| {100 * ev['mean']['COnP']['f1']:.1f} |" in row[0]
+    # fine-tuned again (other seed): re-extracting over the earlier backbone needs --overwrite
+    assert TR.main(TR.SPEC, ["finetune", "--backbone", str(tiny_hubert), "--head", "crf", "--epochs", "1",
+                             "--stage1-epochs", "0", "--seed", "1", "--batch-size", "4", "--num-workers", "0",
+                             "--crop-seconds", "2", "--overwrite"] + common) == 0
+    capsys.readouterr()
+    assert TR.main(TR.SPEC, ["reextract", "--backbone", str(tiny_hubert), "--head", "crf"] + common) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    before = open_store(work / "store.zarr").frames(0, name).copy()
+    assert TR.main(TR.SPEC, ["reextract", "--backbone", str(tiny_hubert), "--head", "crf", "--overwrite"] + common) == 0
+    assert not np.array_equal(open_store(work / "store.zarr").frames(0, name), before)
 
 
 def test_two_torchrun_ranks_equal_one_process_with_the_doubled_batch(store, tiny_hubert, tmp_path):
