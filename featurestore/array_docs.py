@@ -23,6 +23,7 @@ BACKBONE_DIMS = {
     "unit_done": ["unit"],
     "unit_checksum": ["unit"],
     "piece_sums": ["unit", "stat", "layer", "dim"],
+    "frames_quant": ["chunk", "param", "layer", "dim"],
 }
 
 _CLIP_COLUMNS = {
@@ -58,9 +59,13 @@ def backbone_array(name: str, frontend: dict, dtype: str) -> dict:
     stride, receptive, pad in samples / Hz); ``dtype``: the store dtype of frames and pooled rows.
     """
     if name == "frames":
+        held = ("hidden states of every layer of the frontend (or of the model layers listed in the backbone "
+                "attribute `layers`), frame by frame")
+        stored = (f"as 8-bit codes q (uint8): the value is offset + step * q, with offset and step of the frame's "
+                  f"chunk, layer and dim in `frames_quant` (featurestore.quantize)" if dtype == "int8"
+                  else f"in the store dtype ({dtype})")
         return {
-            "description": "hidden states of every layer of the frontend, frame by frame, in the store dtype "
-                           f"({dtype}). Clip i holds frames offsets[i, 0] to offsets[i, 1] (exclusive); clips "
+            "description": f"{held}, {stored}. Clip i holds frames offsets[i, 0] to offsets[i, 1] (exclusive); clips "
                            "are laid out in units that start on a chunk boundary, so frames that no clip's "
                            "offsets cover are alignment padding, filled with 0: not data",
             "sample_rate_hz": frontend.get("sample_rate"),
@@ -72,6 +77,11 @@ def backbone_array(name: str, frontend: dict, dtype: str) -> dict:
                           "receptive) at sample_rate_hz; its time is the centre of that span (seconds) plus the "
                           "clip's start_s",
         }
+    if name == "frames_quant":
+        return {"description": "per chunk of `frames` (rows [c*chunk, (c+1)*chunk)), layer and dim: param 0 = offset "
+                               "(the smallest value over the chunk's clip frames), param 1 = step (range / 255), "
+                               "float32; a frame's value is offset + step * code (featurestore.quantize)",
+                "param": ["offset", "step"]}
     if name == "offsets":
         return {"description": "frame range [start, end) of each clip in `frames` (int64, in frames); row i is "
                                "clip i of the clip table clips/; start == end for a clip shorter than the "
@@ -79,8 +89,10 @@ def backbone_array(name: str, frontend: dict, dtype: str) -> dict:
                 "units": "frame", "bound": ["start", "end"]}
     if name in ("pooled_mean", "pooled_std"):
         what = "mean" if name == "pooled_mean" else "standard deviation (population, ddof=0)"
+        cast = "float16 (the frames are 8-bit codes; the pooled rows come from the unquantised frames)" \
+            if dtype == "int8" else f"the store dtype ({dtype})"
         return {"description": f"{what} over each clip's frames, per layer and dim: computed in float32, cast "
-                               f"to the store dtype ({dtype}); NaN for a clip with no frame"}
+                               f"to {cast}; NaN for a clip with no frame"}
     if name == "unit_done":
         return {"description": "1 once the unit's frames and pooled rows are written (the marker is written "
                                "last), 0 before; unit u holds clips u*clips_per_unit to (u+1)*clips_per_unit "
@@ -90,7 +102,8 @@ def backbone_array(name: str, frontend: dict, dtype: str) -> dict:
                                "(featurestore.layout.unit_table)"}
     if name == "unit_checksum":
         return {"description": "CRC-32 (zlib.crc32) of each unit's bytes as stored: its frames (alignment frames "
-                               "included), then its pooled_mean and pooled_std rows (for a piece of a split "
+                               "included; none in a store built with --frames none), then its frames_quant rows "
+                               "(int8 stores), then its pooled_mean and pooled_std rows (for a piece of a split "
                                "clip: its piece_sums row instead, float64), C order, store dtype; written before the unit's "
                                "unit_done marker, checked by python -m featurestore.verify "
                                "(see featurestore.writer.unit_checksum)"}

@@ -37,7 +37,8 @@ from featurestore.verify import clip_table_problems, plan_problems
 from featurestore.writer import (BackgroundWriter, BackbonePlan, create_backbone, finish_split_clip, open_root,
                                   write_clip_table)
 
-DTYPES = {"float16": "float16", "float32": "float32"}
+#: ``--dtype``: how frames are stored (int8: 8-bit codes per chunk, layer and channel, featurestore.quantize)
+DTYPES = {"float16": "float16", "float32": "float32", "int8": "int8"}
 
 
 class SettingsMismatch(RuntimeError):
@@ -53,7 +54,8 @@ class ExtractSettings:
     batch; chunk_frames/shard_frames: Zarr chunking of frames; target_unit_frames: frames per unit
     of work (a unit is the grain of resume and of parallel writers, and bounds the frames and audio
     one extraction step holds: a longer clip is split over several units, see
-    :mod:`featurestore.layout`)."""
+    :mod:`featurestore.layout`); frames: ``all`` or ``none`` (pooled rows only); layers: the model's
+    hidden-state indices to keep (None: all), in increasing order."""
 
     dtype: str = "float16"
     window_s: float = 30.0
@@ -62,6 +64,22 @@ class ExtractSettings:
     chunk_frames: int = 256
     shard_frames: int | None = None
     target_unit_frames: int = 8192
+    frames: str = layout.FRAMES_ALL
+    layers: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype (--dtype) must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.frames not in layout.FRAMES_MODES:
+            raise ValueError(f"frames (--frames) must be one of {', '.join(layout.FRAMES_MODES)}, got {self.frames!r}")
+        if self.layers is not None:
+            self.layers = tuple(int(v) for v in self.layers)
+            if not self.layers or list(self.layers) != sorted(set(self.layers)) or min(self.layers) < 0:
+                raise ValueError(f"layers (--layers) must be distinct layer indices >= 0 in increasing order, "
+                                 f"got {list(self.layers)}")
+        if self.dtype == "int8" and self.frames == layout.FRAMES_NONE:
+            raise ValueError("--dtype int8 stores 8-bit frames; --frames none stores none: use --dtype float16 "
+                             "(the pooled rows' dtype) with --frames none")
 
     def identity(self, frame_local: bool = False) -> dict:
         """What must match for an existing backbone to be resumed instead of rebuilt.
@@ -74,6 +92,10 @@ class ExtractSettings:
                "shard_frames": self.shard_frames, "target_unit_frames": self.target_unit_frames}
         if self.context_s and not frame_local:
             out["context_s"] = self.context_s
+        if self.frames != layout.FRAMES_ALL:  # (stores built before --frames have all frames)
+            out["frames"] = self.frames
+        if self.layers is not None:  # (and every layer)
+            out["layers"] = list(self.layers)
         return out
 
 
@@ -196,7 +218,8 @@ def _layout(root, fe: Frontend, ext: ExtractSettings) -> tuple[BackbonePlan, dic
               "message": f"clip {ids[i]}: {int(b[i] - a[i])} samples give no {fe.name} frame "
                          f"(receptive field {fe.receptive} samples)", "path": ""} for i in np.flatnonzero(nf == 0)]
     attrs = {"frontend": fe.describe(), "versions": _versions(), "skipped": short,
-             "dtype": ext.dtype, "n_clips": int(len(nf)), "n_frames": int(nf.sum())}
+             "dtype": ext.dtype, "n_clips": int(len(nf)), "n_frames": int(nf.sum()), "frames": ext.frames,
+             "layers": list(ext.layers) if ext.layers is not None else list(range(fe.num_layers))}
     return plan, attrs
 
 
@@ -242,8 +265,9 @@ def _plan_backbone(root, fe: Frontend, ext: ExtractSettings, identity: dict, *, 
             print(f"note: re-planning backbone {fe.name!r} of {_store_dir(root)}, whose plan is damaged: "
                   f"{'; '.join(detail)}", file=sys.stderr)
         attrs = {**attrs, "identity": identity, "plan_id": uuid.uuid4().hex}
-        return create_backbone(root, fe.name, plan, fe.num_layers, fe.dim, dtype=ext.dtype,
-                               chunk_frames=ext.chunk_frames, shard_frames=ext.shard_frames, attrs=attrs)
+        return create_backbone(root, fe.name, plan, len(attrs["layers"]), fe.dim, dtype=ext.dtype,
+                               chunk_frames=ext.chunk_frames, shard_frames=ext.shard_frames, attrs=attrs,
+                               frames=ext.frames)
 
 
 def _with_pieces(identity: dict, plan: BackbonePlan) -> dict:
@@ -362,6 +386,9 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
     lock = lock or _default_lock(root)
     device = torch.device(device)
     window_k, context_k = window_plan(fe, ext.window_s, ext.context_s)  # checked before anything is planned
+    if ext.layers is not None and max(ext.layers) >= fe.num_layers:
+        raise ValueError(f"--layers {','.join(map(str, ext.layers))}: {fe.name} has hidden states 0..{fe.num_layers - 1} "
+                         f"({fe.num_layers} layers)")
     identity = {**ext.identity(fe.frame_local), "weights_hash": fe.weights_hash(), "sample_rate": fe.sample_rate,
                 "stride": fe.stride, "receptive": fe.receptive, "pad": fe.pad,
                 "do_normalize": getattr(fe, "do_normalize", None)}
@@ -403,7 +430,9 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
     t0 = time.perf_counter()
     writer = BackgroundWriter(g, depth=2)
     budget = int(resolve_batch_seconds(ext.batch_s, device) * fe.sample_rate)
-    np_dtype = np.dtype(ext.dtype)
+    np_dtype = np.dtype(layout.stored_dtypes(ext.dtype)[1])  # of the pooled rows (and of float frames)
+    keep = {"layers": None if ext.layers is None else list(ext.layers), "keep_frames": ext.frames == layout.FRAMES_ALL,
+            "quant_chunk": ext.chunk_frames if ext.dtype == "int8" else 0}
     marks = g["unit_done"]
     skipped = 0
     try:
@@ -414,7 +443,7 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
             lo = int(units[u, layout.CLIP_LO])
             res = run_unit(fe, u, units[u], waves, offsets, window_k=window_k, context_k=context_k,
                            budget_samples=budget, device=device, dtype=np_dtype, clip_units=split.get(lo),
-                           on_batch=lambda s: bar.update(round(s, 3)))
+                           on_batch=lambda s: bar.update(round(s, 3)), **keep)
             writer.put(res)
     finally:
         writer.close()
@@ -432,8 +461,8 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
     rank = {"rank": f"{ranks.rank}/{ranks.world_size}"} if ranks is not None else {}
     return {**rank, "units": int(len(done)), "units_done": int(done.sum()), "complete": complete,
             "units_skipped": skipped,
-            "frames": int((offsets[:, 1] - offsets[:, 0]).sum()), "frames_allocated": int(g["frames"].shape[0]),
-            "layers": fe.num_layers, "dim": fe.dim, "audio_seconds": seconds,
+            "frames": int((offsets[:, 1] - offsets[:, 0]).sum()), "frames_allocated": int(g.attrs["total_frames"]),
+            "frames_stored": layout.frames_mode(g.attrs), "layers": len(layout.layer_ids(g.attrs)), "dim": fe.dim, "audio_seconds": seconds,
             "seconds": time.perf_counter() - t0}
 
 
@@ -541,6 +570,7 @@ def format_report(report: BuildReport) -> str:
                      f"{state}, {s['audio_seconds']:.1f} audio-s in {s['seconds']:.1f} s "
                      f"({s['audio_seconds'] / max(s['seconds'], 1e-9):.1f}x real time), "
                      f"{s['frames_allocated'] - s['frames']} alignment frames"
+                     + (", pooled rows only (--frames none)" if s.get("frames_stored") == layout.FRAMES_NONE else "")
                      + (f", {s['units_skipped']} unit(s) left to another build that finished them first"
                         if s.get("units_skipped") else ""))
     if report.skipped:
@@ -621,7 +651,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "computed and dropped. Must be less than half of --window-seconds; 0 gives "
                          "non-overlapping windows; CREPE and log-mel frames need none and ignore it")
     ex.add_argument("--num-workers", type=int, default=2, help="audio decoding worker processes")
-    ex.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="storage dtype of frames and pooled")
+    ex.add_argument("--dtype", choices=sorted(DTYPES), default="float16",
+                    help="storage of frames and pooled rows: float16, float32, or int8 (frames as 8-bit codes "
+                         "with a float32 offset and step per chunk, layer and channel: 0.52x the bytes of float16, "
+                         "error at most half a step, 0.2 %% of the channel's range in the chunk; pooled rows "
+                         "float16, computed from the unquantised frames; read back as float32)")
+    ex.add_argument("--frames", choices=layout.FRAMES_MODES, default=layout.FRAMES_ALL,
+                    help="all: store every frame; none: store only the pooled mean/std rows (clip heads, "
+                         "layer sweeps and pipelines of clip tasks work; frame heads and frame reads refuse)")
+    ex.add_argument("--layers", default=None, metavar="I,J,...",
+                    help="keep only these hidden states (the model's layer indices, 0 = the CNN/input "
+                         "embedding); the store records them and readers, heads and plots use these indices. "
+                         "Default: every layer")
     ex.add_argument("--chunk-frames", type=int, default=256, help="frames per Zarr chunk")
     ex.add_argument("--shard-frames", type=int, default=None,
                     help="frames per Zarr shard (off by default; for object stores / very many files)")
@@ -686,6 +727,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--model-path applies to a single --backbone")
     if args.name and args.backbone and len(args.backbone) > 1:
         p.error("--name applies to a single --backbone")
+    if args.layers is not None:
+        try:
+            layers = sorted({int(v) for v in args.layers.split(",") if v.strip()})
+        except ValueError:
+            p.error(f"--layers expects comma-separated layer indices such as 0,6,12, got {args.layers!r}")
+        if not layers or layers[0] < 0:
+            p.error(f"--layers expects layer indices >= 0, got {args.layers!r}")
+        args.layers = tuple(layers)
+    if args.dtype == "int8" and args.frames == layout.FRAMES_NONE:
+        p.error("--dtype int8 quantises frames and --frames none stores none: leave --dtype out with --frames none")
     return args
 
 
@@ -725,7 +776,7 @@ def main(argv=None) -> int:
     ext = ExtractSettings(dtype=args.dtype, window_s=args.window_seconds, context_s=args.context_seconds,
                           batch_s=args.batch_seconds,
                           chunk_frames=args.chunk_frames, shard_frames=args.shard_frames,
-                          target_unit_frames=args.unit_frames)
+                          target_unit_frames=args.unit_frames, frames=args.frames, layers=args.layers)
     try:
         ranks = _ranks(args)
     except ValueError as e:

@@ -50,6 +50,7 @@ import torch
 from featurestore import audio as au
 from featurestore import layout
 from featurestore.frontends import Frontend
+from featurestore.quantize import quantize_chunks
 from featurestore.writer import UnitResult, pooled_stats
 
 
@@ -310,7 +311,8 @@ def _autocast(device: torch.device):
 @torch.inference_mode()
 def run_unit(fe: Frontend, unit: int, unit_row: np.ndarray, clips: list[ClipWave], offsets: np.ndarray, *,
              window_k: int, budget_samples: int, device: torch.device, dtype: np.dtype, context_k: int = 0,
-             clip_units: range | None = None, on_batch=None) -> UnitResult:
+             clip_units: range | None = None, on_batch=None, layers: list[int] | None = None,
+             keep_frames: bool = True, quant_chunk: int = 0) -> UnitResult:
     """Hidden states of a unit's frames, laid out at its offsets.
 
     unit_row: the unit's row of :func:`featurestore.layout.unit_table` (clips [lo, hi), frames
@@ -320,11 +322,19 @@ def run_unit(fe: Frontend, unit: int, unit_row: np.ndarray, clips: list[ClipWave
     Returns frames [owned, L, D] in ``dtype`` (float32 math, cast once) and the clip means/stds
     [clips, L, D] computed in float32 before the cast; for a piece of a split clip (``clip_units``:
     every unit of that clip) the float64 sum and sum of squares of its frames [2, L, D] instead.
+
+    ``layers``: model hidden-state indices to keep (None: all; L is then their count);
+    ``keep_frames`` False: a pooled-only backbone, frames [0, L, D] (pooled rows as always);
+    ``quant_chunk`` > 0: 8-bit frames (:mod:`featurestore.quantize`): the frames become uint8 codes
+    quantised per chunk of that many frames from the float32 values, ``quant`` holds the chunks'
+    parameters, and the pooled rows (from the unquantised values) are cast to ``dtype``.
     """
-    L, D = fe.num_layers, fe.dim
+    L, D = (fe.num_layers if layers is None else len(layers)), fe.dim
     lo, hi, start, end = (int(v) for v in unit_row)
     geo = WindowGeometry.of(fe, window_k, context_k)
-    block = np.zeros((end - start, L, D), dtype=dtype)
+    sel = None if layers is None else list(layers)
+    block = np.zeros((end - start if keep_frames else 0, L, D), dtype=np.float32 if quant_chunk else dtype)
+    valid = np.zeros(len(block), dtype=bool)
     n = hi - lo
     sums = np.zeros((n, L, D), dtype=np.float64)
     sqs = np.zeros((n, L, D), dtype=np.float64)
@@ -349,6 +359,8 @@ def run_unit(fe: Frontend, unit: int, unit_row: np.ndarray, clips: list[ClipWave
         lengths = torch.tensor([len(w.wave) for w in batch], device=device)
         with _autocast(device):
             h = fe.hidden_states(xt, lengths)
+        if sel is not None:
+            h = h[:, :, sel]
         h = h.float().cpu().numpy()
         for i, w in enumerate(batch):
             hw = h[i, w.lead:w.lead + w.n_frames]
@@ -356,16 +368,22 @@ def run_unit(fe: Frontend, unit: int, unit_row: np.ndarray, clips: list[ClipWave
                 raise RuntimeError(f"{fe.name}: a window of {len(w.wave)} samples gave {h.shape[1]} frames, "
                                    f"expected at least {w.lead + w.n_frames}")
             pos = int(offsets[lo + w.clip, 0]) + w.frame - start
-            block[pos:pos + w.n_frames] = hw
+            if keep_frames:
+                block[pos:pos + w.n_frames] = hw
+                valid[pos:pos + w.n_frames] = True
             sums[w.clip] += hw.sum(0, dtype=np.float64)
             sqs[w.clip] += np.square(hw, dtype=np.float64).sum(0)
         if on_batch is not None:  # audio seconds of the frames this batch kept
             on_batch(sum(w.n_frames * seconds_per_frame[w.clip] for w in batch))
+    quant = None
+    if quant_chunk and keep_frames:
+        block, quant = quantize_chunks(block, valid, quant_chunk)
+    q = {"quant": quant, "chunk": quant_chunk} if quant is not None else {}
     if clip_units is not None:
         T = int(offsets[lo, 1] - offsets[lo, 0])
         empty = np.zeros((0, L, D), dtype=dtype)
         return UnitResult(unit, start, block, empty, empty, lo, sums=np.stack([sums[0], sqs[0]]),
-                          clip_units=clip_units, clip_frames=T)
+                          clip_units=clip_units, clip_frames=T, **q)
     counts = offsets[lo:hi, 1] - offsets[lo:hi, 0]
     mean, std = pooled_stats(sums, sqs, counts, dtype)
-    return UnitResult(unit, start, block, mean, std, lo)
+    return UnitResult(unit, start, block, mean, std, lo, **q)

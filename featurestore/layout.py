@@ -47,6 +47,31 @@ from __future__ import annotations
 import numpy as np
 
 FORMAT = "singfront-featurestore/1"
+
+#: ``--frames``: every frame is stored (default), or only the pooled rows (``none``)
+FRAMES_ALL, FRAMES_NONE = "all", "none"
+FRAMES_MODES = (FRAMES_ALL, FRAMES_NONE)
+
+
+def stored_dtypes(dtype: str) -> tuple[str, str]:
+    """(dtype of ``frames``, dtype of the pooled rows) of a backbone built with ``--dtype dtype``:
+    int8 stores uint8 codes (:mod:`featurestore.quantize`) and float16 pooled rows; float16 and
+    float32 store both in that dtype."""
+    return ("uint8", "float16") if dtype == "int8" else (dtype, dtype)
+
+
+def layer_ids(attrs) -> list[int]:
+    """The model layers (hidden-state indices) a backbone group with attributes ``attrs`` stores, in
+    stored order: its ``layers`` attribute (a build with ``--layers``), else all of the frontend's."""
+    held = attrs.get("layers")
+    if held is not None:
+        return [int(v) for v in held]
+    return list(range(int(attrs["frontend"]["num_layers"])))
+
+
+def frames_mode(attrs) -> str:
+    """``all`` or ``none`` (a pooled-only backbone, built with ``--frames none``)."""
+    return str(attrs.get("frames", FRAMES_ALL))
 CLIPS = "clips"
 INPUTS = "inputs"  # per-row fingerprint of the input (featurestore.fingerprint)
 BACKBONES = "backbones"

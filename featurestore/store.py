@@ -29,6 +29,17 @@ class BackboneNotInStore(KeyError):
         return str(self.args[0])
 
 
+class LayerNotStored(KeyError):
+    """A model layer the backbone was not built with (``--layers``)."""
+
+    def __str__(self):
+        return str(self.args[0])
+
+
+class NoFramesStored(ValueError):
+    """The backbone was built with ``--frames none``: it holds pooled rows, no frames."""
+
+
 class StoreCorrupted(ValueError):
     """A file the store must have is missing or damaged: a chunk of frames or pooled rows that a done
     unit owns is absent or has the wrong size. The message names the backbone, the clip(s) and the
@@ -148,9 +159,31 @@ class FeatureStore:
         return dict(self.group(backbone).attrs)
 
     def shape(self, backbone: str) -> tuple[int, int]:
-        """(layers L, width D)."""
-        f = self.group(backbone).attrs["frontend"]
-        return int(f["num_layers"]), int(f["dim"])
+        """(stored layers L, width D); the model layer of each stored one is :meth:`layer_ids`."""
+        attrs = self.group(backbone).attrs
+        return len(layout.layer_ids(attrs)), int(attrs["frontend"]["dim"])
+
+    def layer_ids(self, backbone: str) -> list[int]:
+        """The model's hidden-state index of each stored layer, in stored order: every layer
+        (0..L-1) unless the backbone was built with ``--layers``. Every ``layers=`` argument of
+        this reader takes these indices."""
+        cache = self.__dict__.setdefault("_layer_ids", {})
+        if backbone not in cache:
+            cache[backbone] = layout.layer_ids(self.group(backbone).attrs)
+        return cache[backbone]
+
+    def has_frames(self, backbone: str) -> bool:
+        """False for a pooled-only backbone (built with ``--frames none``)."""
+        return layout.frames_mode(self.group(backbone).attrs) != layout.FRAMES_NONE
+
+    def require_frames(self, backbone: str, what: str = "reading frames") -> None:
+        """Raise :class:`NoFramesStored` naming the store, the backbone and the option when the
+        backbone holds pooled rows only."""
+        if not self.has_frames(backbone):
+            name = self.backbone_name(backbone)
+            raise NoFramesStored(f"{what} needs the frames of backbone {name!r}, but {self.path} was built with "
+                                 f"--frames none for it (pooled mean/std rows only, for clip heads); build it again "
+                                 f"with --frames all (e.g. --name {name}-frames to keep this one)")
 
     def frame_rate(self, backbone: str) -> float:
         return float(self.group(backbone).attrs["frontend"]["frame_rate"])
@@ -170,13 +203,20 @@ class FeatureStore:
         o = self._offsets(backbone)
         return o[:, 1] - o[:, 0]
 
-    @staticmethod
-    def _layer_sel(layers):
+    def _layer_sel(self, backbone: str, layers):
+        """Positions in the stored layer axis of model layers ``layers`` (None: all -> slice; an int
+        or a list of model hidden-state indices, see :meth:`layer_ids`); KeyError naming the
+        layers the backbone holds for one it does not."""
         if layers is None:
             return slice(None)
-        if isinstance(layers, (int, np.integer)):
-            return [int(layers)]
-        return list(layers)
+        want = [int(layers)] if isinstance(layers, (int, np.integer)) else [int(v) for v in layers]
+        ids = self.layer_ids(backbone)
+        pos = {m: k for k, m in enumerate(ids)}
+        bad = [m for m in want if m not in pos]
+        if bad:
+            raise LayerNotStored(f"layer(s) {bad} are not stored for backbone {self.backbone_name(backbone)!r} in "
+                           f"{self.path}: it holds model layers {ids}")
+        return [pos[m] for m in want]
 
     def _span(self, clip_id, backbone: str, start: int, stop: int | None) -> tuple[int, int, int, int]:
         """(clip row, its first frame's row in the frames array, start, stop) for frames [start, stop) of
@@ -192,10 +232,13 @@ class FeatureStore:
         return i, a, start, stop
 
     def frames(self, clip_id, backbone: str, layers=None, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Hidden states of one clip: [T, L', D] in the store dtype (frames [start, stop) of the clip,
-        0 <= start <= stop <= T; anything else raises IndexError naming the clip)."""
+        """Hidden states of one clip: [T, L', D] in the store dtype (float32 for an int8 store: the
+        codes dequantised), frames [start, stop) of the clip, 0 <= start <= stop <= T (anything else
+        raises IndexError naming the clip). ``layers``: model layer indices (:meth:`layer_ids`).
+        A pooled-only backbone raises :class:`NoFramesStored`."""
+        self.require_frames(backbone)
         i, a, start, stop = self._span(clip_id, backbone, start, stop)
-        sel = self._layer_sel(layers)
+        sel = self._layer_sel(backbone, layers)
         reader = self._reader(backbone)
         if isinstance(sel, slice):
             return reader.read(a + start, a + stop)
@@ -209,10 +252,12 @@ class FeatureStore:
         ``out``: a writable array [>= stop - start, L', D] of any float dtype (the store's float16 is
         converted while it is copied, so a float32 batch buffer is filled in one pass); rows past
         ``stop - start`` are left as they are. Same clip, layer and bounds rules as :meth:`frames`.
-        This is the copy-free path of the datasets: the chunk files are read straight into ``out``.
+        This is the copy-free path of the datasets: the chunk files are read straight into ``out``
+        (an int8 store's codes are dequantised into it, in float32 arithmetic).
         """
+        self.require_frames(backbone)
         i, a, start, stop = self._span(clip_id, backbone, start, stop)
-        sel = self._layer_sel(layers)
+        sel = self._layer_sel(backbone, layers)
         reader = self._reader(backbone)
         want = (reader.shape[1] if isinstance(sel, slice) else len(sel), reader.shape[2])
         if getattr(out, "ndim", None) != 3 or tuple(out.shape[1:]) != want or out.shape[0] < stop - start:
@@ -229,9 +274,16 @@ class FeatureStore:
             path = self.location.join(layout.backbone_path(name), "frames")
             files = ChunkFiles(arr, path, self._offsets(backbone), self.clip_ids, f"backbone {name!r} frames",
                                rows_name="frames", location=self.location)
+            quant = None
+            if "frames_quant" in self.group(backbone):
+                qarr = self.group(backbone)["frames_quant"]
+                qfiles = ChunkFiles(qarr, self.location.join(layout.backbone_path(name), "frames_quant"),
+                                    frame_spans_to_chunks(self._offsets(backbone), int(arr.chunks[0])), self.clip_ids, f"backbone {name!r} frames_quant", rows_name="chunks",
+                                    location=self.location)
+                quant = QuantParams(qarr, qfiles)
             local = not self.location.is_url  # chunk files of a URL store cannot be memory-mapped
-            cache[backbone] = RawChunkReader(arr, path, files) if local and RawChunkReader.supports(arr) else \
-                CheckedArray(arr, files)
+            cache[backbone] = RawChunkReader(arr, path, files, quant) if local and RawChunkReader.supports(arr) else \
+                CheckedArray(arr, files, quant)
         return cache[backbone]
 
     def frame_times(self, clip_id, backbone: str) -> np.ndarray:
@@ -250,7 +302,7 @@ class FeatureStore:
         x = self.group(backbone)[f"pooled_{stat}"]
         self._check_pooled(backbone, stat, x)
         x = x[:] if rows is None else x.get_orthogonal_selection((np.asarray(rows),))
-        sel = self._layer_sel(layers)
+        sel = self._layer_sel(backbone, layers)
         return x if isinstance(sel, slice) else x[:, sel]
 
     def _check_pooled(self, backbone: str, stat: str, arr: zarr.Array) -> None:
@@ -268,7 +320,9 @@ class FeatureStore:
         seen.add((backbone, stat))
 
     def frames_array(self, backbone: str) -> zarr.Array:
-        """The raw [F, L, D] Zarr array (for bulk readers); use :meth:`offsets` to address clips."""
+        """The raw [F, L, D] Zarr array (for bulk readers; an int8 store's uint8 codes, see
+        :mod:`featurestore.quantize`); use :meth:`offsets` to address clips."""
+        self.require_frames(backbone)
         return self.group(backbone)["frames"]
 
     def __repr__(self):
@@ -288,6 +342,14 @@ def plain_bytes(arr: zarr.Array) -> bool:
                 and np.dtype(arr.dtype).itemsize > 0)
     except Exception:  # noqa: BLE001 - any other layout: size unknown
         return False
+
+
+def frame_spans_to_chunks(offsets: np.ndarray, chunk: int) -> np.ndarray:
+    """Chunks [first, end) of ``frames`` each clip's frames [a, b) lie in (empty for a clip with no
+    frame) -> int64 [N, 2]: the rows of ``frames_quant`` a clip needs."""
+    o = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    first = o[:, 0] // chunk
+    return np.stack([first, np.where(o[:, 1] > o[:, 0], -(-o[:, 1] // chunk), first)], axis=1)
 
 
 def frame_spans_to_rows(offsets: np.ndarray) -> np.ndarray:
@@ -383,25 +445,76 @@ class ChunkFiles:
         return exists
 
 
+class QuantParams:
+    """The per-chunk offset and step of an int8 store's frames (``frames_quant`` [C, 2, L, D] float32,
+    :mod:`featurestore.quantize`), read one chunk row at a time (memory-mapped when the array is plain
+    local bytes) and kept for the most recently used chunks. A missing row file of a chunk that holds
+    clip frames raises :class:`StoreCorrupted` (through ``files``)."""
+
+    MAX_CACHED = 512
+
+    def __init__(self, arr: zarr.Array, files: ChunkFiles):
+        self.arr, self.files = arr, files
+        self.raw = files.loc is None and plain_bytes(arr) and arr.metadata.chunk_key_encoding.separator == "/"
+        self._rows: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def get(self, c: int) -> np.ndarray:
+        """(offset, step) of frame chunk ``c`` -> float32 [2, L, D]."""
+        if c in self._rows:
+            self._rows.move_to_end(c)
+            return self._rows[c]
+        if not self.files.check(c):
+            row = np.zeros(tuple(self.arr.shape[1:]), dtype=np.float32)  # a chunk of alignment frames only
+        elif self.raw:
+            row = np.fromfile(self.files.path(c), dtype="<f4").reshape(tuple(self.arr.shape[1:]))
+        else:
+            row = np.asarray(self.arr[c], dtype=np.float32)
+        self._rows[c] = row
+        if len(self._rows) > self.MAX_CACHED:
+            self._rows.popitem(last=False)
+        return row
+
+    def dequantize_into(self, c: int, codes: np.ndarray, dst: np.ndarray, layers=None) -> None:
+        """``dst[...]`` = frames of chunk ``c`` from their ``codes`` [t, L', D] (``layers``: the stored
+        layer positions of L', a list or slice; None: all)."""
+        from featurestore.quantize import dequantize_into
+
+        p = self.get(c)
+        offset, step = (p[0], p[1]) if layers is None else (p[0][layers], p[1][layers])
+        dequantize_into(codes, offset, step, dst)
+
+
 class CheckedArray:
     """A frames array read through Zarr (sharded or encoded layouts) that first checks, once per
     chunk file, that the files a read touches are there (:class:`ChunkFiles`): Zarr itself would
-    return the fill value for a missing file."""
+    return the fill value for a missing file. ``quant``: an int8 store's :class:`QuantParams`
+    (reads then return float32)."""
 
-    def __init__(self, arr: zarr.Array, files: ChunkFiles):
-        self.arr, self.files, self.shape = arr, files, arr.shape
+    def __init__(self, arr: zarr.Array, files: ChunkFiles, quant: QuantParams | None = None):
+        self.arr, self.files, self.shape, self.quant = arr, files, arr.shape, quant
         self._seen: set[int] = set()
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self.arr.dtype)
+        return np.dtype(np.float32) if self.quant is not None else np.dtype(self.arr.dtype)
 
     def read(self, a: int, b: int) -> np.ndarray:
         for c in range(a // self.files.grain, -(-b // self.files.grain)):
             if c not in self._seen:
                 self.files.check(c)
                 self._seen.add(c)
-        return self.arr[a:b]
+        x = self.arr[a:b]
+        if self.quant is None:
+            return x
+        out = np.empty(x.shape, dtype=np.float32)
+        chunk = int(self.arr.chunks[0])
+        pos = a
+        while pos < b:
+            c = pos // chunk
+            end = min(b, (c + 1) * chunk)
+            self.quant.dequantize_into(c, x[pos - a:end - a], out[pos - a:end - a])
+            pos = end
+        return out
 
     def read_into(self, a: int, b: int, out: np.ndarray, layers=None) -> np.ndarray:
         """Frames [a, b) (``layers``: a list of layer indices, None: all) into ``out[:b - a]``; returns
@@ -429,8 +542,10 @@ class RawChunkReader:
     assembled, converting the dtype on the way): one copy, as from a raw ``np.memmap``.
     """
 
-    def __init__(self, arr: zarr.Array, path: Path, files: ChunkFiles | None = None):
-        self.path, self.shape, self.dtype = Path(path), arr.shape, np.dtype(arr.dtype)
+    def __init__(self, arr: zarr.Array, path: Path, files: ChunkFiles | None = None, quant: QuantParams | None = None):
+        self.path, self.shape, self.code_dtype = Path(path), arr.shape, np.dtype(arr.dtype)
+        self.quant = quant  # an int8 store: codes are dequantised on the way into the caller's buffer
+        self.dtype = np.dtype(np.float32) if quant is not None else self.code_dtype
         self.chunk = int(arr.chunks[0])
         self.files = files or ChunkFiles(arr, self.path)
         self._maps: OrderedDict[int, np.ndarray | None] = OrderedDict()
@@ -459,7 +574,7 @@ class RawChunkReader:
         m = None
         if self.files.check(c):
             # a plain ndarray view of the map (it keeps the map open): slicing an np.memmap costs more
-            m = np.memmap(f, dtype=self.dtype, mode="r").view(np.ndarray).reshape((-1,) + tuple(self.shape[1:]))
+            m = np.memmap(f, dtype=self.code_dtype, mode="r").view(np.ndarray).reshape((-1,) + tuple(self.shape[1:]))
         self._maps[c] = m
         if len(self._maps) > self.MAX_OPEN:
             self._maps.popitem(last=False)
@@ -489,6 +604,12 @@ class RawChunkReader:
             m = self._chunk(c)
             if m is None:
                 dst[...] = 0
+            elif self.quant is not None:
+                if layers is None or isinstance(layers, slice):
+                    self.quant.dequantize_into(c, m[lo:hi] if layers is None else m[lo:hi, layers], dst, layers)
+                else:
+                    for k, layer in enumerate(layers):
+                        self.quant.dequantize_into(c, m[lo:hi, layer], dst[:, k], [layer])
             elif layers is None:
                 dst[...] = m[lo:hi]
             elif isinstance(layers, slice):

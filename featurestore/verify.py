@@ -18,7 +18,12 @@ Checks, each problem reported with the backbone, unit, clip(s) and file it conce
   extraction (``unit_checksum``; a store built before checksums has none: said, and skipped); no
   NaN or Inf in the frames of a done unit; ``pooled_mean`` / ``pooled_std`` rows equal the mean and
   standard deviation of their clip's stored frames, within the rounding of the store dtype (pooled
-  rows are computed in float32 from the frames before both are rounded). A piece's checksum covers
+  rows are computed in float32 from the frames before both are rounded). An int8 backbone
+  (:mod:`featurestore.quantize`): its ``frames_quant`` rows (offset and step of each chunk, layer and
+  channel) are in the checksum and must be finite with steps >= 0; frames are dequantised before the
+  pooled check, whose tolerance grows by the quantisation error bound. A pooled-only backbone
+  (``--frames none``) has no frames to read: its checksum covers the pooled rows, which must be
+  finite (NaN for a clip without frames). A piece's checksum covers
   its frames and its ``piece_sums`` row; a split clip's pooled rows are checked against the frames
   of all its pieces, at its last piece.
 
@@ -43,17 +48,19 @@ from types import SimpleNamespace
 import numpy as np
 import zarr
 
-from featurestore import layout
+from featurestore import layout, quantize
 from featurestore.cli import HelpFormatter
 from featurestore.clips import COLUMNS, clip_samples
 from featurestore.location import Location
 from featurestore.locking import KINDS, StoreLock
-from featurestore.store import ChunkFiles, frame_spans_to_rows, stored_backbone_name
+from featurestore.store import ChunkFiles, frame_spans_to_chunks, frame_spans_to_rows, stored_backbone_name
+from featurestore.quantize import dequantize, error_bound
 from featurestore.writer import BackbonePlan, crc_update
 
 #: keys of a backbone's ``frontend`` attribute that reading and verifying a store need
 FRONTEND_KEYS = ("name", "sample_rate", "frame_rate", "stride", "receptive", "pad", "num_layers", "dim")
-#: a backbone's arrays (``unit_checksum`` is optional: stores built before checksums lack it)
+#: a backbone's arrays (``unit_checksum`` is optional: stores built before checksums lack it; ``frames``
+#: is absent from a pooled-only backbone, ``frames_quant`` present in an int8 one)
 BACKBONE_ARRAYS = ("frames", "offsets", "pooled_mean", "pooled_std", "unit_done")
 
 
@@ -142,19 +149,29 @@ def plan_problems(g: zarr.Group, plan: BackbonePlan | None = None) -> list[str]:
     piece = g.attrs.get("piece_frames")
     if piece is not None and (not isinstance(piece, int) or piece < 1):
         out.append(f"attribute 'piece_frames' is {piece!r}")
-    arrays = {name: _array(g, name) for name in BACKBONE_ARRAYS + ("unit_checksum", "piece_sums")}
-    out += [f"array {name!r} is missing" for name in BACKBONE_ARRAYS if arrays[name] is None]
+    arrays = {name: _array(g, name) for name in BACKBONE_ARRAYS + ("unit_checksum", "piece_sums", "frames_quant")}
+    no_frames = layout.frames_mode(g.attrs) == layout.FRAMES_NONE
+    int8 = g.attrs.get("dtype") == quantize.NAME and not no_frames
+    required = [n for n in BACKBONE_ARRAYS if not (no_frames and n == "frames")] + (["frames_quant"] if int8 else [])
+    out += [f"array {name!r} is missing" for name in required if arrays[name] is None]
     if piece is not None and arrays["piece_sums"] is None:
         out.append("array 'piece_sums' is missing (the backbone splits long clips into pieces)")
     if out:
         return out
-    L, D = int(fe["num_layers"]), int(fe["dim"])
+    try:
+        L, D = len(layout.layer_ids(g.attrs)), int(fe["dim"])
+    except (TypeError, ValueError):
+        return out + [f"attribute 'layers' is {g.attrs.get('layers')!r}"]
     N, per_unit = arrays["offsets"].shape[0], sizes["clips_per_unit"]
     U = len(layout.unit_table(arrays["offsets"][:], per_unit, sizes["align"], piece)) if piece else -(-N // per_unit)
     want = {"frames": (sizes["total_frames"], L, D), "offsets": (N, 2), "pooled_mean": (N, L, D),
             "pooled_std": (N, L, D), "unit_done": (U,), "unit_checksum": (U,)}
     if piece:
         want["piece_sums"] = (U, 2, L, D)
+    if no_frames:
+        del want["frames"]
+    if int8:
+        want["frames_quant"] = (-(-sizes["total_frames"] // int(arrays["frames"].chunks[0])), 2, L, D)
     for name, shape in want.items():
         a = arrays[name]
         if a is not None and tuple(a.shape) != shape:
@@ -184,7 +201,7 @@ def plan_problems(g: zarr.Group, plan: BackbonePlan | None = None) -> list[str]:
 @dataclass
 class Problem:
     """One thing wrong. check: metadata | offsets | missing_chunk | chunk_size | checksum | nonfinite |
-    pooled | incomplete. unit: unit number (None for the store or a whole backbone)."""
+    quant | pooled | incomplete. unit: unit number (None for the store or a whole backbone)."""
 
     check: str
     message: str
@@ -252,36 +269,71 @@ def _describe_clips(ids, rows) -> str:
     return f"clips {str(ids[rows[0]])!r} to {str(ids[rows[-1]])!r} ({len(rows)} clips)"
 
 
-def _frame_sums(frames, fr, offsets, lo: int, hi: int):
+def _frame_sums(frames, fr, offsets, lo: int, hi: int, quant: np.ndarray | None = None):
     """Read frames [fr[0], fr[1]) once, in slices -> (CRC-32 of their bytes, and per clip of rows
     [lo, hi) the float64 sum, sum of squares and sum of |x| [n, L, D] of its frames in that range,
-    and its count of NaN/Inf values [n])."""
-    n, shape = hi - lo, tuple(frames.shape[1:])
-    s1, s2, sabs = (np.zeros((n,) + shape) for _ in range(3))
+    its count of NaN/Inf values [n], and the largest quantisation error bound [n, L, D] of its
+    chunks (0 without ``quant``)).
+
+    ``frames`` None: a pooled-only backbone (nothing read, zero sums). ``quant``: an int8 store's
+    ``frames_quant`` rows of the chunks [fr[0] / chunk, fr[1] / chunk) (float32 [C, 2, L, D]); the
+    codes are then dequantised before they are summed (:mod:`featurestore.quantize`)."""
+    n = hi - lo
+    if frames is None:
+        return 0, 0.0, 0.0, 0.0, np.zeros(n, dtype=np.int64), 0.0
+    shape = tuple(frames.shape[1:])
+    s1, s2, sabs, qtol = (np.zeros((n,) + shape) for _ in range(4))
     bad = np.zeros(n, dtype=np.int64)
     crc = 0
-    step = max(int(frames.chunks[0]), (1024 // int(frames.chunks[0])) * int(frames.chunks[0]))
+    chunk = int(frames.chunks[0])
+    step = max(chunk, (1024 // chunk) * chunk)
+    bound = error_bound(quant) if quant is not None else None
     for p in range(fr[0], fr[1], step):
         q = min(fr[1], p + step)
         x = frames[p:q]
         crc = crc_update(crc, x)
+        if quant is not None:
+            c0 = (p - fr[0]) // chunk
+            x = dequantize(x, quant[c0:], chunk)
         for c in range(n):
             a, b = max(int(offsets[lo + c, 0]), p), min(int(offsets[lo + c, 1]), q)
             if b <= a:
                 continue
+            if bound is not None:
+                k0, k1 = (a - fr[0]) // chunk, (b - 1 - fr[0]) // chunk + 1
+                qtol[c] = np.maximum(qtol[c], np.nan_to_num(bound[k0:k1], nan=np.inf).max(0))
             seg = x[a - p:b - p].astype(np.float64)
             bad[c] += int(np.count_nonzero(~np.isfinite(seg)))
             with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf are counted above
                 s1[c] += seg.sum(0)
                 s2[c] += np.square(seg).sum(0)
                 sabs[c] += np.abs(seg).sum(0)
-    return crc, s1, s2, sabs, bad
+    return crc, s1, s2, sabs, bad, qtol
 
 
-def _pooled_problems(name, u, i, cid, span, mean, std, s1, s2, sabs, bad, dtype) -> list[Problem]:
+def _quant_problems(name, u, fr, quant: np.ndarray, chunk: int, ids, clips) -> list[Problem]:
+    """An int8 unit's ``frames_quant`` rows (offset, step per chunk, layer, channel): finite, and
+    steps >= 0."""
+    lo_, step = quant[:, 0], quant[:, 1]
+    wrong = ~np.isfinite(lo_) | ~np.isfinite(step) | ~(step >= 0)
+    if not wrong.any():
+        return []
+    k = np.unravel_index(int(np.argmax(wrong)), wrong.shape)
+    c = fr[0] // chunk + int(k[0])
+    return [Problem("quant", f"frames_quant has {int(wrong.sum())} offset/step value(s) that are not finite or a "
+                             f"negative step, e.g. chunk {c} (frames {c * chunk}-{(c + 1) * chunk}) layer {k[1]} "
+                             f"dim {k[2]}: offset {float(lo_[k]):.6g}, step {float(step[k]):.6g}", name, u,
+                    [str(ids[i]) for i in clips])]
+
+
+def _pooled_problems(name, u, i, cid, span, mean, std, s1, s2, sabs, bad, dtype, qtol=0.0,
+                     frames: bool = True) -> list[Problem]:
     """NaN/Inf in clip row ``i``'s frames ``span`` (its offsets), or pooled rows ``mean``/``std``
     [L, D] that are not the statistics of its frames (sums ``s1``, ``s2``, ``sabs``), reported
-    against unit ``u``."""
+    against unit ``u``. ``qtol``: the quantisation error bound of an int8 store's frames [L, D]
+    (the pooled rows come from the unquantised values, so they may differ from the stored frames'
+    statistics by that much more). ``frames`` False (a pooled-only backbone): the rows are only
+    checked to be finite (std >= 0) for a clip with frames and NaN for one without."""
     T = int(span[1] - span[0])
     if bad:
         return [Problem("nonfinite", f"clip {cid!r} has {bad} NaN/Inf values in its frames {span[0]}-{span[1]}",
@@ -290,8 +342,16 @@ def _pooled_problems(name, u, i, cid, span, mean, std, s1, s2, sabs, bad, dtype)
         if not (np.isnan(mean).all() and np.isnan(std).all()):
             return [Problem("pooled", f"clip {cid!r} has no frame but pooled rows that are not NaN", name, u, [cid])]
         return []
+    if not frames:
+        wrong = ~np.isfinite(mean.astype(np.float64)) | ~(std.astype(np.float64) >= 0) | ~np.isfinite(std)
+        if wrong.any():
+            return [Problem("pooled", f"pooled rows of clip {cid!r} (row {i}) have {int(wrong.sum())} values that are "
+                                      "NaN/Inf or a negative std (the backbone stores no frames to compare them with)",
+                            name, u, [cid])]
+        return []
     out = []
     m, sd, tol_m, tol_s = _tolerances(dtype, T, s1, s2, sabs)
+    tol_m, tol_s = tol_m + 2 * qtol, tol_s + 2 * qtol
     for stat, stored, want, tol in (("pooled_mean", mean, m, tol_m), ("pooled_std", std, sd, tol_s)):
         err = np.abs(stored.astype(np.float64) - want)
         wrong = ~(err <= tol)  # NaN in the stored row counts as wrong
@@ -304,25 +364,47 @@ def _pooled_problems(name, u, i, cid, span, mean, std, s1, s2, sabs, bad, dtype)
     return out
 
 
+def _unit_frames(g, fr) -> tuple:
+    """(frames array or None for a pooled-only backbone, the unit's ``frames_quant`` rows or None,
+    the dtype the pooled tolerances use)."""
+    frames = _array(g, "frames") if layout.frames_mode(g.attrs) != layout.FRAMES_NONE else None
+    quant = None
+    if frames is not None and _array(g, "frames_quant") is not None:
+        chunk = int(frames.chunks[0])
+        quant = g["frames_quant"][fr[0] // chunk:-(-fr[1] // chunk)]
+    dtype = np.dtype(g["pooled_mean"].dtype) if frames is None or quant is not None else np.dtype(frames.dtype)
+    return frames, quant, dtype
+
+
 def _check_unit_values(g, name, u, fr, lo, hi, offsets, ids, checksums) -> list[Problem]:
-    """Read one done unit once (in slices): CRC-32, NaN/Inf in its clips' frames, pooled rows."""
-    dtype = np.dtype(g["frames"].dtype)
+    """Read one done unit once (in slices): CRC-32, NaN/Inf in its clips' frames, an int8 unit's
+    offsets and steps, pooled rows."""
+    frames, quant, dtype = _unit_frames(g, fr)
     mean, std = g["pooled_mean"][lo:hi], g["pooled_std"][lo:hi]
-    crc, s1, s2, sabs, bad = _frame_sums(g["frames"], fr, offsets, lo, hi)
+    crc, s1, s2, sabs, bad, qtol = _frame_sums(frames, fr, offsets, lo, hi, quant)
     out = []
+    if quant is not None:
+        crc = crc_update(crc, quant)  # as writer.unit_checksum: frames, then frames_quant rows
+        out += _quant_problems(name, u, fr, quant, int(frames.chunks[0]), ids, range(lo, hi))
     if checksums is not None:
         crc = crc_update(crc_update(crc, mean), std)  # as writer.unit_checksum: frames, then pooled rows
         if int(checksums[u]) != crc:
             out.append(Problem("checksum", f"the unit's bytes do not match the checksum written at extraction "
                                            f"(stored {int(checksums[u]):#010x}, now {crc:#010x}): frames "
-                                           f"{fr[0]}-{fr[1]} or pooled rows {lo}-{hi} "
+                                           f"{fr[0]}-{fr[1]}{', their frames_quant rows' if quant is not None else ''} "
+                                           f"or pooled rows {lo}-{hi} "
                                            f"({_describe_clips(ids, range(lo, hi))}) changed", name, u,
                                [str(ids[i]) for i in range(lo, hi)]))
     for c in range(hi - lo):
         i = lo + c
-        out += _pooled_problems(name, u, i, str(ids[i]), offsets[i], mean[c], std[c], s1[c], s2[c], sabs[c],
-                                int(bad[c]), dtype)
+        out += _pooled_problems(name, u, i, str(ids[i]), offsets[i], mean[c], std[c], *_at(c, s1, s2, sabs),
+                                int(bad[c]), dtype, _at(c, qtol)[0], frames is not None)
     return out
+
+
+def _at(c: int, *arrays):
+    """Row ``c`` of each of ``arrays`` (scalars, from a backbone without frames, pass through)."""
+    return tuple(a[c] if isinstance(a, np.ndarray) else a for a in arrays)
 
 
 def _check_piece_values(g, name, u, fr, clip, pieces: range, offsets, ids, checksums, acc: dict,
@@ -331,9 +413,15 @@ def _check_piece_values(g, name, u, fr, clip, pieces: range, offsets, ids, check
     over its frames and its ``piece_sums`` row (as the writer computed it); its frame sums are added
     to ``acc[clip]``, and at the clip's last piece, when every piece is done and was read, the
     clip's NaN/Inf count and pooled rows are checked against all its frames."""
-    crc, s1, s2, sabs, bad = _frame_sums(g["frames"], fr, offsets, clip, clip + 1)
+    frames, quant, dtype = _unit_frames(g, fr)
+    crc, s1, s2, sabs, bad, qtol = _frame_sums(frames, fr, offsets, clip, clip + 1, quant)
+    s1, s2, sabs, qtol = (a if isinstance(a, np.ndarray) else np.zeros((1,) + tuple(g["pooled_mean"].shape[1:]))
+                          for a in (s1, s2, sabs, qtol))
     cid = str(ids[clip])
     out = []
+    if quant is not None:
+        crc = crc_update(crc, quant)
+        out += _quant_problems(name, u, fr, quant, int(frames.chunks[0]), ids, [clip])
     if checksums is not None:
         crc = crc_update(crc, g["piece_sums"][u])
         if int(checksums[u]) != crc:
@@ -341,12 +429,12 @@ def _check_piece_values(g, name, u, fr, clip, pieces: range, offsets, ids, check
                                            f"(stored {int(checksums[u]):#010x}, now {crc:#010x}): frames "
                                            f"{fr[0]}-{fr[1]} or piece_sums row {u} (piece {u - pieces.start + 1} "
                                            f"of {len(pieces)} of clip {cid!r}) changed", name, u, [cid]))
-    k, t1, t2, tabs, tbad = acc.get(clip, (0, 0.0, 0.0, 0.0, 0))
-    acc[clip] = (k + 1, t1 + s1[0], t2 + s2[0], tabs + sabs[0], tbad + int(bad[0]))
+    k, t1, t2, tabs, tbad, tq = acc.get(clip, (0, 0.0, 0.0, 0.0, 0, 0.0))
+    acc[clip] = (k + 1, t1 + s1[0], t2 + s2[0], tabs + sabs[0], tbad + int(bad[0]), np.maximum(tq, qtol[0]))
     if u == pieces.stop - 1 and all_done and acc[clip][0] == len(pieces):
-        k, t1, t2, tabs, tbad = acc.pop(clip)
+        k, t1, t2, tabs, tbad, tq = acc.pop(clip)
         out += _pooled_problems(name, u, clip, cid, offsets[clip], g["pooled_mean"][clip], g["pooled_std"][clip], t1,
-                                t2, tabs, tbad, np.dtype(g["frames"].dtype))
+                                t2, tabs, tbad, dtype, tq, frames is not None)
     return out
 
 
@@ -370,8 +458,12 @@ def verify_backbone(root: zarr.Group, store_dir: Path, name: str, ids, quick: bo
     loc = Location(store_dir)  # a local folder or an fsspec URL: chunk files are checked through fsspec there
     base = layout.backbone_path(name)
     label = f"backbone {name!r}"
+    has_frames = layout.frames_mode(g.attrs) != layout.FRAMES_NONE
     frames = ChunkFiles(g["frames"], loc.join(base, "frames"), offsets, ids, f"{label} frames", rows_name="frames",
-                        location=loc)
+                        location=loc) if has_frames else None
+    quant = ChunkFiles(g["frames_quant"], loc.join(base, "frames_quant"),
+                       frame_spans_to_chunks(offsets, int(g["frames"].chunks[0])), ids, f"{label} frames_quant",
+                       rows_name="chunks", location=loc) if has_frames and "frames_quant" in g else None
     pooled = {s: ChunkFiles(g[s], loc.join(base, s), frame_spans_to_rows(offsets), ids, f"{label} {s}", location=loc)
               for s in ("pooled_mean", "pooled_std")}
     problems = []
@@ -388,7 +480,10 @@ def verify_backbone(root: zarr.Group, store_dir: Path, name: str, ids, quick: bo
         pieces = split.get(lo) if hi - lo == 1 else None
         clips = [str(ids[i]) for i in range(lo, hi)]
         found = []
-        cells = [(frames, c) for c in range(fr[0] // frames.grain, -(-fr[1] // frames.grain))]
+        cells = [] if frames is None else [(frames, c) for c in range(fr[0] // frames.grain, -(-fr[1] // frames.grain))]
+        if quant is not None:
+            chunk = int(g["frames"].chunks[0])
+            cells += [(quant, c) for c in range(fr[0] // chunk, -(-fr[1] // chunk))]
         # pooled rows: one chunk per unit of clips; a split clip's rows belong to its last piece, and
         # exist once every piece is done
         pieces_done = pieces is not None and bool(done[pieces.start:pieces.stop].all())

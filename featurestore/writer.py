@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
-from featurestore import array_docs, layout
+from featurestore import array_docs, layout, quantize
 
 
 def open_root(path, mode: str = "a") -> zarr.Group:
@@ -77,26 +77,37 @@ class BackbonePlan:
 
 
 def create_backbone(root: zarr.Group, name: str, plan: BackbonePlan, num_layers: int, dim: int, *, dtype: str,
-                    chunk_frames: int, shard_frames: int | None, attrs: dict) -> zarr.Group:
-    """Create (replacing any earlier attempt) the arrays of one backbone and mark it planned."""
+                    chunk_frames: int, shard_frames: int | None, attrs: dict, frames: str = layout.FRAMES_ALL
+                    ) -> zarr.Group:
+    """Create (replacing any earlier attempt) the arrays of one backbone and mark it planned.
+
+    ``num_layers``: the layers stored (L); ``dtype``: float16, float32 or int8 (8-bit frame codes
+    plus ``frames_quant``, float16 pooled rows: :func:`featurestore.layout.stored_dtypes`);
+    ``frames``: ``all``, or ``none`` for a pooled-only backbone (no ``frames`` array)."""
     path = layout.backbone_path(name)
     del root[path]  # whatever an interrupted attempt left, with or without its group metadata
     g = root.create_group(path)
     L, D, N = num_layers, dim, len(plan.offsets)
     dims, fe = array_docs.BACKBONE_DIMS, attrs.get("frontend", {})
+    frame_dtype, pooled_dtype = layout.stored_dtypes(dtype)
 
     def doc(array: str) -> dict:  # dimension names and attributes saying what the array holds
         return {"dimension_names": dims[array], "attributes": array_docs.backbone_array(array, fe, dtype)}
 
-    g.create_array("frames", shape=(plan.total_frames, L, D), dtype=dtype, chunks=(chunk_frames, L, D),
-                   shards=(shard_frames, L, D) if shard_frames else None, compressors=None, fill_value=0,
-                   **doc("frames"))
+    if frames == layout.FRAMES_ALL:
+        g.create_array("frames", shape=(plan.total_frames, L, D), dtype=frame_dtype, chunks=(chunk_frames, L, D),
+                       shards=(shard_frames, L, D) if shard_frames else None, compressors=None, fill_value=0,
+                       **doc("frames"))
+        if dtype == quantize.NAME:
+            g.create_array("frames_quant", shape=(-(-plan.total_frames // chunk_frames), 2, L, D),
+                           dtype=quantize.PARAM_DTYPE, chunks=(1, 2, L, D), compressors=None, fill_value=0,
+                           **doc("frames_quant"))
     off = g.create_array("offsets", shape=(N, 2), dtype="int64", chunks=(max(1, N), 2), compressors=None,
                          **doc("offsets"))
     if N:
         off[:] = plan.offsets
     for stat in ("pooled_mean", "pooled_std"):
-        g.create_array(stat, shape=(N, L, D), dtype=dtype, chunks=(plan.per_unit, L, D), compressors=None,
+        g.create_array(stat, shape=(N, L, D), dtype=pooled_dtype, chunks=(plan.per_unit, L, D), compressors=None,
                        fill_value=np.nan, **doc(stat))
     U = plan.n_units
     g.create_array("unit_done", shape=(U,), dtype="uint8", chunks=(1,), fill_value=0, **doc("unit_done"))
@@ -114,7 +125,8 @@ def create_backbone(root: zarr.Group, name: str, plan: BackbonePlan, num_layers:
 
 @dataclass
 class UnitResult:
-    """One unit's output. frames [end-start, L, D] (store dtype) starting at frame ``start``;
+    """One unit's output. frames [end-start, L, D] (stored dtype: uint8 codes for int8 with ``quant``,
+    [0, L, D] in a pooled-only backbone) starting at frame ``start``;
     mean/std [clips in unit, L, D]. A piece of a split clip has no pooled rows (mean/std [0, L, D])
     but ``sums`` float64 [2, L, D] (sum and sum of squares over its frames), ``clip_units`` (every
     unit of its clip) and ``clip_frames`` (the clip's frame count)."""
@@ -128,6 +140,8 @@ class UnitResult:
     sums: np.ndarray | None = None
     clip_units: range | None = None
     clip_frames: int = 0
+    quant: np.ndarray | None = None  # int8 stores: float32 [chunks of the unit, 2, L, D] (featurestore.quantize)
+    chunk: int = 0  # frames per chunk (with ``quant``)
 
 
 def pooled_stats(sums: np.ndarray, sqs: np.ndarray, counts: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +161,8 @@ def crc_update(crc: int, a: np.ndarray) -> int:
 
 def unit_checksum(frames: np.ndarray, *rows: np.ndarray) -> int:
     """CRC-32 of a unit's bytes as stored: its frames [owned frames, L, D] (alignment frames
-    included), then its pooled mean and std rows [clips, L, D], store dtype (for a piece of a split
+    included; none in a pooled-only backbone), then (int8 stores) its ``frames_quant`` rows, then its
+    pooled mean and std rows [clips, L, D], store dtype (for a piece of a split
     clip: its ``piece_sums`` row [2, L, D] float64 instead). The same as :func:`crc_update` over the
     frames in consecutive slices, then the rows. About 4 GB/s, in the writer thread, so a build
     does not wait for it."""
@@ -169,6 +184,9 @@ def write_unit(g: zarr.Group, r: UnitResult) -> None:
     clip is done (:func:`finish_split_clip`)."""
     if len(r.frames):
         g["frames"].with_config(_WRITE_ALL)[r.start:r.start + len(r.frames)] = r.frames
+    if r.quant is not None and len(r.quant):
+        c = r.start // r.chunk
+        g["frames_quant"].with_config(_WRITE_ALL)[c:c + len(r.quant)] = r.quant
     if len(r.mean):
         g["pooled_mean"].with_config(_WRITE_ALL)[r.clip_lo:r.clip_lo + len(r.mean)] = r.mean
         g["pooled_std"].with_config(_WRITE_ALL)[r.clip_lo:r.clip_lo + len(r.std)] = r.std
@@ -176,6 +194,7 @@ def write_unit(g: zarr.Group, r: UnitResult) -> None:
         g["piece_sums"].with_config(_WRITE_ALL)[r.unit] = r.sums
     if "unit_checksum" in g:
         rows = (r.sums,) if r.sums is not None else (r.mean, r.std)
+        rows = rows if r.quant is None else (r.quant,) + rows
         g["unit_checksum"][r.unit] = unit_checksum(r.frames, *rows)
     g["unit_done"][r.unit] = 1
     if r.clip_units is not None:
