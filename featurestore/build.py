@@ -651,18 +651,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "computed and dropped. Must be less than half of --window-seconds; 0 gives "
                          "non-overlapping windows; CREPE and log-mel frames need none and ignore it")
     ex.add_argument("--num-workers", type=int, default=2, help="audio decoding worker processes")
-    ex.add_argument("--dtype", choices=sorted(DTYPES), default="float16",
-                    help="storage of frames and pooled rows: float16, float32, or int8 (frames as 8-bit codes "
-                         "with a float32 offset and step per chunk, layer and channel: 0.52x the bytes of float16, "
-                         "error at most half a step, 0.2 %% of the channel's range in the chunk; pooled rows "
-                         "float16, computed from the unquantised frames; read back as float32)")
-    ex.add_argument("--frames", choices=layout.FRAMES_MODES, default=layout.FRAMES_ALL,
-                    help="all: store every frame; none: store only the pooled mean/std rows (clip heads, "
-                         "layer sweeps and pipelines of clip tasks work; frame heads and frame reads refuse)")
-    ex.add_argument("--layers", default=None, metavar="I,J,...",
-                    help="keep only these hidden states (the model's layer indices, 0 = the CNN/input "
-                         "embedding); the store records them and readers, heads and plots use these indices. "
-                         "Default: every layer")
+    add_store_format_arguments(ex)
     ex.add_argument("--chunk-frames", type=int, default=256, help="frames per Zarr chunk")
     ex.add_argument("--shard-frames", type=int, default=None,
                     help="frames per Zarr shard (off by default; for object stores / very many files)")
@@ -727,17 +716,44 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--model-path applies to a single --backbone")
     if args.name and args.backbone and len(args.backbone) > 1:
         p.error("--name applies to a single --backbone")
-    if args.layers is not None:
-        try:
-            layers = sorted({int(v) for v in args.layers.split(",") if v.strip()})
-        except ValueError:
-            p.error(f"--layers expects comma-separated layer indices such as 0,6,12, got {args.layers!r}")
-        if not layers or layers[0] < 0:
-            p.error(f"--layers expects layer indices >= 0, got {args.layers!r}")
-        args.layers = tuple(layers)
+    try:
+        args.layers = parse_layer_list(args.layers)
+    except ValueError as e:
+        p.error(str(e))
     if args.dtype == "int8" and args.frames == layout.FRAMES_NONE:
         p.error("--dtype int8 quantises frames and --frames none stores none: leave --dtype out with --frames none")
     return args
+
+
+def parse_layer_list(text: str | None) -> tuple[int, ...] | None:
+    """``--layers I,J,...`` -> sorted distinct model layer indices (None stays None: every layer);
+    ValueError naming the option for anything else."""
+    if text is None:
+        return None
+    try:
+        layers = sorted({int(v) for v in str(text).split(",") if v.strip()})
+    except ValueError:
+        raise ValueError(f"--layers expects comma-separated layer indices such as 0,6,12, got {text!r}") from None
+    if not layers or layers[0] < 0:
+        raise ValueError(f"--layers expects layer indices >= 0, got {text!r}")
+    return tuple(layers)
+
+
+def add_store_format_arguments(p) -> None:
+    """``--dtype``, ``--frames`` and ``--layers``: what a backbone's store keeps (shared with the
+    task pipelines' ``build``)."""
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float16",
+                   help="storage of frames and pooled rows: float16, float32, or int8 (frames as 8-bit codes "
+                        "with a float32 offset and step per chunk, layer and channel: 0.52x the bytes of float16, "
+                        "error at most half a step, 0.2 %% of the channel's range in the chunk; pooled rows "
+                        "float16, computed from the unquantised frames; read back as float32)")
+    p.add_argument("--frames", choices=layout.FRAMES_MODES, default=layout.FRAMES_ALL,
+                   help="all: store every frame; none: store only the pooled mean/std rows (clip heads, "
+                        "layer sweeps and pipelines of clip tasks work; frame heads and frame reads refuse)")
+    p.add_argument("--layers", default=None, metavar="I,J,...",
+                   help="keep only these hidden states (the model's layer indices, 0 = the CNN/input "
+                        "embedding); the store records them and readers, heads and plots use these indices. "
+                        "Default: every layer")
 
 
 def _ranks(args: argparse.Namespace) -> Ranks | None:

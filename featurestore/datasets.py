@@ -27,6 +27,7 @@ def _rows(store: FeatureStore, split: str | None, rows) -> np.ndarray:
 
 class ClipDataset(torch.utils.data.Dataset):
     """Items: dict(x=float32 [L', D] pooled (or [T, L', D] frames if ``pooled=False``), row=int).
+    ``layers``: the model's hidden-state indices (:meth:`FeatureStore.layer_ids`), None: all stored.
 
     The pooled view is read once into memory ([N, L', D] is small); frames are read per item.
     """
@@ -34,6 +35,8 @@ class ClipDataset(torch.utils.data.Dataset):
     def __init__(self, store: FeatureStore, backbone: str, *, layers=None, split: str | None = None, rows=None,
                  pooled: bool = True, stat: str = "mean"):
         self.store, self.backbone, self.layers, self.pooled = store, backbone, layers, pooled
+        if not pooled:
+            store.require_frames(backbone, "ClipDataset(pooled=False)")
         self.rows = _rows(store, split, rows)
         self._pooled = store.pooled(backbone, layers=layers, stat=stat, rows=self.rows) if pooled else None
         L, D = store.shape(backbone)
@@ -65,6 +68,7 @@ class FrameWindowDataset(torch.utils.data.Dataset):
         if window < 1:
             raise ValueError("window must be >= 1 frame")
         self.store, self.backbone, self.layers = store, backbone, layers
+        store.require_frames(backbone, "FrameWindowDataset")
         self.window, self.hop = int(window), int(hop or window)
         n = store.n_frames(backbone)
         self._n = n
@@ -100,7 +104,9 @@ class ClipFrames:
     """
 
     def __init__(self, store: FeatureStore, backbone: str, rows):
+        store.require_frames(backbone, "a frame head (or anything reading a clip's frames)")
         self.store, self.backbone = store, backbone
+        self._ids = store.layer_ids(backbone)
         self.rows = np.asarray(rows, dtype=np.int64)
         self._n = store.n_frames(backbone)[self.rows]
         self.shape_ld = store.shape(backbone)
@@ -115,9 +121,11 @@ class ClipFrames:
         return self.store.frames(int(self.rows[i]), self.backbone, start=a, stop=b)
 
     def window_into(self, i: int, a: int, b: int, out: np.ndarray, layers=None) -> int:
-        """Frames [a, b) of clip i (``layers``: stored layer indices, None = all) written into
-        ``out[:b - a]`` (e.g. a float32 buffer: one copy, the conversion included); returns b - a."""
-        return self.store.frames_into(int(self.rows[i]), self.backbone, out, layers=layers, start=a, stop=b)
+        """Frames [a, b) of clip i (``layers``: positions in the stored layer axis, as the heads count
+        them; None = all) written into ``out[:b - a]`` (e.g. a float32 buffer: one copy, the
+        conversion included); returns b - a."""
+        ids = None if layers is None else [self._ids[int(k)] for k in layers]  # the reader takes model indices
+        return self.store.frames_into(int(self.rows[i]), self.backbone, out, layers=ids, start=a, stop=b)
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.window(i, 0, self.n_frames(i))

@@ -29,8 +29,9 @@ class BackboneNotInStore(KeyError):
         return str(self.args[0])
 
 
-class LayerNotStored(KeyError):
-    """A model layer the backbone was not built with (``--layers``)."""
+class LayerNotStored(KeyError, IndexError):
+    """A model layer the backbone does not hold (built with ``--layers``, or past its last layer); a
+    KeyError and, as numpy indexing raised before layer subsets existed, an IndexError."""
 
     def __str__(self):
         return str(self.args[0])
@@ -205,12 +206,14 @@ class FeatureStore:
 
     def _layer_sel(self, backbone: str, layers):
         """Positions in the stored layer axis of model layers ``layers`` (None: all -> slice; an int
-        or a list of model hidden-state indices, see :meth:`layer_ids`); KeyError naming the
+        or a list of model hidden-state indices, see :meth:`layer_ids`; a negative one counts from the
+        last stored layer, as in numpy); KeyError naming the
         layers the backbone holds for one it does not."""
         if layers is None:
             return slice(None)
         want = [int(layers)] if isinstance(layers, (int, np.integer)) else [int(v) for v in layers]
         ids = self.layer_ids(backbone)
+        want = [ids[m] if -len(ids) <= m < 0 else m for m in want]  # negative: counted from the last stored layer
         pos = {m: k for k, m in enumerate(ids)}
         bad = [m for m in want if m not in pos]
         if bad:

@@ -197,6 +197,11 @@ def stored_stage1(args, store, planned_on, fe, data: dict[str, ClipAudio], rows:
                 "receptive": fe.receptive, "pad": fe.pad}
         if have != want or ident.get("do_normalize") != getattr(fe, "do_normalize", None):
             why = f"backbone {planned_on!r} in the store was extracted from other weights or settings"
+        elif not store.has_frames(planned_on):
+            why = f"backbone {planned_on!r} in the store holds pooled rows only (built with --frames none)"
+        elif store.layer_ids(planned_on) != list(range(fe.num_layers)):
+            why = (f"backbone {planned_on!r} in the store holds only model layers {store.layer_ids(planned_on)} "
+                   f"(built with --layers); stage 1 weighs all {fe.num_layers}")
         elif not all(np.array_equal(store.n_frames(planned_on)[rows[k]], data[k].n_frames) for k in rows):
             why = f"backbone {planned_on!r} in the store has another frame grid"
     if why is None:

@@ -40,7 +40,9 @@ def frame_head_class(name: str):
 
 def plot_layer_weights(values: np.ndarray, layers: list[int], path: Path, title: str,
                        ylabel: str = "softmax weight (learned)") -> Path:
-    """Bar plot of one value per stored layer: ``layers`` are the stored hidden-state indices."""
+    """Bar plot of one value per stored layer: ``layers`` are the model's hidden-state indices of
+    those layers (:meth:`featurestore.store.FeatureStore.layer_ids`: a store built with ``--layers``
+    holds only some)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,7 +54,7 @@ def plot_layer_weights(values: np.ndarray, layers: list[int], path: Path, title:
     if len(values) > 1:
         ax.axhline(1.0 / len(values), color="grey", lw=0.8, ls="--", label="uniform")
         ax.legend(fontsize=8, loc="lower right")
-    ax.set_xlabel("stored hidden-state index (0 = first stored layer)")
+    ax.set_xlabel("model hidden-state index (0 = input of layer 1)")
     ax.set_ylabel(ylabel)
     ax.set_xticks(np.arange(len(values)), [str(l) for l in layers])
     ax.set_title(title, fontsize=9)
@@ -76,8 +78,12 @@ def layer_plot(head) -> tuple[np.ndarray, str] | None:
     return None
 
 
-def parse_layers(text: str, n_layers: int):
-    """``--layers``: ``all`` -> None, ``each``, ``concat``, or ``i,j,...`` -> stored layer indices (checked)."""
+def parse_layers(text: str, layer_ids):
+    """``--layers``: ``all`` -> None, ``each``, ``concat``, or ``i,j,...`` (the model's hidden-state
+    indices) -> their positions in the stored layer axis (checked). ``layer_ids``: the model index
+    of each stored layer (:meth:`featurestore.store.FeatureStore.layer_ids`), or their count L for a
+    store of every layer."""
+    ids = list(range(layer_ids)) if isinstance(layer_ids, (int, np.integer)) else [int(v) for v in layer_ids]
     if text in (None, "all"):
         return None
     if text in ("each", "concat"):
@@ -86,14 +92,17 @@ def parse_layers(text: str, n_layers: int):
         layers = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"--layers {text!r}: expected all, each or comma-separated layer indices") from None
-    bad = [l for l in layers if not 0 <= l < n_layers]
+    pos = {m: k for k, m in enumerate(ids)}
+    bad = [l for l in layers if l not in pos]
     if bad or not layers:
-        raise ValueError(f"--layers {text}: layer(s) {bad} out of range 0..{n_layers - 1}")
-    return layers
+        held = f"0..{len(ids) - 1}" if ids == list(range(len(ids))) else f"only model layers {ids} (built with --layers)"
+        raise ValueError(f"--layers {text}: layer(s) {bad} out of range: the store holds {held}")
+    return [pos[l] for l in layers]
 
 
-def make_head(args, n_layers: int):
-    layers = parse_layers(args.layers, n_layers)
+def make_head(args, layer_ids):
+    """The head ``args`` ask for; ``layer_ids``: the model index of each stored layer (or their count)."""
+    layers = parse_layers(args.layers, layer_ids)
     if layers == "each" and args.head != "linear":
         raise ValueError("--layers each fits one linear probe per layer: use it with --head linear")
     if layers == "concat" and args.head not in ("logreg", "lgbm"):
@@ -128,7 +137,7 @@ def run_clip(args, store, backbone, task, out: Path, plan) -> dict:
     X, y, _ = task.data(store, backbone, plan.train)
     Xv, yv, _ = task.data(store, backbone, plan.select)
     Xt, yt, rows = task.data(store, backbone, plan.score)
-    head = make_head(args, X.shape[1])
+    head = make_head(args, store.layer_ids(backbone))
     t0 = time.perf_counter()
     head.fit(X, y, eval_set=(Xv, yv))
     fit_s = time.perf_counter() - t0
@@ -138,7 +147,8 @@ def run_clip(args, store, backbone, task, out: Path, plan) -> dict:
     if hasattr(head, "lr_"):
         report["lr"], report["lr_scores"] = head.lr_, {str(k): v for k, v in head.lr_scores_.items()}
     if getattr(head, "layer_scores_", None) is not None:
-        report["layer_curve"] = {"layers": [int(l) for l in head.layers_used_],
+        ids = store.layer_ids(backbone)
+        report["layer_curve"] = {"layers": [ids[int(l)] for l in head.layers_used_],
                                  "selection_accuracy": [float(v) for v in head.layer_scores_]}
     with open(out / "predictions.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -158,7 +168,8 @@ def run_frames(args, store, backbone, task, out: Path, plan) -> dict:
     Xv, yv, offv, _ = task.data(store, backbone, plan.select)
     Xt, yt, offt, rows = task.data(store, backbone, plan.score)
     fr = store.frame_rate(backbone)
-    head = make_head(args, store.shape(backbone)[0])
+    store.require_frames(backbone, f"--head {args.head}")
+    head = make_head(args, store.layer_ids(backbone))
     t0 = time.perf_counter()
     head.fit(X, y, frame_rate=fr, offsets=off, eval_set=(Xv, yv, offv))
     fit_s = time.perf_counter() - t0
@@ -234,7 +245,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=60, help="maximum epochs (early stopping on the selection split)")
     p.add_argument("--layers", default="all",
                    help="all (logreg/lgbm: their mean) | each (one probe per layer, linear head) | concat (logreg/lgbm: "
-                        "all layers side by side, with a per-layer importance) | i,j,... (stored layer indices)")
+                        "all layers side by side, with a per-layer importance) | i,j,... (the model's hidden-state "
+                        "indices, as stored: a store built with --layers holds only those)")
     p.add_argument("--context", type=float, default=0.0, metavar="SECONDS",
                    help="crf/frames: temporal context each side of a frame, in seconds (a dilated convolution "
                         "stack of round(SECONDS x frame rate) frames each side between the layer sum and the "
@@ -280,16 +292,17 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         runner = run_clip if task.kind == "clip" else run_frames
         head, report = runner(args, store, backbone, task, out, plan)
-    except (TaskError, BackboneNotInStore, ValueError, FileNotFoundError) as e:
+    except (TaskError, BackboneNotInStore, ValueError, FileNotFoundError) as e:  # NoFramesStored is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
     head.save(out / "head.joblib")
-    stored_layers = head.layers_used_
+    ids = store.layer_ids(backbone)
+    stored_layers = [ids[int(l)] for l in head.layers_used_]  # the model's indices, not positions
     learned = layer_plot(head)
     (out / "layer_weights.png").unlink(missing_ok=True)
     if learned is not None:
         plot_layer_weights(learned[0], list(stored_layers), out / "layer_weights.png",
-                           f"{backbone} / {args.head} / {args.task}: per stored layer\n{plan.label()}",
+                           f"{backbone} / {args.head} / {args.task}: per model layer\n{plan.label()}",
                            ylabel=learned[1])
     report.update(backbone=backbone, head=args.head, task=args.task, store=str(store.path),
                   protocol=plan.describe(), scored_split=plan.score_split, selection_split=plan.select_split,

@@ -202,7 +202,8 @@ def pitch_class_frames(store, backbone: str, layer: int | None = None, weights=N
         cuts = np.flatnonzero(np.diff(f) > READ_GAP) + 1
         for p, g in zip(np.split(pos, cuts), np.split(f, cuts)):
             lo, hi = int(g[0]), int(g[-1]) + 1
-            x = store.frames(int(r), bb, layers=sel, start=lo, stop=hi)[g - lo]
+            ids = None if sel is None else [store.layer_ids(bb)[k] for k in sel]  # positions -> model indices
+            x = store.frames(int(r), bb, layers=ids, start=lo, stop=hi)[g - lo]
             X[p] = _combine(x, 0 if sel else None, weights, layer_norm)
     return X, label_of[chosen]
 

@@ -129,34 +129,26 @@ def cmd_prepare(spec: TaskSpec, args) -> int:
 
 
 def cmd_build(spec: TaskSpec, args) -> int:
-    from featurestore.build import main as build_main
+    """Build WORKDIR/store.zarr from the manifest with the task's clip settings
+    (:func:`featurestore.build.build`, called with typed settings)."""
+    from featurestore.build import ExtractSettings, SettingsMismatch, build, format_report, parse_layer_list
 
     work = Path(args.workdir)
     if not (work / "manifest.csv").is_file():
         print(f"error: {work / 'manifest.csv'} is missing: run prepare first", file=sys.stderr)
         return 2
-    cs = spec.clip_settings(args)
-    argv = ["--input", str(work / "manifest.csv"), "--store", str(work / "store.zarr"),
-            "--segment-seconds", str(cs.segment_s or 0), "--min-segment-seconds", str(cs.min_segment_s)]
-    if cs.trim_db is not None:
-        argv += ["--trim-db", str(cs.trim_db)]
-    if cs.drop_quiet_db is not None:
-        argv += ["--drop-quiet-db", str(cs.drop_quiet_db)]
-    if cs.separate:
-        argv += ["--separate-vocals", cs.separate]
-    if cs.demucs_repo:
-        argv += ["--demucs-repo", cs.demucs_repo]
-    for bb in args.backbone:
-        argv += ["--backbone", bb]
-    for opt in ("model_path", "device", "num_workers", "batch_seconds"):
-        v = getattr(args, opt, None)
-        if v is not None:
-            argv += [f"--{opt.replace('_', '-')}", str(v)]
-    if args.overwrite:
-        argv.append("--overwrite")
-    if args.no_progress:
-        argv.append("--no-progress")
-    return build_main(argv)
+    try:
+        ext = ExtractSettings(batch_s=args.batch_seconds, dtype=args.dtype, frames=args.frames,
+                              layers=parse_layer_list(args.layers))
+        report = build(work / "manifest.csv", work / "store.zarr", args.backbone, clip_settings=spec.clip_settings(args),
+                       extract=ext, model_path=args.model_path, device=args.device,
+                       num_workers=2 if args.num_workers is None else args.num_workers, overwrite=args.overwrite,
+                       progress=not args.no_progress)
+    except (SettingsMismatch, FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    return 0
 
 
 def run_dir(args) -> Path:
@@ -447,6 +439,9 @@ def build_parser(spec: TaskSpec) -> argparse.ArgumentParser:
             c.add_argument("--batch-seconds", type=float, default=None,
                            help="audio seconds per forward batch; not given: 10 on CPU, 80 on CUDA")
             c.add_argument("--overwrite", action="store_true", help="rebuild a store whose settings differ")
+            from featurestore.build import add_store_format_arguments
+
+            add_store_format_arguments(c)
         if name in ("finetune", "reextract"):
             add_finetune_arguments(c, spec, name)
         if name in ("fit", "evaluate", "predict"):
