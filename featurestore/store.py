@@ -560,7 +560,8 @@ class RawChunkReader:
 
             codecs = arr.metadata.codecs
             return (arr.shards is None and len(codecs) == 1 and isinstance(codecs[0], BytesCodec)
-                    and str(getattr(codecs[0].endian, "value", codecs[0].endian)) == "little"
+                    and (str(getattr(codecs[0].endian, "value", codecs[0].endian)) == "little"
+                         or np.dtype(arr.dtype).itemsize == 1)  # (one-byte codes: no byte order)
                     and arr.metadata.chunk_key_encoding.separator == "/"
                     and tuple(arr.chunks[1:]) == tuple(arr.shape[1:]) and np.dtype(arr.dtype).itemsize > 0)
         except Exception:  # noqa: BLE001 - any other layout: use Zarr itself

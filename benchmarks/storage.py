@@ -1,0 +1,389 @@
+"""``python -m benchmarks.storage``: what each store option costs and what it changes, in one run.
+
+Options compared with the default float16 store of every frame and layer, on one demo corpus (the
+same clips, the same frontend, built once per option into one store under different names):
+
+- ``int8``: 8-bit frames (``--dtype int8``, :mod:`featurestore.quantize`);
+- ``frames none``: pooled rows only (``--frames none``);
+- ``layers I,J``: a subset of hidden states (``--layers``).
+
+Two tables:
+
+1. *Published sizes*: bytes per audio-hour of every registry frontend from its published L x D and
+   frame rate (:data:`featurestore.registry.REGISTRY`), for float16 frames, int8 frames (codes plus
+   8 bytes per layer and channel per 256-frame chunk) and pooled-only stores of ``--segment-seconds``
+   clips (two float16 rows of L x D per clip). Alignment padding (1.5-3 %) is not counted there.
+2. *Measured on the corpus*, per option: bytes on disk of the backbone's folder per audio-hour and as
+   a ratio of the float16 folder; read throughput in frames per second of random windows read with
+   ``FeatureStore.frames_into`` into a float32 buffer (the datasets' path), against a raw float16
+   ``np.memmap`` of the same frames (same layers) read into the same buffer in the same process
+   (best of ``--repeats``, alternated); and the probe results of the same heads on the same splits:
+   singer macro-F1 with ``linear`` and ``logreg`` (pooled rows) and transcription COnP F1 with
+   ``crf`` (frames; not possible on a pooled-only store). Scores name the scored split and the split
+   that chose the model (:mod:`heads.protocol`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.workdir import work_folder
+from featurestore.cli import HelpFormatter
+
+#: chunk frames and the bytes of one (offset, step) pair per layer and channel per chunk
+_CHUNK, _QBYTES = 256, 8
+
+
+@dataclass
+class StorageSpec:
+    """What one run measures. workdir: corpus and store (None: a temporary folder); corpus:
+    n_singers x clips_per_singer demo clips of duration_s; segment_s: clip length in the store;
+    layers: the subset the ``layers`` option keeps (model indices); windows / window_frames /
+    repeats: the read measurement; epochs / lr: every probe's; seed: heads and read positions."""
+
+    workdir: str | None = None
+    backbone: str = "crepe-tiny"
+    n_singers: int = 4
+    clips_per_singer: int = 8
+    duration_s: float = 5.0
+    segment_s: float = 5.0
+    layers: tuple[int, ...] = (0, 2, 4)
+    windows: int = 300
+    window_frames: int = 100
+    repeats: int = 5
+    epochs: int = 40
+    lr: str = "3e-3,1e-2"
+    seed: int = 0
+    num_workers: int = 0
+    progress: bool = True
+    options: list[str] = field(default_factory=lambda: ["float16", "int8", "frames none", "layers"])
+
+
+# ---- published sizes -----------------------------------------------------------------------------
+
+def published_sizes(segment_s: float = 5.0) -> list[dict]:
+    """Bytes per audio-hour of every registry frontend (published L, D, frames per second): float16
+    frames, int8 frames, pooled-only with clips of ``segment_s`` seconds."""
+    from featurestore.registry import REGISTRY
+
+    out = []
+    for spec in REGISTRY.values():
+        L, D, fps = spec.expected_layers, spec.expected_dim, spec.expected_frame_rate
+        if None in (L, D, fps):
+            continue
+        frames = 3600 * fps
+        out.append({"frontend": spec.name, "layers": L, "dim": D, "frame_rate": fps,
+                    "float16": frames * L * D * 2,
+                    "int8": frames * L * D * (1 + _QBYTES / _CHUNK),
+                    "frames_none": 3600 / segment_s * 2 * L * D * 2})
+    return out
+
+
+# ---- the corpus and its stores ---------------------------------------------------------------------
+
+def option_settings(option: str, layers: tuple[int, ...]):
+    """(backbone name suffix, :class:`featurestore.build.ExtractSettings`) of an option."""
+    from featurestore.build import ExtractSettings
+
+    table = {"float16": ("", ExtractSettings()), "int8": ("-int8", ExtractSettings(dtype="int8")),
+             "frames none": ("-pooled", ExtractSettings(frames="none")),
+             "layers": ("-layers", ExtractSettings(layers=tuple(layers)))}
+    if option not in table:
+        raise ValueError(f"unknown option {option!r}: expected one of {', '.join(table)}")
+    return table[option]
+
+
+def build_stores(spec: StorageSpec, workdir: Path) -> tuple[Path, dict[str, str]]:
+    """The demo corpus and one store holding the backbone once per option -> (store, option -> name)."""
+    from featurestore.build import build
+    from featurestore.clips import ClipSettings
+    from featurestore.demo import make_demo_corpus
+    from featurestore.registry import resolve
+
+    manifest = make_demo_corpus(workdir / "corpus", n_singers=spec.n_singers, clips_per_singer=spec.clips_per_singer,
+                                duration_s=spec.duration_s, seed=spec.seed)
+    store = workdir / "store.zarr"
+    base = resolve(spec.backbone).name
+    names = {}
+    for option in spec.options:
+        suffix, ext = option_settings(option, spec.layers)
+        names[option] = base + suffix
+        build(manifest, store, [spec.backbone], name=names[option], extract=ext, progress=spec.progress,
+              num_workers=spec.num_workers, clip_settings=ClipSettings(segment_s=spec.segment_s))
+    return store, names
+
+
+def backbone_bytes(store: Path, name: str) -> int:
+    """Bytes of every file under the backbone's folder."""
+    from featurestore import layout
+    from featurestore.build import dir_size
+
+    return dir_size(Path(store) / layout.backbone_path(name))
+
+
+# ---- reads -------------------------------------------------------------------------------------------
+
+def read_windows(store, name: str, n: int, width: int, seed: int) -> list[tuple[int, int, int]]:
+    """``n`` random windows (clip row, start, stop) of at most ``width`` frames."""
+    nf = store.n_frames(name)
+    rows = np.flatnonzero(nf > 0)
+    rng = np.random.default_rng(seed)
+    out = []
+    for r in rng.choice(rows, size=n):
+        w = min(width, int(nf[r]))
+        a = int(rng.integers(0, int(nf[r]) - w + 1))
+        out.append((int(r), a, a + w))
+    return out
+
+
+def raw_float16_memmap(store, ref: str, layers: list[int], path: Path) -> np.memmap:
+    """A raw float16 file [F, L', D] of the reference backbone's frames (model ``layers``), in the
+    frames array's layout (same offsets), opened as an ``np.memmap``: the read baseline."""
+    arr = store.frames_array(ref)
+    pos = [store.layer_ids(ref).index(m) for m in layers]
+    shape = (arr.shape[0], len(pos), arr.shape[2])
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+    step = 4096
+    for a in range(0, shape[0], step):
+        mm[a:a + step] = arr[a:a + step][:, pos]
+    mm.flush()
+    return np.load(path, mmap_mode="r")
+
+
+def time_reads(store, name: str, mm: np.ndarray, windows, repeats: int) -> dict:
+    """Frames per second of ``windows`` read with ``store.frames_into`` and from the memmap ``mm``
+    (same frames) into one float32 buffer, best of ``repeats`` each, alternated; and whether both
+    give the same values for float stores (int8: their largest difference)."""
+    L, D = store.shape(name)
+    buf = np.empty((max(b - a for _, a, b in windows), L, D), dtype=np.float32)
+    off = store.offsets(name)
+    total = sum(b - a for _, a, b in windows)
+
+    def via_store():
+        for r, a, b in windows:
+            store.frames_into(r, name, buf, start=a, stop=b)
+
+    def via_memmap():
+        for r, a, b in windows:
+            buf[:b - a] = mm[off[r, 0] + a:off[r, 0] + b]
+
+    best = {"store": float("inf"), "memmap": float("inf")}
+    via_store(), via_memmap()  # warm: page cache, memory maps, parameter rows
+    for _ in range(repeats):
+        for key, fn in (("store", via_store), ("memmap", via_memmap)):
+            t0 = time.perf_counter()
+            fn()
+            best[key] = min(best[key], time.perf_counter() - t0)
+    r, a, b = windows[0]
+    x = store.frames(r, name, start=a, stop=b)
+    diff = float(np.abs(x.astype(np.float32) - mm[off[r, 0] + a:off[r, 0] + b].astype(np.float32)).max())
+    return {"store_fps": total / best["store"], "memmap_fps": total / best["memmap"],
+            "ratio": best["memmap"] / best["store"], "frames": total, "windows": len(windows),
+            "max_abs_diff_first_window": diff}
+
+
+# ---- probes ------------------------------------------------------------------------------------------
+
+def clip_probe(store, name: str, head: str, spec: StorageSpec) -> dict:
+    """Singer macro-F1 of ``head`` (linear | logreg) on the pooled rows, default split protocol."""
+    from heads.clip_heads import LinearHead, LogRegHead
+    from heads.evaluation import score_clip_head
+    from heads.tasks import make_task
+
+    task = make_task("singer")
+    plan = task.plan(store, name, seed=spec.seed)
+    X, y, _ = task.data(store, name, plan.train)
+    Xv, yv, _ = task.data(store, name, plan.select)
+    Xt, yt, _ = task.data(store, name, plan.score)
+    est = (LinearHead(lr=spec.lr, epochs=spec.epochs, seed=spec.seed, progress=False) if head == "linear"
+           else LogRegHead(features="mean", seed=spec.seed))
+    est.fit(X, y, eval_set=(Xv, yv))
+    rep = score_clip_head(est, Xt, yt).report
+    return {"macro_f1": 100 * float(rep["macro_f1"]), "scored": plan.score_split, "chosen": plan.select_split,
+            "n_scored": int(len(yt))}
+
+
+def crf_probe(store, name: str, spec: StorageSpec) -> dict:
+    """Transcription COnP F1 of the ``crf`` head on the frames, default split protocol."""
+    from heads.evaluation import score_notes
+    from heads.frame_heads import CRFHead
+    from heads.tasks import make_task
+
+    task = make_task("transcription")
+    plan = task.plan(store, name, seed=spec.seed)
+    X, y, off, _ = task.data(store, name, plan.train)
+    Xv, yv, offv, _ = task.data(store, name, plan.select)
+    Xt, yt, offt, rows = task.data(store, name, plan.score)
+    est = CRFHead(lr=spec.lr, epochs=spec.epochs, seed=spec.seed, progress=False)
+    est.fit(X, y, frame_rate=store.frame_rate(name), offsets=off, eval_set=(Xv, yv, offv))
+    rep = score_notes(store, rows, yt, est.predict(Xt, offsets=offt))
+    return {"conp_f1": 100 * float(rep["mean"]["COnP"]["f1"]), "scored": plan.score_split,
+            "chosen": plan.select_split, "n_scored": int(rep["n_songs"])}
+
+
+# ---- the run -----------------------------------------------------------------------------------------
+
+def run(spec: StorageSpec) -> dict:
+    """Build, measure and probe every option (see the module docstring) -> JSON-able results."""
+    import torch
+    from featurestore import open_store
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    with work_folder(spec.workdir, "singfront-storage-") as workdir:
+        t0 = time.perf_counter()
+        path, names = build_stores(spec, workdir)
+        build_s = time.perf_counter() - t0
+        store = open_store(path)
+        ref = names["float16"]
+        with_frames = store.n_frames(ref) > 0
+        hours = float((store.clips["end_s"] - store.clips["start_s"])[with_frames].sum()) / 3600
+        windows = read_windows(store, ref, spec.windows, spec.window_frames, spec.seed)
+        ref_bytes = backbone_bytes(path, ref)
+        rows = []
+        for option, name in names.items():
+            _say(spec, f"measuring {option} ({name})")
+            nbytes = backbone_bytes(path, name)
+            row = {"option": option, "backbone": name, "bytes": nbytes, "bytes_per_hour": nbytes / hours,
+                   "size_ratio": nbytes / ref_bytes, "layers": store.layer_ids(name)}
+            if store.has_frames(name):
+                mm = raw_float16_memmap(store, ref, store.layer_ids(name), workdir / f"{name}.npy")
+                row["reads"] = time_reads(store, name, mm, windows, spec.repeats)
+                del mm
+            row["singer_linear"] = clip_probe(store, name, "linear", spec)
+            row["singer_logreg"] = clip_probe(store, name, "logreg", spec)
+            row["conp_crf"] = crf_probe(store, name, spec) if store.has_frames(name) else None
+            rows.append(row)
+        first = store.clips
+        result = {"spec": asdict(spec), "published": published_sizes(spec.segment_s), "rows": rows,
+                  "corpus": {"clips": int(len(first["id"])), "audio_hours": hours,
+                             "frames": int(store.n_frames(ref).sum()), "shape": list(store.shape(ref)),
+                             "backbone": ref}, "build_seconds": build_s}
+    return result
+
+
+def _say(spec: StorageSpec, msg: str) -> None:
+    if spec.progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+# ---- tables ------------------------------------------------------------------------------------------
+
+def _gb(v: float) -> str:
+    return f"{v / 1e9:.2f}" if v >= 1e8 else f"{v / 1e9:.3f}"
+
+
+def format_tables(r: dict) -> str:
+    """The two markdown tables (published sizes; measured on the corpus) with their notes."""
+    seg = r["spec"]["segment_s"]
+    lines = [f"Published sizes (GB per audio-hour; pooled-only for {seg:g} s clips; alignment padding not counted):",
+             "", "| frontend | L x D | frames/s | float16 | int8 | int8 / float16 | frames none | none / float16 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in r["published"]:
+        lines.append(f"| {p['frontend']} | {p['layers']} x {p['dim']} | {p['frame_rate']:g} | {_gb(p['float16'])} | "
+                     f"{_gb(p['int8'])} | {p['int8'] / p['float16']:.3f} | {_gb(p['frames_none'])} | "
+                     f"{p['frames_none'] / p['float16']:.4f} |")
+    c = r["corpus"]
+    ref = next(x for x in r["rows"] if x["option"] == "float16")
+    lines += ["", f"Measured on the demo corpus: {c['clips']} clips ({3600 * c['audio_hours']:.0f} s of audio, "
+              f"{c['frames']} frames of {c['shape'][0]} x {c['shape'][1]}, {c['backbone']}); reads: "
+              f"{ref['reads']['windows']} random windows of <= {r['spec']['window_frames']} frames into a float32 "
+              f"buffer, best of {r['spec']['repeats']}, against a raw float16 memmap of the same frames and layers; "
+              f"probes: {r['spec']['epochs']} epochs, lr grid {r['spec']['lr']}, seed {r['spec']['seed']}.", "",
+              "| option | layers | MB on disk | GB per audio-hour | size vs float16 | reads (frames/s) | "
+              "memmap float16 (frames/s) | reads vs memmap | singer F1 linear | singer F1 logreg | COnP F1 crf |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for x in r["rows"]:
+        rd = x.get("reads")
+        reads = (f"{rd['store_fps']:.0f} | {rd['memmap_fps']:.0f} | {rd['ratio']:.2f}x" if rd else "- | - | -")
+        conp = f"{x['conp_crf']['conp_f1']:.1f}" if x["conp_crf"] else "refused (no frames)"
+        ids = x["layers"]
+        lay = "all" if ids == list(range(len(ids))) and len(ids) == c["shape"][0] else ",".join(map(str, ids))
+        lines.append(f"| {x['option']} | {lay} | {x['bytes'] / 1e6:.2f} | {_gb(x['bytes_per_hour'])} | "
+                     f"{x['size_ratio']:.3f} | {reads} | {x['singer_linear']['macro_f1']:.1f} | "
+                     f"{x['singer_logreg']['macro_f1']:.1f} | {conp} |")
+    s, t = ref["singer_linear"], ref["conp_crf"]
+    lines += ["", f"Scores: singer macro-F1 (%) per clip, scored on {s['scored']} ({s['n_scored']} clips), chosen on "
+                  f"{s['chosen']}; COnP F1 (%) averaged over {t['n_scored']} clips scored on {t['scored']}, chosen on "
+                  f"{t['chosen']}. Reads vs memmap: the memmap's best time / the store's best time in this process "
+                  "(above 1: the store is faster)."]
+    return "\n".join(lines)
+
+
+# ---- command line ------------------------------------------------------------------------------------
+
+def parse_args(argv=None) -> tuple[StorageSpec, argparse.Namespace]:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.storage",
+        description="Store options against float16 on one demo corpus: bytes per audio-hour (published sizes of "
+                    "every registry frontend, and measured), read throughput against a raw float16 memmap, and "
+                    "the probe results of the same heads on the same splits (singer macro-F1 with linear and "
+                    "logreg, COnP with crf).",
+        formatter_class=HelpFormatter)
+    d = StorageSpec()
+    p.add_argument("--backbone", default=d.backbone, help="registry name of the frontend (weights needed locally)")
+    p.add_argument("--clips-per-singer", type=int, default=d.clips_per_singer,
+                   help=f"demo clips per singer ({d.n_singers} singers, >= 3)")
+    p.add_argument("--duration-seconds", type=float, default=d.duration_s, help="length of each demo clip (s)")
+    p.add_argument("--segment-seconds", type=float, default=d.segment_s,
+                   help="clip length in the store (s); also the clip length of the published pooled-only sizes")
+    p.add_argument("--layers", default=",".join(map(str, d.layers)),
+                   help="model layer indices the 'layers' option keeps")
+    p.add_argument("--windows", type=int, default=d.windows, help="random windows per read measurement")
+    p.add_argument("--window-frames", type=int, default=d.window_frames, help="frames per window")
+    p.add_argument("--repeats", type=int, default=d.repeats, help="timed passes over the windows (best kept)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs of the linear and crf probes")
+    p.add_argument("--lr", default=d.lr, help="learning-rate grid of the linear and crf probes (chosen on the "
+                                              "selection split)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the corpus, the heads and the read positions")
+    p.add_argument("--workdir", default=None, help="folder for the corpus and store (default: temporary, removed)")
+    p.add_argument("--json", metavar="OUT", default=None, help="write all results as JSON to this file")
+    p.add_argument("--out", metavar="MD", default=None, help="write the tables as markdown to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
+    args = p.parse_args(argv)
+    from featurestore.build import parse_layer_list
+
+    try:
+        layers = parse_layer_list(args.layers)
+        from heads.training import lr_grid
+
+        if not lr_grid(args.lr) or min(lr_grid(args.lr)) <= 0:
+            raise ValueError(f"--lr expects positive learning rates, got {args.lr!r}")
+    except ValueError as e:
+        p.error(str(e))
+    if min(args.windows, args.window_frames, args.repeats, args.epochs) < 1 or args.clips_per_singer < 3:
+        p.error("--windows, --window-frames, --repeats and --epochs must be >= 1, --clips-per-singer >= 3")
+    if not args.duration_seconds > 0 or not args.segment_seconds > 0:
+        p.error("--duration-seconds and --segment-seconds must be > 0")
+    spec = StorageSpec(workdir=args.workdir, backbone=args.backbone, clips_per_singer=args.clips_per_singer,
+                       duration_s=args.duration_seconds, segment_s=args.segment_seconds, layers=layers,
+                       windows=args.windows, window_frames=args.window_frames, repeats=args.repeats,
+                       epochs=args.epochs, lr=args.lr, seed=args.seed, progress=not args.quiet)
+    return spec, args
+
+
+def main(argv=None) -> int:
+    spec, args = parse_args(argv)
+    try:
+        result = run(spec)
+    except (ValueError, KeyError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = format_tables(result)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
