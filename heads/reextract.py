@@ -18,14 +18,15 @@ import sys
 from pathlib import Path
 
 from featurestore import open_store
-from featurestore.build import ExtractSettings, extract_backbone
+from featurestore.build import DTYPES, ExtractSettings, extract_backbone
 from featurestore.cli import HelpFormatter
 from featurestore.frontends import load_frontend
 from featurestore.locking import StoreLock
 from featurestore.writer import open_root
 
-#: ExtractSettings fields read from the base backbone's stored identity.
-_SETTINGS = ("dtype", "window_s", "context_s", "chunk_frames", "shard_frames", "target_unit_frames")
+#: ExtractSettings fields read from the base backbone's stored identity (a base built with --frames none or
+#: --layers gives the fine-tuned backbone the same format).
+_SETTINGS = ("dtype", "window_s", "context_s", "chunk_frames", "shard_frames", "target_unit_frames", "frames", "layers")
 
 
 def base_settings(store, base: str | None, dtype: str | None) -> ExtractSettings:
@@ -71,7 +72,7 @@ def parse_args(argv=None):
     p.add_argument("--run", required=True, help="run folder written by heads.finetune")
     p.add_argument("--store", help="store to write into (default: the store the run was trained on)")
     p.add_argument("--name", help="backbone name in the store (default: the run's, e.g. crepe-tiny@sid-ft)")
-    p.add_argument("--dtype", choices=["float16", "float32"], default=None,
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="storage dtype (default: the base backbone's)")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--num-workers", type=int, default=2, help="audio decoding worker processes")
