@@ -119,12 +119,15 @@ def build_stores(spec: StorageSpec, workdir: Path) -> tuple[Path, dict[str, str]
     return store, names
 
 
-def backbone_bytes(store: Path, name: str) -> int:
-    """Bytes of every file under the backbone's folder."""
+def backbone_bytes(store: Path, name: str, arrays=None) -> int:
+    """Bytes of every file under the backbone's folder (``arrays``: only under those arrays' folders)."""
     from featurestore import layout
     from featurestore.build import dir_size
 
-    return dir_size(Path(store) / layout.backbone_path(name))
+    folder = Path(store) / layout.backbone_path(name)
+    if arrays is None:
+        return dir_size(folder)
+    return sum(dir_size(folder / a) for a in arrays if (folder / a).is_dir())
 
 
 # ---- reads -------------------------------------------------------------------------------------------
@@ -156,36 +159,41 @@ def raw_float16_memmap(store, ref: str, layers: list[int], path: Path) -> np.mem
     return np.load(path, mmap_mode="r")
 
 
-def time_reads(store, name: str, mm: np.ndarray, windows, repeats: int) -> dict:
-    """Frames per second of ``windows`` read with ``store.frames_into`` and from the memmap ``mm``
-    (same frames) into one float32 buffer, best of ``repeats`` each, alternated; and whether both
-    give the same values for float stores (int8: their largest difference)."""
-    L, D = store.shape(name)
-    buf = np.empty((max(b - a for _, a, b in windows), L, D), dtype=np.float32)
-    off = store.offsets(name)
+def time_reads(store, names: list[str], memmaps: dict[str, np.ndarray], windows, repeats: int) -> dict[str, dict]:
+    """Frames per second of ``windows`` read with ``store.frames_into`` from each backbone of ``names``
+    and from its raw float16 memmap (``memmaps[name]``: the same frames and layers) into a float32
+    buffer. Every repeat times every reader once, in turn, so that all of them see the same machine
+    load; the best of ``repeats`` is kept. Also the largest difference of the first window (0 for a
+    float16 store; the quantisation error for int8)."""
+    off = store.offsets(names[0])
     total = sum(b - a for _, a, b in windows)
+    width = max(b - a for _, a, b in windows)
 
-    def via_store():
-        for r, a, b in windows:
-            store.frames_into(r, name, buf, start=a, stop=b)
+    def reader(name, via_store):
+        buf = np.empty((width,) + tuple(store.shape(name)), dtype=np.float32)
+        mm = memmaps[name]
+        if via_store:
+            return lambda: [store.frames_into(r, name, buf, start=a, stop=b) for r, a, b in windows]
+        return lambda: [buf.__setitem__(slice(0, b - a), mm[off[r, 0] + a:off[r, 0] + b]) for r, a, b in windows]
 
-    def via_memmap():
-        for r, a, b in windows:
-            buf[:b - a] = mm[off[r, 0] + a:off[r, 0] + b]
-
-    best = {"store": float("inf"), "memmap": float("inf")}
-    via_store(), via_memmap()  # warm: page cache, memory maps, parameter rows
+    fns = {(n, k): reader(n, k == "store") for n in names for k in ("store", "memmap")}
+    best = {key: float("inf") for key in fns}
+    for fn in fns.values():  # warm: page cache, memory maps, parameter rows
+        fn()
     for _ in range(repeats):
-        for key, fn in (("store", via_store), ("memmap", via_memmap)):
+        for key, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             best[key] = min(best[key], time.perf_counter() - t0)
+    out = {}
     r, a, b = windows[0]
-    x = store.frames(r, name, start=a, stop=b)
-    diff = float(np.abs(x.astype(np.float32) - mm[off[r, 0] + a:off[r, 0] + b].astype(np.float32)).max())
-    return {"store_fps": total / best["store"], "memmap_fps": total / best["memmap"],
-            "ratio": best["memmap"] / best["store"], "frames": total, "windows": len(windows),
-            "max_abs_diff_first_window": diff}
+    for n in names:
+        x = store.frames(r, n, start=a, stop=b).astype(np.float32)
+        diff = float(np.abs(x - memmaps[n][off[r, 0] + a:off[r, 0] + b].astype(np.float32)).max())
+        out[n] = {"store_fps": total / best[n, "store"], "memmap_fps": total / best[n, "memmap"],
+                  "ratio": best[n, "memmap"] / best[n, "store"], "frames": total, "windows": len(windows),
+                  "max_abs_diff_first_window": diff}
+    return out
 
 
 # ---- probes ------------------------------------------------------------------------------------------
@@ -245,16 +253,28 @@ def run(spec: StorageSpec) -> dict:
         hours = float((store.clips["end_s"] - store.clips["start_s"])[with_frames].sum()) / 3600
         windows = read_windows(store, ref, spec.windows, spec.window_frames, spec.seed)
         ref_bytes = backbone_bytes(path, ref)
+        frame_arrays = ("frames", "frames_quant")
+        ref_frames = backbone_bytes(path, ref, frame_arrays)
+        readable = [n for n in names.values() if store.has_frames(n)]
+        memmaps, files = {}, {}
+        for n in readable:  # one raw float16 file per set of layers
+            key = tuple(store.layer_ids(n))
+            if key not in files:
+                files[key] = raw_float16_memmap(store, ref, list(key), workdir / f"raw-{len(files)}.npy")
+            memmaps[n] = files[key]
+        _say(spec, f"timing reads of {', '.join(readable)} against raw float16 memmaps")
+        reads = time_reads(store, readable, memmaps, windows, spec.repeats)
+        del memmaps, files
         rows = []
         for option, name in names.items():
-            _say(spec, f"measuring {option} ({name})")
+            _say(spec, f"probes on {option} ({name})")
             nbytes = backbone_bytes(path, name)
             row = {"option": option, "backbone": name, "bytes": nbytes, "bytes_per_hour": nbytes / hours,
-                   "size_ratio": nbytes / ref_bytes, "layers": store.layer_ids(name)}
-            if store.has_frames(name):
-                mm = raw_float16_memmap(store, ref, store.layer_ids(name), workdir / f"{name}.npy")
-                row["reads"] = time_reads(store, name, mm, windows, spec.repeats)
-                del mm
+                   "size_ratio": nbytes / ref_bytes, "layers": store.layer_ids(name),
+                   "frames_bytes": backbone_bytes(path, name, frame_arrays),
+                   "frames_ratio": backbone_bytes(path, name, frame_arrays) / ref_frames}
+            if name in reads:
+                row["reads"] = reads[name]
             row["singer_linear"] = clip_probe(store, name, "linear", spec)
             row["singer_logreg"] = clip_probe(store, name, "logreg", spec)
             row["conp_crf"] = crf_probe(store, name, spec) if store.has_frames(name) else None
@@ -295,9 +315,10 @@ def format_tables(r: dict) -> str:
               f"{ref['reads']['windows']} random windows of <= {r['spec']['window_frames']} frames into a float32 "
               f"buffer, best of {r['spec']['repeats']}, against a raw float16 memmap of the same frames and layers; "
               f"probes: {r['spec']['epochs']} epochs, lr grid {r['spec']['lr']}, seed {r['spec']['seed']}.", "",
-              "| option | layers | MB on disk | GB per audio-hour | size vs float16 | reads (frames/s) | "
-              "memmap float16 (frames/s) | reads vs memmap | singer F1 linear | singer F1 logreg | COnP F1 crf |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| option | layers | MB on disk | GB per audio-hour | size vs float16 | frame arrays vs float16 | "
+              "reads (frames/s) | memmap float16 (frames/s) | reads vs memmap | singer F1 linear | singer F1 logreg | "
+              "COnP F1 crf |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
         rd = x.get("reads")
         reads = (f"{rd['store_fps']:.0f} | {rd['memmap_fps']:.0f} | {rd['ratio']:.2f}x" if rd else "- | - | -")
@@ -305,13 +326,14 @@ def format_tables(r: dict) -> str:
         ids = x["layers"]
         lay = "all" if ids == list(range(len(ids))) and len(ids) == c["shape"][0] else ",".join(map(str, ids))
         lines.append(f"| {x['option']} | {lay} | {x['bytes'] / 1e6:.2f} | {_gb(x['bytes_per_hour'])} | "
-                     f"{x['size_ratio']:.3f} | {reads} | {x['singer_linear']['macro_f1']:.1f} | "
+                     f"{x['size_ratio']:.3f} | {x['frames_ratio']:.3f} | {reads} | {x['singer_linear']['macro_f1']:.1f} | "
                      f"{x['singer_logreg']['macro_f1']:.1f} | {conp} |")
     s, t = ref["singer_linear"], ref["conp_crf"]
     lines += ["", f"Scores: singer macro-F1 (%) per clip, scored on {s['scored']} ({s['n_scored']} clips), chosen on "
                   f"{s['chosen']}; COnP F1 (%) averaged over {t['n_scored']} clips scored on {t['scored']}, chosen on "
-                  f"{t['chosen']}. Reads vs memmap: the memmap's best time / the store's best time in this process "
-                  "(above 1: the store is faster)."]
+                  f"{t['chosen']}. Reads vs memmap: the memmap's best time / the store's best time in this process, "
+                  "every reader timed once per repeat in turn (above 1: the store is faster). Size: the backbone's "
+                  "folder, pooled rows and markers included; frame arrays: frames (+ frames_quant for int8)."]
     return "\n".join(lines)
 
 
