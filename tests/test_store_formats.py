@@ -339,3 +339,42 @@ def test_build_options_are_checked_before_anything_is_extracted(tmp_path, capsys
     capsys.readouterr()
     assert main(base) == 2
     assert "frames" in capsys.readouterr().err
+
+
+def test_int8_pooled_only_and_subset_on_a_url_store_with_shards_equal_a_local_build(tmp_path):
+    """fsspec (memory://) and sharded layouts: the three formats build, read and verify as locally."""
+    import uuid
+
+    import fsspec
+    from featurestore import open_store
+    from featurestore.build import ExtractSettings, build
+    from featurestore.clips import ClipSettings
+    from featurestore.store import CheckedArray
+    from featurestore.verify import verify
+
+    noise_clips(tmp_path / "audio", 16000, [3.2, 2.0, 1.3])
+    kw = dict(clip_settings=ClipSettings(segment_s=1.0, min_segment_s=0.5), num_workers=0, progress=False)
+    shard = dict(target_unit_frames=120, chunk_frames=32, shard_frames=128)
+    kinds = {"i8": ExtractSettings(dtype="int8", **shard), "none": ExtractSettings(frames="none", **shard),
+             "sub": ExtractSettings(layers=(0, 5), **shard)}
+    url = f"memory://formats-{uuid.uuid4().hex}/songs.zarr"
+    try:
+        for where in (tmp_path / "local.zarr", url):
+            for name, ext in kinds.items():
+                build(tmp_path / "audio", where, [BB], name=name, extract=ext, **kw)
+        a, b = open_store(tmp_path / "local.zarr"), open_store(url)
+        assert isinstance(b._reader("i8"), CheckedArray) and b._reader("i8").quant is not None
+        for name in kinds:
+            for stat in ("mean", "std"):
+                assert a.pooled(name, stat=stat).tobytes() == b.pooled(name, stat=stat).tobytes()
+            for cid in a.clip_ids:
+                if name != "none":
+                    x, y = a.frames(cid, name), b.frames(cid, name)
+                    assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
+            assert verify(url, [name]).ok and verify(tmp_path / "local.zarr", [name]).ok
+        assert b.layer_ids("sub") == [0, 5] and not b.has_frames("none")
+    finally:
+        fs = fsspec.filesystem("memory")
+        root = url.split("://", 1)[1].rsplit("/", 1)[0]
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
