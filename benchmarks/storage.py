@@ -25,7 +25,6 @@ Two tables:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.workdir import work_folder
+from benchmarks.workdir import work_folder, write_outputs
 from featurestore.cli import HelpFormatter
 
 #: chunk frames and the bytes of one (offset, step) pair per layer and channel per chunk
@@ -398,12 +397,7 @@ def main(argv=None) -> int:
         return 2
     text = format_tables(result)
     print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_outputs(text, result, args.out, args.json)
     return 0
 
 

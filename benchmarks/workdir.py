@@ -39,3 +39,14 @@ def run_child(module: str, argv: list[str]) -> dict:
     if r.returncode != 0:
         raise RuntimeError(f"the measured process failed ({' '.join(cmd)}):\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def write_outputs(text: str, result: dict, out: str | None, json_path: str | None) -> None:
+    """Write a benchmark's markdown ``text`` to ``out`` and its ``result`` as JSON to ``json_path``
+    (each when given; folders created)."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2, default=str) + "\n")

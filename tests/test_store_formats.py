@@ -16,6 +16,7 @@ import pytest
 import zarr
 
 from tests.conftest import noise_clips
+from tests.test_resume import run_build, units_done
 
 ROOT = Path(__file__).resolve().parents[1]
 BB = "crepe-tiny"
@@ -259,21 +260,11 @@ def test_int8_through_zarr_reads_equals_the_memory_mapped_reader(stores):
         np.testing.assert_array_equal(t.frames(cid, "crepe-int8"), s.frames(cid, "crepe-int8"))
 
 
-ARGS = ["--segment-seconds", "1", "--unit-frames", "60", "--batch-seconds", "2", "--num-workers", "0",
-        "--no-progress", "--backbone", BB, "--dtype", "int8"]
+INT8 = ["--dtype", "int8"]
 
 
 def _build(inp, store, wait=True):
-    cmd = [sys.executable, "-m", "featurestore.build", "--input", str(inp), "--store", str(store), *ARGS]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    if wait:
-        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _units_done(store: Path) -> int:
-    d = store / "backbones" / BB / "unit_done" / "c"
-    return len(list(d.iterdir())) if d.is_dir() else 0
+    return run_build(inp, store, INT8, wait=wait)
 
 
 def test_int8_kill_and_resume_equals_uninterrupted_and_verify_catches_a_corrupted_scale(tmp_path):
@@ -285,11 +276,11 @@ def test_int8_kill_and_resume_equals_uninterrupted_and_verify_catches_a_corrupte
     n_units = zarr.open_group(str(ref), mode="r")[f"backbones/{BB}/unit_done"].shape[0]
     proc = _build(inp, killed, wait=False)
     deadline = time.time() + 120
-    while _units_done(killed) < 3 and proc.poll() is None and time.time() < deadline:
+    while units_done(killed) < 3 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 0 < _units_done(killed) < n_units, "the build was not interrupted mid-way"
+    assert 0 < units_done(killed) < n_units, "the build was not interrupted mid-way"
     r = _build(inp, killed)
     assert r.returncode == 0, r.stderr
     ga, gb = (zarr.open_group(str(p / "backbones" / BB), mode="r") for p in (ref, killed))
@@ -397,3 +388,20 @@ def test_finetune_stage1_reuse_refuses_pooled_only_and_layer_subset_backbones(st
             stored_stage1(args, s, name, fe, {}, {})
         args.stage1_features = "auto"
         assert stored_stage1(args, s, name, fe, {}, {}) is None
+
+
+def test_storage_benchmark_published_sizes_match_the_issue_arithmetic():
+    """Bytes per audio-hour = L x D x frame rate x 3600 x bytes per value (the issue's figures:
+    MERT-v1-95M 5.4 GB, MERT-v1-330M 13.8 GB, WavLM-large 9.2 GB per audio-hour in float16)."""
+    from benchmarks.storage import option_settings, published_sizes
+
+    sizes = {p["frontend"]: p for p in published_sizes(5.0)}
+    assert round(sizes["mert-v1-95m"]["float16"] / 1e9, 1) == 5.4
+    assert round(sizes["mert-v1-330m"]["float16"] / 1e9, 1) == 13.8
+    assert round(sizes["wavlm-large"]["float16"] / 1e9, 1) == 9.2
+    m = sizes["mert-v1-95m"]
+    assert m["int8"] == 13 * 768 * 75 * 3600 * (1 + 8 / 256)        # codes + offset/step per 256-frame chunk
+    assert m["frames_none"] == 720 * 2 * 13 * 768 * 2                 # 720 clips/h, mean and std rows, float16
+    assert m["frames_none"] / m["float16"] < 0.02
+    with pytest.raises(ValueError, match="unknown option"):
+        option_settings("bfloat16", (0,))
