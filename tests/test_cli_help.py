@@ -51,6 +51,7 @@ PARSERS = {
     "benchmarks.heads_fit": lambda: _parser_of("benchmarks.heads_fit", "main"),
     "benchmarks.memory": lambda: _parser_of("benchmarks.memory", "parse_args"),
     "benchmarks.speed": lambda: _parser_of("benchmarks.speed", "parse_args"),
+    "benchmarks.storage": lambda: _parser_of("benchmarks.storage", "parse_args"),
 }
 
 
