@@ -28,6 +28,7 @@ from featurestore import distributed
 from featurestore.distributed import Ranks
 from featurestore.extract import UnitAudio, WindowGeometry, run_unit, window_plan
 from featurestore.frontends import Frontend, load_frontend
+from featurestore.hf_loading import ATTENTION_KINDS
 from featurestore.location import Location, is_url, store_location
 from featurestore.locking import KINDS as LOCK_KINDS, LockTimeout, StoreLock
 from featurestore import fingerprint as fpr
@@ -439,7 +440,8 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
 
 def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_settings: ClipSettings | None = None,
           extract: ExtractSettings | None = None, model_path=None, name=None, local_files_only=False,
-          device=None, num_workers=2, overwrite=False, shard=(0, 1), vocals_cache=None,
+          trust_remote_code: bool = False, attention: str | None = None, device=None, num_workers=2,
+          overwrite=False, shard=(0, 1), vocals_cache=None,
           progress=True, plan_only=False, fingerprint=None, lock: str = "auto",
           lock_timeout: float | None = None, ranks: Ranks | None = None) -> BuildReport:
     """Library entry point of the CLI: plan the clips (once) and extract each backbone.
@@ -454,6 +456,10 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
 
     ``plan_only``: plan the clip table and the backbones' layouts, extract nothing (the step before
     several ``shard`` processes write one store).
+
+    ``trust_remote_code``: let a transformers model's own Python code run (off by default: every
+    registry entry, MERT included, loads into transformers' own classes); ``attention``: ``sdpa`` |
+    ``eager`` | None (SDPA where transformers offers it).
 
     ``ranks``: this process's rank in a multi-process build (:mod:`featurestore.distributed`; from
     torchrun, with a process group: rank 0 plans the clip table while the others wait; without one:
@@ -495,7 +501,8 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
         raise RuntimeError(f"no clip could be planned from {input_path}: " +
                            "; ".join(s["message"] for s in skips[:5]))
     for bb in backbones:
-        fe = load_frontend(bb, path=model_path, local_files_only=local_files_only, device=device)
+        fe = load_frontend(bb, path=model_path, local_files_only=local_files_only, device=device,
+                           trust_remote_code=trust_remote_code, attention=attention)
         if name:
             fe.name = name
         summary = extract_backbone(root, fe, extract, overwrite=overwrite, device=device,
@@ -593,6 +600,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     io.add_argument("--name", help="store the (single) backbone under this name")
     io.add_argument("--local-files-only", action="store_true",
                     help="load Hugging Face models from the offline cache only (like HF_HUB_OFFLINE=1)")
+    io.add_argument("--trust-remote-code", action="store_true",
+                    help="let a transformers model run Python code from its own repository or folder. Off by "
+                         "default for every name, id and folder: registry models (MERT included) load into "
+                         "transformers' own classes. Only for a model you trust: the code runs with your rights")
+    io.add_argument("--attention", choices=ATTENTION_KINDS, default=None,
+                    help="attention kernel of transformers models: sdpa (scaled-dot-product attention) or eager; "
+                         "default sdpa where transformers offers it (not WavLM)")
     pre = p.add_argument_group("preprocessing (store-level: every backbone sees the same clips)")
     pre.add_argument("--segment-seconds", type=float, default=None,
                      help=f"segment length in seconds; 0 keeps whole files (windowed at extraction). "
@@ -734,7 +748,8 @@ def main(argv=None) -> int:
     try:
         report = build(input_path, store, args.backbone or [DEFAULT_BACKBONE], clip_settings=clip_settings,
                        extract=ext, model_path=args.model_path, name=args.name,
-                       local_files_only=args.local_files_only, device=args.device,
+                       local_files_only=args.local_files_only, trust_remote_code=args.trust_remote_code,
+                       attention=args.attention, device=args.device,
                        num_workers=args.num_workers, overwrite=args.overwrite, shard=args.shard,
                        vocals_cache=args.vocals_cache, progress=progress, plan_only=args.plan_only,
                        fingerprint=args.fingerprint, lock=args.lock, lock_timeout=args.lock_timeout,

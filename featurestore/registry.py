@@ -8,6 +8,10 @@ are checked against what was learned when a registry entry is loaded from its re
 
 Any transformers audio model that is not in the table can be used by passing its Hugging Face
 id or a local folder instead of a registry name (:func:`resolve`).
+
+Every ``hf`` entry loads into transformers' own classes, with no code from the model's repository:
+MERT's published checkpoints map onto HuBERT (:mod:`featurestore.hf_loading`). A model's own code
+runs only when the caller passes ``trust_remote_code=True`` (``--trust-remote-code``).
 """
 from __future__ import annotations
 
@@ -28,7 +32,6 @@ class BackboneSpec:
         source: Hugging Face id (``hf``), capacity ``tiny``/``full`` (``crepe``), PESTO checkpoint
             name (``pesto``), or ``""``.
         sample_rate: input rate in Hz used when the model folder carries no feature-extractor config.
-        trust_remote_code: passed to ``AutoModel.from_pretrained`` (MERT ships remote code).
         do_normalize: zero-mean/unit-variance normalisation of each model input, used when the model
             folder carries no ``preprocessor_config.json`` saying otherwise.
         expected_layers, expected_dim, expected_frame_rate: published sizes (hidden states incl. the
@@ -40,7 +43,6 @@ class BackboneSpec:
     kind: str
     source: str
     sample_rate: int
-    trust_remote_code: bool = False
     do_normalize: bool = False
     expected_layers: int | None = None
     expected_dim: int | None = None
@@ -48,15 +50,15 @@ class BackboneSpec:
     options: dict = field(default_factory=dict)
 
 
-def _hf(name, source, sr, layers, dim, fps, remote=False, normalize=False):
-    return BackboneSpec(name, "hf", source, sr, trust_remote_code=remote, do_normalize=normalize,
+def _hf(name, source, sr, layers, dim, fps, normalize=False):
+    return BackboneSpec(name, "hf", source, sr, do_normalize=normalize,
                         expected_layers=layers, expected_dim=dim, expected_frame_rate=fps)
 
 
 REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in [
-    _hf("mert-v1-95m", "m-a-p/MERT-v1-95M", 24000, 13, 768, 75.0, remote=True, normalize=True),
-    _hf("mert-v1-330m", "m-a-p/MERT-v1-330M", 24000, 25, 1024, 75.0, remote=True, normalize=True),
-    _hf("mert-v0-public", "m-a-p/MERT-v0-public", 16000, 13, 768, 50.0, remote=True, normalize=True),
+    _hf("mert-v1-95m", "m-a-p/MERT-v1-95M", 24000, 13, 768, 75.0, normalize=True),
+    _hf("mert-v1-330m", "m-a-p/MERT-v1-330M", 24000, 25, 1024, 75.0, normalize=True),
+    _hf("mert-v0-public", "m-a-p/MERT-v0-public", 16000, 13, 768, 50.0, normalize=True),
     _hf("music2vec-v1", "m-a-p/music2vec-v1", 16000, 13, 768, 50.0, normalize=True),
     _hf("wavlm-base-plus", "microsoft/wavlm-base-plus", 16000, 13, 768, 50.0),
     _hf("wavlm-large", "microsoft/wavlm-large", 16000, 25, 1024, 50.0, normalize=True),

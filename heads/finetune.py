@@ -36,6 +36,7 @@ import torch
 from featurestore import distributed, open_store
 from featurestore.cli import HelpFormatter
 from featurestore.frontends import CrepeFrontend, HFFrontend, PROVENANCE_FILE, load_frontend
+from featurestore.hf_loading import ATTENTION_KINDS
 from featurestore.locking import LockTimeout, StoreLock
 from featurestore.registry import resolve
 from featurestore.store import BackboneNotInStore
@@ -157,7 +158,8 @@ def make_estimator(args, kind: str):
 def load_for_finetune(args):
     noise = {"layerdrop": args.layerdrop, "mask_time_prob": args.mask_time_prob, "dropout": args.dropout}
     fe = load_frontend(args.backbone, path=args.model_path, local_files_only=args.local_files_only,
-                       device="cpu", noise=noise)
+                       device="cpu", noise=noise, trust_remote_code=args.trust_remote_code,
+                       attention=args.attention)
     check_mode(fe, args.mode, gradient_checkpointing=args.gradient_checkpointing)
     return fe, noise
 
@@ -276,6 +278,11 @@ def parse_args(argv=None):
                    help="frontend to fine-tune: registry name or alias, Hugging Face id, or local model folder")
     p.add_argument("--model-path", help="local folder to load the --backbone's weights from")
     p.add_argument("--local-files-only", action="store_true", help="load Hugging Face models from the offline cache only")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let a transformers model run Python code from its own repository or folder (off by default "
+                        "for every model: MERT loads into transformers' HuBERT). Only for a model you trust")
+    p.add_argument("--attention", choices=ATTENTION_KINDS, default=None,
+                   help="attention kernel: sdpa or eager (default: sdpa where transformers offers it)")
     p.add_argument("--head", choices=HEADS[:2] + FRAME_HEADS, default="linear",
                    help="head on the weighted layer sum (linear, mlp: clip tasks; frames, crf: transcription)")
     p.add_argument("--task", default=None,
