@@ -7,6 +7,7 @@ loaded through ``--model-path`` and through its hub id resolved from a local Hug
 from __future__ import annotations
 
 import ast
+import json
 import os
 from dataclasses import replace
 import subprocess
@@ -220,3 +221,33 @@ def test_wavlm_has_no_sdpa_and_says_so(tmp_path):
     assert load_frontend("wavlm-base-plus", path=folder).attention == "eager"
     with pytest.raises(ValueError, match="no SDPA attention for WavLMModel"):
         load_frontend("wavlm-base-plus", path=folder, attention="sdpa")
+
+
+def test_mert_published_folder_fine_tunes_with_lora_and_re_extracts_natively(tmp_path):
+    from featurestore.demo import make_demo_corpus
+    from heads import finetune as FT
+    from heads.reextract import reextract
+
+    fam = BY_NAME["mert-v1-95m"]
+    marker = tmp_path / "REMOTE_CODE_RAN"
+    folder = write_published(tmp_path / "MERT-v1-95M", fam, marker=marker)
+    corpus = make_demo_corpus(tmp_path / "corpus", n_singers=2, clips_per_singer=4, duration_s=2.0)
+    store = tmp_path / "store.zarr"
+    build(corpus, store, ["mert"], model_path=folder, clip_settings=ClipSettings(segment_s=None), num_workers=0,
+          progress=False)
+    out = tmp_path / "run"
+    FT.finetune(FT.parse_args(["--store", str(store), "--backbone", "mert", "--model-path", str(folder), "--out",
+                               str(out), "--mode", "lora", "--epochs", "1", "--frontend-lr", "1e-2",
+                               "--num-workers", "0", "--no-progress", "--batch-size", "2"]))
+    saved = json.loads((out / "frontend" / "config.json").read_text())
+    assert saved["model_type"] == "hubert" and "auto_map" not in saved and saved["feat_proj_layer_norm"]
+    assert not list((out / "frontend").glob("*.py"))
+    s = reextract(out, dtype="float32", num_workers=0, progress=False)
+    assert s["complete"] and s["backbone"] == "mert-v1-95m@sid-lora"
+    st = open_store(store)
+    info = st.info(s["backbone"])["frontend"]
+    assert info["model_class"] == "HubertModel" and not info["remote_code"] and info["sample_rate"] == 24000
+    assert info["provenance"]["mode"] == "lora"
+    # LoRA changed the frames; the remote code never ran anywhere on the way
+    assert not np.allclose(st.frames(0, "mert-v1-95m").astype(np.float32), st.frames(0, s["backbone"]), atol=1e-3)
+    assert not marker.exists()
