@@ -251,3 +251,19 @@ def test_mert_published_folder_fine_tunes_with_lora_and_re_extracts_natively(tmp
     # LoRA changed the frames; the remote code never ran anywhere on the way
     assert not np.allclose(st.frames(0, "mert-v1-95m").astype(np.float32), st.frames(0, s["backbone"]), atol=1e-3)
     assert not marker.exists()
+
+
+def test_remote_code_that_returns_no_hidden_states_gets_a_clear_error(tmp_path, monkeypatch):
+    """MERT's own forward under transformers 5 returns hidden_states=None: with --trust-remote-code
+    that is reported as such, not as a TypeError from torch.stack."""
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    folder = write_published(tmp_path / "m", BY_NAME["mert-v1-95m"], feature_extractor_cqt=True)
+    (folder / "modeling_MERT.py").write_text(
+        "from transformers import HubertModel\nfrom transformers.modeling_outputs import BaseModelOutput\n"
+        "from .configuration_MERT import MERTConfig\n\n\nclass MERTModel(HubertModel):\n"
+        "    config_class = MERTConfig\n\n"
+        "    def forward(self, input_values, attention_mask=None, output_hidden_states=None, **kw):\n"
+        "        h = self.feature_projection(self.feature_extractor(input_values).transpose(1, 2))\n"
+        "        return BaseModelOutput(last_hidden_state=self.encoder(h)[0], hidden_states=None)\n")
+    with pytest.raises(RuntimeError, match="returned no hidden states.*without --trust-remote-code"):
+        load_frontend("mert-v1-95m", path=folder, trust_remote_code=True)
