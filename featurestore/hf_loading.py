@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,6 +157,21 @@ def native_config(raw: dict, source: str):
                              "if you trust it")
 
 
+@contextmanager
+def _quiet_load_report():
+    """transformers prints a load report listing unused tensors (the CTC head of a ``ForCTC``
+    checkpoint, MERT's ``masked_spec_embed`` when masking is off) as warnings; :func:`load_model`
+    judges the loading info itself, so the report is held back while loading."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def model_class(config):
     """transformers' base model class for a native config (``AutoModel``'s choice)."""
     from transformers import AutoModel
@@ -213,8 +229,9 @@ def load_model(source: str, *, config_edit=None, local_files_only: bool = False,
     kind = attention or ("sdpa" if supports_sdpa(cls) else "eager")
     if kind == "sdpa" and not supports_sdpa(cls):
         raise ValueError(f"{source}: transformers offers no SDPA attention for {cls.__name__}; use eager")
-    model, info = cls.from_pretrained(source, config=config, local_files_only=local_files_only,
-                                      weights_only=True, output_loading_info=True, attn_implementation=kind)
+    with _quiet_load_report():  # the loading info is checked below, strictly, instead
+        model, info = cls.from_pretrained(source, config=config, local_files_only=local_files_only,
+                                          weights_only=True, output_loading_info=True, attn_implementation=kind)
     mapped = raw.get("model_type") == MERT_MODEL_TYPE
     _check_loading_info(info, source, model, mapped=mapped)
     return LoadedModel(model, None if sr is None else int(sr), None if do_norm is None else bool(do_norm),
