@@ -252,15 +252,18 @@ def attention_benchmark(backbone: str, model_path, batches, repeats: int, device
         a = fes["eager"].hidden_states(x.to(dev), lengths.to(dev)).float()
         b = fes["sdpa"].hidden_states(x.to(dev), lengths.to(dev)).float()
         diff = float((a - b).abs().max() / a.abs().max().clamp(min=1e-12))
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     best = {"eager": float("inf"), "sdpa": float("inf")}
     runs = {"eager": [], "sdpa": []}
+    before = cpu_snapshot()
     for _ in range(repeats):
         for kind in ("eager", "sdpa"):
             seconds, _ = time_forward(fes[kind], batches)
             runs[kind].append(seconds)
             best[kind] = min(best[kind], seconds)
     return {"eager_seconds": best["eager"], "sdpa_seconds": best["sdpa"], "runs": runs,
-            "speedup_sdpa_over_eager": best["eager"] / best["sdpa"], "max_rel_diff": diff}
+            "speedup_sdpa_over_eager": best["eager"] / best["sdpa"], "max_rel_diff": diff,
+            **usage_between(before, cpu_snapshot(), nproc)}
 
 
 def time_forward(fe: Frontend, batches) -> tuple[float, None]:
@@ -441,6 +444,10 @@ def read_benchmark(frames, chunks, mm: np.ndarray, offsets: np.ndarray, args) ->
 # report
 # ----------------------------------------------------------------------------------------------
 
+def _percent(share: float | None) -> str:
+    return "?" if share is None else f"{100 * share:.0f}%"
+
+
 def format_table(r: dict) -> str:
     """The readable summary printed at the end of a run."""
     m, c = r["machine"], r["corpus"]
@@ -481,11 +488,13 @@ def format_table(r: dict) -> str:
     if at is None:
         lines += ["", "attention: no SDPA kernel for this frontend (eager vs SDPA not measured)"]
     else:
-        lines += ["", f"attention (bare forward passes, same batches){'':<4}{'seconds':>9}{'x eager':>9}", "-" * 70,
+        lines += ["", f"attention (bare forward passes, same batches){'':<4}{'seconds':>9}{'speedup':>9}", "-" * 70,
                   f"{'eager':<50}{at['eager_seconds']:>9.2f}{1.0:>9.2f}",
                   f"{'sdpa (scaled-dot-product attention)':<50}{at['sdpa_seconds']:>9.2f}"
                   f"{at['eager_seconds'] / at['sdpa_seconds']:>9.2f}",
-                  f"  max rel. diff sdpa vs eager hidden states: {at['max_rel_diff']:.1e}"]
+                  f"  max rel. diff sdpa vs eager hidden states: {at['max_rel_diff']:.1e}; other processes "
+                  f"used {_percent(at['other_load'])} of the CPUs "
+                  "meanwhile"]
     return "\n".join(lines)
 
 
@@ -545,7 +554,8 @@ def run(args, workdir: Path) -> dict:
 
     return {
         "machine": machine_facts(),
-        "config": {k: v for k, v in vars(args).items() if k not in ("json", "workdir")},
+        "config": {**{k: v for k, v in vars(args).items() if k not in ("json", "workdir")},
+                   "backbone": "random-initialised Wav2Vec2Model, base size" if args.random_base else args.backbone},
         "corpus": {"files": len(read_inputs(manifest)[0]), "clips": len(store), "audio_seconds": audio_s,
                    "frames": int(n_frames.sum()), "frames_allocated": int(frames.shape[0]),
                    "layers": int(frames.shape[1]), "dim": int(frames.shape[2]), "dtype": str(frames.dtype),
