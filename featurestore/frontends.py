@@ -403,7 +403,7 @@ class LogMelFrontend(Frontend):
 def load_frontend(name_or_path: str, *, path: str | os.PathLike | None = None, local_files_only: bool = False,
                   device: str | torch.device = "cpu", noise: dict | None = None, trust_remote_code: bool = False,
                   attention: str | None = None) -> Frontend:
-    """Load a frontend by registry name/alias, Hugging Face id or local folder.
+    """Load a frontend by registry name/alias, Hugging Face id, local folder or ``hear:MODULE``.
 
     ``path`` overrides where a registry entry's weights come from (a local copy of the model folder;
     for CREPE a folder holding ``crepe.pth`` or the file itself). ``noise``: layerdrop, masking and
@@ -422,6 +422,9 @@ def load_frontend(name_or_path: str, *, path: str | os.PathLike | None = None, l
         from featurestore.pesto_frontend import PestoFrontend  # lazy: pesto-pitch loads its own modules
         fe = PestoFrontend(spec, str(path) if path is not None else spec.source, spec.options.get("hop", 320),
                            spec.sample_rate).to(device).probe()
+    elif spec.kind == "hear":
+        from featurestore.hear_frontend import load_hear  # lazy: imports the HEAR module
+        fe = load_hear(spec, path, device=device)
     elif spec.kind == "logmel":
         o = spec.options
         fe = LogMelFrontend(spec, o["n_fft"], o["hop"], o["n_mels"], spec.sample_rate).to(device).probe()

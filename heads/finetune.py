@@ -365,6 +365,10 @@ def loop_settings(args) -> LoopSettings:
 def finetune(args, on_checkpoint=None) -> Path:
     """Run (or resume) the fine-tune described by parsed ``args``; return the run folder.
     ``on_checkpoint(epoch)``: called after each epoch's checkpoint (tests use it to stop a run)."""
+    if resolve(args.backbone).kind == "hear":  # before a store or a process group is touched
+        raise FineTuneError(f"--backbone {args.backbone}: a HEAR module only serves embeddings (the HEAR API has no "
+                            "training entry point), so it cannot be fine-tuned. Fit a probe on its stored "
+                            "features with heads.fit instead")
     ranks = distributed.from_env()
     if ranks is not None:
         args.device = distributed.rank_device(args.device, ranks)
