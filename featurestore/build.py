@@ -595,8 +595,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      "Default: <input>.zarr, or the demo store")
     io.add_argument("--backbone", action="append",
                     help=f"frontend(s) to extract; repeat to add several. Registry: {names}. Aliases: {aliases}. "
-                         f"Also any transformers audio model id or local folder. Default: {DEFAULT_BACKBONE}")
-    io.add_argument("--model-path", help="local folder to load the (single) --backbone's weights from")
+                         f"Also any transformers audio model id or local folder, or hear:MODULE (an installed HEAR "
+                         f"2021 module; stored as hear-MODULE). Default: {DEFAULT_BACKBONE}")
+    io.add_argument("--model-path", help="local folder to load the (single) --backbone's weights from (for "
+                                         "hear:MODULE: the file passed to its load_model)")
     io.add_argument("--name", help="store the (single) backbone under this name")
     io.add_argument("--local-files-only", action="store_true",
                     help="load Hugging Face models from the offline cache only (like HF_HUB_OFFLINE=1)")
