@@ -103,6 +103,23 @@ def test_exported_module_passes_every_validator_rule(tmp_path, cfg):
     assert model.scene_embedding_size == width * (2 if cfg and cfg.get("scene") == "mean+std" else 1)
 
 
+def test_the_rule_check_catches_broken_modules(tmp_path, monkeypatch):
+    """The check above fails modules that break the rules (the HEAR module of test_hear_frontend at
+    24 kHz, then with a timestamp 2.5 ms off its grid)."""
+    import sys
+    import textwrap
+
+    from test_hear_frontend import MODULE
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name, sr, jitter, rule in (("bad_rate_mod", 24000, 0.0, "sample_rate 24000 not accepted"),
+                                   ("bad_grid_mod", 16000, 2.5, "timestamps are not evenly spaced within 1e-3 ms")):
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(MODULE.format(sr=sr, jitter=jitter)))
+        sys.modules.pop(name, None)
+        assert hear_rule_violations(name) == [rule]
+        sys.modules.pop(name, None)
+
+
 def test_a_24khz_transformers_model_is_served_at_48khz(tmp_path, save_tiny):
     folder = save_tiny("hubert", preprocessor={"sampling_rate": 24000, "do_normalize": True})
     path = write_config(tmp_path / "m.json", frontend=str(folder), layers="all", window_seconds=1.0,
@@ -249,3 +266,35 @@ def test_learned_weights_are_the_weighted_sum_of_the_runs_layers(tmp_path):
     path = write_config(tmp_path / "l.json", frontend="crepe", layers={"fit_run": str(run2)})
     with pytest.raises(hear.HearConfigError, match="run2: metrics.json has no layer_weights"):
         hear.load_model(path)
+
+
+def test_a_finetuned_run_is_served_as_reextracted(tmp_path):
+    """finetune_run: the run's frontend/ weights, as heads.reextract loads them; its timestamp
+    embeddings equal the re-extracted backbone's stored frames."""
+    from conftest import tiny_model
+    from featurestore.demo import make_demo_corpus
+    from heads import finetune as FT
+    from heads.reextract import reextract
+
+    corpus = make_demo_corpus(tmp_path / "corpus", n_singers=2, clips_per_singer=3, duration_s=1.5)
+    folder = tmp_path / "tiny-hubert"
+    tiny_model("hubert", feat_extract_norm="layer").save_pretrained(folder)
+    store_path = tmp_path / "s.zarr"
+    build(corpus, store_path, [str(folder)], clip_settings=ClipSettings(segment_s=None), num_workers=0,
+          progress=False, extract=ExtractSettings(dtype="float32"))
+    run = tmp_path / "run"
+    FT.finetune(FT.parse_args(["--store", str(store_path), "--backbone", str(folder), "--out", str(run),
+                               "--num-workers", "0", "--no-progress", "--batch-size", "2", "--mode", "lora",
+                               "--epochs", "1", "--frontend-lr", "1e-2"]))
+    name = reextract(run, dtype="float32", num_workers=0, progress=False)["backbone"]
+    path = write_config(tmp_path / "ft.json", finetune_run="run", layers=2)  # relative to the config's folder
+    model = hear.load_model(path)
+    store = open_store(store_path)
+    assert model.frontend.weights_hash() == store.info(name)["identity"]["weights_hash"]
+    for cid in store.clips["id"][:2]:
+        x = clip_audio(store, str(cid), SR)
+        emb, _ = hear.get_timestamp_embeddings(torch.from_numpy(x)[None], model)
+        want = store.frames(str(cid), name, layers=2)[:, 0]
+        np.testing.assert_allclose(emb[0].numpy(), want, atol=1e-4 * float(np.abs(want).max()))
+        base = store.frames(str(cid), folder.name, layers=2)[:, 0]
+        assert not np.allclose(base, want, atol=1e-3)  # the fine-tune changed the frames served
