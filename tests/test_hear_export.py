@@ -298,3 +298,24 @@ def test_a_finetuned_run_is_served_as_reextracted(tmp_path):
         np.testing.assert_allclose(emb[0].numpy(), want, atol=1e-4 * float(np.abs(want).max()))
         base = store.frames(str(cid), folder.name, layers=2)[:, 0]
         assert not np.allclose(base, want, atol=1e-3)  # the fine-tune changed the frames served
+
+
+def test_round_trip_the_exported_module_is_a_backbone(crepe_store, tmp_path):
+    """featurestore.hear is itself a HEAR module: --backbone hear:featurestore.hear with a config as the
+    weights path stores the configured layer of the frontend it serves, frame for frame."""
+    import shutil
+
+    path = write_config(tmp_path / "l4.json", frontend="crepe", layers=4)
+    shutil.copytree(crepe_store / "audio", tmp_path / "audio")
+    for backbone, weights in (("crepe-tiny", None), ("hear:featurestore.hear", path)):
+        build(tmp_path / "audio", tmp_path / "s.zarr", [backbone], model_path=weights,
+              clip_settings=ClipSettings(segment_s=None), extract=ExtractSettings(dtype="float32"), num_workers=0,
+              progress=False)
+    store = open_store(tmp_path / "s.zarr")
+    assert store.shape("hear-featurestore.hear") == (1, 256)
+    assert store.info("hear-featurestore.hear")["frontend"]["weights_path"] == path
+    for cid in store.clips["id"]:
+        got = store.frames(str(cid), "hear-featurestore.hear")[:, 0]
+        np.testing.assert_allclose(got, store.frames(str(cid), "crepe-tiny", layers=4)[:, 0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(store.frame_times(str(cid), "hear-featurestore.hear"),
+                                   store.frame_times(str(cid), "crepe-tiny"))
