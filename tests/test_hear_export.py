@@ -114,7 +114,7 @@ def test_the_rule_check_catches_broken_modules(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     for name, sr, jitter, rule in (("bad_rate_mod", 24000, 0.0, "sample_rate 24000 not accepted"),
                                    ("bad_grid_mod", 16000, 2.5, "timestamps are not evenly spaced within 1e-3 ms")):
-        (tmp_path / f"{name}.py").write_text(textwrap.dedent(MODULE.format(sr=sr, jitter=jitter)))
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(MODULE.format(sr=sr, jitter=jitter, centred=True)))
         sys.modules.pop(name, None)
         assert hear_rule_violations(name) == [rule]
         sys.modules.pop(name, None)

@@ -22,11 +22,13 @@ from conftest import noise_clips
 #: torch.nn.Module with sample_rate / timestamp_embedding_size / scene_embedding_size, and
 #: get_timestamp_embeddings / get_scene_embeddings. Frames of WIN samples, centred with zero padding,
 #: every HOP samples; a linear projection and tanh. JITTER_MS moves the timestamps of frames >= 3.
+#: CENTRED False: no padding, frame j spans samples [j HOP, j HOP + WIN), its timestamp the centre.
 MODULE = """
 import torch
 
 WIN, HOP, DIM, SR = 400, 160, 8, {sr}
 JITTER_MS = {jitter}
+CENTRED = {centred}
 
 
 class TinyHear(torch.nn.Module):
@@ -48,10 +50,11 @@ def load_model(model_file_path=""):
 
 
 def get_timestamp_embeddings(audio, model):
-    x = torch.nn.functional.pad(audio, (WIN // 2, WIN // 2))
-    frames = x.unfold(1, WIN, HOP)                       # [n, audio // HOP + 1, WIN]
+    x = torch.nn.functional.pad(audio, (WIN // 2, WIN // 2)) if CENTRED else audio
+    frames = x.unfold(1, WIN, HOP)                       # [n, audio // HOP + 1, WIN] when centred
     emb = torch.tanh(frames @ model.proj)
-    ts = torch.arange(frames.shape[1], device=audio.device, dtype=torch.float64) * HOP / SR * 1000.0
+    first = 0.0 if CENTRED else WIN / 2
+    ts = (torch.arange(frames.shape[1], device=audio.device, dtype=torch.float64) * HOP + first) / SR * 1000.0
     ts = ts + JITTER_MS * (torch.arange(frames.shape[1], device=audio.device) >= 3)
     return emb, ts.float().expand(audio.shape[0], -1)
 
@@ -68,8 +71,8 @@ def hear_module(tmp_path, monkeypatch):
     folder.mkdir()
     monkeypatch.syspath_prepend(str(folder))
 
-    def _write(name, sr=16000, jitter=0.0):
-        (folder / f"{name}.py").write_text(textwrap.dedent(MODULE.format(sr=sr, jitter=jitter)))
+    def _write(name, sr=16000, jitter=0.0, centred=True):
+        (folder / f"{name}.py").write_text(textwrap.dedent(MODULE.format(sr=sr, jitter=jitter, centred=centred)))
         sys.modules.pop(name, None)
         return name
 
@@ -78,10 +81,11 @@ def hear_module(tmp_path, monkeypatch):
         sys.modules.pop(name, None)
 
 
-def test_hear_module_frames_and_times_equal_its_own_output(tmp_path, hear_module):
-    mod = hear_module("tinyhear_a")
-    # 2.3 s is not a whole number of hops: the module's last frame sees the clip's tail
-    paths = noise_clips(tmp_path / "audio", 16000, [2.3, 0.45, 1.0])
+@pytest.mark.parametrize("centred", [True, False])
+def test_hear_module_frames_and_times_equal_its_own_output(tmp_path, hear_module, centred):
+    mod = hear_module(f"tinyhear_a{int(centred)}", centred=centred)
+    # lengths that are not whole numbers of hops: the module's last frame sees the clip's tail
+    paths = noise_clips(tmp_path / "audio", 16000, [2.30375, 0.4503, 1.0])
     store_path = tmp_path / "s.zarr"
     build(tmp_path / "audio", store_path, [f"hear:{mod}"], clip_settings=ClipSettings(segment_s=None),
           extract=ExtractSettings(dtype="float32", batch_s=3.0), num_workers=0, progress=False)
@@ -102,7 +106,7 @@ def test_hear_module_frames_and_times_equal_its_own_output(tmp_path, hear_module
     info = store.info(name)["frontend"]
     assert info["hear_module"] == mod and info["weights_path"] is None
     assert "hear_module_version" in info
-    assert info["hop_ms"] == 10.0 and info["first_timestamp_ms"] == 0.0
+    assert info["hop_ms"] == 10.0 and info["first_timestamp_ms"] == (0.0 if centred else 12.5)
 
 
 def test_windowed_long_clip_and_weights_path(tmp_path, hear_module):
