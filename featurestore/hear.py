@@ -37,7 +37,8 @@ Keys (relative paths are read from the config file's folder):
 - ``window_seconds`` / ``context_seconds`` (defaults 30 / 5, as ``featurestore.build``) and
   ``batch_seconds`` (default: 80 s on CUDA, 10 s on CPU): how long clips are windowed and batched.
   With the build's settings, the timestamp embeddings are the stored frames of the same audio (same
-  windows, same grid) before the store's float16 cast.
+  windows, same grid) before the store's float16 cast, to float rounding (a build that batched the
+  clip zero-padded beside longer ones is equal within the 1e-3 its padding check allows).
 
 Timestamps are the centres of the frames (``Frontend.frame_times``) in milliseconds from the start
 of the audio, evenly spaced by 1000 x stride / rate ms (20 ms for 50 Hz frontends).
