@@ -34,6 +34,8 @@ Keys (relative paths are read from the config file's folder):
   validator accepts). Default: the frontend's own rate when accepted (16 kHz models), else the
   smallest accepted multiple of it (48000 for 24 kHz MERT), else the smallest accepted rate above it; audio is then resampled to the frontend's
   rate on its device (torchaudio's windowed sinc, as the decoder).
+- ``trust_remote_code`` (default false) and ``attention`` (``sdpa`` | ``eager``): as
+  ``featurestore.build --trust-remote-code`` / ``--attention`` (use the build's, for equal frames).
 - ``window_seconds`` / ``context_seconds`` (defaults 30 / 5, as ``featurestore.build``) and
   ``batch_seconds`` (default: 80 s on CUDA, 10 s on CPU): how long clips are windowed and batched.
   With the build's settings, the timestamp embeddings are the stored frames of the same audio (same
@@ -56,13 +58,14 @@ import torch
 from featurestore.build import ExtractSettings, resolve_batch_seconds
 from featurestore.clip_frames import clip_hidden_states
 from featurestore.frontends import Frontend, load_frontend
+from featurestore.hf_loading import ATTENTION_KINDS
 from featurestore.registry import DEFAULT_BACKBONE
 
 #: sample rates the HEAR validator accepts (Hz)
 HEAR_SAMPLE_RATES = (16000, 22050, 44100, 48000)
 SCENES = ("mean", "mean+std")
 _KEYS = {"frontend", "model_path", "finetune_run", "layers", "scene", "sample_rate", "window_seconds",
-         "context_seconds", "batch_seconds"}
+         "context_seconds", "batch_seconds", "trust_remote_code", "attention"}
 
 
 class HearConfigError(ValueError):
@@ -83,6 +86,8 @@ class HearConfig:
     window_seconds: float = ExtractSettings.window_s
     context_seconds: float = ExtractSettings.context_s
     batch_seconds: float | None = None
+    trust_remote_code: bool = False
+    attention: str | None = None
     source: str = field(default="(defaults)", repr=False)
 
     @classmethod
@@ -144,6 +149,12 @@ class HearConfig:
             raise HearConfigError(f"{where('layers')} must be a layer index, \"all\" or {{\"fit_run\": DIR}}, "
                                   f"got {layers!r}")
         cfg.layers = layers
+        if not isinstance(raw.get("trust_remote_code", False), bool):
+            raise HearConfigError(f"{where('trust_remote_code')} must be true or false, got {raw['trust_remote_code']!r}")
+        cfg.trust_remote_code = raw.get("trust_remote_code", False)
+        cfg.attention = raw.get("attention")
+        if cfg.attention is not None and cfg.attention not in ATTENTION_KINDS:
+            raise HearConfigError(f"{where('attention')} must be one of {', '.join(ATTENTION_KINDS)}, got {cfg.attention!r}")
         cfg.scene = raw.get("scene", "mean")
         if cfg.scene not in SCENES:
             raise HearConfigError(f"{where('scene')} must be one of {', '.join(SCENES)}, got {cfg.scene!r}")
@@ -222,8 +233,10 @@ def load_frontend_of(cfg: HearConfig, device="cpu") -> Frontend:
         if not args.is_file() or not (run / "frontend").is_dir():
             raise FileNotFoundError(f"HEAR config {cfg.source}: finetune_run {run} holds no finished fine-tune "
                                     "(finetune_args.json and frontend/)")
-        return load_frontend(json.loads(args.read_text())["backbone"], path=run / "frontend", device=device)
-    return load_frontend(cfg.frontend, path=cfg.model_path, device=device)
+        return load_frontend(json.loads(args.read_text())["backbone"], path=run / "frontend", device=device,
+                             trust_remote_code=cfg.trust_remote_code, attention=cfg.attention)
+    return load_frontend(cfg.frontend, path=cfg.model_path, device=device, trust_remote_code=cfg.trust_remote_code,
+                         attention=cfg.attention)
 
 
 class HearModel(torch.nn.Module):
