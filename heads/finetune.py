@@ -15,7 +15,7 @@ chose the model. Audio is read on the fly from the store's clip table (:mod:`hea
 The run folder (default ``runs/<name>-<head>``, where ``<name>`` is the new backbone's name, e.g.
 ``mert-v0-public@svt-ft``) receives ``finetune_args.json``, ``checkpoint.pt`` (every epoch),
 ``best.pt``, and when training ends: ``frontend/`` (the fine-tuned frontend, LoRA merged, loadable by
-``featurestore.build --model-path``, with ``provenance.json``), ``head.joblib`` (a fitted head of
+``featurestore.build --model-path``, with ``provenance.json``), ``head.json`` + ``head.safetensors`` (a fitted head of
 ``heads.fit``'s classes, which reads the new backbone's stored features), ``metrics.json`` and
 ``layer_weights.png``. ``python -m heads.reextract --run DIR`` then writes the fine-tuned frontend
 into the store as backbone ``<name>``; probes, the clustering analysis and the pipelines' evaluate
@@ -449,7 +449,7 @@ def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Pat
         if leader:
             print(f"resuming {out} after epoch {loop.epoch} of {args.epochs}", file=sys.stderr)
     elif leader:
-        for stale in ("checkpoint.pt", "best.pt", "metrics.json", "head.joblib"):
+        for stale in ("checkpoint.pt", "best.pt", "metrics.json", "head.json", "head.safetensors"):
             (out / stale).unlink(missing_ok=True)
         (out / "finetune_args.json").write_text(json.dumps(run_args(args), indent=2))
     if ranks is not None and ranks.group:
@@ -481,7 +481,7 @@ def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Pat
                   "best_epoch": loop.best_epoch, "selection_split": plan.select_split,
                   "selection_score": loop.best, "store": str(store.path)}
     save_frontend(fe, out / "frontend", provenance)
-    est.save(out / "head.joblib")
+    est.save(out / "head.json")
     plot_layer_weights(est.layer_weights_, list(range(fe.num_layers)), out / "layer_weights.png",
                        f"{name} / {args.head} / {args.task} (fine-tuned): per layer\n{plan.label()}")
     (out / "metrics.json").write_text(json.dumps(report, indent=2, default=float))

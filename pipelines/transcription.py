@@ -463,7 +463,7 @@ def evaluate(store, run_dir: Path, args) -> dict:
     from heads.tasks import notes_in_span
 
     backbone = run_backbone(store, run_dir, args)
-    head = load_head(Path(run_dir) / "head.joblib")
+    head = load_head(Path(run_dir) / "head.json")
     plan = run_plan(store, run_dir, SPEC, backbone, getattr(args, "score_split", None))
     labels = store.labels("notes")
     songs = decode_songs(store, backbone, head, plan.score)
@@ -509,7 +509,7 @@ def predict(args) -> int:
     store = open_store(store_path)
     backbone = store.backbone_name(args.backbone[0])
     _check_same_weights(work / "store.zarr", store, backbone)
-    head = load_head(rd / "head.joblib")
+    head = load_head(rd / "head.json")
     songs = decode_songs(store, backbone, head, range(len(store)))
     for sid, s in songs.items():
         target = out / sid

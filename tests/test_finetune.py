@@ -264,10 +264,10 @@ def test_demo_pipeline_finetune_reextract_probe_cluster(tiny_hubert, tmp_path, m
     # stored in float16, decoded by the same head: the same notes as the run's own float32 scoring, or nearly
     assert ev["mean"]["COnP"]["f1"] == pytest.approx(m["mean"]["COnP"]["f1"], abs=0.15)
     # `fit` leaves the fine-tuned head alone (it is fitted; --refit is refused there)
-    before = (run / "head.joblib").stat().st_mtime_ns
+    before = (run / "head.json").stat().st_mtime_ns
     assert TR.main(TR.SPEC, ["fit", "--backbone", name, "--head", "crf"] + common) == 0
     assert TR.main(TR.SPEC, ["fit", "--backbone", name, "--head", "crf", "--refit"] + common) == 2
-    assert (run / "head.joblib").stat().st_mtime_ns == before
+    assert (run / "head.json").stat().st_mtime_ns == before
     # a probe on the new backbone, like any frontend
     assert TR.main(TR.SPEC, ["fit", "--backbone", name, "--head", "frames", "--epochs", "2", "--lr", "1e-2"] + common) == 0
     assert json.loads((work / "runs" / f"{name}-frames" / "metrics.json").read_text())["backbone"] == name
