@@ -206,8 +206,33 @@ def stored_stage1(args, store, planned_on, fe, data: dict[str, ClipAudio], rows:
     return None
 
 
+#: options naming files or folders: compared (and recorded) as absolute, resolved paths
+PATH_ARGS = ("store", "out", "model_path")
+
+
+def resolved_settings(settings: dict) -> dict:
+    """A run's settings with paths made absolute and resolved (``runs/x`` = ``./runs/x/`` =
+    ``/abs/runs/x``) and ``backbone`` resolved to its registry name, or to the resolved folder of a
+    local model (``crepe`` = ``CREPE`` = ``crepe-full``), so that equivalent spellings compare equal."""
+    out = dict(settings)
+    for k in PATH_ARGS:
+        if isinstance(out.get(k), str) and out[k]:
+            out[k] = str(Path(out[k]).expanduser().resolve())
+    if isinstance(out.get("backbone"), str):
+        try:
+            spec = resolve(out["backbone"])
+        except KeyError:
+            pass
+        else:
+            local = spec.kind == "hf" and Path(spec.source).is_dir()
+            out["backbone"] = str(Path(spec.source).resolve()) if local else spec.name
+    return out
+
+
 def run_args(args) -> dict:
-    return {k: v for k, v in sorted(vars(args).items()) if k not in RESUME_FREE}
+    """The settings a run is recorded with (``finetune_args.json``), resolved (:func:`resolved_settings`)."""
+    raw = {k: v for k, v in sorted(vars(args).items()) if k not in RESUME_FREE}
+    return resolved_settings(json.loads(json.dumps(raw)))
 
 
 def check_run_folder(out: Path, args) -> str:
@@ -217,18 +242,37 @@ def check_run_folder(out: Path, args) -> str:
         if (out / "checkpoint.pt").is_file() and not args.overwrite:
             raise FineTuneError(f"{out} holds a checkpoint without finetune_args.json: pass --overwrite to start over")
         return "new"
-    stored = json.loads(marker.read_text())
-    want = json.loads(json.dumps(run_args(args)))
+    try:
+        stored = resolved_settings(json.loads(marker.read_text()))
+    except (ValueError, TypeError, AttributeError):
+        raise FineTuneError(f"{marker} is not readable JSON settings: use another --out, or --overwrite to start "
+                            "this folder over (its checkpoint is then discarded)") from None
+    want = run_args(args)
     if stored != want:
         diff = sorted(k for k in set(stored) | set(want) if stored.get(k) != want.get(k))
-        raise FineTuneError(f"{out} holds a run with other settings ({', '.join(f'--{k}' for k in diff)}): "
-                            "use another --out, or --overwrite to start over")
+        changes = "; ".join(f"--{k.replace('_', '-')}: {stored.get(k)!r} -> {want.get(k)!r}" for k in diff)
+        raise FineTuneError(f"{out} holds a run started with other settings ({changes}). To continue it, run with "
+                            f"the settings recorded in {marker} and --resume; for a new run give another --out. "
+                            "(--overwrite would discard its checkpoint and start over.)")
     if (out / "metrics.json").is_file():
         return "done"
     if not args.resume:
         raise FineTuneError(f"{out} holds an unfinished run (checkpoint.pt): pass --resume to continue it, or "
                             "--overwrite to start over")
     return "resume"
+
+
+def read_checkpoint(path: Path, device) -> dict:
+    """A run's ``checkpoint.pt`` read with ``torch.load(weights_only=True)``: tensors and plain values
+    only, so nothing pickled in the file runs. One that needs more (planted, or not written by this
+    version) raises FineTuneError naming it."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # UnpicklingError, or whatever a damaged file raises
+        last = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
+        raise FineTuneError(f"{path}: refused, it cannot be read as plain tensors and values (torch.load "
+                            f"weights_only=True: {last}); nothing in it was run. It was not written by this "
+                            "version: start the run again with --overwrite, or use another --out") from None
 
 
 def save_frontend(fe, folder: Path, provenance: dict) -> Path:
@@ -445,7 +489,7 @@ def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Pat
     loop = Loop(model, loop_task, settings, train, select, parts, out, device=args.device,
                 progress=not args.no_progress, ranks=ranks, stored=stored)
     if state == "resume":
-        loop.load(torch.load(out / "checkpoint.pt", map_location=args.device, weights_only=False))
+        loop.load(read_checkpoint(out / "checkpoint.pt", args.device))
         if leader:
             print(f"resuming {out} after epoch {loop.epoch} of {args.epochs}", file=sys.stderr)
     elif leader:
