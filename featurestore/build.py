@@ -30,6 +30,7 @@ from featurestore.extract import UnitAudio, WindowGeometry, run_unit, window_pla
 from featurestore.frontends import Frontend, load_frontend
 from featurestore.location import Location, is_url, store_location
 from featurestore.locking import KINDS as LOCK_KINDS, LockTimeout, StoreLock
+from featurestore.names import check_backbone_name
 from featurestore import fingerprint as fpr
 from featurestore.manifest import read_inputs
 from featurestore.registry import ALIASES, DEFAULT_BACKBONE, REGISTRY
@@ -359,6 +360,7 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
     audio seconds). With a process group (torchrun), rank 0 plans while the others wait, and once
     every rank has finished rank 0 marks the backbone complete; without one (one rank's share run
     alone), the backbone must be planned already."""
+    check_backbone_name(fe.name)  # one group of the store: backbones/<name>
     lock = lock or _default_lock(root)
     device = torch.device(device)
     window_k, context_k = window_plan(fe, ext.window_s, ext.context_s)  # checked before anything is planned
@@ -459,6 +461,8 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
     torchrun, with a process group: rank 0 plans the clip table while the others wait; without one:
     one rank's share run alone, on a planned store). ``device`` is then this rank's device."""
     t0 = time.perf_counter()
+    if name is not None:
+        check_backbone_name(name, "--name")  # before anything is written
     clip_settings = clip_settings or ClipSettings()
     extract = extract or ExtractSettings()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

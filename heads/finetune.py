@@ -37,6 +37,7 @@ from featurestore import distributed, open_store
 from featurestore.cli import HelpFormatter
 from featurestore.frontends import CrepeFrontend, HFFrontend, PROVENANCE_FILE, load_frontend
 from featurestore.locking import LockTimeout, StoreLock
+from featurestore.names import check_backbone_name
 from featurestore.registry import resolve
 from featurestore.store import BackboneNotInStore
 from heads.evaluation import score_clip_head, score_notes
@@ -434,8 +435,10 @@ def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Pat
         planned_on = None  # not extracted: clips without frames are found from the frontend below
     plan = make_plan(args, store, planned_on, task)
     name = args.name or finetuned_name(planned_on or spec.name, args.task, args.mode)
-    if "/" in name or name.startswith("."):
-        raise FineTuneError(f"--name {name!r}: a backbone name is one path component")
+    try:
+        check_backbone_name(name, "--name")
+    except ValueError as e:
+        raise FineTuneError(str(e)) from None
     out = Path(args.out or f"runs/{name}-{args.head}")
     leader = ranks is None or ranks.rank == 0
     if leader:  # one process per run folder: a second one stops at once, naming the holder
