@@ -206,6 +206,8 @@ class Report:
     backbones: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     repaired: dict = field(default_factory=dict)
+    #: the input an ingested store was made from (``featurestore.ingest``); None for a built store
+    ingested_from: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -222,7 +224,8 @@ class Report:
     def as_dict(self) -> dict:
         return {"store": self.store, "ok": self.ok, "clips": self.clips,
                 "problems": [asdict(p) for p in self.problems], "backbones": self.backbones,
-                "notes": self.notes, "repaired": self.repaired}
+                "notes": self.notes, "repaired": self.repaired, "ingested_from": self.ingested_from,
+                "advice": advice(self)}
 
 
 def _tolerances(dtype: np.dtype, T: int, s1, s2, sabs):
@@ -376,8 +379,10 @@ def verify_backbone(root: zarr.Group, store_dir: Path, name: str, ids, quick: bo
               for s in ("pooled_mean", "pooled_std")}
     problems = []
     if not g.attrs.get("complete", False):
-        problems.append(Problem("incomplete", f"not complete: {int(done.sum())} of {len(done)} units done; run the "
-                                              "build again to finish it", name))
+        ingested = bool(dict(g.attrs.get("identity") or {}).get("ingested"))
+        finish = "ingest it again (--overwrite)" if ingested else "run the build again to finish it"
+        problems.append(Problem("incomplete", f"not complete: {int(done.sum())} of {len(done)} units done; {finish}",
+                                name))
     values_checked = 0
     units = layout.unit_table(offsets, per_unit, align, g.attrs.get("piece_frames"))
     split = layout.split_units(units)
@@ -423,6 +428,9 @@ def verify(path, backbones=None, quick: bool = False) -> Report:
         raise FileNotFoundError(f"{path} is not a feature store (no zarr.json)")
     root = loc.open_group(mode="r")
     report = Report(str(path))
+    settings = root.attrs.get("clip_settings")
+    if isinstance(settings, dict) and settings.get("ingested_from"):
+        report.ingested_from = str(settings["ingested_from"])
     table = clip_table_problems(root)
     report.problems += [Problem("metadata", m) for m in table]
     ids = None
@@ -451,11 +459,21 @@ def verify(path, backbones=None, quick: bool = False) -> Report:
     return report
 
 
+class NotRepairable(ValueError):
+    """``--repair`` on a store whose data no build can re-extract (an ingested store)."""
+
+
 def repair(path, report: Report, lock: StoreLock | None = None) -> dict[str, list[int]]:
     """Unmark what ``report`` found damaged, under the store's lock, so the build redoes it: damaged
     units get ``unit_done`` = 0, their backbone loses ``complete``; a backbone with a damaged plan
     loses ``planned`` and ``complete``; a damaged clip table loses ``complete``. Returns backbone ->
-    units unmarked (``"plan"`` -> backbones to re-plan, ``"clips"`` -> ["table"] when the clip table is)."""
+    units unmarked (``"plan"`` -> backbones to re-plan, ``"clips"`` -> ["table"] when the clip table is).
+
+    An ingested store is not changed (:class:`NotRepairable`): no build can re-extract its features, so
+    unmarking would only hide data; it is mended by ingesting it again (:func:`advice`)."""
+    if report.ingested_from:
+        raise NotRepairable(f"{report.store} was ingested (featurestore.ingest), so no build can re-extract what "
+                            f"--repair would unmark; left unchanged. {advice(report)}")
     loc = Location(path)
     lock = lock or StoreLock(loc.url if loc.is_url else loc.path)
     done: dict[str, list] = {}
@@ -486,6 +504,24 @@ def repair(path, report: Report, lock: StoreLock | None = None) -> dict[str, lis
 # command line
 # --------------------------------------------------------------------------------------------
 
+def advice(report: Report) -> str | None:
+    """What to run to mend or finish the store, for its kind: a built store is finished by running the
+    build again, and mended by ``--repair`` then the build; an ingested one by ingesting it again with
+    ``--overwrite`` (which replaces it only once the new store verifies). None when the store is sound."""
+    if report.ok:
+        return None
+    if report.ingested_from:
+        names = sorted({p.backbone for p in report.problems if p.backbone} | set(report.backbones))
+        bb = f" --backbone {names[0]}" if len(names) == 1 else ""
+        return (f"to mend: ingest it again from its input: python -m featurestore.ingest {report.ingested_from} "
+                f"--store {report.store}{bb} --overwrite (the old store is replaced only once the new one "
+                "verifies; add the geometry options, e.g. --frame-rate, if the first ingest needed them)")
+    if all(p.check == "incomplete" for p in report.problems):
+        return "to finish: run the build again (same command as before)"
+    return (f"to mend: python -m featurestore.verify {report.store} --repair, then run the build again "
+            "(it re-extracts only what --repair unmarked)")
+
+
 def format_report(report: Report) -> str:
     lines = []
     if report.ok:
@@ -506,11 +542,8 @@ def format_report(report: Report) -> str:
             else:
                 lines.append(f"repaired: {name}: units {', '.join(map(str, what))} unmarked")
         lines.append("run the build again (same command as before) to re-extract them")
-    elif report.problems and all(p.check == "incomplete" for p in report.problems):
-        lines.append("to finish: run the build again (same command as before)")
     elif not report.ok:
-        lines.append(f"to mend: python -m featurestore.verify {report.store} --repair, then run the build again "
-                     "(it re-extracts only what --repair unmarked)")
+        lines.append(advice(report))
     return "\n".join(lines)
 
 
@@ -550,6 +583,10 @@ def main(argv=None) -> int:
         report = verify(args.store, args.backbone, quick=args.quick)
         if args.repair and not report.ok:
             repair(args.store, report, StoreLock(args.store, args.lock, args.lock_timeout))
+    except NotRepairable as e:
+        print(format_report(report).split("\nto mend:")[0], file=sys.stdout)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, RuntimeError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
