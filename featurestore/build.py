@@ -30,10 +30,11 @@ from featurestore.extract import UnitAudio, WindowGeometry, run_unit, window_pla
 from featurestore.frontends import Frontend, load_frontend
 from featurestore.location import Location, is_url, store_location
 from featurestore.locking import KINDS as LOCK_KINDS, LockTimeout, StoreLock
+from featurestore.metadata_check import clear_damaged, damaged_metadata
 from featurestore.names import check_backbone_name
 from featurestore import fingerprint as fpr
 from featurestore.manifest import read_inputs
-from featurestore.registry import ALIASES, DEFAULT_BACKBONE, REGISTRY
+from featurestore.registry import ALIASES, DEFAULT_BACKBONE, REGISTRY, resolve
 from featurestore.verify import clip_table_problems, plan_problems
 from featurestore.writer import (BackgroundWriter, BackbonePlan, create_backbone, finish_split_clip, open_root,
                                   write_clip_table)
@@ -211,7 +212,7 @@ def _plan_state(root, path: str, identity: dict, plan: BackbonePlan) -> tuple[st
     stored = _norm(g.attrs.get("identity", {}))
     if stored != _norm(identity):
         return "changed", [stored]
-    problems = plan_problems(g, plan)
+    problems = plan_problems(g, plan, path)
     return ("damaged", problems) if problems else ("ok", [])
 
 
@@ -468,9 +469,13 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loc = Location(store_path)  # a local folder or an fsspec URL (featurestore.location)
     store_path = loc.url if loc.is_url else loc.path
+    store_lock = StoreLock(store_path, kind=lock, timeout=lock_timeout)
+    if loc.is_file("zarr.json") and damaged_metadata(loc):  # unreadable zarr.json files: recover before opening
+        with store_lock.hold("clearing damaged metadata"):
+            clear_damaged(loc, _built_names(backbones, name), overwrite=overwrite,
+                          log=lambda m: print(m, file=sys.stderr))
     created = not loc.exists()
     root = open_root(store_path)
-    store_lock = StoreLock(store_path, kind=lock, timeout=lock_timeout)
     if vocals_cache:
         vocals_cache = Path(vocals_cache)
     else:  # separated audio is a local cache: beside a local store, under the user's cache for a URL one
@@ -511,6 +516,19 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
             report.backbones[fe.name] = summary
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _built_names(backbones, name) -> set[str]:
+    """The store names of the backbones a build writes (``--name``, else each one's registry name)."""
+    if name:
+        return {name}
+    out = set()
+    for bb in backbones:
+        try:
+            out.add(resolve(bb).name)
+        except KeyError:
+            out.add(str(bb))
+    return out
 
 
 def _remove_empty_store(store_path, lock: StoreLock) -> None:
