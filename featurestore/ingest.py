@@ -145,11 +145,24 @@ class ClipArrays:
         return self.shape
 
     def _npy(self, p: Path) -> np.ndarray:
+        """The array of a .npy file, memory-mapped; never unpickled (object arrays are refused)."""
         try:
-            return np.load(p, mmap_mode="r", allow_pickle=False)
+            with open(p, "rb") as f:
+                magic = f.read(6)
         except FileNotFoundError:
             raise IngestError(f"{p}: no such file") from None
-        except (ValueError, OSError) as e:
+        except OSError as e:
+            raise IngestError(f"{p}: cannot be read ({e})") from None
+        if magic != b"\x93NUMPY":
+            raise IngestError(f"{p}: not a .npy array file (it does not begin with the .npy format's magic bytes)")
+        try:
+            return np.load(p, mmap_mode="r", allow_pickle=False)
+        except ValueError as e:
+            if "pickled" in str(e) or "allow_pickle" in str(e) or "Python objects" in str(e):
+                raise IngestError(f"{p}: a .npy file of Python objects (dtype object, stored as a pickle), which is "
+                                  "never loaded; save the features as numbers") from None
+            raise IngestError(f"{p}: not a readable .npy array ({e})") from None
+        except OSError as e:
             raise IngestError(f"{p}: not a readable .npy array ({e})") from None
 
     def _h5group(self, h5: _H5Files):

@@ -277,6 +277,9 @@ def main(argv=None) -> int:
             print(f"note: {note}", file=sys.stderr)
         pool = getattr(task, "pool", None)
         out = Path(args.out or f"runs/{backbone}-{args.head}-{args.task.replace(':', '_')}{pool_suffix(pool)}")
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out}: this is a file; give a folder for the run (it holds metrics.json, "
+                             "head.json, predictions, plots)")
         out.mkdir(parents=True, exist_ok=True)
         runner = run_clip if task.kind == "clip" else run_frames
         head, report = runner(args, store, backbone, task, out, plan)
