@@ -219,3 +219,17 @@ def test_a_plain_user_pesto_checkpoint_loads_weights_only_and_equals_the_shipped
         hb = b.hidden_states(torch.nn.functional.pad(x, (b.pad, b.pad)), None)
     torch.testing.assert_close(ha, hb, rtol=0, atol=0)
     assert b.source == str(user.resolve())
+
+
+def test_a_planted_demucs_package_in_a_local_repo_is_refused(tmp_path):
+    """demucs itself unpickles a local repo's .th files; load_separator reads them weights-only."""
+    from featurestore.separation import SeparatorLoadError, load_separator
+
+    marker = tmp_path / "ran"
+    repo = tmp_path / "repo"
+    plant_pickle(repo / "evil.th", marker, via="torch")
+    (repo / "evilbag.yaml").write_text("models: ['evil']\n")
+    for name in ("evil", "evilbag"):
+        with pytest.raises(SeparatorLoadError, match=r"evil\.th: refused"):
+            load_separator(name, repo=repo)
+    assert not marker.exists()
