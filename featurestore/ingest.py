@@ -477,7 +477,9 @@ def ingest(input_path, store_path, backbone: str | None = None, *, frame_rate=No
     if store.exists() or store.is_symlink():
         if not overwrite:
             raise IngestError(f"{store} exists; pass --overwrite to replace it")
-        if store.is_symlink() or not (store / "zarr.json").is_file():
+        if store.is_symlink():
+            raise IngestError(f"{store} is a symbolic link; not replacing it (give the store's own path)")
+        if not (store / "zarr.json").is_file():
             raise IngestError(f"{store} exists and is not a feature store; not replacing it")
     if backbone is not None:
         _check_name(backbone)
