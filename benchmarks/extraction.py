@@ -47,6 +47,7 @@ from featurestore.demo import make_demo_corpus
 from featurestore.extract import plan_windows, window_plan
 from featurestore.frontends import Frontend, load_frontend
 from featurestore.manifest import read_inputs
+from featurestore.names import safe_name
 from featurestore.registry import DEFAULT_BACKBONE
 
 MB = 1e6  # throughputs are in MB/s with MB = 10**6 bytes
@@ -328,7 +329,7 @@ def time_naive(manifest: Path, fe: Frontend, out: Path, settings: ClipSettings) 
     with torch.inference_mode():
         for row in rows:
             x = load_audio(row.path, fe.sample_rate)
-            name = row.id.replace("/", "_")
+            name = safe_name(row.id)
             bounds = segment_bounds(0, len(x), fe.sample_rate, settings.segment_s,
                                     min(settings.min_segment_s, settings.segment_s))
             for k, (a, b) in enumerate(bounds):

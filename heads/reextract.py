@@ -22,6 +22,7 @@ from featurestore.build import ExtractSettings, extract_backbone
 from featurestore.cli import HelpFormatter
 from featurestore.frontends import load_frontend
 from featurestore.locking import StoreLock
+from featurestore.names import check_backbone_name
 from featurestore.writer import open_root
 
 #: ExtractSettings fields read from the base backbone's stored identity.
@@ -49,6 +50,8 @@ def reextract(run: Path, store_path=None, *, name: str | None = None, dtype: str
     HuBERT); ``trust_remote_code`` is needed only for a run fine-tuned with the model's own code.
     Returns the extraction summary with ``backbone`` and ``store`` added."""
     run = Path(run)
+    if name is not None:
+        check_backbone_name(name, "--name")
     args_file, metrics_file = run / "finetune_args.json", run / "metrics.json"
     if not metrics_file.is_file() or not (run / "frontend").is_dir():
         raise FileNotFoundError(f"{run} holds no finished fine-tune (metrics.json and frontend/ are written when "

@@ -340,9 +340,14 @@ def training_clip_settings(spec: TaskSpec, args) -> ClipSettings:
 
 def fitted_run(args) -> Path | None:
     """The run folder of (--backbone, --head) holding a fitted head, or None after saying why not."""
+    from heads.persist import HEAD_FILE, LEGACY_FILE, legacy_message
+
     rd = run_dir(args)
-    if not (rd / "head.joblib").is_file():
-        print(f"error: no fitted head in {rd}: run fit first", file=sys.stderr)
+    if not (rd / HEAD_FILE).is_file():
+        if (rd / LEGACY_FILE).is_file():
+            print(f"error: {legacy_message(rd / LEGACY_FILE)}", file=sys.stderr)
+        else:
+            print(f"error: no fitted head in {rd}: run fit first", file=sys.stderr)
         return None
     return rd
 
