@@ -38,34 +38,20 @@ import importlib
 import importlib.metadata as md
 import math
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from featurestore.frontends import Frontend
+from featurestore.frontend_base import Frontend
 from featurestore.registry import BackboneSpec
 
-#: ``--backbone hear:MODULE``
-PREFIX = "hear:"
-_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 #: audio lengths (seconds) the grid is learned and checked on
 PROBE_SECONDS = (1.0, 1.37)
 
 
 class HearModuleError(ValueError):
     """A HEAR module this project cannot use as a frontend; the message names the module."""
-
-
-def hear_spec(name: str) -> BackboneSpec:
-    """``hear:MODULE`` -> a spec of kind ``hear`` named ``hear-MODULE`` (the store's group name).
-    ValueError naming the argument when MODULE is not a dotted Python module name."""
-    module = name.strip()[len(PREFIX):].strip()
-    if not _MODULE_RE.match(module):
-        raise ValueError(f"--backbone {name!r}: expected hear:MODULE with MODULE an importable Python module "
-                         "name (for example hear:hearbaseline.wav2vec2)")
-    return BackboneSpec(f"hear-{module}", "hear", module, 0)
 
 
 def module_version(module_name: str, module) -> str | None:

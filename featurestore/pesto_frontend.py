@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from featurestore.frontends import Frontend
+from featurestore.frontend_base import Frontend
 from featurestore.registry import BackboneSpec
 
 

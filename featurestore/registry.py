@@ -16,6 +16,7 @@ runs only when the caller passes ``trust_remote_code=True`` (``--trust-remote-co
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +92,21 @@ ALIASES: dict[str, str] = {
 DEFAULT_BACKBONE = "crepe-tiny"
 
 
+#: ``--backbone hear:MODULE``: a HEAR 2021 module as a frontend (:mod:`featurestore.hear_frontend`)
+HEAR_PREFIX = "hear:"
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def hear_spec(name: str) -> BackboneSpec:
+    """``hear:MODULE`` -> a spec of kind ``hear`` named ``hear-MODULE`` (the store's group name).
+    ValueError naming the argument when MODULE is not a dotted Python module name."""
+    module = name.strip()[len(HEAR_PREFIX):].strip()
+    if not _MODULE_RE.match(module):
+        raise ValueError(f"--backbone {name!r}: expected hear:MODULE with MODULE an importable Python module "
+                         "name (for example hear:hearbaseline.wav2vec2)")
+    return BackboneSpec(f"hear-{module}", "hear", module, 0)
+
+
 def resolve(name_or_path: str) -> BackboneSpec:
     """Registry entry for a name or alias; otherwise a generic ``hf`` spec for a local folder or id.
 
@@ -99,8 +115,7 @@ def resolve(name_or_path: str) -> BackboneSpec:
     ``AutoModel``.
     """
     key = name_or_path.strip()
-    if key.startswith("hear:"):  # a HEAR 2021 module (featurestore.hear_frontend)
-        from featurestore.hear_frontend import hear_spec
+    if key.startswith(HEAR_PREFIX):  # a HEAR 2021 module (featurestore.hear_frontend)
         return hear_spec(key)
     key = ALIASES.get(key.lower(), key.lower() if key.lower() in REGISTRY else key)
     if key in REGISTRY:
