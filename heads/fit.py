@@ -4,7 +4,7 @@
     python -m heads.fit --backbone crepe --head crf                 # demo store, transcription
     python -m heads.fit --store a20.zarr --backbone mert --head mlp --task singer --lr 1e-4,1e-3,1e-2
 
-The run folder holds metrics.json, the saved head (head.joblib), predictions.csv (or notes per
+The run folder holds metrics.json, the saved head (head.json + head.safetensors, :mod:`heads.persist`), predictions.csv (or notes per
 clip for transcription), layer_weights.png and, for classification, confusion.png.
 """
 from __future__ import annotations
@@ -230,7 +230,7 @@ def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m heads.fit",
                                 description="Train a head on a feature store and write a run folder "
-                                            "(metrics.json, head.joblib, predictions, plots). The model is chosen "
+                                            "(metrics.json, head.json + head.safetensors, predictions, plots). The model is chosen "
                                             "on one split and scored on another (see --score-split).",
                                 formatter_class=HelpFormatter)
     p.add_argument("--store", help="feature store built by featurestore.build (default: the demo store, built "
@@ -289,13 +289,16 @@ def main(argv=None) -> int:
             print(f"note: {note}", file=sys.stderr)
         pool = getattr(task, "pool", None)
         out = Path(args.out or f"runs/{backbone}-{args.head}-{args.task.replace(':', '_')}{pool_suffix(pool)}")
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out}: this is a file; give a folder for the run (it holds metrics.json, "
+                             "head.json, predictions, plots)")
         out.mkdir(parents=True, exist_ok=True)
         runner = run_clip if task.kind == "clip" else run_frames
         head, report = runner(args, store, backbone, task, out, plan)
     except (TaskError, BackboneNotInStore, ValueError, FileNotFoundError) as e:  # NoFramesStored is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
-    head.save(out / "head.joblib")
+    head.save(out / "head.json")
     ids = store.layer_ids(backbone)
     stored_layers = [ids[int(l)] for l in head.layers_used_]  # the model's indices, not positions
     learned = layer_plot(head)

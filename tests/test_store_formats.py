@@ -10,11 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pytest
 import zarr
 
+from heads.persist import load_head
 from tests.conftest import noise_clips
 from tests.test_resume import run_build, units_done
 
@@ -67,7 +67,7 @@ def test_pooled_only_store_gives_the_same_clip_head_and_frame_heads_refuse(store
     for head in ("linear", "logreg"):  # a clip head fitted with a fixed seed: the same weights
         assert _fit(stores, BB, tmp_path / f"all-{head}", "--head", head) == 0
         assert _fit(stores, "crepe-none", tmp_path / f"none-{head}", "--head", head) == 0
-        a, b = (joblib.load(tmp_path / f"{k}-{head}" / "head.joblib") for k in ("all", "none"))
+        a, b = (load_head(tmp_path / f"{k}-{head}" / "head.json") for k in ("all", "none"))
         if head == "linear":
             sa, sb = a.module_.state_dict(), b.module_.state_dict()
             assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -147,7 +147,7 @@ def test_layer_subset_frames_equal_the_chosen_layers_and_heads_show_model_indice
     assert curve["layers"] == [1, 3, 5]
     # the same run on the full store reads the same layers: the same head
     assert _fit(stores, BB, tmp_path / "full-two", "--head", "linear", "--layers", "3,5") == 0
-    a, b = (joblib.load(tmp_path / k / "head.joblib") for k in ("two", "full-two"))
+    a, b = (load_head(tmp_path / k / "head.json") for k in ("two", "full-two"))
     np.testing.assert_array_equal(a.layer_weights_, b.layer_weights_)
     assert _fit(stores, "crepe-sub", tmp_path / "bad", "--head", "linear", "--layers", "0,3") == 2
 
