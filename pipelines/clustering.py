@@ -364,7 +364,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backbone", default=None,
                    help="backbone in the store (registry name or alias); not given: the --run's, else crepe")
     feat = p.add_mutually_exclusive_group()
-    feat.add_argument("--layer", type=int, default=None, help="one stored layer (not given: the last one)")
+    feat.add_argument("--layer", type=int, default=None,
+                      help="one layer, by the model's hidden-state index (negative: counted from the last stored "
+                           "layer; not given: the last stored one)")
     feat.add_argument("--run", help="run folder of a fitted head: use its softmax layer weights for a weighted sum")
     p.add_argument("--per-class", type=int, default=200, help="frames sampled per pitch class")
     p.add_argument("--split", default=None, help="only clips of this split (not given: all clips)")
@@ -405,11 +407,18 @@ def main(argv=None) -> int:
             features = f"weighted sum of {L} layers (weights of {args.run})"
             layer = None
         else:
-            layer = L - 1 if args.layer is None else args.layer
-            if not -L <= layer < L:
-                raise ValueError(f"--layer {layer} out of range: {bb} has {L} stored layers (0..{L - 1})")
-            layer %= L
-            features = f"layer {layer}"
+            ids = store.layer_ids(bb)  # --layer names the model's layer (a store built with --layers holds some)
+            if args.layer is None or args.layer < 0:
+                layer = L - 1 if args.layer is None else args.layer
+                if not -L <= layer < L:
+                    raise ValueError(f"--layer {layer} out of range: {bb} has {L} stored layers (0..{L - 1})")
+                layer %= L
+            elif args.layer in ids:
+                layer = ids.index(args.layer)
+            else:
+                held = f"0..{L - 1}" if ids == list(range(L)) else f"model layers {ids} (built with --layers)"
+                raise ValueError(f"--layer {args.layer} out of range: {bb} holds {held}")
+            features = f"layer {ids[layer]}"
         X, y = pitch_class_frames(store, bb, layer=layer, weights=weights,
                                   per_class=args.per_class, seed=args.seed, split=args.split,
                                   layer_norm=layer_norm, notes_column=args.notes_column)
@@ -428,7 +437,8 @@ def main(argv=None) -> int:
     plot_tsne(X, y, assign["kmeans"], out / "tsne.png", embedding=E,
               title=f"{bb}, {features}: KMeans ARI {scores['kmeans']['ARI']:.2f} / NMI {scores['kmeans']['NMI']:.2f}")
     counts = np.bincount(y, minlength=12)
-    result = {"store": str(store.path), "backbone": bb, "features": features, "layer": layer, "run": args.run,
+    result = {"store": str(store.path), "backbone": bb, "features": features,
+              "layer": None if layer is None else store.layer_ids(bb)[layer], "run": args.run,
               "layer_weights": None if weights is None else [float(w) for w in weights], "layer_norm": layer_norm,
               "split": args.split, "per_class": args.per_class, "seed": args.seed,
               "class_counts": {PITCH_CLASSES[k]: int(counts[k]) for k in range(12)},

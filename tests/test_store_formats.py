@@ -405,3 +405,16 @@ def test_storage_benchmark_published_sizes_match_the_issue_arithmetic():
     assert m["frames_none"] / m["float16"] < 0.02
     with pytest.raises(ValueError, match="unknown option"):
         option_settings("bfloat16", (0,))
+
+
+def test_clustering_on_a_layer_subset_reads_the_model_layer_it_names(stores, tmp_path, capsys):
+    from featurestore import open_store
+    from pipelines.clustering import main, pitch_class_frames
+
+    s = open_store(stores)
+    a = pitch_class_frames(s, "crepe-sub", layer=1, per_class=20)   # stored position 1 = model layer 3
+    b = pitch_class_frames(s, BB, layer=3, per_class=20)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert main(["--store", str(stores), "--backbone", "crepe-sub", "--layer", "0", "--out", str(tmp_path)]) == 2
+    assert "model layers [1, 3, 5]" in capsys.readouterr().err
