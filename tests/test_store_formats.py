@@ -418,3 +418,24 @@ def test_clustering_on_a_layer_subset_reads_the_model_layer_it_names(stores, tmp
     np.testing.assert_array_equal(a[1], b[1])
     assert main(["--store", str(stores), "--backbone", "crepe-sub", "--layer", "0", "--out", str(tmp_path)]) == 2
     assert "model layers [1, 3, 5]" in capsys.readouterr().err
+
+
+def test_torchrun_builds_int8_and_pooled_only_stores_equal_to_one_process(tmp_path):
+    """Two torchrun ranks (gloo, CPU) write the same int8 codes, offsets and steps, and the same
+    pooled-only rows, as one process."""
+    from featurestore.build import main
+    from featurestore.demo import make_demo_corpus
+    from tests.test_distributed_build import torchrun
+
+    manifest = make_demo_corpus(tmp_path / "corpus", n_singers=2, clips_per_singer=3, duration_s=2)
+    opts = ["--backbone", BB, "--segment-seconds", "1", "--unit-frames", "40", "--num-workers", "0",
+            "--no-progress", "--device", "cpu"]
+    for fmt, arrays in ((["--dtype", "int8"], ("frames", "frames_quant", "pooled_mean", "unit_checksum")),
+                        (["--frames", "none"], ("pooled_mean", "pooled_std", "unit_checksum"))):
+        one, two = tmp_path / f"one{fmt[1]}.zarr", tmp_path / f"two{fmt[1]}.zarr"
+        assert main(["--input", str(manifest), "--store", str(one), *opts, *fmt]) == 0
+        torchrun(2, "--input", str(manifest), "--store", str(two), *opts, *fmt)
+        ga, gb = (zarr.open_group(str(p / "backbones" / BB), mode="r") for p in (one, two))
+        assert gb.attrs["complete"] and ga["unit_done"].shape[0] > 2
+        for name in arrays:
+            np.testing.assert_array_equal(ga[name][:], gb[name][:], err_msg=name)
