@@ -454,7 +454,7 @@ class QuantParams:
     local bytes) and kept for the most recently used chunks. A missing row file of a chunk that holds
     clip frames raises :class:`StoreCorrupted` (through ``files``)."""
 
-    MAX_CACHED = 512
+    MAX_CACHED = 128  # rows of 2 x L x D float32: at most 26 MB for 25 x 1024
 
     def __init__(self, arr: zarr.Array, files: ChunkFiles):
         self.arr, self.files = arr, files
