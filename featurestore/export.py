@@ -37,10 +37,13 @@ BLOCK_FRAMES = 8192
 def header(store: FeatureStore, backbone: str) -> dict:
     """What a reader of the export needs to know of the backbone: the frontend's description
     (name, sample_rate Hz, frame_rate Hz, stride / receptive / pad in samples, num_layers, dim),
-    the store dtype, the store it came from and this layout's format name."""
+    the dtype of the exported frames (the store dtype; float32 for an int8 store), the model's layer
+    index of each exported layer (``layers``: a store built with ``--layers`` holds some), the store it
+    came from and this layout's format name."""
     g = store.group(backbone)
     return {"format": EXPORT_FORMAT, "backbone": store.backbone_name(backbone), "store": str(store.path),
-            "dtype": str(g["frames"].dtype), "frontend": dict(g.attrs["frontend"])}
+            "dtype": str(store.frames_dtype(backbone)), "frontend": dict(g.attrs["frontend"]),
+            "layers": store.layer_ids(backbone)}  # the model's index of each exported layer (layer_<k>: the k-th)
 
 
 def _label_columns(store: FeatureStore) -> list[str]:
@@ -69,13 +72,13 @@ def export_hdf5(store: FeatureStore, backbone: str, out: Path, progress=None) ->
     import h5py
 
     labels, (L, D) = _label_columns(store), store.shape(backbone)
-    dtype = np.dtype(store.group(backbone)["frames"].dtype)
+    dtype = store.frames_dtype(backbone)  # (float32 for an int8 store: the frames as read back)
     ids = [str(c) for c in store.clip_ids]
     names = [safe_name(c) for c in ids]
     counts = store.n_frames(backbone)
     with h5py.File(out, "w") as f:
         head = header(store, backbone)
-        f.attrs.update({k: v for k, v in head.items() if k != "frontend"})
+        f.attrs.update({k: json.dumps(v) if isinstance(v, list) else v for k, v in head.items() if k != "frontend"})
         f.attrs.update({k: v for k, v in head["frontend"].items() if isinstance(v, (int, float, str, bool))})
         f.attrs["frontend"] = json.dumps(head["frontend"])
         f.create_dataset("clip_ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
@@ -98,7 +101,7 @@ def export_hdf5(store: FeatureStore, backbone: str, out: Path, progress=None) ->
 def export_npy(store: FeatureStore, backbone: str, out: Path, progress=None) -> int:
     """Write the ``npy`` layout (module docstring) to folder ``out``; returns the clips written."""
     labels, (L, D) = _label_columns(store), store.shape(backbone)
-    dtype = np.dtype(store.group(backbone)["frames"].dtype)
+    dtype = store.frames_dtype(backbone)  # (float32 for an int8 store: the frames as read back)
     counts = store.n_frames(backbone)
     out.mkdir(parents=True, exist_ok=True)
     (out / "frontend.json").write_text(json.dumps(header(store, backbone), indent=1))
@@ -136,6 +139,7 @@ def export(store_path, backbone: str, fmt: str, out, *, overwrite: bool = False,
         raise FileExistsError(f"{out} exists; pass --overwrite to replace what it holds")
     store = open_store(store_path)
     store.group(backbone)  # a clear error for a backbone the store lacks
+    store.require_frames(backbone, "exporting")  # and for a pooled-only one
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -173,6 +173,11 @@ class FeatureStore:
             cache[backbone] = layout.layer_ids(self.group(backbone).attrs)
         return cache[backbone]
 
+    def frames_dtype(self, backbone: str) -> np.dtype:
+        """The dtype :meth:`frames` returns: the store dtype, float32 for an int8 backbone."""
+        self.require_frames(backbone)
+        return np.dtype(self._reader(backbone).dtype)
+
     def has_frames(self, backbone: str) -> bool:
         """False for a pooled-only backbone (built with ``--frames none``)."""
         return layout.frames_mode(self.group(backbone).attrs) != layout.FRAMES_NONE

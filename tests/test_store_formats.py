@@ -439,3 +439,22 @@ def test_torchrun_builds_int8_and_pooled_only_stores_equal_to_one_process(tmp_pa
         assert gb.attrs["complete"] and ga["unit_done"].shape[0] > 2
         for name in arrays:
             np.testing.assert_array_equal(ga[name][:], gb[name][:], err_msg=name)
+
+
+def test_export_writes_int8_frames_as_float32_and_refuses_a_pooled_only_backbone(stores, tmp_path):
+    from featurestore import open_store
+    from featurestore.export import export
+    from featurestore.names import safe_name
+    from featurestore.store import NoFramesStored
+
+    s = open_store(stores)
+    assert export(stores, "crepe-int8", "npy", tmp_path / "i8") == len(s)
+    head = json.loads((tmp_path / "i8" / "frontend.json").read_text())
+    assert head["dtype"] == "float32" and head["layers"] == list(range(6))
+    cid = s.clip_ids[3]
+    x = np.load(tmp_path / "i8" / safe_name(cid) / "layer_4.npy")
+    np.testing.assert_array_equal(x, s.frames(cid, "crepe-int8")[:, 4])
+    assert export(stores, "crepe-sub", "npy", tmp_path / "sub") == len(s)
+    assert json.loads((tmp_path / "sub" / "frontend.json").read_text())["layers"] == [1, 3, 5]
+    with pytest.raises(NoFramesStored, match="--frames none"):
+        export(stores, "crepe-none", "hdf5", tmp_path / "none.h5")
