@@ -325,8 +325,8 @@ def format_tables(r: dict) -> str:
         ids = x["layers"]
         lay = "all" if ids == list(range(len(ids))) and len(ids) == c["shape"][0] else ",".join(map(str, ids))
         lines.append(f"| {x['option']} | {lay} | {x['bytes'] / 1e6:.2f} | {_gb(x['bytes_per_hour'])} | "
-                     f"{x['size_ratio']:.3f} | {x['frames_ratio']:.3f} | {reads} | {x['singer_linear']['macro_f1']:.1f} | "
-                     f"{x['singer_logreg']['macro_f1']:.1f} | {conp} |")
+                     f"{x['size_ratio']:.3f} | {x['frames_ratio']:.3f} | {reads} | "
+                     f"{x['singer_linear']['macro_f1']:.1f} | {x['singer_logreg']['macro_f1']:.1f} | {conp} |")
     s, t = ref["singer_linear"], ref["conp_crf"]
     lines += ["", f"Scores: singer macro-F1 (%) per clip, scored on {s['scored']} ({s['n_scored']} clips), chosen on "
                   f"{s['chosen']}; COnP F1 (%) averaged over {t['n_scored']} clips scored on {t['scored']}, chosen on "

@@ -61,8 +61,8 @@ def backbone_array(name: str, frontend: dict, dtype: str) -> dict:
     if name == "frames":
         held = ("hidden states of every layer of the frontend (or of the model layers listed in the backbone "
                 "attribute `layers`), frame by frame")
-        stored = (f"as 8-bit codes q (uint8): the value is offset + step * q, with offset and step of the frame's "
-                  f"chunk, layer and dim in `frames_quant` (featurestore.quantize)" if dtype == "int8"
+        stored = ("as 8-bit codes q (uint8): the value is offset + step * q, with offset and step of the frame's "
+                  "chunk, layer and dim in `frames_quant` (featurestore.quantize)" if dtype == "int8"
                   else f"in the store dtype ({dtype})")
         return {
             "description": f"{held}, {stored}. Clip i holds frames offsets[i, 0] to offsets[i, 1] (exclusive); clips "
@@ -104,8 +104,8 @@ def backbone_array(name: str, frontend: dict, dtype: str) -> dict:
         return {"description": "CRC-32 (zlib.crc32) of each unit's bytes as stored: its frames (alignment frames "
                                "included; none in a store built with --frames none), then its frames_quant rows "
                                "(int8 stores), then its pooled_mean and pooled_std rows (for a piece of a split "
-                               "clip: its piece_sums row instead, float64), C order, store dtype; written before the unit's "
-                               "unit_done marker, checked by python -m featurestore.verify "
+                               "clip: its piece_sums row instead, float64), C order, store dtype; written before "
+                               "the unit's unit_done marker, checked by python -m featurestore.verify "
                                "(see featurestore.writer.unit_checksum)"}
     if name == "piece_sums":
         return {"description": "for a unit that is one piece of a clip split over several units (attribute "

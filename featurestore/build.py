@@ -391,8 +391,8 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
     device = torch.device(device)
     window_k, context_k = window_plan(fe, ext.window_s, ext.context_s)  # checked before anything is planned
     if ext.layers is not None and max(ext.layers) >= fe.num_layers:
-        raise ValueError(f"--layers {','.join(map(str, ext.layers))}: {fe.name} has hidden states 0..{fe.num_layers - 1} "
-                         f"({fe.num_layers} layers)")
+        raise ValueError(f"--layers {','.join(map(str, ext.layers))}: {fe.name} has hidden states "
+                         f"0..{fe.num_layers - 1} ({fe.num_layers} layers)")
     identity = {**ext.identity(fe.frame_local), "weights_hash": fe.weights_hash(), "sample_rate": fe.sample_rate,
                 "stride": fe.stride, "receptive": fe.receptive, "pad": fe.pad,
                 "do_normalize": getattr(fe, "do_normalize", None)}
@@ -476,7 +476,8 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
     return {**rank, "units": int(len(done)), "units_done": int(done.sum()), "complete": complete,
             "units_skipped": skipped,
             "frames": int((offsets[:, 1] - offsets[:, 0]).sum()), "frames_allocated": int(g.attrs["total_frames"]),
-            "frames_stored": layout.frames_mode(g.attrs), "layers": len(layout.layer_ids(g.attrs)), "dim": fe.dim, "audio_seconds": seconds,
+            "frames_stored": layout.frames_mode(g.attrs), "layers": len(layout.layer_ids(g.attrs)), "dim": fe.dim,
+            "audio_seconds": seconds,
             "seconds": time.perf_counter() - t0}
 
 

@@ -16,6 +16,7 @@ import zarr
 
 from featurestore import layout
 from featurestore.location import Location
+from featurestore.quantize import dequantize_into
 
 
 def _plain(a: np.ndarray) -> np.ndarray:
@@ -223,7 +224,7 @@ class FeatureStore:
         bad = [m for m in want if m not in pos]
         if bad:
             raise LayerNotStored(f"layer(s) {bad} are not stored for backbone {self.backbone_name(backbone)!r} in "
-                           f"{self.path}: it holds model layers {ids}")
+                                 f"{self.path}: it holds model layers {ids}")
         return [pos[m] for m in want]
 
     def _span(self, clip_id, backbone: str, start: int, stop: int | None) -> tuple[int, int, int, int]:
@@ -286,7 +287,8 @@ class FeatureStore:
             if "frames_quant" in self.group(backbone):
                 qarr = self.group(backbone)["frames_quant"]
                 qfiles = ChunkFiles(qarr, self.location.join(layout.backbone_path(name), "frames_quant"),
-                                    frame_spans_to_chunks(self._offsets(backbone), int(arr.chunks[0])), self.clip_ids, f"backbone {name!r} frames_quant", rows_name="chunks",
+                                    frame_spans_to_chunks(self._offsets(backbone), int(arr.chunks[0])),
+                                    self.clip_ids, f"backbone {name!r} frames_quant", rows_name="chunks",
                                     location=self.location)
                 quant = QuantParams(qarr, qfiles)
             local = not self.location.is_url  # chunk files of a URL store cannot be memory-mapped
@@ -485,8 +487,6 @@ class QuantParams:
     def dequantize_into(self, c: int, codes: np.ndarray, dst: np.ndarray, layers=None) -> None:
         """``dst[...]`` = frames of chunk ``c`` from their ``codes`` [t, L', D] (``layers``: the stored
         layer positions of L', a list or slice; None: all)."""
-        from featurestore.quantize import dequantize_into
-
         p = self.get(c)
         offset, step = (p[0], p[1]) if layers is None else (p[0][layers], p[1][layers])
         dequantize_into(codes, offset, step, dst)
