@@ -458,3 +458,39 @@ def test_export_writes_int8_frames_as_float32_and_refuses_a_pooled_only_backbone
     assert json.loads((tmp_path / "sub" / "frontend.json").read_text())["layers"] == [1, 3, 5]
     with pytest.raises(NoFramesStored, match="--frames none"):
         export(stores, "crepe-none", "hdf5", tmp_path / "none.h5")
+
+
+def test_singer_pipeline_on_a_pooled_only_store_scores_as_on_the_all_frames_store(tmp_path, monkeypatch, capsys):
+    """pipelines.singer prepare --demo / build --frames none / fit / evaluate: the same run as with every
+    frame stored; the transcription pipeline's crf refuses such a store by name."""
+    import featurestore.build as fbuild
+    from featurestore.demo import make_demo_corpus
+    from pipelines import transcription
+    from pipelines.runner import main
+    from pipelines.singer import SPEC
+
+    monkeypatch.setenv("SINGFRONT_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(fbuild, "ensure_demo_corpus", lambda: make_demo_corpus(
+        fbuild.default_demo_dir() / "corpus", n_singers=4, clips_per_singer=4, duration_s=2.0))
+    metrics = {}
+    for fmt in ("all", "none"):
+        w = tmp_path / fmt
+        assert main(SPEC, ["prepare", "--demo", "--workdir", str(w)]) == 0
+        assert main(SPEC, ["build", "--workdir", str(w), "--backbone", "crepe", "--no-progress", "--num-workers", "0",
+                           "--frames", fmt]) == 0
+        assert main(SPEC, ["fit", "--workdir", str(w), "--epochs", "5", "--lr", "1e-2", "--no-progress"]) == 0
+        assert main(SPEC, ["evaluate", "--workdir", str(w)]) == 0
+        runs = list((w / "runs").glob("*/metrics.json"))
+        assert len(runs) == 1
+        m = json.loads(runs[0].read_text())
+        metrics[fmt] = {k: m[k] for k in ("accuracy", "macro_f1", "confusion", "layer_weights")}
+    assert metrics["all"] == metrics["none"]
+    capsys.readouterr()
+    w = tmp_path / "notes"
+    assert main(transcription.SPEC, ["prepare", "--demo", "--workdir", str(w)]) == 0
+    assert main(transcription.SPEC, ["build", "--workdir", str(w), "--backbone", "crepe", "--no-progress",
+                                     "--num-workers", "0", "--frames", "none"]) == 0
+    capsys.readouterr()
+    assert main(transcription.SPEC, ["fit", "--workdir", str(w), "--head", "crf", "--epochs", "2",
+                                     "--no-progress"]) == 2
+    assert "--frames none" in capsys.readouterr().err
