@@ -512,6 +512,7 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
         check_backbone_name(name, "--name")  # before anything is written
     clip_settings = clip_settings or ClipSettings()
     extract = extract or ExtractSettings()
+    check_layers_published(extract, backbones, model_path)  # before anything is written
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loc = Location(store_path)  # a local folder or an fsspec URL (featurestore.location)
     store_path = loc.url if loc.is_url else loc.path
@@ -585,6 +586,22 @@ def _built_names(backbones, name) -> set[str]:
         except KeyError:
             out.add(str(bb))
     return out
+
+
+def check_layers_published(ext: ExtractSettings, backbones, model_path=None) -> None:
+    """ValueError naming ``--layers`` when it asks for a hidden state past the published count of a
+    registry backbone (loaded from its own weights: ``model_path`` None), so that nothing is written;
+    other models are checked once loaded (:func:`extract_backbone`)."""
+    if ext.layers is None or model_path is not None:
+        return
+    for bb in backbones:
+        try:
+            spec = resolve(bb)
+        except KeyError:
+            continue
+        if spec.name in REGISTRY and spec.expected_layers and max(ext.layers) >= spec.expected_layers:
+            raise ValueError(f"--layers {','.join(map(str, ext.layers))}: {spec.name} has hidden states "
+                             f"0..{spec.expected_layers - 1} ({spec.expected_layers} layers)")
 
 
 def _remove_empty_store(store_path, lock: StoreLock) -> None:

@@ -323,6 +323,7 @@ def test_build_options_are_checked_before_anything_is_extracted(tmp_path, capsys
         assert msg in capsys.readouterr().err
     assert main(base + ["--layers", "2,9"]) == 2
     assert "--layers 2,9: crepe-tiny has hidden states 0..5" in capsys.readouterr().err
+    assert not (tmp_path / "s.zarr").exists()  # refused before anything was written
     with pytest.raises(ValueError, match="increasing"):
         ExtractSettings(layers=(3, 1))
     # a store built with one format is not resumed with another
