@@ -166,21 +166,13 @@ def run_dir(args) -> Path:
         bb = resolve(args.backbone[0]).name
     except KeyError:
         bb = args.backbone[0]
-    from heads.tasks import pool_suffix
+    from heads.tasks import context_suffix, layers_suffix, pool_suffix, seed_suffix
 
-    context = getattr(args, "context", 0.0) or 0.0
-    suffix = f"-ctx{round(context * 1000)}ms" if context else ""
+    suffix = context_suffix(getattr(args, "context", 0.0))
     suffix += pool_suffix(getattr(args, "pool", None))
     suffix += layers_suffix(getattr(args, "layers", None))
+    suffix += seed_suffix(getattr(args, "seed", None))
     return Path(args.workdir) / "runs" / f"{bb}-{args.head}{suffix}"
-
-
-def layers_suffix(layers) -> str:
-    """Run-folder suffix of ``--layers``: none for all layers, ``-layers-each`` / ``-layers-concat`` /
-    ``-layers-3_7``, so a layer sweep or a layer subset never overwrites the all-layer run."""
-    if layers in (None, "", "all"):
-        return ""
-    return "-layers-" + "_".join(v.strip() for v in str(layers).split(",") if v.strip())
 
 
 def run_pool(rd: Path) -> str:
