@@ -194,12 +194,47 @@ def run_pool(rd: Path) -> str:
 PROTOCOL_OPTIONS = ("score_split", "select_split", "group", "holdout_fraction")
 
 
+#: ``fit`` options passed to ``heads.fit`` as they are, when given (heads.fit refuses those that do not
+#: apply to the head).
+FIT_OPTIONS = ("lr", "epochs", "C", "n_estimators", "gbm_learning_rate", "num_leaves", "min_child_samples")
+
+
+def seeds_of(args) -> list[int]:
+    """The seeds a command works on: ``--seeds`` (a list), else ``--seed`` (default 0)."""
+    from heads.tasks import parse_seeds
+
+    if getattr(args, "seeds", None) is not None:
+        if getattr(args, "seed", None) is not None:
+            raise ValueError("--seed and --seeds: give one of them")
+        return parse_seeds(args.seeds)
+    return [getattr(args, "seed", None) or 0]
+
+
 def cmd_fit(spec: TaskSpec, args) -> int:
+    """``fit`` once per seed (``--seeds``): seed k's run folder carries ``-seed<k>`` (none for 0)."""
+    try:
+        seeds = seeds_of(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    code = 0
+    for seed in seeds:
+        args.seed = seed
+        code = fit_one(spec, args) or code
+        if code:
+            break
+    return code
+
+
+def fit_one(spec: TaskSpec, args) -> int:
     from heads.fit import main as fit_main
 
     argv = ["--store", str(Path(args.workdir) / "store.zarr"), "--backbone", args.backbone[0], "--head", args.head,
-            "--task", spec.heads_task, "--out", str(run_dir(args)), "--lr", args.lr, "--epochs", str(args.epochs),
-            "--seed", str(args.seed), "--device", args.device or "cpu", "--layers", args.layers]
+            "--task", spec.heads_task, "--out", str(run_dir(args)), "--seed", str(args.seed),
+            "--device", args.device or "cpu", "--layers", args.layers]
+    for opt in FIT_OPTIONS:
+        if getattr(args, opt, None) is not None:
+            argv += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
     if getattr(args, "class_weight", None):
         argv += ["--class-weight", args.class_weight]
     if getattr(args, "context", 0):
@@ -345,12 +380,29 @@ def input_folder(args, what: str = "audio files") -> Path | None:
 
 
 def cmd_evaluate(spec: TaskSpec, args) -> int:
+    """Evaluate the run of each seed (``--seeds``; else ``--seed``, default 0), append its row to
+    ``WORKDIR/runs/results.jsonl`` and rewrite ``WORKDIR/results.md`` from every row there."""
+    try:
+        seeds = seeds_of(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for seed in seeds:
+        args.seed = seed
+        code = evaluate_one(spec, args)
+        if code:
+            return code
+    return 0
+
+
+def evaluate_one(spec: TaskSpec, args) -> int:
     from featurestore import open_store
 
     rd = fitted_run(args)
     if rd is None:
         return 2
     from featurestore.store import BackboneNotInStore
+    from heads.results_log import append_result
     from heads.tasks import TaskError
 
     try:
@@ -362,13 +414,33 @@ def cmd_evaluate(spec: TaskSpec, args) -> int:
     context = getattr(args, "context", 0.0) or 0.0
     result.update(backbone=run_backbone(store, rd, args), task=spec.name,
                   head=args.head + (f"+ctx{round(context * 1000)}ms" if context else ""))
-    if (rd / "metrics.json").is_file() and "pool" in json.loads((rd / "metrics.json").read_text()):
+    fit = json.loads((rd / "metrics.json").read_text()) if (rd / "metrics.json").is_file() else {}
+    if "pool" in fit:
         result["pool"] = run_pool(rd)
+    result["seed"], result["options"] = fit.get("seed", args.seed or 0), fit.get("options") or {}
     (rd / "evaluation.json").write_text(json.dumps(result, indent=2, default=float))
+    append_result(rd.parent, evaluation_row(spec, result, rd.name))
     table = results_table(spec, Path(args.workdir))
     (Path(args.workdir) / "results.md").write_text(table + "\n")
     print(table)
     return 0
+
+
+def evaluation_row(spec: TaskSpec, result: dict, run: str) -> dict:
+    """The results-table row (:mod:`heads.results_log`) of an evaluation: the task's summary scores and
+    their bootstrap intervals (``ci95``, keyed like ``summary_keys``)."""
+    from heads.protocol import chosen_label
+
+    p = result.get("protocol") or {}
+    level = spec.summary_keys[0].split(".")[0]
+    sub = result.get(level) if isinstance(result.get(level), dict) and "n" in result.get(level, {}) else result
+    n = result.get("n_songs") or sub.get("n")
+    items = "songs" if "n_songs" in result else "segments" if sub is not result else "clips"
+    return {"command": "evaluate", "task": spec.name, "backbone": result.get("backbone"), "head": result.get("head"),
+            "options": result.get("options") or {}, "seed": result.get("seed", 0),
+            "scored_split": p.get("scored_split", "?"), "chosen_on": chosen_label(p) if p else "?",
+            "n_scored": n, "items": items, "metrics": {k: _dig(result, k) for k in spec.summary_keys},
+            "ci95": {k: v for k, v in (result.get("ci95") or {}).items() if k in spec.summary_keys}, "run": run}
 
 
 def _dig(d: dict, dotted: str):
@@ -380,27 +452,37 @@ def _dig(d: dict, dotted: str):
 
 
 def results_table(spec: TaskSpec, workdir: Path) -> str:
-    """Markdown table of every evaluated run in the work folder (frontend x head)."""
-    from heads.protocol import chosen_label
+    """WORKDIR/results.md: every evaluated run of the work folder (the last row of each run in
+    ``runs/results.jsonl``; runs evaluated before that file existed from their evaluation.json), each
+    score with its bootstrap 95 % interval; then the runs gathered over seeds (mean ± sample sd); then
+    the per-layer table of every ``--layers each`` run."""
+    from heads import results_log
+    from heads.layer_probe import to_markdown as layer_markdown
 
-    rows = []
-    for f in sorted((workdir / "runs").glob("*/evaluation.json")):
-        e = json.loads(f.read_text())
-        p = e.get("protocol") or {}
-        rows.append({"run": f.parent.name, "scored on": p.get("scored_split", "?"),
-                     "chosen on": chosen_label(p) if p else "?",
-                     **{k: _dig(e, k) for k in spec.summary_keys}})
+    runs = workdir / "runs"
+    logged = results_log.latest(results_log.read_results(runs), "evaluate")
+    seen = {r["run"] for r in logged}
+    for f in sorted(runs.glob("*/evaluation.json")):  # evaluated before the results log existed
+        if f.parent.name not in seen:
+            logged.append(evaluation_row(spec, json.loads(f.read_text()), f.parent.name))
+    keys = [(k, k) for k in spec.summary_keys]
     cols = ["scored on", "chosen on"] + spec.summary_keys
-    head = "| run | " + " | ".join(cols) + " |"
-    sep = "|---" * (len(cols) + 1) + "|"
-    lines = [f"# {spec.name}: {spec.description}", "", head, sep]
-    for r in rows:
-        cells = [r["run"]] + [("" if r[k] is None else f"{100 * r[k]:.1f}" if isinstance(r[k], float) else str(r[k]))
-                              for k in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("(scores in %; \"scored on\" is the split the scores were measured on, \"chosen on\" the clips that "
-                 "chose the learning rate and the stopping epoch)")
+    lines = [f"# {spec.name}: {spec.description}", "", "| run | " + " | ".join(cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]
+    for r in sorted(logged, key=lambda r: r["run"]):
+        cells = [results_log.format_score(results_log.summarize([r], k)) for k, _ in keys]
+        lines.append("| " + " | ".join([r["run"], str(r["scored_split"]), str(r["chosen_on"])] + cells) + " |")
+    lines += ["", "(scores in %, [bootstrap 95 % interval over the scored items]; \"scored on\" is the split the "
+                  "scores were measured on, \"chosen on\" the clips that chose the learning rate and the stopping "
+                  "epoch)"]
+    if any(len(g) > 1 for g in results_log.seed_groups(logged)):
+        lines += ["", results_log.to_markdown([r for g in results_log.seed_groups(logged) if len(g) > 1 for r in g],
+                                              keys, "Over seeds")]
+    for r in sorted(logged, key=lambda r: r["run"]):
+        m = runs / r["run"] / "metrics.json"
+        table = json.loads(m.read_text()).get("layer_table") if m.is_file() else None
+        if table:
+            lines += ["", layer_markdown(table, f"## {r['run']}: one linear probe per layer (per clip)")]
     return "\n".join(lines)
 
 
@@ -451,16 +533,29 @@ def build_parser(spec: TaskSpec) -> argparse.ArgumentParser:
                                 "D -> 2D per layer); not given: mean. A run with std / mean+std lives in "
                                 "runs/<backbone>-<head>-stdpool / -meanstdpool"
                                 + ("" if name == "fit" else "; its features are read as the run recorded them"))
+        if name in ("fit", "evaluate", "predict"):
+            c.add_argument("--seed", type=int, default=None,
+                           help="seed of initialisation, shuffling and the holdout draw; not given: 0. A run with "
+                                "seed k > 0 lives in runs/<...>-seed<k>")
+        if name in ("fit", "evaluate"):
+            c.add_argument("--seeds", default=None,
+                           help="comma-separated seeds (0,1,2): one run per seed; results.md gives their mean ± "
+                                "sample sd")
         if name == "fit":
-            c.add_argument("--lr", default="1e-3,3e-3,1e-2",
-                           help="learning rate or comma-separated grid, chosen on the selection split")
-            c.add_argument("--epochs", type=int, default=60,
-                           help="maximum epochs (early stopping on the selection split)")
+            c.add_argument("--lr", default=None,
+                           help="torch heads: learning rate or comma-separated grid, chosen on the selection split; "
+                                "not given: heads.fit's 1e-3,3e-3,1e-2")
+            c.add_argument("--epochs", type=int, default=None,
+                           help="torch heads: maximum epochs (early stopping on the selection split); not given: 60")
+            c.add_argument("--C", dest="C", default=None,
+                           help="logreg: inverse L2 strength or a grid (0.01,0.1,1,10), chosen on the selection split")
+            for opt, help_ in (("n-estimators", "boosting rounds"), ("gbm-learning-rate", "shrinkage per round"),
+                               ("num-leaves", "leaves per tree"), ("min-child-samples", "fewest clips in a leaf")):
+                c.add_argument(f"--{opt}", default=None,
+                               help=f"lgbm: {help_}, or a comma-separated grid chosen on the selection split")
             c.add_argument("--layers", default="all",
                            help="all (logreg/lgbm: their mean) | each (one linear probe per layer) | concat "
                                 "(logreg/lgbm: layers side by side) | i,j,... (stored layer indices)")
-            c.add_argument("--seed", type=int, default=0,
-                           help="seed of initialisation, shuffling and the holdout draw")
             c.add_argument("--class-weight", choices=["balanced", "paper"], default=spec.default_class_weight,
                            help="balanced = n/(C n_c); paper = 1/n_c^0.2; None: no weighting")
             c.add_argument("--refit", action="store_true",

@@ -327,8 +327,14 @@ def evaluate(store, run_dir: Path, args) -> dict:
         [{"level": lvl, **{k: r.get(k) for k in ("n", "accuracy", "top2", "top3", "macro_f1")}}
          for lvl, r in (("segment", seg), ("song", song))],
         ["level", "n", "accuracy", "top2", "top3", "macro_f1"]))
+    from heads.intervals import classification_intervals
+
+    # intervals: segments resampled song by song (a song's segments move together), songs resampled as songs
+    ci = {f"segment.{k}": v for k, v in classification_intervals(yi, logits, groups=files).items()}
+    ci.update({f"song.{k}": v for k, v in classification_intervals(song_y, song_scores).items()})
     return {"segment": seg, "song": song, "split": plan.score_split, "protocol": plan.describe(),
-            "aggregate": method, "backbone_stored": backbone, "unseen_labels": int((~known).sum())}
+            "aggregate": method, "backbone_stored": backbone, "unseen_labels": int((~known).sum()), "ci95": ci,
+            "items": "songs"}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -288,7 +288,13 @@ def evaluate(store, run_dir: Path, args) -> dict:
     rows = plan.score
     classes = [str(c) for c in head.classes_]
     X = pooled_features(store, bb, rows, run_pool(run_dir))  # the features the run was fitted on
-    report = score_clip_head(head, X, store.labels("technique")[rows]).report
+    from heads.intervals import classification_intervals
+
+    scores = score_clip_head(head, X, store.labels("technique")[rows])
+    report = scores.report
+    # intervals: clips resampled file by file (the segments of one recording move together)
+    files = np.asarray(store.clips["file_id"]).astype(str)[rows][scores.known]
+    report["ci95"] = classification_intervals(scores.y, scores.proba, groups=files)
     metrics.plot_confusion(np.array(report["confusion"]), classes, Path(run_dir) / "confusion_technique.png",
                            title=f"{bb} / {args.head} / technique\n{plan.label()}")
     print(f"technique, {plan.label()}")

@@ -478,8 +478,11 @@ def evaluate(store, run_dir: Path, args) -> dict:
                       "n_est": counts[sid][1]} for sid, sc in rep["per_song"].items()}
     print(f"{len(songs)} songs decoded, {plan.label()}; notes -> {Path(run_dir) / 'notes'}, "
           f"MIDI -> {Path(run_dir) / 'midi'}")
+    from heads.intervals import mean_intervals
+
+    ci = mean_intervals({f"mean.{name}.f1": [sc[name]["f1"] for sc in per_song.values()] for name in rep["mean"]})
     return {"mean": rep["mean"], "per_song": per_song, "n_songs": rep["n_songs"], "split": plan.score_split,
-            "protocol": plan.describe()}
+            "protocol": plan.describe(), "ci95": ci}
 
 
 def predict(args) -> int:
