@@ -99,7 +99,8 @@ def to_markdown(table: dict, title: str) -> str:
         cells = []
         for k in keys:
             v, ci = table["scored"][k][i], table["ci95"][k][i]
-            cells.append(f"{100 * v:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]")
+            known = ci is not None and ci[0] == ci[0]  # (no interval for top-k with k = classes: always 1)
+            cells.append(f"{100 * v:.1f}" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if known else ""))
         mark = "**chosen on " + table["selection_split"] + "**" if layer == table["chosen_layer"] else ""
         lines.append(f"| {layer} | " + " | ".join(cells) + f" | {100 * table['selection_accuracy'][i]:.1f} | {mark} |")
     lines += ["", f"Scores in % on {table['scored_split']} ({table['n_scored']} clips), one probe per layer fitted "
