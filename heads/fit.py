@@ -336,6 +336,10 @@ def parse_args(argv=None):
     p.add_argument("--out", help="run folder (default: runs/<backbone>-<head>-<task>, plus -ctx<ms>ms for "
                                  "--context, -stdpool / -meanstdpool for --pool, -layers-<...> for --layers). Every "
                                  "run appends its row to results.jsonl beside it (runs/results.jsonl)")
+    p.add_argument("--log-dir", default=None,
+                   help="torch heads: write TensorBoard event files to LOG_DIR/<run folder name> (loss, selection "
+                        "score, learning rate, layer weights per epoch and rate; needs the tracking extra: "
+                        "pip install -e '.[tracking]')")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_protocol_arguments(p)
     return p.parse_args(argv)
@@ -433,7 +437,10 @@ def main(argv=None) -> int:
         for seed in seeds:
             args.seed = seed
             out = base.with_name(base.name + seed_suffix(seed)) if args.seeds is not None else base
-            report = fit_run(args, store, backbone, task, out)
+            from heads.tracking import tracking
+
+            with tracking(Path(args.log_dir) / out.name if args.log_dir else None):
+                report = fit_run(args, store, backbone, task, out)
             print(summary_table(report))
             print(f"run folder: {out}")
             reports.append(report)

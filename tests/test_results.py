@@ -213,3 +213,27 @@ def test_results_table_only_grows(tmp_path):
     (tmp_path / results_log.FILE).write_text('{"a": 1}\nnot json\n{"b": 2}\n')
     with pytest.raises(ValueError, match=r"results.jsonl:2"):
         results_log.read_results(tmp_path)
+
+
+def test_log_dir_writes_the_training_curve_of_every_rate(demo_home, tmp_path):
+    """heads.fit --log-dir: TensorBoard scalars equal the run's history (the kept rate's), per rate of the grid;
+    the learning-curve figure is written; --log-dir is refused for logreg (no epochs)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from heads.fit import main
+
+    out, logs = tmp_path / "runs" / "lin", tmp_path / "tb"
+    assert main(["--backbone", "crepe", "--head", "linear", "--epochs", "3", "--lr", "1e-3,1e-2", "--out", str(out),
+                 "--log-dir", str(logs), "--no-progress"]) == 0
+    m = _metrics(out)
+    acc = EventAccumulator(str(logs / "lin"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"lr=0.001/loss", "lr=0.01/loss", "lr=0.01/selection_score", "lr=0.01/lr/0"} <= set(tags)
+    kept = f"lr={m['lr']:g}"
+    assert [e.value for e in acc.Scalars(f"{kept}/loss")] == pytest.approx([h["loss"] for h in m["history"]])
+    assert [e.value for e in acc.Scalars(f"{kept}/selection_score")] == pytest.approx([h["val"] for h in m["history"]])
+    assert len([t for t in tags if t.startswith(f"{kept}/layer_weight/")]) == 6
+    assert (out / "learning_curve.png").stat().st_size > 1000 and (out / "learning_curve.svg").is_file()
+    assert main(["--backbone", "crepe", "--head", "logreg", "--log-dir", str(logs), "--out", str(tmp_path / "lr"),
+                 "--no-progress"]) == 2
