@@ -39,9 +39,9 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
 
 #: What one score is, per task (printed under each table).
 UNITS = {
-    "singer": "per segment (the paper's Table I scores per 5 s chunk; the demo's segments are 1 s)",
+    "singer": "per segment (the paper's Table I scores per 5 s chunk; this store's segments: see above)",
     "transcription": "note F1 per song (mir_eval defaults), averaged over songs",
-    "technique": "per segment (3 s chunks; 1 s on the demo)",
+    "technique": "per segment (the paper's 3 s chunks; this store's segments: see above)",
 }
 
 MISSING = "—"

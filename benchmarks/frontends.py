@@ -153,12 +153,10 @@ def random_init(store, name: str) -> bool:
 
 
 def demo_store(store) -> bool:
-    """Are all the store's clips from the built-in demo corpus?"""
-    from featurestore.build import default_demo_dir
+    """Are all the store's clips from the built-in demo corpus? (:func:`pipelines.runner.demo_audio`)"""
+    from pipelines.runner import demo_audio
 
-    base = str(default_demo_dir().resolve())
-    src = [str(s) for s in store.clips["source"]]
-    return bool(src) and all(Path(s).resolve().as_posix().startswith(base) for s in src)
+    return demo_audio(store)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -652,8 +650,12 @@ def render(root: Path, task_cells: dict[str, list[table.Cell]], args) -> dict[st
     for task, cells in task_cells.items():
         rows = table.table_rows(task, cells, published=args.published)
         all_rows[task] = rows
+        from pipelines.runner import data_label
+
+        spec = importlib.import_module(f"pipelines.{task}").SPEC
         note = ("Measured on the built-in demo corpus (synthetic singers): a check that the path runs, not a "
-                "result." if any("demo corpus" in c.tags for c in cells) else "")
+                "result. " if any("demo corpus" in c.tags for c in cells) else "")
+        note += f"Data: {data_label(spec, root / task)}."
         md = table.to_markdown(task, rows, note)
         for name, run in sweep_runs(root / task):
             lt = (plots._metrics(run) or {}).get("layer_table")  # noqa: SLF001

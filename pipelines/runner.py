@@ -40,6 +40,52 @@ def is_demo(workdir) -> bool:
     return (Path(workdir) / DEMO_FLAG).is_file()
 
 
+def demo_audio(store) -> bool:
+    """Are all the store's clips from the built-in demo corpus (its audio under the demo folder)?"""
+    from featurestore.build import default_demo_dir
+
+    base = str(default_demo_dir().resolve())
+    src = [str(s) for s in store.clips["source"]]
+    return bool(src) and all(Path(s).resolve().as_posix().startswith(base) for s in src)
+
+
+def store_facts(store, label: str | None) -> dict:
+    """What a store holds, for titles: ``segment_s`` (seconds, None = whole files), ``classes`` (distinct
+    non-empty values of the ``label`` column, None without one), ``files`` (audio files)."""
+    import numpy as np
+
+    seg = store.clip_settings.get("segment_s")
+    classes = None
+    if label:
+        try:
+            values = np.asarray(store.labels(label)).astype(str)
+            classes = len({v for v in values if v})
+        except (KeyError, ValueError):
+            classes = None
+    return {"segment_s": seg or None, "classes": classes, "files": len(set(np.asarray(store.clips["file_id"]).tolist()))}
+
+
+def data_label(spec: TaskSpec, workdir, store=None) -> str:
+    """The task's title, told by the store rather than the task's description: the dataset (``demo corpus
+    (synthetic singers)`` for a work folder prepared with ``--demo``), its class count and segment length."""
+    from featurestore import open_store
+
+    if store is None:
+        try:
+            store = open_store(Path(workdir) / "store.zarr")
+        except (FileNotFoundError, ValueError):
+            return spec.description
+    facts = store_facts(store, None if spec.heads_task == "transcription" else spec.heads_task)
+    parts = []
+    if facts["classes"] is not None:
+        parts.append(f"{facts['classes']} classes")
+    parts.append(f"{facts['segment_s']:g} s segments" if facts["segment_s"] else "whole files")
+    parts.append(f"{facts['files']} audio files")
+    if is_demo(workdir) or demo_audio(store):
+        return f"{spec.name} on the built-in demo corpus (synthetic singers): " + ", ".join(parts)
+    return f"{spec.description}; this store: " + ", ".join(parts)
+
+
 @dataclass
 class PrepareResult:
     """rows: manifest records (path, id, split, start, end, labels...); skipped: {where, reason, message}."""
@@ -467,7 +513,7 @@ def results_table(spec: TaskSpec, workdir: Path) -> str:
             logged.append(evaluation_row(spec, json.loads(f.read_text()), f.parent.name))
     keys = [(k, k) for k in spec.summary_keys]
     cols = ["scored on", "chosen on"] + spec.summary_keys
-    lines = [f"# {spec.name}: {spec.description}", "", "| run | " + " | ".join(cols) + " |",
+    lines = [f"# {spec.name}: {data_label(spec, workdir)}", "", "| run | " + " | ".join(cols) + " |",
              "|---" * (len(cols) + 1) + "|"]
     for r in sorted(logged, key=lambda r: r["run"]):
         cells = [results_log.format_score(results_log.summarize([r], k)) for k, _ in keys]
