@@ -27,8 +27,8 @@ from heads.evaluation import score_clip_head, score_notes
 from heads.intervals import classification_intervals, mean_intervals, mean_sd
 from heads.protocol import FILE, SCORE_CHOICES, SELECT_CHOICES, chosen_label, protocol_label
 from heads.results_log import append_result
-from heads.tasks import (DEFAULT_POOL, POOLS, TaskError, context_suffix, layers_suffix, make_task, parse_seeds,
-                         pool_suffix, seed_suffix)
+from heads.tasks import (DEFAULT_POOL, POOLS, TaskError, context_suffix, hyper_suffix, layers_suffix, make_task,
+                         parse_seeds, pool_suffix, seed_suffix)
 
 CLIP_HEADS = {"linear": LinearHead, "mlp": MLPHead, "logreg": LogRegHead, "lgbm": LGBMHead}
 FRAME_HEADS = ("crf", "frames")
@@ -346,10 +346,10 @@ def parse_args(argv=None):
 
 
 def default_out(args, backbone: str, pool) -> Path:
-    """``runs/<backbone>-<head>-<task>`` plus a suffix per run option (context, pool, layers), so runs with
-    other options never replace each other."""
+    """``runs/<backbone>-<head>-<task>`` plus a suffix per run option (context, pool, layers, logreg / lgbm
+    grids), so runs with other options never replace each other."""
     return Path(f"runs/{backbone}-{args.head}-{args.task.replace(':', '_')}{context_suffix(args.context)}"
-                f"{pool_suffix(pool)}{layers_suffix(args.layers)}")
+                f"{pool_suffix(pool)}{layers_suffix(args.layers)}{hyper_suffix(vars(args))}")
 
 
 def fit_run(args, store, backbone: str, task, out: Path) -> dict:

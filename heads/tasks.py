@@ -65,6 +65,22 @@ def context_suffix(context: float | None) -> str:
     return f"-ctx{round(context * 1000)}ms" if context else ""
 
 
+#: Run-folder tags of the logreg / lgbm hyperparameter options (``--C 0.1,1`` -> ``-C0.1_1``).
+HYPER_TAGS = {"C": "C", "n_estimators": "trees", "gbm_learning_rate": "glr", "num_leaves": "leaves",
+              "min_child_samples": "minleaf"}
+
+
+def hyper_suffix(options: dict) -> str:
+    """Run-folder suffix of the logreg / lgbm hyperparameters given (``{dest: "v1,v2"}``; None: not given), so
+    a run with another grid never replaces the default one: ``-C0.1_1_10``, ``-trees100_400``."""
+    out = ""
+    for dest, tag in HYPER_TAGS.items():
+        v = options.get(dest)
+        if v is not None:
+            out += f"-{tag}" + "_".join(x.strip() for x in str(v).split(",") if x.strip())
+    return out
+
+
 def seed_suffix(seed: int | None) -> str:
     """Run-folder suffix of a ``--seed`` / one seed of ``--seeds``: none for seed 0, ``-seed1``, ..."""
     return f"-seed{int(seed)}" if seed else ""

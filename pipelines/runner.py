@@ -212,11 +212,12 @@ def run_dir(args) -> Path:
         bb = resolve(args.backbone[0]).name
     except KeyError:
         bb = args.backbone[0]
-    from heads.tasks import context_suffix, layers_suffix, pool_suffix, seed_suffix
+    from heads.tasks import context_suffix, hyper_suffix, layers_suffix, pool_suffix, seed_suffix
 
     suffix = context_suffix(getattr(args, "context", 0.0))
     suffix += pool_suffix(getattr(args, "pool", None))
     suffix += layers_suffix(getattr(args, "layers", None))
+    suffix += hyper_suffix(vars(args))
     suffix += seed_suffix(getattr(args, "seed", None))
     return Path(args.workdir) / "runs" / f"{bb}-{args.head}{suffix}"
 
@@ -583,6 +584,15 @@ def build_parser(spec: TaskSpec) -> argparse.ArgumentParser:
             c.add_argument("--seed", type=int, default=None,
                            help="seed of initialisation, shuffling and the holdout draw; not given: 0. A run with "
                                 "seed k > 0 lives in runs/<...>-seed<k>")
+        if name in ("fit", "evaluate", "predict"):
+            where = "" if name == "fit" else " (as given to fit: it names the run folder, runs/<...>-C<...>)"
+            c.add_argument("--C", dest="C", default=None,
+                           help="logreg: inverse L2 strength or a grid (0.01,0.1,1,10), chosen on the selection "
+                                "split" + where)
+            for opt, help_ in (("n-estimators", "boosting rounds"), ("gbm-learning-rate", "shrinkage per round"),
+                               ("num-leaves", "leaves per tree"), ("min-child-samples", "fewest clips in a leaf")):
+                c.add_argument(f"--{opt}", default=None,
+                               help=f"lgbm: {help_}, or a comma-separated grid chosen on the selection split" + where)
         if name in ("fit", "evaluate"):
             c.add_argument("--seeds", default=None,
                            help="comma-separated seeds (0,1,2): one run per seed; results.md gives their mean ± "
@@ -593,12 +603,7 @@ def build_parser(spec: TaskSpec) -> argparse.ArgumentParser:
                                 "not given: heads.fit's 1e-3,3e-3,1e-2")
             c.add_argument("--epochs", type=int, default=None,
                            help="torch heads: maximum epochs (early stopping on the selection split); not given: 60")
-            c.add_argument("--C", dest="C", default=None,
-                           help="logreg: inverse L2 strength or a grid (0.01,0.1,1,10), chosen on the selection split")
-            for opt, help_ in (("n-estimators", "boosting rounds"), ("gbm-learning-rate", "shrinkage per round"),
-                               ("num-leaves", "leaves per tree"), ("min-child-samples", "fewest clips in a leaf")):
-                c.add_argument(f"--{opt}", default=None,
-                               help=f"lgbm: {help_}, or a comma-separated grid chosen on the selection split")
+
             c.add_argument("--layers", default="all",
                            help="all (logreg/lgbm: their mean) | each (one linear probe per layer) | concat "
                                 "(logreg/lgbm: layers side by side) | i,j,... (stored layer indices)")

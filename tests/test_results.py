@@ -237,3 +237,19 @@ def test_log_dir_writes_the_training_curve_of_every_rate(demo_home, tmp_path):
     assert (out / "learning_curve.png").stat().st_size > 1000 and (out / "learning_curve.svg").is_file()
     assert main(["--backbone", "crepe", "--head", "logreg", "--log-dir", str(logs), "--out", str(tmp_path / "lr"),
                  "--no-progress"]) == 2
+
+
+def test_every_run_option_has_its_own_run_folder():
+    """Pipelines: layers, seed and the logreg / lgbm grids each name their own run folder (fit and evaluate agree)."""
+    from pipelines.runner import build_parser, run_dir
+    from pipelines.technique import SPEC
+
+    p = build_parser(SPEC)
+    names = set()
+    for extra in ([], ["--layers", "each"], ["--seed", "2"], ["--head", "logreg", "--C", "0.1,1"],
+                  ["--head", "lgbm", "--n-estimators", "100,400", "--num-leaves", "7"], ["--head", "logreg"]):
+        fit = run_dir(p.parse_args(["fit", "--workdir", "w", "--backbone", "crepe", *extra]))
+        assert run_dir(p.parse_args(["evaluate", "--workdir", "w", "--backbone", "crepe", *extra])) == fit
+        names.add(fit.name)
+    assert names == {f"crepe-tiny-{n}" for n in ("linear", "linear-layers-each", "linear-seed2", "logreg-C0.1_1",
+                                                  "lgbm-trees100_400-leaves7", "logreg")}
