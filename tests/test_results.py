@@ -10,30 +10,9 @@ import numpy as np
 import pytest
 
 from heads import intervals, results_log
+from test_heads import demo_home  # noqa: F401  (the small demo store heads.fit reads, built once per module)
 
 FAST = ["--epochs", "4", "--lr", "1e-2", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def demo_home(tmp_path_factory):
-    """A small demo store built through the path heads.fit takes (SINGFRONT_HOME)."""
-    import os
-
-    from featurestore.build import DEMO_SEGMENT_S, build, default_demo_dir
-    from featurestore.clips import ClipSettings
-    from featurestore.demo import make_demo_corpus
-
-    home = tmp_path_factory.mktemp("home")
-    old = os.environ.get("SINGFRONT_HOME")
-    os.environ["SINGFRONT_HOME"] = str(home)
-    manifest = make_demo_corpus(default_demo_dir() / "corpus", n_singers=4, clips_per_singer=5, duration_s=3.0)
-    build(manifest, default_demo_dir() / "store.zarr", ["crepe-tiny"], progress=False, num_workers=0,
-          clip_settings=ClipSettings(segment_s=DEMO_SEGMENT_S))
-    yield home
-    if old is None:
-        os.environ.pop("SINGFRONT_HOME")
-    else:
-        os.environ["SINGFRONT_HOME"] = old
 
 
 def _metrics(run) -> dict:
