@@ -284,7 +284,7 @@ def test_demo_pipeline_finetune_reextract_probe_cluster(tiny_hubert, tmp_path, m
                     "--backbones", f"{tiny_hubert},{name}", "--table-only", "--no-progress"])
     row = [l for l in (work / "comparison.md").read_text().splitlines() if l.startswith(f"| {name} ")]
     assert len(row) == 1 and "fine-tuned (two-stage, transcription)" in row[0]
-    assert f"| {100 * ev['mean']['COnP']['f1']:.1f} |" in row[0]
+    assert f"| {100 * ev['mean']['COnP']['f1']:.1f} [" in row[0]   # the score, then its bootstrap interval
     # fine-tuned again (other seed): re-extracting over the earlier backbone needs --overwrite
     assert TR.main(TR.SPEC, ["finetune", "--backbone", str(tiny_hubert), "--head", "crf", "--epochs", "1",
                              "--stage1-epochs", "0", "--seed", "1", "--batch-size", "4", "--num-workers", "0",
