@@ -687,8 +687,9 @@ def plot_all(root: Path, task_cells: dict, all_rows: dict, args) -> dict:
             (root / "plots" / f"{stale}.{ext}").unlink(missing_ok=True)
     if demo and not args.published_beside_demo:  # demo and published numbers never share an axis unasked
         made["main metric"] = plots.plot_main_metric(measured, root / "plots" / "main_metric.png")
-        made["main metric, published"] = plots.plot_main_metric(published, root / "plots" /
-                                                                 "main_metric_published.png")
+        if any(rows for _, rows in published.values()):
+            made["main metric, published"] = plots.plot_main_metric(published, root / "plots" /
+                                                                     "main_metric_published.png")
     else:
         made["main metric"] = plots.plot_main_metric(panels, root / "plots" / "main_metric.png")
     return made
