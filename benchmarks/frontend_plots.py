@@ -172,8 +172,8 @@ def plot_main_metric(panels: dict[str, tuple[str, list[dict]]], path: Path) -> P
         return None
     plt = _plt()
     n_max = max(len(v[1]) for v in panels.values())
-    fig, axes = plt.subplots(len(panels), 1, figsize=(max(5.0, 0.7 * n_max + 2.0), 4.4 * len(panels)),
-                             squeeze=False)
+    width = max(5.0, 0.7 * n_max + 2.0)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 4.6 * len(panels)), squeeze=False)
     for ax, (task, (metric, rows)) in zip(axes[:, 0], panels.items()):
         x = np.arange(len(rows))
         for i, r in enumerate(rows):
@@ -217,6 +217,8 @@ def plot_main_metric(panels: dict[str, tuple[str, list[dict]]], path: Path) -> P
         if chances:
             what.append("dotted: chance (uniform guess)")
         ax.set_ylabel(f"{metric} (%)")
-        ax.set_title(f"{task}: {metric}\n" + "; ".join(what), fontsize=8)
+        import textwrap
+
+        ax.set_title(f"{task}: {metric}\n" + "\n".join(textwrap.wrap("; ".join(what), int(width * 14))), fontsize=8)
         ax.set_ylim(0, 105)
     return _save(fig, path)
