@@ -442,6 +442,10 @@ def main(argv=None) -> int:
             with tracking(Path(args.log_dir) / out.name if args.log_dir else None):
                 report = fit_run(args, store, backbone, task, out)
             print(summary_table(report))
+            if "layer_table" in report:  # --layers each: every layer's scored-split scores, the kept one marked
+                from heads.layer_probe import to_markdown as layer_markdown
+
+                print(layer_markdown(report["layer_table"], f"one linear probe per layer ({args.task})"))
             print(f"run folder: {out}")
             reports.append(report)
     except (TaskError, BackboneNotInStore, ValueError, FileNotFoundError) as e:

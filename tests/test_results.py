@@ -92,7 +92,7 @@ def test_seeds_give_one_run_each_and_their_mean_and_sd(demo_home, tmp_path, caps
     assert f"{100 * np.mean(acc):.1f} ± {100 * np.std(acc, ddof=1):.1f}" in md
 
 
-def test_layers_each_table_equals_separate_single_layer_fits(demo_home, tmp_path):
+def test_layers_each_table_equals_separate_single_layer_fits(demo_home, tmp_path, capsys):
     """--layers each: row k of the scored-split table is the run of --layers k; the kept layer is the
     best on the selection split, and the run's own scores are that layer's."""
     from heads.fit import main
@@ -100,6 +100,8 @@ def test_layers_each_table_equals_separate_single_layer_fits(demo_home, tmp_path
     each = tmp_path / "each"
     assert main(["--backbone", "crepe", "--head", "linear", "--layers", "each", "--out", str(each), *FAST]) == 0
     m = _metrics(each)
+    printed = capsys.readouterr().out  # the console names every layer and marks the kept one
+    assert f"| {m['layer_table']['chosen_layer']} | " in printed and "**chosen on valid**" in printed
     table = m["layer_table"]
     assert table["scored_split"] == "test" and table["selection_split"] == "valid"
     assert table["layers"] == list(range(6))
