@@ -34,8 +34,7 @@ def _save(fig, path) -> Path:
 
 
 #: Heatmap scalings: what 1.0 means.
-SCALES = {"layers": "weight x layer count (1 = uniform)", "frontend": "weight / the frontend's largest weight",
-          None: "softmax weight"}
+SCALES = {"layers": "weight x L (1 = uniform)", "frontend": "weight / its largest", None: "softmax weight"}
 
 
 def _metrics(run: Path) -> dict | None:
@@ -105,22 +104,20 @@ def plot_layer_weights(panels: dict[str, tuple[list[str], np.ndarray]], path: Pa
     fig, axes = plt.subplots(n, 1, figsize=(max(5.0, 0.5 * width + 3.5), n * (0.4 * height + 1.4)), squeeze=False)
     for ax, (task, (labels, m)) in zip(axes[:, 0], panels.items()):
         top = max(float(np.nanmax(m)), 1e-6)
-        if scale == "layers":
-            from matplotlib.colors import TwoSlopeNorm
+        from matplotlib.colors import Normalize
 
+        if scale == "layers":  # centred on 1 (uniform), symmetric, so a 1 % preference stays pale
+            d = max(float(np.nanmax(np.abs(m - 1.0))), 0.05)
             cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#dddddd")
-            norm = TwoSlopeNorm(vcenter=1.0, vmin=0.0, vmax=max(top, 1.0 + 1e-6))
+            norm = Normalize(vmin=1.0 - d, vmax=1.0 + d)
         else:
-            from matplotlib.colors import Normalize
-
             cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
             norm = Normalize(vmin=0.0, vmax=top)
         im = ax.imshow(np.ma.masked_invalid(m), aspect="auto", cmap=cmap, norm=norm)
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
         ax.set_xticks(range(m.shape[1]), [str(i) for i in range(m.shape[1])], fontsize=7)
-        ax.set_xlabel("stored layer (0 = first stored hidden state)")
-        ax.set_title(f"{task}: learned layer weights, {SCALES[scale]} (grey: the frontend has no such layer)",
-                     fontsize=9)
+        ax.set_xlabel("stored layer (0 = first stored hidden state; grey: the frontend has no such layer)", fontsize=8)
+        ax.set_title(f"{task}: learned layer weights, {SCALES[scale]}", fontsize=9)
         for (i, j), v in np.ndenumerate(m):
             if np.isfinite(v) and m.shape[1] <= 26:
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="black")
