@@ -22,14 +22,22 @@ per task, ``WORKDIR/<task>/``:
   in ``WORKDIR/<task>/layer_sweep/`` (a work folder sharing the task's store), so the main run is
   not overwritten.
 
+Tables and plots are rendered from every finished run of the work folder, not only from this call's
+cells: calls with other ``--tasks``, ``--backbones`` or ``--heads`` add up, and no call drops another's
+rows. ``--seeds 0,1,2`` fits each cell once per seed (``<run>``, ``<run>-seed1``, ...) and shows mean ±
+sample sd; a single run shows each score with its bootstrap 95 % interval (:mod:`heads.intervals`).
+
 Outputs (scores in %, each row with its scored split and the split that chose the model):
 
 - ``WORKDIR/<task>/comparison.md`` and ``comparison.csv``: one row per frontend (and head), the paper's
   columns (:mod:`benchmarks.frontend_table`); ``—`` and a footnote for a missing cell. The pipelines'
   own ``WORKDIR/<task>/results.md`` (every run of the folder) is left as the pipeline writes it;
 - ``WORKDIR/comparison.md``: the task tables together, with the plots;
-- ``WORKDIR/plots/layer_weights.png`` (frontend x layer heatmap, a panel per task),
-  ``layer_sweep.png`` (``--layers each``), ``main_metric.png`` (bar chart; published bars hatched);
+- ``WORKDIR/plots/layer_weights.png`` (frontend x layer heatmap, a panel per task, scaled by layer count
+  or per frontend: ``--heatmap-scale``), ``layer_sweep.png`` (``--layers each``: scored-split accuracy per
+  layer, chosen layer, chance), ``main_metric.png`` (bar chart with intervals, n and chance; published bars
+  hatched, on ``main_metric_published.png`` when demo rows are shown, unless ``--published-beside-demo``),
+  each also as SVG;
 - ``WORKDIR/<task>/comparison_status.json``: why cells are missing (failures of this or earlier runs);
   ``WORKDIR/frontends.log``: what the pipelines printed.
 
@@ -499,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "task's kind: the task's default head (linear, crf, linear)")
     p.add_argument("--demo", action="store_true", help="prepare the task folders from the built-in demo corpus")
     p.add_argument("--layers", choices=["all", "each"], default="all",
-                   help="each: also fit one linear probe per stored layer (clip tasks) for the layer-sweep plot")
+                   help="each: also fit one linear probe per stored layer (clip tasks): a per-layer table of "
+                        "scored-split scores in the comparison, and the layer-sweep plot")
     p.add_argument("--seeds", default="0",
                    help="comma-separated seeds (0,1,2): each cell is fitted once per seed (runs <run>, <run>-seed1, "
                         "...) and the tables show mean ± sample sd; one seed: the score and its bootstrap 95 %% "

@@ -4,8 +4,11 @@
     python -m heads.fit --backbone crepe --head crf                 # demo store, transcription
     python -m heads.fit --store a20.zarr --backbone mert --head mlp --task singer --lr 1e-4,1e-3,1e-2
 
-The run folder holds metrics.json, the saved head (head.joblib), predictions.csv (or notes per
-clip for transcription), layer_weights.png and, for classification, confusion.png.
+The run folder holds metrics.json (scores with bootstrap 95 % intervals, ``ci95``), the saved head
+(head.joblib), predictions.csv (or notes per clip for transcription), layer_weights.png (or
+layer_table.png with ``--layers each``), learning_curve.png and, for classification, confusion.png
+(every figure also as SVG); each run appends its row to results.jsonl beside the run folder
+(:mod:`heads.results_log`). ``--seeds 0,1,2`` makes one run per seed and prints mean ± sd.
 """
 from __future__ import annotations
 
