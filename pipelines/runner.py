@@ -317,7 +317,7 @@ def fit_one(spec: TaskSpec, args) -> int:
 FINETUNE_OPTIONS = ("mode", "epochs", "stage1_epochs", "head_lr", "frontend_lr", "batch_size", "accumulate",
                     "crop_seconds", "lora_rank", "lora_alpha", "lora_targets", "layerdrop", "mask_time_prob",
                     "dropout", "precision", "num_workers", "seed", "patience", "model_path", "class_weight",
-                    "context")
+                    "context", "log_dir")
 FINETUNE_FLAGS = ("gradient_checkpointing", "resume", "overwrite", "allow_scoring_selection_split", "no_progress")
 
 
@@ -650,7 +650,8 @@ def add_finetune_arguments(c: argparse.ArgumentParser, spec: TaskSpec, command: 
                              ("precision", str, "auto | fp32 | bf16 | fp16 (CUDA autocast)"),
                              ("num-workers", int, "audio decoding workers"), ("patience", int, "early stopping"),
                              ("seed", int, "seed"), ("model-path", str, "local folder of the backbone's weights"),
-                             ("context", float, "crf/frames: temporal context in seconds")):
+                             ("context", float, "crf/frames: temporal context in seconds"),
+                             ("log-dir", str, "TensorBoard event files of every epoch here (tracking extra)")):
         c.add_argument(f"--{opt}", type=kind, default=None, help=help_)
     c.add_argument("--class-weight", choices=["balanced", "paper"], default=spec.default_class_weight,
                    help="clip heads: balanced = n/(C n_c); paper = 1/n_c^0.2")

@@ -234,3 +234,18 @@ def test_every_run_option_has_its_own_run_folder():
         names.add(fit.name)
     assert names == {f"crepe-tiny-{n}" for n in ("linear", "linear-layers-each", "linear-seed2", "logreg-C0.1_1",
                                                   "lgbm-trees100_400-leaves7", "logreg")}
+
+
+def test_heads_fit_default_run_folders_differ_per_option():
+    """heads.fit's default --out: --layers each, --context, --pool and a C grid each get their own folder."""
+    from heads.fit import default_out, parse_args
+
+    def out(*argv, pool=None):
+        args = parse_args(["--task", "singer", *argv])
+        return default_out(args, "crepe-tiny", pool).name
+
+    names = [out(), out("--layers", "each"), out("--layers", "2,4"), out("--pool", "std", pool="std"),
+             out("--head", "logreg", "--C", "0.1,1"), out("--head", "crf", "--context", "0.15")]
+    assert names == ["crepe-tiny-linear-singer", "crepe-tiny-linear-singer-layers-each",
+                     "crepe-tiny-linear-singer-layers-2_4", "crepe-tiny-linear-singer-stdpool",
+                     "crepe-tiny-logreg-singer-C0.1_1", "crepe-tiny-crf-singer-ctx150ms"]
