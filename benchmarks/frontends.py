@@ -54,6 +54,7 @@ import contextlib
 import importlib
 import io
 import json
+import re
 import sys
 import time
 import traceback
@@ -413,27 +414,27 @@ class TaskRun:
                         runs.append(run)
                     if st != "ok" and state == "ok":
                         state, why = st, msg
+                if self.args.table_only and runs:  # a redraw shows every seed an earlier call fitted
+                    runs = sorted(set(runs) | set(seed_siblings(runs[0])), key=run_seed)
                 cells.append(table.Cell(self.task, name, head, runs[0] if runs else None, state, why, tags,
-                                        seed_runs=runs if len(self.args.seed_list) > 1 else []))
+                                        seed_runs=runs if len(runs) > 1 else []))
         return cells
 
     def stored_cells(self, exclude: set[str] = frozenset()) -> list[table.Cell]:
         """Cells of every run folder of the task folder (a previous call's runs), with their tags; runs of
         several seeds (``<run>``, ``<run>-seed<k>``) are one cell. Runs named in ``exclude`` are left out."""
-        import re
-
         status = _load_status(self.dir)
         store = self.open_store()
         groups: dict[str, list[tuple[int, Path, dict]]] = {}
+        excluded = {run_base(n) for n in exclude}  # a cell of this call holds all its seeds
         for m in sorted((self.dir / "runs").glob("*/metrics.json")):
-            if m.parent.name in exclude:
+            if run_base(m.parent.name) in excluded:
                 continue
             try:
                 meta = json.loads(m.read_text())
             except ValueError:
                 continue
-            base = re.sub(r"-seed\d+$", "", m.parent.name)
-            groups.setdefault(base, []).append((int(meta.get("seed") or 0), m.parent, meta))
+            groups.setdefault(run_base(m.parent.name), []).append((int(meta.get("seed") or 0), m.parent, meta))
         cells = []
         for base, runs in groups.items():
             runs.sort(key=lambda t: t[0])
@@ -463,6 +464,23 @@ class TaskRun:
 
     def save_status(self) -> None:
         (self.dir / STATUS_FILE).write_text(json.dumps(self.status, indent=2))
+
+
+def run_seed(run: Path) -> int:
+    """The seed of a run folder: ``-seed<k>`` at the end of its name (:func:`heads.tasks.seed_suffix`), else 0."""
+    m = re.search(r"-seed(\d+)$", Path(run).name)
+    return int(m.group(1)) if m else 0
+
+
+def run_base(name: str) -> str:
+    """A run folder's name without its ``-seed<k>``: the runs of one cell, whatever their seed."""
+    return re.sub(r"-seed\d+$", "", name)
+
+
+def seed_siblings(run: Path) -> list[Path]:
+    """The fitted ``<run>-seed<k>`` folders beside ``run``."""
+    run = Path(run)
+    return [p for p in run.parent.glob(f"{run.name}-seed*") if run_seed(p) and (p / "metrics.json").is_file()]
 
 
 def sweep_runs(tdir: Path) -> list[tuple[str, Path]]:

@@ -203,6 +203,11 @@ def test_calls_add_up_to_one_table_with_seeds(env, tmp_path):
     for task in ("singer", "technique"):
         (row,) = _csv(root / task / "comparison.csv")
         assert row["status"] == "ok" and "demo corpus" in row["notes"].split("; ")
+    # a redraw naming the backbone shows the cell once, with every seed an earlier call fitted
+    assert frontends.main(["--workdir", str(root), "--tasks", "technique", "--backbones", "logmel", "--table-only",
+                           "--no-progress"]) == 0
+    (row,) = _csv(root / "technique" / "comparison.csv")
+    assert row["seeds"] == "0,1" and row["F1 (macro)"] == pytest.approx(np.mean(f1))
     assert (root / "plots" / "main_metric.svg").stat().st_size > 5000
 
 
