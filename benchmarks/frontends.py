@@ -457,7 +457,7 @@ class TaskRun:
         for bb in self.backbones:
             if bb in self.missing:
                 continue
-            run, state, why = self.fit(bb, "linear", wd, each=True)
+            run, state, why = self.fit(bb, "linear", wd, each=True, seed=self.args.seed_list[0])
             if run is not None:
                 out.append((self.stored.get(bb, display_name(bb)), run))
         return out
