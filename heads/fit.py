@@ -395,8 +395,11 @@ def fit_run(args, store, backbone: str, task, out: Path) -> dict:
     if report.get("history"):
         from heads.run_plots import plot_learning_curve
 
+        probe = f", probe of layer {report['layer_table']['chosen_layer']}" if "layer_table" in report else ""
+        lr = f", lr {report['lr']:g}" if "lr" in report else ""
         plot_learning_curve(report["history"], out / "learning_curve.png",
-                            f"{title}, seed {args.seed}\n{plan.label()}")
+                            f"{title}{probe}, seed {args.seed}{lr}\n{plan.label()}",
+                            metric=f"selection score on {plan.select_split}")
     append_result(out.parent, results_row(report, "heads.fit", out.name))
     return report
 
@@ -484,6 +487,9 @@ def summary_table(report: dict) -> str:
         keys = [k for k in ("accuracy", "top2", "top3", "macro_f1", "balanced_accuracy") if k in report]
         body = metrics.format_table([{"metric": k, "value": report[k]} for k in keys], ["metric", "value"])
     pool = f" / {report['pool']} pooling" if report.get("pool", DEFAULT_POOL) != DEFAULT_POOL else ""
+    if "layer_table" in report:
+        lt = report["layer_table"]
+        pool += f" / layer {lt['chosen_layer']} (chosen on {lt['selection_split']})"
     return (f"{report['backbone']} / {report['head']} / {report['task']}{pool} "
             f"({protocol_label(report['protocol'])})\n{body}")
 
