@@ -102,7 +102,7 @@ def run_state(run: Path | None) -> str:
 
 def measured_row(cell: Cell) -> dict:
     """The table row of one cell: scores in % (None where missing), splits, status and notes."""
-    from heads.protocol import chosen_label
+    from heads.protocol import selection_label
 
     row = {"task": cell.task, "frontend": cell.name, "head": cell.head, "source": "measured",
            "status": cell.status, "message": cell.message, "tags": list(cell.tags),
@@ -117,7 +117,7 @@ def measured_row(cell: Cell) -> dict:
     fit = _read_json(Path(cell.run) / "metrics.json") if cell.run else None
     protocol = (ev or {}).get("protocol") or (fit or {}).get("protocol")
     if protocol:
-        row["scored on"], row["chosen on"] = protocol["scored_split"], chosen_label(protocol)
+        row["scored on"], row["chosen on"] = protocol["scored_split"], selection_label(protocol, fit)
     row["seeds"] = [int((e or {}).get("seed", 0) or 0) for e in evs] if evs else []
     if status == "ok":
         from heads.intervals import mean_sd

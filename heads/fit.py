@@ -28,7 +28,7 @@ from heads import metrics
 from heads.clip_heads import LGBMHead, LinearHead, LogRegHead, MLPHead
 from heads.evaluation import score_clip_head, score_notes
 from heads.intervals import classification_intervals, mean_intervals, mean_sd
-from heads.protocol import FILE, SCORE_CHOICES, SELECT_CHOICES, chosen_label, protocol_label
+from heads.protocol import FILE, SCORE_CHOICES, SELECT_CHOICES, protocol_label, selection_label
 from heads.results_log import append_result
 from heads.tasks import (DEFAULT_POOL, POOLS, TaskError, context_suffix, hyper_suffix, layers_suffix, make_task,
                          parse_seeds, pool_suffix, seed_suffix)
@@ -219,7 +219,8 @@ def run_clip(args, store, backbone, task, out: Path, plan) -> dict:
             w.writerow([cid, t, top[0], "|".join(map(str, top))])
     pool = "" if task.pool == DEFAULT_POOL else f" ({task.pool} pooling)"
     metrics.plot_confusion(np.array(report["confusion"]), [str(c) for c in head.classes_], out / "confusion.png",
-                           title=f"{backbone} / {args.head} / {args.task}{pool}\n{plan.label()}")
+                           title=f"{backbone} / {args.head} / {args.task}{pool}\n"
+                                 f"{protocol_label(plan.describe(), report)}")
     return head, report
 
 
@@ -414,7 +415,8 @@ def results_row(report: dict, command: str, run: str) -> dict:
         n, items = report.get("n"), "clips"
     return {"command": command, "task": report.get("task"), "backbone": report.get("backbone"),
             "head": report.get("head"), "options": report.get("options") or {}, "seed": report.get("seed") or 0,
-            "scored_split": report["protocol"]["scored_split"], "chosen_on": chosen_label(report["protocol"]),
+            "scored_split": report["protocol"]["scored_split"],
+            "chosen_on": selection_label(report["protocol"], report),
             "n_scored": n, "items": items, "metrics": values, "ci95": report.get("ci95") or {}, "run": run}
 
 
@@ -475,7 +477,7 @@ def seed_summary(reports: list[dict]) -> str:
         m, sd = mean_sd([get(r) for r in reports])
         rows.append({"metric": name, "mean": m, "sd": sd})
     seeds = ",".join(str(r["seed"]) for r in reports)
-    return (f"{len(reports)} seeds ({seeds}), {protocol_label(r0['protocol'])}: mean ± sample sd\n"
+    return (f"{len(reports)} seeds ({seeds}), {protocol_label(r0['protocol'], r0)}: mean ± sample sd\n"
             + metrics.format_table(rows, ["metric", "mean", "sd"]))
 
 
@@ -490,8 +492,10 @@ def summary_table(report: dict) -> str:
     if "layer_table" in report:
         lt = report["layer_table"]
         pool += f" / layer {lt['chosen_layer']} (chosen on {lt['selection_split']})"
+    if len(report.get("grid_scores") or []) > 1:
+        pool += " / " + ", ".join(f"{k}={v}" for k, v in report["best_params"].items())
     return (f"{report['backbone']} / {report['head']} / {report['task']}{pool} "
-            f"({protocol_label(report['protocol'])})\n{body}")
+            f"({protocol_label(report['protocol'], report)})\n{body}")
 
 
 if __name__ == "__main__":

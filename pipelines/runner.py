@@ -378,6 +378,19 @@ def run_plan(store, rd: Path, spec: TaskSpec, backbone: str, score: str | None =
     return make_task(spec.heads_task).replan(store, backbone, desc, score=score)
 
 
+def run_label(plan, rd: Path) -> str:
+    """``scored on X, chosen on Y`` of a run's evaluation, Y told honestly for a fit that chose nothing
+    (:func:`heads.protocol.selection_label`, from the run's metrics.json)."""
+    from heads.protocol import protocol_label
+
+    m = Path(rd) / "metrics.json"
+    try:
+        fit = json.loads(m.read_text())
+    except (OSError, ValueError):
+        fit = None
+    return protocol_label(plan.describe(), fit)
+
+
 def run_backbone(store, rd: Path, args) -> str:
     """The backbone a run was fitted on, as named in the store (from its metrics.json, else --backbone)."""
     m = Path(rd) / "metrics.json"
@@ -466,17 +479,18 @@ def evaluate_one(spec: TaskSpec, args) -> int:
         result["pool"] = run_pool(rd)
     result["seed"], result["options"] = fit.get("seed", args.seed or 0), fit.get("options") or {}
     (rd / "evaluation.json").write_text(json.dumps(result, indent=2, default=float))
-    append_result(rd.parent, evaluation_row(spec, result, rd.name))
+    append_result(rd.parent, evaluation_row(spec, result, rd.name, fit))
     table = results_table(spec, Path(args.workdir))
     (Path(args.workdir) / "results.md").write_text(table + "\n")
     print(table)
     return 0
 
 
-def evaluation_row(spec: TaskSpec, result: dict, run: str) -> dict:
+def evaluation_row(spec: TaskSpec, result: dict, run: str, fit: dict | None = None) -> dict:
     """The results-table row (:mod:`heads.results_log`) of an evaluation: the task's summary scores and
-    their bootstrap intervals (``ci95``, keyed like ``summary_keys``)."""
-    from heads.protocol import chosen_label
+    their bootstrap intervals (``ci95``, keyed like ``summary_keys``); ``fit``: the run's metrics.json
+    (what its selection chose)."""
+    from heads.protocol import selection_label
 
     p = result.get("protocol") or {}
     level = spec.summary_keys[0].split(".")[0]
@@ -485,7 +499,7 @@ def evaluation_row(spec: TaskSpec, result: dict, run: str) -> dict:
     items = "songs" if "n_songs" in result else "segments" if sub is not result else "clips"
     return {"command": "evaluate", "task": spec.name, "backbone": result.get("backbone"), "head": result.get("head"),
             "options": result.get("options") or {}, "seed": result.get("seed", 0),
-            "scored_split": p.get("scored_split", "?"), "chosen_on": chosen_label(p) if p else "?",
+            "scored_split": p.get("scored_split", "?"), "chosen_on": selection_label(p, fit) if p else "?",
             "n_scored": n, "items": items, "metrics": {k: _dig(result, k) for k in spec.summary_keys},
             "ci95": {k: v for k, v in (result.get("ci95") or {}).items() if k in spec.summary_keys}, "run": run}
 
@@ -511,7 +525,9 @@ def results_table(spec: TaskSpec, workdir: Path) -> str:
     seen = {r["run"] for r in logged}
     for f in sorted(runs.glob("*/evaluation.json")):  # evaluated before the results log existed
         if f.parent.name not in seen:
-            logged.append(evaluation_row(spec, json.loads(f.read_text()), f.parent.name))
+            m = f.parent / "metrics.json"
+            fit = json.loads(m.read_text()) if m.is_file() else None
+            logged.append(evaluation_row(spec, json.loads(f.read_text()), f.parent.name, fit))
     keys = [(k, k) for k in spec.summary_keys]
     cols = ["scored on", "chosen on"] + spec.summary_keys
     lines = [f"# {spec.name}: {data_label(spec, workdir)}", "", "| run | " + " | ".join(cols) + " |",

@@ -249,3 +249,17 @@ def test_heads_fit_default_run_folders_differ_per_option():
     assert names == ["crepe-tiny-linear-singer", "crepe-tiny-linear-singer-layers-each",
                      "crepe-tiny-linear-singer-layers-2_4", "crepe-tiny-linear-singer-stdpool",
                      "crepe-tiny-logreg-singer-C0.1_1", "crepe-tiny-crf-singer-ctx150ms"]
+
+
+def test_a_fit_that_chose_nothing_does_not_say_chosen_on_valid(demo_home, tmp_path, capsys):
+    """logreg with one C: nothing was chosen on the selection split, and the console and results table say so."""
+    from heads.fit import main
+
+    out = tmp_path / "runs" / "fixed"
+    assert main(["--backbone", "crepe", "--head", "logreg", "--out", str(out), "--no-progress"]) == 0
+    assert "chosen on nothing (fixed C=1.0)" in capsys.readouterr().out
+    (row,) = results_log.read_results(tmp_path / "runs")
+    assert row["chosen_on"] == "nothing (fixed C=1.0)"
+    assert main(["--backbone", "crepe", "--head", "logreg", "--C", "0.1,1", "--out", str(tmp_path / "runs" / "grid"),
+                 "--no-progress"]) == 0
+    assert "chosen on valid" in capsys.readouterr().out
