@@ -14,6 +14,9 @@ On one demo corpus, in one run, it measures:
 4. **read**: random batches of windows and a full sequential scan of the frames array, from the
    Zarr store and from a raw ``np.memmap`` of the same float16 array (warm page cache: the
    files were just written and are read once before timing; caches cannot be dropped here).
+5. **attention** (transformers frontends with an SDPA kernel): the bare forward passes of 1. with the
+   model loaded with eager attention and with SDPA, timed alternately in this process over the same
+   batches (best of ``--repeats``), and the largest difference between their hidden states.
 
 Times are wall clock (``time.perf_counter``); with ``--repeats N`` each measurement is run N times
 and the best is reported (all runs are in the JSON). Each measurement also records the CPU
@@ -44,6 +47,7 @@ from featurestore.demo import make_demo_corpus
 from featurestore.extract import plan_windows, window_plan
 from featurestore.frontends import Frontend, load_frontend
 from featurestore.manifest import read_inputs
+from featurestore.names import safe_name
 from featurestore.registry import DEFAULT_BACKBONE
 
 MB = 1e6  # throughputs are in MB/s with MB = 10**6 bytes
@@ -60,7 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Benchmark featurestore extraction against bare forward passes and a naive per-file "
                     "loop, and Zarr reads against a raw memmap, on the built-in demo corpus.",
         formatter_class=HelpFormatter)
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="frontend to benchmark (registry name)")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help="frontend to benchmark (registry name, transformers model folder or id)")
+    p.add_argument("--model-path", default=None, help="local folder to load the --backbone's weights from")
+    p.add_argument("--random-base", action="store_true",
+                   help="benchmark a randomly initialised base-size Wav2Vec2Model (12 x 768; the real model's "
+                        "compute, no download) instead of --backbone")
+    p.add_argument("--device", default="cpu", help="torch device of the build and the forward passes")
     p.add_argument("--corpus-seconds", "--clip-seconds", dest="corpus_seconds", type=float, default=5.0,
                    help="length of each demo file in seconds (make_demo_corpus duration_s)")
     p.add_argument("--n-singers", type=int, default=4, help="demo singers (1..5)")
@@ -84,6 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.repeats < 1 or args.read_batches < 1 or args.window < 1 or args.batch_size < 1:
         p.error("--repeats, --read-batches, --window and --batch-size must be >= 1")
+    if args.random_base and (args.model_path or args.backbone != DEFAULT_BACKBONE):
+        p.error("--random-base measures its own model: leave out --backbone and --model-path")
     return args
 
 
@@ -225,6 +237,36 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def attention_benchmark(backbone: str, model_path, batches, repeats: int, device: str) -> dict | None:
+    """Eager against SDPA attention over the same forward batches, in this process: the two models are
+    timed alternately ``repeats`` times each (best kept). None for frontends with no SDPA kernel."""
+    from featurestore.frontends import HFFrontend
+    from featurestore.hf_loading import supports_sdpa
+
+    eager = load_frontend(backbone, path=model_path, attention="eager", device=device)
+    if not isinstance(eager, HFFrontend) or not supports_sdpa(type(eager.model)):
+        return None
+    fes = {"eager": eager, "sdpa": load_frontend(backbone, path=model_path, attention="sdpa", device=device)}
+    dev = frontend_device(fes["eager"])
+    with torch.inference_mode():
+        x, lengths, _ = batches[0]
+        a = fes["eager"].hidden_states(x.to(dev), lengths.to(dev)).float()
+        b = fes["sdpa"].hidden_states(x.to(dev), lengths.to(dev)).float()
+        diff = float((a - b).abs().max() / a.abs().max().clamp(min=1e-12))
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    best = {"eager": float("inf"), "sdpa": float("inf")}
+    runs = {"eager": [], "sdpa": []}
+    before = cpu_snapshot()
+    for _ in range(repeats):
+        for kind in ("eager", "sdpa"):
+            seconds, _ = time_forward(fes[kind], batches)
+            runs[kind].append(seconds)
+            best[kind] = min(best[kind], seconds)
+    return {"eager_seconds": best["eager"], "sdpa_seconds": best["sdpa"], "runs": runs,
+            "speedup_sdpa_over_eager": best["eager"] / best["sdpa"], "max_rel_diff": diff,
+            **usage_between(before, cpu_snapshot(), nproc)}
+
+
 def time_forward(fe: Frontend, batches) -> tuple[float, None]:
     """Seconds spent in ``fe.hidden_states`` over all batches (inference mode, outputs discarded;
     batches are moved to the frontend's device inside the timed loop, as the build moves them)."""
@@ -287,7 +329,7 @@ def time_naive(manifest: Path, fe: Frontend, out: Path, settings: ClipSettings) 
     with torch.inference_mode():
         for row in rows:
             x = load_audio(row.path, fe.sample_rate)
-            name = row.id.replace("/", "_")
+            name = safe_name(row.id)
             bounds = segment_bounds(0, len(x), fe.sample_rate, settings.segment_s,
                                     min(settings.min_segment_s, settings.segment_s))
             for k, (a, b) in enumerate(bounds):
@@ -403,6 +445,10 @@ def read_benchmark(frames, chunks, mm: np.ndarray, offsets: np.ndarray, args) ->
 # report
 # ----------------------------------------------------------------------------------------------
 
+def _percent(share: float | None) -> str:
+    return "?" if share is None else f"{100 * share:.0f}%"
+
+
 def format_table(r: dict) -> str:
     """The readable summary printed at the end of a run."""
     m, c = r["machine"], r["corpus"]
@@ -439,6 +485,17 @@ def format_table(r: dict) -> str:
                      f"{e['memmap']['mb_per_s']:>13.0f}{e['ratio_zarr_over_memmap']:>9.2f}"
                      f"{e['ratio_store_over_memmap']:>10.2f}{other:>8}")
     lines.append("  store: FeatureStore's reader (memory-mapped chunk files, used by frames() and the datasets)")
+    at = r.get("attention")
+    if at is None:
+        lines += ["", "attention: no SDPA kernel for this frontend (eager vs SDPA not measured)"]
+    else:
+        lines += ["", f"attention (bare forward passes, same batches){'':<4}{'seconds':>9}{'speedup':>9}", "-" * 70,
+                  f"{'eager':<50}{at['eager_seconds']:>9.2f}{1.0:>9.2f}",
+                  f"{'sdpa (scaled-dot-product attention)':<50}{at['sdpa_seconds']:>9.2f}"
+                  f"{at['eager_seconds'] / at['sdpa_seconds']:>9.2f}",
+                  f"  max rel. diff sdpa vs eager hidden states: {at['max_rel_diff']:.1e}; other processes "
+                  f"used {_percent(at['other_load'])} of the CPUs "
+                  "meanwhile"]
     return "\n".join(lines)
 
 
@@ -451,12 +508,18 @@ def run(args, workdir: Path) -> dict:
                                 clips_per_singer=args.clips_per_singer, duration_s=args.corpus_seconds)
     settings = ClipSettings()
     ext = ExtractSettings(batch_s=args.forward_batch_seconds)  # only window_s, context_s and batch_s are used
+    backbone, model_path = args.backbone, args.model_path
+    if args.random_base:
+        from benchmarks.memory import save_model
+
+        backbone = str(save_model(workdir / "wav2vec2-base-random", "base"))
+    build_kw = {"model_path": model_path, "device": args.device}
 
     # 2. the build: once untimed (warms the process: imports, kernels, file cache, as the other
     # measurements are warm too), then timed into a fresh store, which the others read the clips of
-    time_build(manifest, workdir / "warmup.zarr", args.backbone, args.num_workers)
+    time_build(manifest, workdir / "warmup.zarr", backbone, args.num_workers, **build_kw)
     build_s, build_runs, summary = best_of(
-        args.repeats, lambda: time_build(manifest, workdir / "bench.zarr", args.backbone, args.num_workers))
+        args.repeats, lambda: time_build(manifest, workdir / "bench.zarr", backbone, args.num_workers, **build_kw))
     store = open_store(workdir / "bench.zarr")
     bb = store.backbones[0]
     offsets = store.offsets(bb)
@@ -467,7 +530,7 @@ def run(args, workdir: Path) -> dict:
 
     # 1. bare forward passes over the same clips
     t0 = time.perf_counter()
-    fe = load_frontend(args.backbone)
+    fe = load_frontend(backbone, path=model_path, device=args.device)
     load_s = time.perf_counter() - t0
     batches = forward_batches(decode_clips(clips, fe), n_frames, fe, ext)
     with torch.inference_mode():  # warm-up: one row of the first batch
@@ -475,6 +538,7 @@ def run(args, workdir: Path) -> dict:
     fwd_s, fwd_runs, fwd_usage = best_of(args.repeats, lambda: time_forward(fe, batches))
     fwd_rows, fwd_batches = max(len(x) for x, _, _ in batches), len(batches)
     check = check_against_store(fe, batches[-1], frames, offsets)
+    attention = attention_benchmark(backbone, model_path, batches, args.repeats, args.device)
     batches.clear()  # free the decoded audio (the lambda above is done with it)
 
     # 3. the naive loop
@@ -491,7 +555,8 @@ def run(args, workdir: Path) -> dict:
 
     return {
         "machine": machine_facts(),
-        "config": {k: v for k, v in vars(args).items() if k not in ("json", "workdir")},
+        "config": {**{k: v for k, v in vars(args).items() if k not in ("json", "workdir")},
+                   "backbone": "random-initialised Wav2Vec2Model, base size" if args.random_base else args.backbone},
         "corpus": {"files": len(read_inputs(manifest)[0]), "clips": len(store), "audio_seconds": audio_s,
                    "frames": int(n_frames.sum()), "frames_allocated": int(frames.shape[0]),
                    "layers": int(frames.shape[1]), "dim": int(frames.shape[2]), "dtype": str(frames.dtype),
@@ -503,6 +568,7 @@ def run(args, workdir: Path) -> dict:
                        summary=summary),
         "naive": entry(naive_s, naive_runs, **naive),
         "read": reads,
+        "attention": attention,
         "total_seconds": time.perf_counter() - t_start,
     }
 

@@ -26,13 +26,16 @@ from featurestore import layout
 from featurestore.clips import ClipSettings, clip_samples, plan_clips
 from featurestore import distributed
 from featurestore.distributed import Ranks
-from featurestore.extract import UnitAudio, WindowGeometry, run_unit, window_plan
+from featurestore.extract import UnitAudio, WindowGeometry, file_stat, run_unit, window_plan
 from featurestore.frontends import Frontend, load_frontend
+from featurestore.hf_loading import ATTENTION_KINDS
 from featurestore.location import Location, is_url, store_location
 from featurestore.locking import KINDS as LOCK_KINDS, LockTimeout, StoreLock
+from featurestore.metadata_check import clear_damaged, damaged_metadata
+from featurestore.names import check_backbone_name
 from featurestore import fingerprint as fpr
 from featurestore.manifest import read_inputs
-from featurestore.registry import ALIASES, DEFAULT_BACKBONE, REGISTRY
+from featurestore.registry import ALIASES, DEFAULT_BACKBONE, REGISTRY, resolve
 from featurestore.verify import clip_table_problems, plan_problems
 from featurestore.writer import (BackgroundWriter, BackbonePlan, create_backbone, finish_split_clip, open_root,
                                   write_clip_table)
@@ -210,7 +213,7 @@ def _plan_state(root, path: str, identity: dict, plan: BackbonePlan) -> tuple[st
     stored = _norm(g.attrs.get("identity", {}))
     if stored != _norm(identity):
         return "changed", [stored]
-    problems = plan_problems(g, plan)
+    problems = plan_problems(g, plan, path)
     return ("damaged", problems) if problems else ("ok", [])
 
 
@@ -359,6 +362,7 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
     audio seconds). With a process group (torchrun), rank 0 plans while the others wait, and once
     every rank has finished rank 0 marks the backbone complete; without one (one rank's share run
     alone), the backbone must be planned already."""
+    check_backbone_name(fe.name)  # one group of the store: backbones/<name>
     lock = lock or _default_lock(root)
     device = torch.device(device)
     window_k, context_k = window_plan(fe, ext.window_s, ext.context_s)  # checked before anything is planned
@@ -390,8 +394,11 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
     mine = range(len(done)) if ranks is None else _rank_units(ranks, units, offsets, b - a, fe.sample_rate)
     todo = _work_order([int(u) for u in mine if not done[u] and u % count == index])
     rows = np.array([[u, *units[u]] for u in todo], dtype=np.int64).reshape(-1, 5)
-    data = UnitAudio(rows, offsets, clips["audio"][:], a, b, fe.sample_rate,
-                     WindowGeometry.of(fe, window_k, context_k), done_path=_array_address(root, path, "unit_done"))
+    audio = clips["audio"][:]
+    used = sorted({str(audio[c]) for u in todo for c in range(int(units[u, 0]), int(units[u, 1]))})
+    stats = {p: s for p in used if (s := file_stat(p)) is not None}  # a file changing from here on is reported
+    data = UnitAudio(rows, offsets, audio, a, b, fe.sample_rate, WindowGeometry.of(fe, window_k, context_k),
+                     done_path=_array_address(root, path, "unit_done"), file_stats=stats)
     seconds = _audio_seconds(units[todo], offsets, b - a, fe.sample_rate)
     loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=num_workers,
                                          prefetch_factor=2 if num_workers > 0 else None,
@@ -406,11 +413,14 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
     np_dtype = np.dtype(ext.dtype)
     marks = g["unit_done"]
     skipped = 0
+    bad_input = []  # files that vanished or changed since planning: their clips are stored as NaN
     try:
         for u, waves in loader:
             if waves is None or marks[u]:  # another build finished it meanwhile
                 skipped += 1
                 continue
+            bad_input += [_vanished(fe.name, clips["id"][int(w.row)], str(audio[int(w.row)]), w.error)
+                          for w in waves if getattr(w, "error", None)]
             lo = int(units[u, layout.CLIP_LO])
             res = run_unit(fe, u, units[u], waves, offsets, window_k=window_k, context_k=context_k,
                            budget_samples=budget, device=device, dtype=np_dtype, clip_units=split.get(lo),
@@ -419,6 +429,10 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
     finally:
         writer.close()
         bar.close()
+        if bad_input:  # in the backbone's report (store.skipped, and the build's report)
+            with lock.hold(f"recording bad input of backbone {fe.name}"):
+                g = _reopen(root)[path]
+                g.attrs["skipped"] = list(g.attrs.get("skipped", [])) + bad_input
     if ranks is not None and ranks.group:
         ranks.wait_all()  # every rank's units are written
     done = g["unit_done"][:]
@@ -439,7 +453,8 @@ def extract_backbone(root, fe: Frontend, ext: ExtractSettings, *, overwrite=Fals
 
 def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_settings: ClipSettings | None = None,
           extract: ExtractSettings | None = None, model_path=None, name=None, local_files_only=False,
-          device=None, num_workers=2, overwrite=False, shard=(0, 1), vocals_cache=None,
+          trust_remote_code: bool = False, attention: str | None = None, device=None, num_workers=2,
+          overwrite=False, shard=(0, 1), vocals_cache=None,
           progress=True, plan_only=False, fingerprint=None, lock: str = "auto",
           lock_timeout: float | None = None, ranks: Ranks | None = None) -> BuildReport:
     """Library entry point of the CLI: plan the clips (once) and extract each backbone.
@@ -455,18 +470,28 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
     ``plan_only``: plan the clip table and the backbones' layouts, extract nothing (the step before
     several ``shard`` processes write one store).
 
+    ``trust_remote_code``: let a transformers model's own Python code run (off by default: every
+    registry entry, MERT included, loads into transformers' own classes); ``attention``: ``sdpa`` |
+    ``eager`` | None (SDPA where transformers offers it).
+
     ``ranks``: this process's rank in a multi-process build (:mod:`featurestore.distributed`; from
     torchrun, with a process group: rank 0 plans the clip table while the others wait; without one:
     one rank's share run alone, on a planned store). ``device`` is then this rank's device."""
     t0 = time.perf_counter()
+    if name is not None:
+        check_backbone_name(name, "--name")  # before anything is written
     clip_settings = clip_settings or ClipSettings()
     extract = extract or ExtractSettings()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loc = Location(store_path)  # a local folder or an fsspec URL (featurestore.location)
     store_path = loc.url if loc.is_url else loc.path
+    store_lock = StoreLock(store_path, kind=lock, timeout=lock_timeout)
+    if loc.is_file("zarr.json") and damaged_metadata(loc):  # unreadable zarr.json files: recover before opening
+        with store_lock.hold("clearing damaged metadata"):
+            clear_damaged(loc, _built_names(backbones, name), overwrite=overwrite,
+                          log=lambda m: print(m, file=sys.stderr))
     created = not loc.exists()
     root = open_root(store_path)
-    store_lock = StoreLock(store_path, kind=lock, timeout=lock_timeout)
     if vocals_cache:
         vocals_cache = Path(vocals_cache)
     else:  # separated audio is a local cache: beside a local store, under the user's cache for a URL one
@@ -495,7 +520,8 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
         raise RuntimeError(f"no clip could be planned from {input_path}: " +
                            "; ".join(s["message"] for s in skips[:5]))
     for bb in backbones:
-        fe = load_frontend(bb, path=model_path, local_files_only=local_files_only, device=device)
+        fe = load_frontend(bb, path=model_path, local_files_only=local_files_only, device=device,
+                           trust_remote_code=trust_remote_code, attention=attention)
         if name:
             fe.name = name
         summary = extract_backbone(root, fe, extract, overwrite=overwrite, device=device,
@@ -507,6 +533,28 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
             report.backbones[fe.name] = summary
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _vanished(backbone: str, clip_id, path: str, error: str) -> dict:
+    """The report line of a clip whose file went bad during extraction (:class:`featurestore.extract.UnitAudio`)."""
+    reason = "vanished" if error.startswith("vanished") else "changed" if error.startswith("changed") else "unreadable"
+    return {"where": str(clip_id), "reason": reason, "path": path,
+            "message": f"{path}: {error}; clip {str(clip_id)!r} has no {backbone} frames (stored as NaN, which "
+                       "featurestore.verify reports). Restore the file and run featurestore.verify --repair, then "
+                       "the build again; or run the build with --overwrite to plan the clips without it"}
+
+
+def _built_names(backbones, name) -> set[str]:
+    """The store names of the backbones a build writes (``--name``, else each one's registry name)."""
+    if name:
+        return {name}
+    out = set()
+    for bb in backbones:
+        try:
+            out.add(resolve(bb).name)
+        except KeyError:
+            out.add(str(bb))
+    return out
 
 
 def _remove_empty_store(store_path, lock: StoreLock) -> None:
@@ -588,11 +636,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      "Default: <input>.zarr, or the demo store")
     io.add_argument("--backbone", action="append",
                     help=f"frontend(s) to extract; repeat to add several. Registry: {names}. Aliases: {aliases}. "
-                         f"Also any transformers audio model id or local folder. Default: {DEFAULT_BACKBONE}")
-    io.add_argument("--model-path", help="local folder to load the (single) --backbone's weights from")
+                         f"Also any transformers audio model id or local folder, or hear:MODULE (an installed HEAR "
+                         f"2021 module; stored as hear-MODULE). Default: {DEFAULT_BACKBONE}")
+    io.add_argument("--model-path", help="local folder to load the (single) --backbone's weights from (for "
+                                         "hear:MODULE: the file passed to its load_model)")
     io.add_argument("--name", help="store the (single) backbone under this name")
     io.add_argument("--local-files-only", action="store_true",
                     help="load Hugging Face models from the offline cache only (like HF_HUB_OFFLINE=1)")
+    io.add_argument("--trust-remote-code", action="store_true",
+                    help="let a transformers model run Python code from its own repository or folder. Off by "
+                         "default for every name, id and folder: registry models (MERT included) load into "
+                         "transformers' own classes. Only for a model you trust: the code runs with your rights")
+    io.add_argument("--attention", choices=ATTENTION_KINDS, default=None,
+                    help="attention kernel of transformers models: sdpa (scaled-dot-product attention) or eager; "
+                         "default sdpa where transformers offers it (not WavLM)")
     pre = p.add_argument_group("preprocessing (store-level: every backbone sees the same clips)")
     pre.add_argument("--segment-seconds", type=float, default=None,
                      help=f"segment length in seconds; 0 keeps whole files (windowed at extraction). "
@@ -734,7 +791,8 @@ def main(argv=None) -> int:
     try:
         report = build(input_path, store, args.backbone or [DEFAULT_BACKBONE], clip_settings=clip_settings,
                        extract=ext, model_path=args.model_path, name=args.name,
-                       local_files_only=args.local_files_only, device=args.device,
+                       local_files_only=args.local_files_only, trust_remote_code=args.trust_remote_code,
+                       attention=args.attention, device=args.device,
                        num_workers=args.num_workers, overwrite=args.overwrite, shard=args.shard,
                        vocals_cache=args.vocals_cache, progress=progress, plan_only=args.plan_only,
                        fingerprint=args.fingerprint, lock=args.lock, lock_timeout=args.lock_timeout,

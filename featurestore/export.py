@@ -23,36 +23,17 @@ import csv
 import json
 import sys
 from pathlib import Path
-from urllib.parse import quote
-
 import numpy as np
 
 from featurestore.cli import HelpFormatter
 from featurestore.manifest import RESERVED
+from featurestore.names import MAX_NAME, safe_name  # noqa: F401  (re-exported)
 from featurestore.store import FeatureStore, open_store
 
 FORMATS = ("hdf5", "npy")
 EXPORT_FORMAT = "singfront-export/1"
 #: frames read from the store and written out at a time
 BLOCK_FRAMES = 8192
-#: the longest file name :func:`safe_name` makes (most file systems allow 255 bytes)
-MAX_NAME = 240
-
-
-def safe_name(clip_id: str) -> str:
-    """A file / HDF5 group name for a clip id: UTF-8 percent-encoding of every character but
-    letters, digits and ``_.-~`` (so ``song/a#0001`` -> ``song%2Fa%230001``), a leading ``.`` as
-    ``%2E`` (no hidden files, no ``.``/``..``). One-to-one, so two ids never share a name. Raises
-    ValueError naming the id when it is empty or its name would be longer than :data:`MAX_NAME`."""
-    name = quote(str(clip_id), safe="")
-    if name.startswith("."):
-        name = "%2E" + name[1:]
-    if not name or len(name) > MAX_NAME:
-        raise ValueError(f"clip id {clip_id!r}: its file name would be {len(name)} characters "
-                         f"(1 to {MAX_NAME} allowed)")
-    return name
-
-
 def header(store: FeatureStore, backbone: str) -> dict:
     """What a reader of the export needs to know of the backbone: the frontend's description
     (name, sample_rate Hz, frame_rate Hz, stride / receptive / pad in samples, num_layers, dim),

@@ -191,12 +191,15 @@ class ClipWave(NamedTuple):
 
     row: the clip's row in the clip table; wave: float32 samples of the clip padded by the
     frontend's ``pad`` zeros on both sides (the frontend's own centring), from padded-clip sample
-    ``first``; seconds: the clip's whole length in seconds (for progress)."""
+    ``first``; seconds: the clip's whole length in seconds (for progress). ``error``: why the file
+    could not be decoded now (it vanished, changed or became unreadable since the clip table was
+    planned); the wave is then zeros and :func:`run_unit` stores the clip's frames as NaN."""
 
     row: int
     first: int
     wave: np.ndarray
     seconds: float
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -238,14 +241,46 @@ class UnitAudio(torch.utils.data.Dataset):
     file's: a piece of a two-hour clip decodes its own stretch (plus context margins). Clips of one
     file less than :data:`MERGE_GAP_S` apart are decoded in one stretch. ``done_path``: the
     backbone's ``unit_done`` array, read before decoding a unit (None: not checked).
+
+    Bad input never stops the work: a file that cannot be decoded now (gone, unreadable), or whose
+    size or modification time differs before or after its decode from ``file_stats`` (path ->
+    (size, mtime_ns), taken when extraction started), gives its clips a :class:`ClipWave` with
+    ``error`` set, and the unit's other clips are decoded as usual.
     """
 
     def __init__(self, units: np.ndarray, offsets: np.ndarray, audio_paths: np.ndarray, starts: np.ndarray,
-                 ends: np.ndarray, sr: int, geometry: WindowGeometry, done_path: str | None = None):
+                 ends: np.ndarray, sr: int, geometry: WindowGeometry, done_path: str | None = None,
+                 file_stats: dict | None = None):
         self.units, self.offsets = np.asarray(units, dtype=np.int64).reshape(-1, 5), offsets
         self.paths, self.starts, self.ends = audio_paths, starts, ends
         self.sr, self.geo, self.done_path = sr, geometry, done_path
+        self.file_stats = file_stats or {}
         self._done = None
+
+    def _decode(self, path: str, lo: int, hi: int) -> tuple[np.ndarray | None, str | None]:
+        """(samples [lo, hi) of ``path`` at ``sr``, None) or (None, why it cannot be used now)."""
+        def changed() -> str | None:
+            want = self.file_stats.get(path)
+            if want is None:
+                return None
+            have = file_stat(path)
+            if have is None:
+                return "vanished during extraction (no such file)"
+            if have != want:
+                return (f"changed during extraction (size {want[0]} -> {have[0]} bytes, mtime_ns {want[1]} -> "
+                        f"{have[1]})")
+            return None
+
+        why = changed()
+        if why:
+            return None, why
+        try:
+            x = au.load_audio_range(path, self.sr, lo, hi)
+        except Exception as e:  # noqa: BLE001 - whatever the decoder raises for a file that went bad
+            gone = isinstance(e, FileNotFoundError) or file_stat(path) is None
+            return None, f"{'vanished' if gone else 'unreadable'} during extraction ({type(e).__name__}: {e})"
+        why = changed()
+        return (None, why) if why else (x, None)
 
     def __len__(self):
         return len(self.units)
@@ -288,9 +323,12 @@ class UnitAudio(torch.utils.data.Dataset):
                    and need[j][3] - max(n[4] for n in need[k:j]) <= gap and need[j][3] >= need[k][3]):
                 j += 1
             lo, hi = min(n[3] for n in need[k:j]), max(n[4] for n in need[k:j])
-            x = au.load_audio_range(str(self.paths[need[k][0]]), sr, lo, hi) if hi > lo else np.zeros(0, np.float32)
+            x, error = self._decode(str(self.paths[need[k][0]]), lo, hi) if hi > lo else (np.zeros(0, np.float32), None)
             for c, first, last, fa, fb in need[k:j]:
                 seg = np.zeros(max(last - first, 0), dtype=np.float32)
+                if error is not None:
+                    waves.append(ClipWave(c, first, seg, (int(self.ends[c]) - int(self.starts[c])) / sr, error))
+                    continue
                 # padded-clip sample p holds clip sample p - pad, i.e. file sample starts[c] + p - pad
                 p0 = int(self.starts[c]) - pad  # file sample of padded-clip sample 0
                 q0, q1 = max(fa, p0 + first), min(fb, p0 + last)
@@ -299,6 +337,17 @@ class UnitAudio(torch.utils.data.Dataset):
                 waves.append(ClipWave(c, first, seg, (int(self.ends[c]) - int(self.starts[c])) / sr))
             k = j
         return u, waves
+
+
+def file_stat(path: str) -> tuple[int, int] | None:
+    """(size in bytes, mtime in ns) of a local file, None when it cannot be stat'ed."""
+    import os
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return int(st.st_size), int(st.st_mtime_ns)
 
 
 def _autocast(device: torch.device):
@@ -320,6 +369,8 @@ def run_unit(fe: Frontend, unit: int, unit_row: np.ndarray, clips: list[ClipWave
     Returns frames [owned, L, D] in ``dtype`` (float32 math, cast once) and the clip means/stds
     [clips, L, D] computed in float32 before the cast; for a piece of a split clip (``clip_units``:
     every unit of that clip) the float64 sum and sum of squares of its frames [2, L, D] instead.
+    A clip whose audio came with an ``error`` (:class:`ClipWave`) is not run: its frames, pooled rows
+    (or piece sums) are NaN, which ``featurestore.verify`` reports, and the unit's other clips are stored.
     """
     L, D = fe.num_layers, fe.dim
     lo, hi, start, end = (int(v) for v in unit_row)
@@ -335,6 +386,11 @@ def run_unit(fe: Frontend, unit: int, unit_row: np.ndarray, clips: list[ClipWave
             raise RuntimeError(f"unit {unit}: audio of clip row {int(cw.row)} where clip row {c} was expected")
         wave = np.asarray(cw.wave)
         seconds_per_frame[c - lo] = float(cw.seconds) / max(T, 1)
+        if getattr(cw, "error", None) is not None:  # no audio: NaN marks the frames as missing
+            pos = int(offsets[c, 0]) + f0 - start
+            block[pos:pos + f1 - f0] = np.nan
+            sums[c - lo], sqs[c - lo] = np.nan, np.nan
+            continue
         for span in geo.windows(T, f0, f1):
             a = span.start - int(cw.first)
             windows.append(Window(c - lo, span.frame, span.n_frames, span.lead, wave[a:a + span.samples]))

@@ -21,104 +21,14 @@ the number of hidden states and the width off the output.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from featurestore import layout
+from featurestore.frontend_base import Frontend
 from featurestore.registry import BackboneSpec, resolve
-
-
-class Frontend(torch.nn.Module):
-    """Base class. Subclasses set ``sample_rate``, ``stride``, ``receptive``, ``pad`` (samples) and
-    implement :meth:`hidden_states`.
-
-    Attributes learned by :meth:`probe`: ``num_layers`` (hidden states L), ``dim`` (width D).
-    """
-
-    name: str
-    sample_rate: int
-    stride: int
-    receptive: int
-    pad: int = 0
-    #: True when zero-padding shorter inputs of a batch leaves the valid frames unchanged.
-    supports_padding: bool = True
-    #: True when frame ``j`` depends on input samples ``[j*stride, j*stride + receptive)`` only, so
-    #: windows need no context margins (CREPE, log-mel); False for models that look further.
-    frame_local: bool = False
-    num_layers: int
-    dim: int
-
-    @property
-    def frame_rate(self) -> float:
-        """Frames per second (Hz)."""
-        return self.sample_rate / self.stride
-
-    def n_frames(self, n_samples) -> int:
-        """Frames of a clip of ``n_samples`` samples (the frontend's own padding included)."""
-        return layout.frame_count(n_samples, self.receptive, self.stride, self.pad)
-
-    def frame_times(self, n_frames: int) -> np.ndarray:
-        """Centre of each frame's span, in seconds from the clip start -> float64 [n_frames]."""
-        j = np.arange(n_frames, dtype=np.float64)
-        return (j * self.stride - self.pad + self.receptive / 2) / self.sample_rate
-
-    def hidden_states(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """wave float32 [B, S] (zero-padded past ``lengths`` [B]) -> [B, T, L, D], T = frames of S.
-        Frames past a row's own frame count are undefined; the caller drops them."""
-        raise NotImplementedError
-
-    def forward(self, wave, lengths):  # noqa: D401 - torch convention
-        return self.hidden_states(wave, lengths)
-
-    @torch.inference_mode()
-    def probe(self) -> "Frontend":
-        """Run 1 s of dummy audio; set ``num_layers`` and ``dim``; check the frame count formula."""
-        n = self.sample_rate
-        g = torch.Generator().manual_seed(0)
-        x = 0.1 * torch.randn(1, n + 2 * self.pad, generator=g)
-        dev = next(self.parameters(), torch.zeros(0)).device
-        h = self.hidden_states(x.to(dev), torch.tensor([x.shape[1]], device=dev))
-        expected = self.n_frames(n)
-        if h.shape[1] != expected:
-            raise RuntimeError(f"{self.name}: 1 s gave {h.shape[1]} frames, the stride/receptive-field "
-                               f"formula says {expected}")
-        self.num_layers, self.dim = int(h.shape[2]), int(h.shape[3])
-        if self.supports_padding:
-            self.supports_padding = self._padding_is_exact(x.to(dev), h)
-        return self
-
-    def _padding_is_exact(self, x: torch.Tensor, h_full: torch.Tensor) -> bool:
-        """Does a shorter row zero-padded in a batch give the same valid frames as alone?
-        (Not for group-norm conv encoders, nor for Data2VecAudio's stacked positional convs.)"""
-        n = int(x.shape[1] * 0.6)
-        batch = torch.zeros(2, x.shape[1], device=x.device)
-        batch[0], batch[1, :n] = x[0], x[0, :n]
-        h = self.hidden_states(batch, torch.tensor([x.shape[1], n], device=x.device))
-        alone = self.hidden_states(x[:, :n], torch.tensor([n], device=x.device))
-        m = self.n_frames(n - 2 * self.pad)
-        scale = float(alone.abs().max()) + 1e-6
-        return bool((h[1, :m] - alone[0, :m]).abs().max() <= 1e-3 * scale)
-
-    def weights_hash(self) -> str:
-        """sha256 over the state dict (names, shapes, bytes), so a store records exactly which weights made it."""
-        h = hashlib.sha256()
-        for k, v in sorted(self.state_dict().items()):
-            t = v.detach().cpu().contiguous().reshape(-1)
-            h.update(k.encode())
-            h.update(str(tuple(t.shape)).encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return h.hexdigest()
-
-    def describe(self) -> dict:
-        """JSON-able sizes and settings recorded in the store's metadata."""
-        return {"name": self.name, "sample_rate": self.sample_rate, "frame_rate": self.frame_rate,
-                "stride": self.stride, "receptive": self.receptive, "pad": self.pad,
-                "num_layers": self.num_layers, "dim": self.dim}
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,6 +119,9 @@ class HFFrontend(Frontend):
         # Group-norm conv encoders normalise over time: zero padding changes every frame. Whether a
         # layer-norm model is exact under padding is checked by probe().
         self.supports_padding = getattr(model.config, "feat_extract_norm", "layer") == "layer"
+        #: attention kernel (sdpa | eager), whether transformers' own class runs (not remote code), and
+        #: the published model type mapped onto it (``mert_model``), as set by :func:`load_hf`
+        self.attention, self.native, self.mapped_from = getattr(model.config, "_attn_implementation", "eager"), True, None
 
     def hidden_states(self, wave, lengths):
         if self.do_normalize:
@@ -218,12 +131,19 @@ class HFFrontend(Frontend):
             idx = torch.arange(wave.shape[1], device=wave.device)[None, :]
             kwargs["attention_mask"] = (idx < lengths[:, None]).long()
         out = self.model(wave, output_hidden_states=True, **kwargs)
+        if out.hidden_states is None:
+            raise RuntimeError(f"{self.name}: {type(self.model).__name__} (the model's own remote code) returned no "
+                               "hidden states under this transformers version; load it without "
+                               "--trust-remote-code, through transformers' own classes, if its config allows")
         return torch.stack(out.hidden_states, dim=2)
 
     def describe(self):
         d = super().describe()
         d.update(model_class=type(self.model).__name__, source=self.source, do_normalize=self.do_normalize,
-                 model_type=getattr(self.model.config, "model_type", None))
+                 model_type=getattr(self.model.config, "model_type", None), attention=self.attention,
+                 remote_code=not self.native)
+        if self.mapped_from:
+            d["mapped_from"] = self.mapped_from
         prov = read_provenance(self.source) if Path(self.source).is_dir() else None
         if prov is not None:
             d["provenance"] = prov
@@ -241,43 +161,35 @@ def normalize_rows(wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return (wave - mean) / torch.sqrt(var + 1e-7) * mask
 
 
-def _read_preprocessor(folder: Path | None) -> dict:
-    if folder is not None and (folder / "preprocessor_config.json").is_file():
-        return json.loads((folder / "preprocessor_config.json").read_text())
-    return {}
-
-
 def load_hf(spec: BackboneSpec, path: str | os.PathLike | None = None, *, local_files_only: bool = False,
-            device: str | torch.device = "cpu", noise: dict | None = None) -> HFFrontend:
+            device: str | torch.device = "cpu", noise: dict | None = None, trust_remote_code: bool = False,
+            attention: str | None = None) -> HFFrontend:
     """Load a transformers model from ``path`` (local folder), else from the spec's Hugging Face id
-    (the offline cache is used when ``local_files_only`` or ``HF_HUB_OFFLINE=1``).
-    Layerdrop, masking and dropout are switched off (extraction), unless ``noise`` gives them for
-    fine-tuning (keywords of :func:`set_training_noise`); the model is put in eval mode."""
-    from transformers import AutoConfig, AutoModel
+    (the offline cache is used when ``local_files_only`` or ``HF_HUB_OFFLINE=1``), into transformers'
+    own classes (:mod:`featurestore.hf_loading`: MERT maps onto HuBERT). The model's own Python code
+    runs only with ``trust_remote_code=True``. ``attention``: ``sdpa`` | ``eager`` | None (SDPA where
+    transformers offers it). Layerdrop, masking and dropout are switched off (extraction), unless
+    ``noise`` gives them for fine-tuning (keywords of :func:`set_training_noise`); the model is put in
+    eval mode. The input rate and normalisation come from ``preprocessor_config.json``, else the spec."""
+    from featurestore.hf_loading import load_model
 
     source = str(path) if path is not None else spec.source
-    config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code,
-                                        local_files_only=local_files_only)
-    original = {a: getattr(config, a) for a in DROPOUTS + ("mask_time_length",) if hasattr(config, a)}
-    _disable_training_noise(config)
-    if noise is not None:
-        set_training_noise(config, original, **noise)
-    model = AutoModel.from_pretrained(source, config=config, trust_remote_code=spec.trust_remote_code,
-                                      local_files_only=local_files_only)
-    model.eval()
-    folder = Path(source) if Path(source).is_dir() else None
-    pre = _read_preprocessor(folder)
-    if folder is None:
-        try:  # the processor config of a hub id, from the cache or the hub
-            from transformers import AutoFeatureExtractor
-            fe = AutoFeatureExtractor.from_pretrained(source, trust_remote_code=spec.trust_remote_code,
-                                                      local_files_only=local_files_only)
-            pre = {"sampling_rate": fe.sampling_rate, "do_normalize": getattr(fe, "do_normalize", spec.do_normalize)}
-        except Exception:  # noqa: BLE001 - no processor config: fall back on the registry
-            pre = {}
-    sr = int(pre.get("sampling_rate", spec.sample_rate))
-    fe = HFFrontend(spec, model, sr, pre.get("do_normalize", spec.do_normalize), source).to(device)
-    return fe.probe()
+    original: dict = {}
+
+    def edit(config):
+        original.update({a: getattr(config, a) for a in DROPOUTS + ("mask_time_length",) if hasattr(config, a)})
+        _disable_training_noise(config)
+        if noise is not None:
+            set_training_noise(config, original, **noise)
+
+    loaded = load_model(source, config_edit=edit, local_files_only=local_files_only,
+                        trust_remote_code=trust_remote_code, attention=attention)
+    loaded.model.eval()
+    sr = loaded.sample_rate if loaded.sample_rate is not None else spec.sample_rate
+    norm = loaded.do_normalize if loaded.do_normalize is not None else spec.do_normalize
+    fe = HFFrontend(spec, loaded.model, sr, norm, source)
+    fe.attention, fe.native, fe.mapped_from = loaded.attention, loaded.native, loaded.mapped_from
+    return fe.to(device).probe()
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,23 +311,30 @@ class LogMelFrontend(Frontend):
 # --------------------------------------------------------------------------------------------
 
 def load_frontend(name_or_path: str, *, path: str | os.PathLike | None = None, local_files_only: bool = False,
-                  device: str | torch.device = "cpu", noise: dict | None = None) -> Frontend:
-    """Load a frontend by registry name/alias, Hugging Face id or local folder.
+                  device: str | torch.device = "cpu", noise: dict | None = None, trust_remote_code: bool = False,
+                  attention: str | None = None) -> Frontend:
+    """Load a frontend by registry name/alias, Hugging Face id, local folder or ``hear:MODULE``.
 
     ``path`` overrides where a registry entry's weights come from (a local copy of the model folder;
     for CREPE a folder holding ``crepe.pth`` or the file itself). ``noise``: layerdrop, masking and
     dropout for fine-tuning a transformers model (:func:`set_training_noise`; None: all off).
+    ``trust_remote_code``: allow a transformers model's own Python code to run (off by default for
+    every name, id and folder); ``attention``: ``sdpa`` | ``eager`` | None (SDPA where offered).
     Returns a probed frontend in eval mode on ``device``.
     """
     spec = resolve(name_or_path)
     if spec.kind == "hf":
-        fe = load_hf(spec, path, local_files_only=local_files_only, device=device, noise=noise)
+        fe = load_hf(spec, path, local_files_only=local_files_only, device=device, noise=noise,
+                     trust_remote_code=trust_remote_code, attention=attention)
     elif spec.kind == "crepe":
         fe = CrepeFrontend(spec, spec.source, spec.options.get("hop", 320), weights=path).to(device).probe()
     elif spec.kind == "pesto":
         from featurestore.pesto_frontend import PestoFrontend  # lazy: pesto-pitch loads its own modules
         fe = PestoFrontend(spec, str(path) if path is not None else spec.source, spec.options.get("hop", 320),
                            spec.sample_rate).to(device).probe()
+    elif spec.kind == "hear":
+        from featurestore.hear_frontend import load_hear  # lazy: imports the HEAR module
+        fe = load_hear(spec, path, device=device)
     elif spec.kind == "logmel":
         o = spec.options
         fe = LogMelFrontend(spec, o["n_fft"], o["hop"], o["n_mels"], spec.sample_rate).to(device).probe()

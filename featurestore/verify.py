@@ -48,6 +48,7 @@ from featurestore.cli import HelpFormatter
 from featurestore.clips import COLUMNS, clip_samples
 from featurestore.location import Location
 from featurestore.locking import KINDS, StoreLock
+from featurestore.metadata_check import _listing, damaged_metadata
 from featurestore.store import ChunkFiles, frame_spans_to_rows, stored_backbone_name
 from featurestore.writer import BackbonePlan, crc_update
 
@@ -120,10 +121,12 @@ def expected_plan(root: zarr.Group, g: zarr.Group) -> BackbonePlan:
     return BackbonePlan(offsets, per_unit, align, total, piece)
 
 
-def plan_problems(g: zarr.Group, plan: BackbonePlan | None = None) -> list[str]:
+def plan_problems(g: zarr.Group, plan: BackbonePlan | None = None, where: str = "") -> list[str]:
     """What is missing or inconsistent in a backbone group's plan (empty when sound): attributes,
-    arrays and their shapes, and, given the ``plan`` the clip table and frontend call for, its
-    offsets and sizes. ``complete`` is not looked at (an unfinished backbone is not damaged)."""
+    arrays, their shapes and data types (an array's ``zarr.json`` whose ``data_type`` was changed is
+    named), offsets that cannot be read (a damaged chunk file), and, given the ``plan`` the clip
+    table and frontend call for, its offsets and sizes. ``complete`` is not looked at (an unfinished
+    backbone is not damaged). ``where``: the group's path in the store, for messages."""
     out = []
     if not g.attrs.get("planned", False):
         out.append("attribute 'planned' is missing")
@@ -148,9 +151,29 @@ def plan_problems(g: zarr.Group, plan: BackbonePlan | None = None) -> list[str]:
         out.append("array 'piece_sums' is missing (the backbone splits long clips into pieces)")
     if out:
         return out
+    prefix = f"{where}/" if where else ""
+    stored_dtype = (g.attrs.get("identity") or {}).get("dtype") or g.attrs.get("dtype")
+    want_dtypes = {"offsets": "int64", "unit_done": "uint8", "unit_checksum": "uint32", "piece_sums": "float64"}
+    if stored_dtype in ("float16", "float32"):
+        want_dtypes.update(frames=stored_dtype, pooled_mean=stored_dtype, pooled_std=stored_dtype)
+    for name, want_dtype in want_dtypes.items():
+        a = arrays[name]
+        if a is not None and np.dtype(a.dtype) != np.dtype(want_dtype):
+            out.append(f"{prefix}{name}/zarr.json: data_type {np.dtype(a.dtype).name}, but this array holds "
+                       f"{want_dtype}" + (" (the backbone's dtype attribute)" if name in ("frames", "pooled_mean",
+                                                                                      "pooled_std") else ""))
+    if out:
+        return out
+    try:
+        offsets = arrays["offsets"][:]
+    except Exception as e:  # noqa: BLE001 - a truncated or corrupt chunk file: zarr raises what the codec does
+        a = arrays["offsets"]
+        keys = [a.metadata.chunk_key_encoding.encode_chunk_key(i) for i in np.ndindex(*a.cdata_shape)]
+        files = ", ".join(f"{prefix}offsets/{k}" for k in keys[:4]) + (" ..." if len(keys) > 4 else "")
+        return [f"offsets: cannot be read ({type(e).__name__}: {e}); its chunk file(s) {files} are damaged"]
     L, D = int(fe["num_layers"]), int(fe["dim"])
     N, per_unit = arrays["offsets"].shape[0], sizes["clips_per_unit"]
-    U = len(layout.unit_table(arrays["offsets"][:], per_unit, sizes["align"], piece)) if piece else -(-N // per_unit)
+    U = len(layout.unit_table(offsets, per_unit, sizes["align"], piece)) if piece else -(-N // per_unit)
     want = {"frames": (sizes["total_frames"], L, D), "offsets": (N, 2), "pooled_mean": (N, L, D),
             "pooled_std": (N, L, D), "unit_done": (U,), "unit_checksum": (U,)}
     if piece:
@@ -167,7 +190,7 @@ def plan_problems(g: zarr.Group, plan: BackbonePlan | None = None) -> list[str]:
                        f"(clips {len(plan.offsets)}, clips_per_unit {plan.per_unit}, align {plan.align}, frames "
                        f"{plan.total_frames}, piece_frames {plan.piece})")
         else:
-            stored = arrays["offsets"][:]
+            stored = offsets
             bad = np.flatnonzero((stored != plan.offsets).any(axis=1))
             if len(bad):
                 i = int(bad[0])
@@ -206,6 +229,10 @@ class Report:
     backbones: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     repaired: dict = field(default_factory=dict)
+    #: the input an ingested store was made from (``featurestore.ingest``); None for a built store
+    ingested_from: str | None = None
+    #: the root ``zarr.json`` cannot be read (only a build with --overwrite recovers the store)
+    root_unreadable: bool = False
 
     @property
     def ok(self) -> bool:
@@ -222,7 +249,8 @@ class Report:
     def as_dict(self) -> dict:
         return {"store": self.store, "ok": self.ok, "clips": self.clips,
                 "problems": [asdict(p) for p in self.problems], "backbones": self.backbones,
-                "notes": self.notes, "repaired": self.repaired}
+                "notes": self.notes, "repaired": self.repaired, "ingested_from": self.ingested_from,
+                "advice": advice(self)}
 
 
 def _tolerances(dtype: np.dtype, T: int, s1, s2, sabs):
@@ -360,7 +388,7 @@ def verify_backbone(root: zarr.Group, store_dir: Path, name: str, ids, quick: bo
             plan = expected_plan(root, g)
         except (KeyError, TypeError, ValueError):
             plan = None  # the attributes it needs are missing: reported below
-    meta = plan_problems(g, plan)
+    meta = plan_problems(g, plan, layout.backbone_path(name))
     if meta:
         return [Problem("offsets" if m.startswith(("offsets", "the layout")) else "metadata", m, name)
                 for m in meta], {"plan": "damaged"}
@@ -376,8 +404,10 @@ def verify_backbone(root: zarr.Group, store_dir: Path, name: str, ids, quick: bo
               for s in ("pooled_mean", "pooled_std")}
     problems = []
     if not g.attrs.get("complete", False):
-        problems.append(Problem("incomplete", f"not complete: {int(done.sum())} of {len(done)} units done; run the "
-                                              "build again to finish it", name))
+        ingested = bool(dict(g.attrs.get("identity") or {}).get("ingested"))
+        finish = "ingest it again (--overwrite)" if ingested else "run the build again to finish it"
+        problems.append(Problem("incomplete", f"not complete: {int(done.sum())} of {len(done)} units done; {finish}",
+                                name))
     values_checked = 0
     units = layout.unit_table(offsets, per_unit, align, g.attrs.get("piece_frames"))
     split = layout.split_units(units)
@@ -421,8 +451,19 @@ def verify(path, backbones=None, quick: bool = False) -> Report:
     path = loc.url if loc.is_url else loc.path
     if not loc.is_file("zarr.json"):
         raise FileNotFoundError(f"{path} is not a feature store (no zarr.json)")
-    root = loc.open_group(mode="r")
     report = Report(str(path))
+    damaged = damaged_metadata(loc)
+    for d in damaged:
+        scope, name = d.scope
+        report.problems.append(Problem("metadata_file", d.text(), name, file=d.path))
+        report.root_unreadable |= d.rel == "zarr.json"
+    if any(d.scope[0] != "backbone" for d in damaged):
+        return report  # the root, the clip table or the backbones group: nothing else can be read
+    skip = {d.scope[1] for d in damaged}
+    root = loc.open_group(mode="r")
+    settings = root.attrs.get("clip_settings")
+    if isinstance(settings, dict) and settings.get("ingested_from"):
+        report.ingested_from = str(settings["ingested_from"])
     table = clip_table_problems(root)
     report.problems += [Problem("metadata", m) for m in table]
     ids = None
@@ -433,9 +474,14 @@ def verify(path, backbones=None, quick: bool = False) -> Report:
         dup = uniq[counts > 1]
         if len(dup):
             report.problems.append(Problem("metadata", f"{len(dup)} clip id(s) occur more than once, e.g. {dup[0]!r}"))
-    have = sorted(k for k, _ in root[layout.BACKBONES].groups()) if layout.BACKBONES in root else []
-    names = have if backbones is None else [stored_backbone_name(root, b) for b in backbones]
+    if skip:  # a backbone whose own metadata is damaged cannot be opened as a group: list the folders
+        have = sorted(set(_listing(loc, layout.BACKBONES)[0]) | skip)
+    else:
+        have = sorted(k for k, _ in root[layout.BACKBONES].groups()) if layout.BACKBONES in root else []
+    names = have if backbones is None else [b if b in skip else stored_backbone_name(root, b) for b in backbones]
     for name in names:
+        if name in skip:
+            continue  # reported above
         if name not in have:
             report.problems.append(Problem("metadata", f"backbone {name!r} is not in the store (backbones: "
                                                        f"{', '.join(have) or 'none'})", name))
@@ -451,17 +497,34 @@ def verify(path, backbones=None, quick: bool = False) -> Report:
     return report
 
 
+class NotRepairable(ValueError):
+    """``--repair`` on a store whose data no build can re-extract (an ingested store)."""
+
+
 def repair(path, report: Report, lock: StoreLock | None = None) -> dict[str, list[int]]:
     """Unmark what ``report`` found damaged, under the store's lock, so the build redoes it: damaged
     units get ``unit_done`` = 0, their backbone loses ``complete``; a backbone with a damaged plan
     loses ``planned`` and ``complete``; a damaged clip table loses ``complete``. Returns backbone ->
-    units unmarked (``"plan"`` -> backbones to re-plan, ``"clips"`` -> ["table"] when the clip table is)."""
+    units unmarked (``"plan"`` -> backbones to re-plan, ``"clips"`` -> ["table"] when the clip table is).
+
+    An ingested store is not changed (:class:`NotRepairable`): no build can re-extract its features, so
+    unmarking would only hide data; it is mended by ingesting it again (:func:`advice`)."""
+    if report.ingested_from:
+        raise NotRepairable(f"{report.store} was ingested (featurestore.ingest), so no build can re-extract what "
+                            f"--repair would unmark; left unchanged. {advice(report)}")
+    files = [p for p in report.problems if p.check == "metadata_file"]
+    if any(p.backbone is None for p in files):
+        raise NotRepairable(f"{report.store}: {files[0].message}; --repair cannot mark anything in a store whose "
+                            f"metadata cannot be read, left unchanged. {advice(report)}")
     loc = Location(path)
     lock = lock or StoreLock(loc.url if loc.is_url else loc.path)
     done: dict[str, list] = {}
     with lock.hold("repairing the store (featurestore.verify --repair)"):
         root = loc.open_group(mode="a")
+        unreadable = {p.backbone for p in files}
         for name, units in report.damaged_units().items():
+            if name in unreadable:
+                continue
             g = root[layout.backbone_path(name)]
             marks = g["unit_done"]
             for u in units:
@@ -470,7 +533,7 @@ def repair(path, report: Report, lock: StoreLock | None = None) -> dict[str, lis
             done[name] = units
         plans = sorted({p.backbone for p in report.problems
                         if p.unit is None and p.backbone and p.check in ("metadata", "offsets")
-                        and layout.backbone_path(p.backbone) in root})
+                        and p.backbone not in unreadable and layout.backbone_path(p.backbone) in root})
         for name in plans:
             root[layout.backbone_path(name)].attrs.update({"planned": False, "complete": False})
         if plans:
@@ -485,6 +548,31 @@ def repair(path, report: Report, lock: StoreLock | None = None) -> dict[str, lis
 # --------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------
+
+def advice(report: Report) -> str | None:
+    """What to run to mend or finish the store, for its kind: a built store is finished by running the
+    build again, and mended by ``--repair`` then the build; an ingested one by ingesting it again with
+    ``--overwrite`` (which replaces it only once the new store verifies). None when the store is sound."""
+    if report.ok:
+        return None
+    if report.ingested_from:
+        names = sorted({p.backbone for p in report.problems if p.backbone} | set(report.backbones))
+        bb = f" --backbone {names[0]}" if len(names) == 1 else ""
+        return (f"to mend: ingest it again from its input: python -m featurestore.ingest {report.ingested_from} "
+                f"--store {report.store}{bb} --overwrite (the old store is replaced only once the new one "
+                "verifies; add the geometry options, e.g. --frame-rate, if the first ingest needed them)")
+    files = [p for p in report.problems if p.check == "metadata_file"]
+    if report.root_unreadable:
+        return ("to mend: the root metadata is unreadable, so the store's settings are lost: run the build again "
+                "with --overwrite (it builds the store again from its input)")
+    if files:
+        return ("to mend: run the build again (same command as before): it plans again what the unreadable "
+                "file(s) described (the clip table, or the backbones it builds) and re-extracts only that")
+    if all(p.check == "incomplete" for p in report.problems):
+        return "to finish: run the build again (same command as before)"
+    return (f"to mend: python -m featurestore.verify {report.store} --repair, then run the build again "
+            "(it re-extracts only what --repair unmarked)")
+
 
 def format_report(report: Report) -> str:
     lines = []
@@ -506,11 +594,8 @@ def format_report(report: Report) -> str:
             else:
                 lines.append(f"repaired: {name}: units {', '.join(map(str, what))} unmarked")
         lines.append("run the build again (same command as before) to re-extract them")
-    elif report.problems and all(p.check == "incomplete" for p in report.problems):
-        lines.append("to finish: run the build again (same command as before)")
     elif not report.ok:
-        lines.append(f"to mend: python -m featurestore.verify {report.store} --repair, then run the build again "
-                     "(it re-extracts only what --repair unmarked)")
+        lines.append(advice(report))
     return "\n".join(lines)
 
 
@@ -550,6 +635,10 @@ def main(argv=None) -> int:
         report = verify(args.store, args.backbone, quick=args.quick)
         if args.repair and not report.ok:
             repair(args.store, report, StoreLock(args.store, args.lock, args.lock_timeout))
+    except NotRepairable as e:
+        print(format_report(report).split("\nto mend:")[0], file=sys.stdout)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, RuntimeError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -186,6 +186,13 @@ class _TorchClipClassifier(_ClipInput, SaveLoadMixin, ClassifierMixin, BaseEstim
     def _sweep(self) -> bool:
         return isinstance(self.layers, str) and self.layers == "each"
 
+    def _module_skeleton(self) -> torch.nn.Module:
+        """An untrained module of the fitted shape (``heads.persist`` loads the weights into it)."""
+        L, D, C = len(self.layers_used_), self.n_features_in_, len(self.classes_)
+        if getattr(self, "layer_scores_", None) is not None:  # a layers="each" sweep
+            return LayerSweepLinear(L, D, C)
+        return SumThenHead(L, D, self._make_head(D, C), self.layer_norm)
+
     def __setstate__(self, state):
         """Heads pickled before ``layers_used_`` existed: derive it. Their ``n_layers_in_`` counted
         the selected layers, not the stored ones, so with a layer list it is not checked."""

@@ -37,9 +37,11 @@ def score_notes(store, rows, refs, ests, notes_dir=None) -> dict:
     """mir_eval transcription scores of estimated against reference note lists, one pair per clip row
     (``[[onset_s, offset_s, midi], ...]``), averaged over clips: the report of
     :func:`heads.metrics.transcription_report` (``mean``, ``n_songs``, ``per_song`` keyed by clip id).
-    ``notes_dir``: also write each clip's estimated notes there as ``<clip id>.txt``."""
+    ``notes_dir``: also write each clip's estimated notes there as ``<safe_name(clip id)>.txt``
+    (:func:`featurestore.names.safe_name`: ids differing only in ``/`` vs ``_`` get two files)."""
     from pathlib import Path
 
+    from featurestore.names import safe_name
     from heads.notes import notes_to_arrays, write_notes
 
     pairs = {}
@@ -50,6 +52,6 @@ def score_notes(store, rows, refs, ests, notes_dir=None) -> dict:
         ri, rp = notes_to_arrays(ref)
         ei, ep = notes_to_arrays(e)
         if notes_dir is not None:
-            write_notes(Path(notes_dir) / f"{cid.replace('/', '_')}.txt", ei, ep)
+            write_notes(Path(notes_dir) / f"{safe_name(cid)}.txt", ei, ep)
         pairs[cid] = (ri, rp, ei, ep)
     return metrics.transcription_report(pairs)

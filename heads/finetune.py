@@ -15,7 +15,7 @@ chose the model. Audio is read on the fly from the store's clip table (:mod:`hea
 The run folder (default ``runs/<name>-<head>``, where ``<name>`` is the new backbone's name, e.g.
 ``mert-v0-public@svt-ft``) receives ``finetune_args.json``, ``checkpoint.pt`` (every epoch),
 ``best.pt``, and when training ends: ``frontend/`` (the fine-tuned frontend, LoRA merged, loadable by
-``featurestore.build --model-path``, with ``provenance.json``), ``head.joblib`` (a fitted head of
+``featurestore.build --model-path``, with ``provenance.json``), ``head.json`` + ``head.safetensors`` (a fitted head of
 ``heads.fit``'s classes, which reads the new backbone's stored features), ``metrics.json`` and
 ``layer_weights.png``. ``python -m heads.reextract --run DIR`` then writes the fine-tuned frontend
 into the store as backbone ``<name>``; probes, the clustering analysis and the pipelines' evaluate
@@ -36,7 +36,9 @@ import torch
 from featurestore import distributed, open_store
 from featurestore.cli import HelpFormatter
 from featurestore.frontends import CrepeFrontend, HFFrontend, PROVENANCE_FILE, load_frontend
+from featurestore.hf_loading import ATTENTION_KINDS
 from featurestore.locking import LockTimeout, StoreLock
+from featurestore.names import check_backbone_name
 from featurestore.registry import resolve
 from featurestore.store import BackboneNotInStore
 from heads.evaluation import score_clip_head, score_notes
@@ -157,7 +159,8 @@ def make_estimator(args, kind: str):
 def load_for_finetune(args):
     noise = {"layerdrop": args.layerdrop, "mask_time_prob": args.mask_time_prob, "dropout": args.dropout}
     fe = load_frontend(args.backbone, path=args.model_path, local_files_only=args.local_files_only,
-                       device="cpu", noise=noise)
+                       device="cpu", noise=noise, trust_remote_code=args.trust_remote_code,
+                       attention=args.attention)
     check_mode(fe, args.mode, gradient_checkpointing=args.gradient_checkpointing)
     return fe, noise
 
@@ -206,8 +209,33 @@ def stored_stage1(args, store, planned_on, fe, data: dict[str, ClipAudio], rows:
     return None
 
 
+#: options naming files or folders: compared (and recorded) as absolute, resolved paths
+PATH_ARGS = ("store", "out", "model_path")
+
+
+def resolved_settings(settings: dict) -> dict:
+    """A run's settings with paths made absolute and resolved (``runs/x`` = ``./runs/x/`` =
+    ``/abs/runs/x``) and ``backbone`` resolved to its registry name, or to the resolved folder of a
+    local model (``crepe`` = ``CREPE`` = ``crepe-full``), so that equivalent spellings compare equal."""
+    out = dict(settings)
+    for k in PATH_ARGS:
+        if isinstance(out.get(k), str) and out[k]:
+            out[k] = str(Path(out[k]).expanduser().resolve())
+    if isinstance(out.get("backbone"), str):
+        try:
+            spec = resolve(out["backbone"])
+        except KeyError:
+            pass
+        else:
+            local = spec.kind == "hf" and Path(spec.source).is_dir()
+            out["backbone"] = str(Path(spec.source).resolve()) if local else spec.name
+    return out
+
+
 def run_args(args) -> dict:
-    return {k: v for k, v in sorted(vars(args).items()) if k not in RESUME_FREE}
+    """The settings a run is recorded with (``finetune_args.json``), resolved (:func:`resolved_settings`)."""
+    raw = {k: v for k, v in sorted(vars(args).items()) if k not in RESUME_FREE}
+    return resolved_settings(json.loads(json.dumps(raw)))
 
 
 def check_run_folder(out: Path, args) -> str:
@@ -217,18 +245,37 @@ def check_run_folder(out: Path, args) -> str:
         if (out / "checkpoint.pt").is_file() and not args.overwrite:
             raise FineTuneError(f"{out} holds a checkpoint without finetune_args.json: pass --overwrite to start over")
         return "new"
-    stored = json.loads(marker.read_text())
-    want = json.loads(json.dumps(run_args(args)))
+    try:
+        stored = resolved_settings(json.loads(marker.read_text()))
+    except (ValueError, TypeError, AttributeError):
+        raise FineTuneError(f"{marker} is not readable JSON settings: use another --out, or --overwrite to start "
+                            "this folder over (its checkpoint is then discarded)") from None
+    want = run_args(args)
     if stored != want:
         diff = sorted(k for k in set(stored) | set(want) if stored.get(k) != want.get(k))
-        raise FineTuneError(f"{out} holds a run with other settings ({', '.join(f'--{k}' for k in diff)}): "
-                            "use another --out, or --overwrite to start over")
+        changes = "; ".join(f"--{k.replace('_', '-')}: {stored.get(k)!r} -> {want.get(k)!r}" for k in diff)
+        raise FineTuneError(f"{out} holds a run started with other settings ({changes}). To continue it, run with "
+                            f"the settings recorded in {marker} and --resume; for a new run give another --out. "
+                            "(--overwrite would discard its checkpoint and start over.)")
     if (out / "metrics.json").is_file():
         return "done"
     if not args.resume:
         raise FineTuneError(f"{out} holds an unfinished run (checkpoint.pt): pass --resume to continue it, or "
                             "--overwrite to start over")
     return "resume"
+
+
+def read_checkpoint(path: Path, device) -> dict:
+    """A run's ``checkpoint.pt`` read with ``torch.load(weights_only=True)``: tensors and plain values
+    only, so nothing pickled in the file runs. One that needs more (planted, or not written by this
+    version) raises FineTuneError naming it."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # UnpicklingError, or whatever a damaged file raises
+        last = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
+        raise FineTuneError(f"{path}: refused, it cannot be read as plain tensors and values (torch.load "
+                            f"weights_only=True: {last}); nothing in it was run. It was not written by this "
+                            "version: start the run again with --overwrite, or use another --out") from None
 
 
 def save_frontend(fe, folder: Path, provenance: dict) -> Path:
@@ -276,6 +323,11 @@ def parse_args(argv=None):
                    help="frontend to fine-tune: registry name or alias, Hugging Face id, or local model folder")
     p.add_argument("--model-path", help="local folder to load the --backbone's weights from")
     p.add_argument("--local-files-only", action="store_true", help="load Hugging Face models from the offline cache only")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let a transformers model run Python code from its own repository or folder (off by default "
+                        "for every model: MERT loads into transformers' HuBERT). Only for a model you trust")
+    p.add_argument("--attention", choices=ATTENTION_KINDS, default=None,
+                   help="attention kernel: sdpa or eager (default: sdpa where transformers offers it)")
     p.add_argument("--head", choices=HEADS[:2] + FRAME_HEADS, default="linear",
                    help="head on the weighted layer sum (linear, mlp: clip tasks; frames, crf: transcription)")
     p.add_argument("--task", default=None,
@@ -361,6 +413,10 @@ def loop_settings(args) -> LoopSettings:
 def finetune(args, on_checkpoint=None) -> Path:
     """Run (or resume) the fine-tune described by parsed ``args``; return the run folder.
     ``on_checkpoint(epoch)``: called after each epoch's checkpoint (tests use it to stop a run)."""
+    if resolve(args.backbone).kind == "hear":  # before a store or a process group is touched
+        raise FineTuneError(f"--backbone {args.backbone}: a HEAR module only serves embeddings (the HEAR API has no "
+                            "training entry point), so it cannot be fine-tuned. Fit a probe on its stored "
+                            "features with heads.fit instead")
     ranks = distributed.from_env()
     if ranks is not None:
         args.device = distributed.rank_device(args.device, ranks)
@@ -393,8 +449,10 @@ def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Pat
         planned_on = None  # not extracted: clips without frames are found from the frontend below
     plan = make_plan(args, store, planned_on, task)
     name = args.name or finetuned_name(planned_on or spec.name, args.task, args.mode)
-    if "/" in name or name.startswith("."):
-        raise FineTuneError(f"--name {name!r}: a backbone name is one path component")
+    try:
+        check_backbone_name(name, "--name")
+    except ValueError as e:
+        raise FineTuneError(str(e)) from None
     out = Path(args.out or f"runs/{name}-{args.head}")
     leader = ranks is None or ranks.rank == 0
     if leader:  # one process per run folder: a second one stops at once, naming the holder
@@ -448,11 +506,11 @@ def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Pat
     loop = Loop(model, loop_task, settings, train, select, parts, out, device=args.device,
                 progress=not args.no_progress, ranks=ranks, stored=stored, select_name=plan.select_split)
     if state == "resume":
-        loop.load(torch.load(out / "checkpoint.pt", map_location=args.device, weights_only=False))
+        loop.load(read_checkpoint(out / "checkpoint.pt", args.device))
         if leader:
             print(f"resuming {out} after epoch {loop.epoch} of {args.epochs}", file=sys.stderr)
     elif leader:
-        for stale in ("checkpoint.pt", "best.pt", "metrics.json", "head.joblib"):
+        for stale in ("checkpoint.pt", "best.pt", "metrics.json", "head.json", "head.safetensors"):
             (out / stale).unlink(missing_ok=True)
         (out / "finetune_args.json").write_text(json.dumps(run_args(args), indent=2))
     if ranks is not None and ranks.group:
@@ -487,7 +545,7 @@ def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Pat
                   "best_epoch": loop.best_epoch, "selection_split": plan.select_split,
                   "selection_score": loop.best, "store": str(store.path)}
     save_frontend(fe, out / "frontend", provenance)
-    est.save(out / "head.joblib")
+    est.save(out / "head.json")
     plot_layer_weights(est.layer_weights_, list(range(fe.num_layers)), out / "layer_weights.png",
                        f"{name} / {args.head} / {args.task} (fine-tuned): per layer\n{plan.label()}")
     (out / "metrics.json").write_text(json.dumps(report, indent=2, default=float))

@@ -95,8 +95,12 @@ def autocast_dtype(precision: str, device: torch.device):
 
 
 def rng_state(gen: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-             "shuffle": gen.get_state()}
+    """Every random state a resumed run needs, as tensors and plain values (a checkpoint must load
+    with ``torch.load(weights_only=True)``: numpy's key array is stored as a tensor)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "shuffle": gen.get_state(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -104,7 +108,9 @@ def rng_state(gen: torch.Generator) -> dict:
 
 def set_rng_state(state: dict, gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     random.setstate(state["python"])
     gen.set_state(state["shuffle"])
     if "cuda" in state and torch.cuda.is_available():
@@ -373,5 +379,5 @@ class Loop:
                 on_checkpoint(e)
             if self.s.patience is not None and self.wait >= self.s.patience:
                 break
-        best = torch.load(best_path, map_location="cpu", weights_only=False)
+        best = torch.load(best_path, map_location="cpu", weights_only=True)
         return best["model"]

@@ -5,8 +5,9 @@
     python -m heads.fit --store a20.zarr --backbone mert --head mlp --task singer --lr 1e-4,1e-3,1e-2
 
 The run folder holds metrics.json (scores with bootstrap 95 % intervals, ``ci95``), the saved head
-(head.joblib), predictions.csv (or notes per clip for transcription), layer_weights.png (or
-layer_table.png with ``--layers each``), learning_curve.png and, for classification, confusion.png
+(head.json + head.safetensors, :mod:`heads.persist`), predictions.csv (or notes per clip for
+transcription), layer_weights.png (or layer_table.png with ``--layers each``), learning_curve.png
+and, for classification, confusion.png
 (every figure also as SVG); each run appends its row to results.jsonl beside the run folder
 (:mod:`heads.results_log`). ``--seeds 0,1,2`` makes one run per seed and prints mean ± sd.
 """
@@ -292,7 +293,7 @@ def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m heads.fit",
                                 description="Train a head on a feature store and write a run folder "
-                                            "(metrics.json, head.joblib, predictions, plots). The model is chosen "
+                                            "(metrics.json, head.json + head.safetensors, predictions, plots). The model is chosen "
                                             "on one split and scored on another (see --score-split).",
                                 formatter_class=HelpFormatter)
     p.add_argument("--store", help="feature store built by featurestore.build (default: the demo store, built "
@@ -362,10 +363,13 @@ def fit_run(args, store, backbone: str, task, out: Path) -> dict:
     plan = make_plan(args, store, backbone, task)
     for note in plan.notes:
         print(f"note: {note}", file=sys.stderr)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: this is a file; give a folder for the run (it holds metrics.json, "
+                         "head.json, predictions, plots)")
     out.mkdir(parents=True, exist_ok=True)
     runner = run_clip if task.kind == "clip" else run_frames
     head, report = runner(args, store, backbone, task, out, plan)
-    head.save(out / "head.joblib")
+    head.save(out / "head.json")
     stored_layers = head.layers_used_
     learned = None if "layer_table" in report else layer_plot(head)
     for old in ("layer_weights", "layer_table"):

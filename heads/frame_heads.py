@@ -176,6 +176,10 @@ class _FrameHead(SaveLoadMixin, BaseEstimator):
     def _make_module(self, L, D) -> torch.nn.Module:
         return _Net(L, D, self._n_out(), self.layer_norm, self.context_frames_, int(self.context_width), self._crf())
 
+    def _module_skeleton(self) -> torch.nn.Module:
+        """An untrained module of the fitted shape (``heads.persist`` loads the weights into it)."""
+        return self._make_module(self.n_layers_in_, self.n_features_in_)
+
     def _predict_batches(self, module, bank: "_FrameBank", batches, offsets) -> list:
         out = [[] for _ in range(len(bank))]          # a clip with no frame has no note
         module.eval()

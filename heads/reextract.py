@@ -22,6 +22,7 @@ from featurestore.build import ExtractSettings, extract_backbone
 from featurestore.cli import HelpFormatter
 from featurestore.frontends import load_frontend
 from featurestore.locking import StoreLock
+from featurestore.names import check_backbone_name
 from featurestore.writer import open_root
 
 #: ExtractSettings fields read from the base backbone's stored identity.
@@ -42,10 +43,15 @@ def base_settings(store, base: str | None, dtype: str | None) -> ExtractSettings
 
 
 def reextract(run: Path, store_path=None, *, name: str | None = None, dtype: str | None = None, device: str = "cpu",
-              num_workers: int = 2, overwrite: bool = False, progress: bool = True) -> dict:
+              num_workers: int = 2, overwrite: bool = False, progress: bool = True,
+              trust_remote_code: bool = False) -> dict:
     """Extract ``run/frontend`` into the store (the run's, or ``store_path``) as ``name`` (the run's
-    backbone name). Returns the extraction summary with ``backbone`` and ``store`` added."""
+    backbone name). The folder loads into transformers' own classes (a fine-tuned MERT is saved as
+    HuBERT); ``trust_remote_code`` is needed only for a run fine-tuned with the model's own code.
+    Returns the extraction summary with ``backbone`` and ``store`` added."""
     run = Path(run)
+    if name is not None:
+        check_backbone_name(name, "--name")
     args_file, metrics_file = run / "finetune_args.json", run / "metrics.json"
     if not metrics_file.is_file() or not (run / "frontend").is_dir():
         raise FileNotFoundError(f"{run} holds no finished fine-tune (metrics.json and frontend/ are written when "
@@ -54,7 +60,7 @@ def reextract(run: Path, store_path=None, *, name: str | None = None, dtype: str
     store_path = store_path or m["store"]
     store = open_store(store_path)
     name = name or m["backbone"]
-    fe = load_frontend(a["backbone"], path=run / "frontend", device=device)
+    fe = load_frontend(a["backbone"], path=run / "frontend", device=device, trust_remote_code=trust_remote_code)
     fe.name = name
     ext = base_settings(store, m.get("base_backbone"), dtype)
     root = open_root(store_path)
@@ -76,6 +82,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--num-workers", type=int, default=2, help="audio decoding worker processes")
     p.add_argument("--overwrite", action="store_true", help="replace a backbone of that name extracted differently")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let the run's frontend folder run Python code of its own (only for a run fine-tuned with "
+                        "--trust-remote-code, and only if you trust it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -86,7 +95,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         s = reextract(Path(args.run), args.store, name=args.name, dtype=args.dtype, device=args.device,
-                      num_workers=args.num_workers, overwrite=args.overwrite, progress=not args.no_progress)
+                      num_workers=args.num_workers, overwrite=args.overwrite, progress=not args.no_progress,
+                      trust_remote_code=args.trust_remote_code)
     except (FileNotFoundError, ValueError, KeyError, SettingsMismatch) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

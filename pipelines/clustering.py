@@ -7,7 +7,7 @@
 Steps:
 
 1. Features: the frames of one stored layer (``--layer K``), or the weighted sum of all layers with
-   the softmax weights a fitted head learned (``--run RUN_DIR``: its ``head.joblib``'s
+   the softmax weights a fitted head learned (``--run RUN_DIR``: its ``head.json``'s
    ``layer_weights_``; a head fitted on a subset of layers gives the other layers weight 0; a head
    fitted with ``layer_norm`` gets the same per-layer LayerNorm, no affine, before the sum). With
    neither, the last stored layer.
@@ -107,12 +107,12 @@ def run_layer_weights(run_dir, n_layers: int) -> tuple[np.ndarray, bool]:
     """(weights [n_layers] over the stored layers, layer_norm) of the head fitted in ``run_dir``.
 
     A head fitted on a subset of layers (``--layers i,j``) gives the others weight 0."""
-    from heads.persist import load_head
+    from heads.persist import HEAD_FILE, LEGACY_FILE, load_head
 
-    path = Path(run_dir) / "head.joblib"
-    if not path.is_file():
-        raise FileNotFoundError(f"no fitted head in {run_dir} (head.joblib is missing)")
-    head = load_head(path)
+    path = Path(run_dir) / HEAD_FILE
+    if not path.is_file() and not (Path(run_dir) / LEGACY_FILE).is_file():
+        raise FileNotFoundError(f"no fitted head in {run_dir} ({HEAD_FILE} is missing)")
+    head = load_head(path)  # a pickled head.joblib is refused, naming heads.migrate
     if getattr(head, "layer_weights_", None) is None:
         raise ValueError(f"{path}: a {type(head).__name__} learns no softmax layer weights (only the torch heads "
                          "linear/mlp/frames/crf do): use --layer K instead of --run")

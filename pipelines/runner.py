@@ -200,6 +200,8 @@ def cmd_build(spec: TaskSpec, args) -> int:
             argv += [f"--{opt.replace('_', '-')}", str(v)]
     if args.overwrite:
         argv.append("--overwrite")
+    if args.trust_remote_code:
+        argv.append("--trust-remote-code")
     if args.no_progress:
         argv.append("--no-progress")
     return build_main(argv)
@@ -318,7 +320,8 @@ FINETUNE_OPTIONS = ("mode", "epochs", "stage1_epochs", "head_lr", "frontend_lr",
                     "crop_seconds", "lora_rank", "lora_alpha", "lora_targets", "layerdrop", "mask_time_prob",
                     "dropout", "precision", "num_workers", "seed", "patience", "model_path", "class_weight",
                     "context", "log_dir")
-FINETUNE_FLAGS = ("gradient_checkpointing", "resume", "overwrite", "allow_scoring_selection_split", "no_progress")
+FINETUNE_FLAGS = ("gradient_checkpointing", "resume", "overwrite", "allow_scoring_selection_split", "no_progress",
+                  "trust_remote_code")
 
 
 def finetuned_backbone(spec: TaskSpec, args) -> str:
@@ -424,9 +427,14 @@ def training_clip_settings(spec: TaskSpec, args) -> ClipSettings:
 
 def fitted_run(args) -> Path | None:
     """The run folder of (--backbone, --head) holding a fitted head, or None after saying why not."""
+    from heads.persist import HEAD_FILE, LEGACY_FILE, legacy_message
+
     rd = run_dir(args)
-    if not (rd / "head.joblib").is_file():
-        print(f"error: no fitted head in {rd}: run fit first", file=sys.stderr)
+    if not (rd / HEAD_FILE).is_file():
+        if (rd / LEGACY_FILE).is_file():
+            print(f"error: {legacy_message(rd / LEGACY_FILE)}", file=sys.stderr)
+        else:
+            print(f"error: no fitted head in {rd}: run fit first", file=sys.stderr)
         return None
     return rd
 
@@ -579,6 +587,9 @@ def build_parser(spec: TaskSpec) -> argparse.ArgumentParser:
             c.add_argument("--device", default=None, help="torch device (cpu, cuda, cuda:1); not given: cpu")
         if name == "build":
             c.add_argument("--model-path", help="local folder of the backbone's weights (offline)")
+            c.add_argument("--trust-remote-code", action="store_true",
+                           help="let the model run Python code from its own repository (featurestore.build "
+                                "--trust-remote-code; off: transformers' own classes)")
             c.add_argument("--num-workers", type=int, default=None,
                            help="audio decoding workers; not given: featurestore.build's default")
             c.add_argument("--batch-seconds", type=float, default=None,
@@ -672,6 +683,8 @@ def add_finetune_arguments(c: argparse.ArgumentParser, spec: TaskSpec, command: 
     c.add_argument("--class-weight", choices=["balanced", "paper"], default=spec.default_class_weight,
                    help="clip heads: balanced = n/(C n_c); paper = 1/n_c^0.2")
     c.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
+    c.add_argument("--trust-remote-code", action="store_true",
+                   help="let the model run Python code from its own repository (off: transformers' own classes)")
     c.add_argument("--resume", action="store_true", help="continue an unfinished run from its checkpoint")
     c.add_argument("--overwrite", action="store_true", help="start the run over")
     from heads.fit import add_protocol_arguments

@@ -294,7 +294,7 @@ def evaluate(store, run_dir: Path, args) -> dict:
 
     run_dir = Path(run_dir)
     method = getattr(args, "aggregate", None) or "mean"
-    head = load_head(run_dir / "head.joblib")
+    head = load_head(run_dir / "head.json")
     backbone = run_backbone(store, run_dir, args)
     plan = run_plan(store, run_dir, SPEC, backbone, getattr(args, "score_split", None))
     rows = plan.score
@@ -382,7 +382,7 @@ def predict(args) -> int:
     if not items:
         print(f"error: no audio file in {args.input}", file=sys.stderr)
         return 2
-    head = load_head(rd / "head.joblib")
+    head = load_head(rd / "head.json")
     pool = run_pool(rd)
     classes = [str(c) for c in head.classes_]
     cs = training_clip_settings(SPEC, args)

@@ -282,7 +282,7 @@ def evaluate(store, run_dir: Path, args) -> dict:
     from heads.persist import load_head
     from heads.tasks import pooled_features
 
-    head = load_head(Path(run_dir) / "head.joblib")
+    head = load_head(Path(run_dir) / "head.json")
     bb = run_backbone(store, run_dir, args)
     plan = run_plan(store, run_dir, SPEC, bb, getattr(args, "score_split", None))
     rows = plan.score

@@ -71,7 +71,10 @@ section 2: ``mir_eval.transcription`` defaults per song (COnPOff, COnP, COn prec
 F1), averaged over songs (:func:`heads.metrics.transcription_report`).
 
 Outputs of ``evaluate`` in the run folder: ``evaluation.json`` (mean and per-song scores),
-``notes/<song>.txt`` (``onset offset Hz`` per line, the mir_eval format) and ``midi/<song>.mid``.
+``notes/<song>.txt`` (``onset offset Hz`` per line, the mir_eval format) and ``midi/<song>.mid``;
+``predict`` writes the same pair per input file into one flat ``--out`` folder. ``<song>`` is the
+song id through :func:`featurestore.names.safe_name` (percent-encoded: ``a/b`` -> ``a%2Fb``), so two
+ids never share a file.
 
 MIDI is written with ``mido``: a tiny pure-Python dependency that gives exact control of ticks and
 tempo (so note times survive a round trip to within one tick); ``pretty_midi`` would drag in more
@@ -90,6 +93,7 @@ import numpy as np
 
 from featurestore.clips import ClipSettings
 from featurestore.manifest import AUDIO_SUFFIXES, Skip
+from featurestore.names import safe_name
 from heads.notes import midi_number
 from pipelines.runner import (PrepareResult, TaskSpec, fitted_run, input_folder, is_demo, main, run_backbone,
                               run_plan, training_clip_settings)
@@ -412,10 +416,6 @@ def write_midi(notes, path, tempo_bpm: float = 120, ticks_per_beat: int = 480, v
 # ----------------------------------------------------------------------------------------------
 # decoding, evaluation, prediction
 # ----------------------------------------------------------------------------------------------
-def _safe(name: str) -> str:
-    return str(name).replace("/", "_").replace("\\", "_")
-
-
 def decode_songs(store, backbone: str, head, rows) -> dict[str, dict]:
     """Decode the clips ``rows`` with ``head`` and join them per song (file_id).
 
@@ -463,14 +463,14 @@ def evaluate(store, run_dir: Path, args) -> dict:
     from heads.tasks import notes_in_span
 
     backbone = run_backbone(store, run_dir, args)
-    head = load_head(Path(run_dir) / "head.joblib")
+    head = load_head(Path(run_dir) / "head.json")
     plan = run_plan(store, run_dir, SPEC, backbone, getattr(args, "score_split", None))
     labels = store.labels("notes")
     songs = decode_songs(store, backbone, head, plan.score)
     pairs, counts = {}, {}
     for sid, s in songs.items():
         ref = notes_in_span(labels[s["rows"][0]], *s["span"])
-        _write_song(s["notes"], Path(run_dir) / "notes", Path(run_dir) / "midi", _safe(sid))
+        _write_song(s["notes"], Path(run_dir) / "notes", Path(run_dir) / "midi", safe_name(sid))
         pairs[sid] = (*notes_to_arrays(ref), *notes_to_arrays(s["notes"]))
         counts[sid] = (len(ref), len(s["notes"]))
     rep = transcription_report(pairs)
@@ -524,11 +524,10 @@ def predict(args) -> int:
     store = open_store(store_path)
     backbone = store.backbone_name(args.backbone[0])
     _check_same_weights(work / "store.zarr", store, backbone)
-    head = load_head(rd / "head.joblib")
+    head = load_head(rd / "head.json")
     songs = decode_songs(store, backbone, head, range(len(store)))
-    for sid, s in songs.items():
-        target = out / sid
-        _write_song(s["notes"], target.parent, target.parent, target.name)
+    for sid, s in songs.items():  # one flat folder, file names by featurestore.names.safe_name
+        _write_song(s["notes"], out, out, safe_name(sid))
     print(f"{len(songs)} file(s) transcribed -> {out} (.txt: onset offset Hz; .mid)")
     return 0
 

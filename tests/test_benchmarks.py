@@ -144,3 +144,21 @@ def test_finetune_speed_table_rows_and_ratios():
     table = FS.format_table(r)
     ratio = r["rows"][1]["samples_per_s"] / r["rows"][0]["samples_per_s"]
     assert f"| fp32 | on | {r['rows'][1]['samples_per_s']:.2f} | {ratio:.2f} |" in table
+
+
+def test_extraction_benchmark_reports_eager_against_sdpa(tmp_path, capsys, save_tiny):
+    """A transformers frontend: the attention section times eager and SDPA in one run over the same
+    batches, its ratio is the ratio of its own seconds, and the two kernels give the same frames."""
+    folder = save_tiny("hubert", feat_extract_norm="layer")
+    out = tmp_path / "bench.json"
+    assert extraction.main(["--backbone", str(folder), "--n-singers", "2", "--clips-per-singer", "3",
+                            "--corpus-seconds", "1", "--read-batches", "2", "--batch-size", "2", "--window", "20",
+                            "--scan-seconds", "0.05", "--repeats", "2", "--workdir", str(tmp_path / "work"),
+                            "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    at = json.loads(out.read_text())["attention"]
+    assert len(at["runs"]["eager"]) == len(at["runs"]["sdpa"]) == 2
+    assert at["eager_seconds"] == min(at["runs"]["eager"]) and at["sdpa_seconds"] == min(at["runs"]["sdpa"])
+    assert math.isclose(at["speedup_sdpa_over_eager"], at["eager_seconds"] / at["sdpa_seconds"])
+    assert at["max_rel_diff"] < 1e-4
+    assert "sdpa (scaled-dot-product attention)" in printed

@@ -43,6 +43,7 @@ PARSERS = {
     "featurestore.ingest": lambda: _parser_of("featurestore.ingest", "parse_args"),
     "heads.fit": lambda: _parser_of("heads.fit", "parse_args"),
     "heads.score": lambda: _parser_of("heads.score", "main"),
+    "heads.migrate": lambda: _parser_of("heads.migrate", "parse_args"),
     "pipelines.clustering": lambda: _parser_of("pipelines.clustering", "parse_args"),
     "pipelines.singer": lambda: _pipeline_parser("singer"),
     "pipelines.technique": lambda: _pipeline_parser("technique"),

@@ -17,17 +17,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_registry_holds_the_required_frontends():
-    want = {"mert-v1-95m": ("m-a-p/MERT-v1-95M", 24000, True), "mert-v1-330m": ("m-a-p/MERT-v1-330M", 24000, True),
-            "mert-v0-public": ("m-a-p/MERT-v0-public", 16000, True),
-            "wavlm-base-plus": ("microsoft/wavlm-base-plus", 16000, False),
-            "wavlm-large": ("microsoft/wavlm-large", 16000, False),
-            "wav2vec2-base": ("facebook/wav2vec2-base", 16000, False),
-            "wav2vec2-base-960h": ("facebook/wav2vec2-base-960h", 16000, False),
-            "wav2vec2-large-lv60": ("facebook/wav2vec2-large-lv60", 16000, False),
-            "music2vec-v1": ("m-a-p/music2vec-v1", 16000, False)}
-    for name, (hf_id, sr, remote) in want.items():
+    want = {"mert-v1-95m": ("m-a-p/MERT-v1-95M", 24000), "mert-v1-330m": ("m-a-p/MERT-v1-330M", 24000),
+            "mert-v0-public": ("m-a-p/MERT-v0-public", 16000),
+            "wavlm-base-plus": ("microsoft/wavlm-base-plus", 16000),
+            "wavlm-large": ("microsoft/wavlm-large", 16000),
+            "wav2vec2-base": ("facebook/wav2vec2-base", 16000),
+            "wav2vec2-base-960h": ("facebook/wav2vec2-base-960h", 16000),
+            "wav2vec2-large-lv60": ("facebook/wav2vec2-large-lv60", 16000),
+            "music2vec-v1": ("m-a-p/music2vec-v1", 16000)}
+    for name, (hf_id, sr) in want.items():
         spec = REGISTRY[name]
-        assert (spec.kind, spec.source, spec.sample_rate, spec.trust_remote_code) == ("hf", hf_id, sr, remote)
+        assert (spec.kind, spec.source, spec.sample_rate) == ("hf", hf_id, sr)
+        assert not hasattr(spec, "trust_remote_code")  # remote code is the caller's choice, never an entry's
     assert {REGISTRY["crepe-tiny"].kind, REGISTRY["crepe-full"].kind} == {"crepe"}
     assert REGISTRY["logmel"].kind == "logmel"
     assert resolve("crepe").name == "crepe-tiny" and resolve("MERT").name == "mert-v1-95m"

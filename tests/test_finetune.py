@@ -264,10 +264,10 @@ def test_demo_pipeline_finetune_reextract_probe_cluster(tiny_hubert, tmp_path, m
     # stored in float16, decoded by the same head: the same notes as the run's own float32 scoring, or nearly
     assert ev["mean"]["COnP"]["f1"] == pytest.approx(m["mean"]["COnP"]["f1"], abs=0.15)
     # `fit` leaves the fine-tuned head alone (it is fitted; --refit is refused there)
-    before = (run / "head.joblib").stat().st_mtime_ns
+    before = (run / "head.json").stat().st_mtime_ns
     assert TR.main(TR.SPEC, ["fit", "--backbone", name, "--head", "crf"] + common) == 0
     assert TR.main(TR.SPEC, ["fit", "--backbone", name, "--head", "crf", "--refit"] + common) == 2
-    assert (run / "head.joblib").stat().st_mtime_ns == before
+    assert (run / "head.json").stat().st_mtime_ns == before
     # a probe on the new backbone, like any frontend
     assert TR.main(TR.SPEC, ["fit", "--backbone", name, "--head", "frames", "--epochs", "2", "--lr", "1e-2"] + common) == 0
     assert json.loads((work / "runs" / f"{name}-frames" / "metrics.json").read_text())["backbone"] == name
@@ -441,3 +441,42 @@ def test_log_dir_and_console_show_each_epochs_selection_score(store, tiny_hubert
     layers = sorted(t for t in sc if t.startswith("finetune/layer_weight/"))
     assert len(layers) == 3 and sum(sc[t][-1][1] for t in layers) == pytest.approx(1.0, rel=1e-5)
     assert (out / "learning_curve.png").stat().st_size > 1000 and (out / "learning_curve.svg").is_file()
+
+
+def test_resume_accepts_equivalent_spellings_and_refuses_a_planted_checkpoint(store, tiny_hubert, tmp_path,
+                                                                              monkeypatch):
+    """--resume compares resolved settings (relative vs absolute --out, a model folder with a trailing
+    slash); a checkpoint.pt that is not plain tensors is refused without running its payload."""
+    from tests.test_no_pickle import plant_pickle
+
+    monkeypatch.chdir(tmp_path)
+    common = ("--epochs", "2", "--stage1-epochs", "1")
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch):
+        raise Killed
+
+    with pytest.raises(Killed):
+        FT.finetune(args_for(store, tiny_hubert, "cut", *common), on_checkpoint=kill)
+    recorded = json.loads((tmp_path / "cut" / "finetune_args.json").read_text())
+    assert recorded["out"] == str(tmp_path / "cut") and recorded["backbone"] == str(tiny_hubert.resolve())
+    # the same run spelled otherwise: resumed, not refused
+    out = FT.finetune(args_for(store, f"{tiny_hubert}/", f"{tmp_path}/./cut/", *common, "--resume"))
+    assert (out / "metrics.json").is_file()
+    # a different setting: the message says how to continue first, and --overwrite only as the last resort
+    with pytest.raises(FineTuneError) as e:
+        FT.finetune(args_for(store, tiny_hubert, "cut", "--epochs", "3", "--stage1-epochs", "1", "--resume"))
+    msg = str(e.value)
+    assert "--epochs: 2 -> 3" in msg and msg.index("--resume") < msg.index("--overwrite")
+    # a planted checkpoint in an unfinished run folder
+    marker = tmp_path / "ran"
+    with pytest.raises(Killed):
+        FT.finetune(args_for(store, tiny_hubert, "planted", *common), on_checkpoint=kill)
+    plant_pickle(tmp_path / "planted" / "checkpoint.pt", marker, via="torch")
+    with pytest.raises(FineTuneError, match=r"checkpoint\.pt: refused, it cannot be read as plain tensors"):
+        FT.finetune(args_for(store, tiny_hubert, "planted", *common, "--resume"))
+    assert FT.main(["--store", str(store), "--backbone", str(tiny_hubert), "--out", "planted", "--num-workers", "0",
+                    "--no-progress", "--batch-size", "2", *common, "--resume"]) == 2
+    assert not marker.exists()

@@ -44,8 +44,8 @@ def test_clip_heads_learn_separable_and_not_shuffled(make, tmp_path):
     else:
         assert head.layer_weights_.shape == (3,) and np.isclose(head.layer_weights_.sum(), 1.0)
     # save / load gives identical predictions
-    head.save(tmp_path / "h.joblib")
-    back = load_head(tmp_path / "h.joblib")
+    head.save(tmp_path / "h.json")
+    back = load_head(tmp_path / "h.json")
     np.testing.assert_array_equal(back.predict_proba(X[200:]), proba)
     # sklearn API: params round trip, clone is unfitted with the same params
     params = head.get_params()
@@ -120,8 +120,8 @@ def test_frame_heads_transcribe_separable_notes(cls, tmp_path):
     head.fit(X[:7], Y[:7], frame_rate=50.0, eval_set=(X[7:8], Y[7:8], None))
     assert head.score(X[8:], Y[8:]) >= 0.9
     assert head.layer_weights_[1] > head.layer_weights_[0]
-    head.save(tmp_path / "h.joblib")
-    assert load_head(tmp_path / "h.joblib").predict(X[8:]) == head.predict(X[8:])
+    head.save(tmp_path / "h.json")
+    assert load_head(tmp_path / "h.json").predict(X[8:]) == head.predict(X[8:])
     # notes of other clips: far below
     shuffled = cls(epochs=15, lr=1e-2, window=100, batch_size=8, patience=5)
     shuffled.fit(X[:7], Y[1:8], frame_rate=50.0, eval_set=(X[7:8], Y[0:1], None))
@@ -163,9 +163,9 @@ def test_fit_cli_end_to_end(demo_home, tmp_path, capsys, head, task):
     assert code == 0
     printed = capsys.readouterr().out
     m = json.loads((out / "metrics.json").read_text())
-    assert m["backbone"] == "crepe-tiny" and (out / "head.joblib").stat().st_size > 0
+    assert m["backbone"] == "crepe-tiny" and (out / "head.json").stat().st_size > 0
     if head == "logreg":  # the layer mean: nothing is learned per layer (no fake uniform layer weights)
-        assert "layer_weights" not in m and not hasattr(load_head(out / "head.joblib"), "layer_weights_")
+        assert "layer_weights" not in m and not hasattr(load_head(out / "head.json"), "layer_weights_")
     else:
         assert len(m["layer_weights"]) == 6 and (out / "layer_weights.png").stat().st_size > 0
     if task == "transcription":
@@ -201,7 +201,7 @@ def test_layer_plots_show_stored_layers_and_only_what_was_learned(demo_home, tmp
     assert fit.main(common + ["--head", "logreg", "--layers", "concat", "--out", str(tmp_path / "cat")]) == 0
     values, layers, ylabel, _ = drawn["cat"]
     assert layers == list(range(6)) and np.isclose(sum(values), 1.0) and ylabel.startswith("importance")
-    head = load_head(tmp_path / "cat" / "head.joblib")
+    head = load_head(tmp_path / "cat" / "head.json")
     np.testing.assert_allclose(values, head.layer_importance_)
     assert fit.main(common + ["--head", "logreg", "--out", str(tmp_path / "mean")]) == 0
     assert "mean" not in drawn and not (tmp_path / "mean" / "layer_weights.png").exists()

@@ -275,7 +275,7 @@ def test_demo_evaluate_vote(demo_run):
 def _names(w):
     from heads.persist import load_head
 
-    return {str(c) for c in load_head(w / "runs" / "crepe-tiny-linear" / "head.joblib").classes_}
+    return {str(c) for c in load_head(w / "runs" / "crepe-tiny-linear" / "head.json").classes_}
 
 
 def test_demo_predict_csv(demo_run, tmp_path, capsys):
@@ -353,12 +353,12 @@ def test_demo_layer_sweep_has_its_own_run_folder(demo_run):
     and evaluate --layers each finds it."""
     w, _ = demo_run
     main_run = w / "runs" / "crepe-tiny-linear"
-    before = (main_run / "head.joblib").stat().st_mtime_ns
+    before = (main_run / "head.json").stat().st_mtime_ns
     assert main(SPEC, ["fit", "--workdir", str(w), "--layers", "each", "--epochs", "3", "--lr", "1e-2",
                        "--no-progress"]) == 0
     sweep = w / "runs" / "crepe-tiny-linear-layers-each"
     assert "layer_curve" in json.loads((sweep / "metrics.json").read_text())
-    assert (main_run / "head.joblib").stat().st_mtime_ns == before
+    assert (main_run / "head.json").stat().st_mtime_ns == before
     assert "layer_curve" not in json.loads((main_run / "metrics.json").read_text())
     assert main(SPEC, ["evaluate", "--workdir", str(w), "--layers", "each"]) == 0
     assert (sweep / "evaluation.json").is_file()

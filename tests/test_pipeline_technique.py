@@ -216,12 +216,12 @@ def test_demo_evaluation(demo_run):
 def test_a_finished_fit_is_not_redone(demo_run, capsys):
     run = demo_run / "runs" / "crepe-tiny-linear"
     fit = ["fit", "--workdir", str(demo_run), "--backbone", "crepe", "--epochs", "10", "--lr", "1e-2", "--no-progress"]
-    before = (run / "head.joblib").stat().st_mtime_ns
+    before = (run / "head.json").stat().st_mtime_ns
     assert main(T.SPEC, fit) == 0
     assert "already fitted" in capsys.readouterr().out
-    assert (run / "head.joblib").stat().st_mtime_ns == before
+    assert (run / "head.json").stat().st_mtime_ns == before
     assert main(T.SPEC, fit + ["--refit"]) == 0  # asked for: trained again
-    assert (run / "head.joblib").stat().st_mtime_ns != before
+    assert (run / "head.json").stat().st_mtime_ns != before
     assert main(T.SPEC, fit[:-1] + ["--epochs", "11"]) == 0  # other settings: trained again too
     assert "already fitted" not in capsys.readouterr().out
 
@@ -231,7 +231,8 @@ def test_evaluate_without_a_store_is_a_clear_error(demo_run, tmp_path, capsys):
 
     run = tmp_path / "runs" / "crepe-tiny-linear"
     run.mkdir(parents=True)
-    shutil.copy(demo_run / "runs" / "crepe-tiny-linear" / "head.joblib", run / "head.joblib")
+    for name in ("head.json", "head.safetensors"):
+        shutil.copy(demo_run / "runs" / "crepe-tiny-linear" / name, run / name)
     assert main(T.SPEC, ["evaluate", "--workdir", str(tmp_path), "--backbone", "crepe"]) == 2
     assert "not a feature store" in capsys.readouterr().err
 

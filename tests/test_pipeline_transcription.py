@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from featurestore.names import safe_name
 from heads.notes import hz_to_midi, read_notes
 from pipelines.runner import main
 from pipelines.transcription import SPEC, clean_notes, prepare_mirst500, write_midi
@@ -262,11 +263,12 @@ def test_demo_predict_matches_evaluate(demo_run, tmp_path):
                        "--no-progress"]) == 0
     assert (w / "predict_store.zarr").is_dir()
     for r in test:
-        txt, mid = out / "sub" / f"{r['id']}.txt", out / "sub" / f"{r['id']}.mid"
+        name = safe_name(f"sub/{r['id']}")  # one flat folder, one file name per song id (sub/x -> sub%2Fx)
+        txt, mid = out / f"{name}.txt", out / f"{name}.mid"
         assert txt.is_file() and mid.is_file()
         # same audio, same clip settings, same backbone and head: the notes evaluate wrote
         a = read_notes(txt)
-        b = read_notes(w / "runs" / "crepe-tiny-crf" / "notes" / f"{r['id']}.txt")
+        b = read_notes(w / "runs" / "crepe-tiny-crf" / "notes" / f"{safe_name(r['id'])}.txt")
         assert np.allclose(a[0], b[0]) and np.allclose(a[1], b[1])
     assert main(SPEC, ["predict", "--workdir", str(w), "--backbone", "crepe", "--input", str(tmp_path / "nope")]) == 2
 

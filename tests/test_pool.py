@@ -114,7 +114,7 @@ def test_fit_reads_the_pooled_statistics_and_records_them(singer_work, tmp_path,
     (X, Xv), = seen
     np.testing.assert_array_equal(X, expected(plan.train))
     np.testing.assert_array_equal(Xv, expected(plan.select))
-    head = load_head(out / "head.joblib")
+    head = load_head(out / "head.json")
     assert head.n_features_in_ == len(stats) * store.shape(BACKBONE)[1]
     # the scored predictions come from the same features
     proba = head.predict_proba(expected(plan.score))
@@ -161,7 +161,7 @@ def test_singer_pipeline_fit_evaluate_predict_with_mean_std(singer_work, demo_co
     assert ev["pool"] == "mean+std"
     # evaluate's segment scores are the head's on concat(mean, std) of the scored rows, computed here
     store = open_store(w / "store.zarr")
-    head = load_head(rd / "head.joblib")
+    head = load_head(rd / "head.json")
     plan = make_task("singer").replan(store, BACKBONE, json.loads((rd / "metrics.json").read_text())["protocol"])
     X = np.concatenate([store.pooled(BACKBONE, rows=plan.score, stat=s) for s in ("mean", "std")], -1)
     pred = head.classes_[head.predict_proba(X.astype(np.float32)).argmax(1)]
@@ -193,7 +193,7 @@ def test_technique_evaluate_reads_the_runs_pool(demo_corpus, tmp_path_factory):
                                           "--head", "logreg", "--pool", "std"]) == 0
     ev = json.loads((rd / "evaluation.json").read_text())
     store = open_store(w / "store.zarr")
-    head = load_head(rd / "head.joblib")
+    head = load_head(rd / "head.json")
     plan = make_task("technique").replan(store, BACKBONE, json.loads((rd / "metrics.json").read_text())["protocol"])
     pred = head.predict(store.pooled(BACKBONE, rows=plan.score, stat="std").astype(np.float32))
     assert ev["pool"] == "std" and ev["n_clips"] == len(plan.score)

@@ -1,0 +1,85 @@
+"""Convert run folders of earlier versions (a pickled ``head.joblib``) to the safe head format.
+
+``python -m heads.migrate RUN_DIR [RUN_DIR ...] --trust-pickle``
+
+A pickle runs code when it is loaded, so this is the only place that unpickles a head, and only on
+the folders named and only with ``--trust-pickle`` (a statement that you trust where these folders
+came from). For each folder it loads ``head.joblib``, writes ``head.json`` + ``head.safetensors``
+(:mod:`heads.persist`), checks that the new files load back to a head of the same class, and keeps
+``head.joblib`` where it was (nothing reads it afterwards; delete it yourself). A folder that already
+has ``head.json`` is left alone unless ``--overwrite``.
+"""
+from __future__ import annotations
+
+import argparse
+import pickle
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from featurestore.cli import HelpFormatter
+from heads.persist import HEAD_FILE, LEGACY_FILE, load_head, save_head
+
+
+@dataclass
+class Migrated:
+    run: Path
+    status: str   # "converted" | "already converted" | error message
+    head: str = ""
+
+
+def migrate_run(run_dir, *, trust_pickle: bool, overwrite: bool = False) -> Migrated:
+    """Convert ``run_dir/head.joblib`` to ``head.json`` + ``head.safetensors``. ``trust_pickle``
+    must be True: it is the caller's statement that the pickle comes from a trusted source (False
+    raises PermissionError and reads nothing)."""
+    run = Path(run_dir)
+    if not trust_pickle:
+        raise PermissionError(f"{run / LEGACY_FILE}: unpickling can run code; pass --trust-pickle only for run "
+                              "folders whose origin you trust")
+    legacy = run / LEGACY_FILE
+    if (run / HEAD_FILE).exists() and not overwrite:
+        return Migrated(run, "already converted", type(load_head(run / HEAD_FILE)).__name__)
+    if not legacy.is_file():
+        raise FileNotFoundError(f"{legacy} is missing: nothing to migrate in {run}")
+    import joblib
+
+    head = joblib.load(legacy)  # the one deliberate unpickling: asked for, on a trusted file
+    save_head(head, run / HEAD_FILE)
+    back = load_head(run / HEAD_FILE)
+    if type(back) is not type(head):
+        raise RuntimeError(f"{run / HEAD_FILE}: read back as a {type(back).__name__}, not a {type(head).__name__}")
+    return Migrated(run, "converted", type(head).__name__)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m heads.migrate", formatter_class=HelpFormatter,
+                                description="Convert run folders holding a pickled head.joblib (earlier versions) "
+                                            "to head.json + head.safetensors, which load without running code.")
+    p.add_argument("runs", nargs="+", help="run folders (each holding head.joblib)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="required: you trust the origin of these folders (loading a pickle can run its code)")
+    p.add_argument("--overwrite", action="store_true", help="convert again where head.json already exists")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not args.trust_pickle:
+        print("error: loading head.joblib unpickles it, which can run code; re-run with --trust-pickle only for "
+              "run folders whose origin you trust", file=sys.stderr)
+        return 2
+    rc = 0
+    for run in args.runs:
+        try:
+            m = migrate_run(run, trust_pickle=True, overwrite=args.overwrite)
+        except (OSError, ValueError, TypeError, RuntimeError, EOFError, ImportError, AttributeError,
+                pickle.UnpicklingError) as e:
+            print(f"error: {run}: {e}", file=sys.stderr)
+            rc = 2
+            continue
+        print(f"{m.run}: {m.status} ({m.head})")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
