@@ -39,9 +39,9 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
 
 #: What one score is, per task (printed under each table).
 UNITS = {
-    "singer": "per segment (the paper's Table I scores per 5 s chunk; the demo's segments are 1 s)",
+    "singer": "per segment (the paper's Table I scores per 5 s chunk; this store's segments: see above)",
     "transcription": "note F1 per song (mir_eval defaults), averaged over songs",
-    "technique": "per segment (3 s chunks; 1 s on the demo)",
+    "technique": "per segment (the paper's 3 s chunks; this store's segments: see above)",
 }
 
 MISSING = "—"
@@ -69,6 +69,8 @@ class Cell:
     status: str = "ok"
     message: str = ""
     tags: list[str] = field(default_factory=list)
+    #: With --seeds: every seed's run folder (``run`` is the first); their scores are averaged.
+    seed_runs: list[Path] = field(default_factory=list)
 
 
 def dig(d, dotted: str):
@@ -100,23 +102,39 @@ def run_state(run: Path | None) -> str:
 
 def measured_row(cell: Cell) -> dict:
     """The table row of one cell: scores in % (None where missing), splits, status and notes."""
-    from heads.protocol import chosen_label
+    from heads.protocol import selection_label
 
     row = {"task": cell.task, "frontend": cell.name, "head": cell.head, "source": "measured",
            "status": cell.status, "message": cell.message, "tags": list(cell.tags),
            "run": str(cell.run) if cell.run else "", "scored on": "", "chosen on": ""}
     row.update({col: None for col, _ in COLUMNS[cell.task]})
-    status = cell.status if cell.status != "ok" else run_state(cell.run)
+    runs = cell.seed_runs or [cell.run]
+    states = [run_state(r) for r in runs]
+    status = cell.status if cell.status != "ok" else next((st for st in states if st != "ok"), "ok")
     row["status"] = status
-    ev = _read_json(Path(cell.run) / "evaluation.json") if cell.run and status == "ok" else None
+    evs = [_read_json(Path(r) / "evaluation.json") for r in runs] if cell.run and status == "ok" else []
+    ev = evs[0] if evs else None
     fit = _read_json(Path(cell.run) / "metrics.json") if cell.run else None
     protocol = (ev or {}).get("protocol") or (fit or {}).get("protocol")
     if protocol:
-        row["scored on"], row["chosen on"] = protocol["scored_split"], chosen_label(protocol)
+        row["scored on"], row["chosen on"] = protocol["scored_split"], selection_label(protocol, fit)
+    row["seeds"] = [int((e or {}).get("seed", 0) or 0) for e in evs] if evs else []
     if status == "ok":
+        from heads.intervals import mean_sd
+
         for col, key in COLUMNS[cell.task]:
-            v = dig(ev, key)
-            row[col] = None if v is None else 100.0 * float(v)
+            values = [dig(e, key) for e in evs]
+            if any(v is None for v in values):
+                continue
+            mean, sd = mean_sd([100.0 * float(v) for v in values])
+            row[col] = mean
+            if len(values) > 1:
+                row[f"{col} sd"] = sd
+            ci = (ev.get("ci95") or {}).get(key)
+            if len(values) == 1 and ci:
+                row[f"{col} ci"] = [100.0 * float(ci[0]), 100.0 * float(ci[1])]
+        row["n"], row["items"] = scored_items(ev)
+        row["chance"] = chance_level(cell.task, ev)
         absent = [col for col, key in COLUMNS[cell.task] if dig(ev, key) is None]
         if absent:
             row["message"] = (f"{', '.join(absent)} not in {Path(cell.run) / 'evaluation.json'} (top-k needs "
@@ -126,6 +144,32 @@ def measured_row(cell: Cell) -> dict:
                           "not evaluated": f"{cell.run} is fitted but not evaluated since its last fit"
                           }.get(status, status)
     return row
+
+
+def scored_items(ev: dict) -> tuple[int | None, str]:
+    """(how many items the main metric was scored on, what they are) from an evaluation.json."""
+    if "n_songs" in ev:
+        return ev["n_songs"], "songs"
+    if isinstance(ev.get("segment"), dict):
+        return ev["segment"].get("n"), "segments"
+    return ev.get("n"), "clips"
+
+
+def chance_level(task: str, ev: dict) -> float | None:
+    """The main metric of a uniform random guess, in %: macro F1 and accuracy 100/C for C classes
+    (``class_names`` of the evaluation); None for transcription (no simple chance level)."""
+    level = ev.get("segment") if isinstance(ev.get("segment"), dict) else ev
+    names = level.get("class_names") if task != "transcription" else None
+    return 100.0 / len(names) if names else None
+
+
+def format_value(row: dict, col: str) -> str:
+    """``64.3 [52.1, 75.0]`` (one run: bootstrap 95 % interval) or ``64.3 ± 2.1`` (seeds: sample sd)."""
+    v = row[col]
+    if row.get(f"{col} sd") is not None:
+        return f"{v:.1f} ± {row[f'{col} sd']:.1f}"
+    ci = row.get(f"{col} ci")
+    return f"{v:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
 
 
 def published_rows(task: str) -> list[dict]:
@@ -187,24 +231,30 @@ def to_markdown(task: str, rows: list[dict], data_note: str = "") -> str:
         for k, c in enumerate(cols):
             v = r[c]
             if v is not None:
-                cells.append(f"{v:.1f}")
+                cells.append(format_value(r, c))
             elif r["status"] != "ok":
                 why = f"{_label(r)} / {r['head']}: {r['status']}: {r['message']}"
                 cells.append(MISSING + (f" {footnote(why)}" if k == 0 else ""))
             else:
                 cells.append(f"n/a {footnote(r['message'])}")
         tags = [t for t in r["tags"] if t != "random-init" or r["source"] == "published"]
+        if len(r.get("seeds") or []) > 1:
+            tags.append("seeds " + ",".join(map(str, r["seeds"])))
         lines.append("| " + " | ".join([_label(r), r["head"]] + cells +
                                        [r["scored on"] or MISSING, r["chosen on"] or MISSING, "; ".join(tags)]) + " |")
-    lines += ["", f"Scores in %: measured {UNITS[task]}; \"scored on\" is the split the scores were measured on, "
-                  "\"chosen on\" the clips that chose the learning rate and the stopping epoch. "
+    lines += ["", f"Scores in %: measured {UNITS[task]}; [bootstrap 95 % interval over the scored items] for one "
+                  "run, mean ± sample sd over seeds for several (--seeds); \"scored on\" is the split the scores "
+                  "were measured on, \"chosen on\" the clips that chose the learning rate and the stopping epoch. "
                   f"Published rows: {P.CITATION}, {table} ({what}); not comparable with demo-corpus rows."]
     if notes:
         lines += [""] + [f"[{i + 1}] {n}" for i, n in enumerate(notes)]
     return "\n".join(lines)
 
 
-CSV_FIELDS = ["task", "frontend", "head", "source", "status", "scored on", "chosen on", "notes", "message", "run"]
+CSV_FIELDS = ["task", "frontend", "head", "source", "status", "scored on", "chosen on", "n", "seeds", "notes",
+              "message", "run"]
+#: Per metric column of the CSV, besides the value: the bootstrap interval of one run, the sd over seeds.
+CSV_EXTRA = ("ci low", "ci high", "sd")
 
 
 def write_csv(task: str, rows: list[dict], path: Path) -> Path:
@@ -212,11 +262,18 @@ def write_csv(task: str, rows: list[dict], path: Path) -> Path:
     cols = [c for c, _ in COLUMNS[task]]
     path = Path(path)
     with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS[:3] + cols + CSV_FIELDS[3:], lineterminator="\n")
+        extra = [f"{c} {e}" for c in cols for e in CSV_EXTRA]
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS[:3] + cols + CSV_FIELDS[3:] + extra, lineterminator="\n")
         w.writeheader()
+        num = lambda v: "" if v is None else repr(float(v))  # noqa: E731
         for r in rows:
-            w.writerow({**{k: r.get(k, "") for k in CSV_FIELDS if k != "notes"}, "notes": "; ".join(r["tags"]),
-                        **{c: "" if r[c] is None else repr(float(r[c])) for c in cols}})
+            ci = {c: r.get(f"{c} ci") or [None, None] for c in cols}
+            w.writerow({**{k: r.get(k, "") for k in CSV_FIELDS if k not in ("notes", "seeds", "n")},
+                        "notes": "; ".join(r["tags"]), "seeds": ",".join(map(str, r.get("seeds") or [])),
+                        "n": "" if r.get("n") is None else f"{r['n']} {r.get('items', '')}".strip(),
+                        **{c: num(r[c]) for c in cols},
+                        **{f"{c} ci low": num(ci[c][0]) for c in cols}, **{f"{c} ci high": num(ci[c][1]) for c in cols},
+                        **{f"{c} sd": num(r.get(f"{c} sd")) for c in cols}})
     return path
 
 
@@ -226,5 +283,7 @@ def read_csv(path: Path) -> list[dict]:
         rows = list(csv.DictReader(f))
     for r in rows:
         for c, _ in COLUMNS.get(r["task"], []):
-            r[c] = float(r[c]) if r[c] != "" else None
+            for k in [c] + [f"{c} {e}" for e in CSV_EXTRA]:
+                if k in r:
+                    r[k] = float(r[k]) if r[k] != "" else None
     return rows

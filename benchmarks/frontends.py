@@ -22,14 +22,22 @@ per task, ``WORKDIR/<task>/``:
   in ``WORKDIR/<task>/layer_sweep/`` (a work folder sharing the task's store), so the main run is
   not overwritten.
 
+Tables and plots are rendered from every finished run of the work folder, not only from this call's
+cells: calls with other ``--tasks``, ``--backbones`` or ``--heads`` add up, and no call drops another's
+rows. ``--seeds 0,1,2`` fits each cell once per seed (``<run>``, ``<run>-seed1``, ...) and shows mean ±
+sample sd; a single run shows each score with its bootstrap 95 % interval (:mod:`heads.intervals`).
+
 Outputs (scores in %, each row with its scored split and the split that chose the model):
 
 - ``WORKDIR/<task>/comparison.md`` and ``comparison.csv``: one row per frontend (and head), the paper's
   columns (:mod:`benchmarks.frontend_table`); ``—`` and a footnote for a missing cell. The pipelines'
   own ``WORKDIR/<task>/results.md`` (every run of the folder) is left as the pipeline writes it;
 - ``WORKDIR/comparison.md``: the task tables together, with the plots;
-- ``WORKDIR/plots/layer_weights.png`` (frontend x layer heatmap, a panel per task),
-  ``layer_sweep.png`` (``--layers each``), ``main_metric.png`` (bar chart; published bars hatched);
+- ``WORKDIR/plots/layer_weights.png`` (frontend x layer heatmap, a panel per task, scaled by layer count
+  or per frontend: ``--heatmap-scale``), ``layer_sweep.png`` (``--layers each``: scored-split accuracy per
+  layer, chosen layer, chance), ``main_metric.png`` (bar chart with intervals, n and chance; published bars
+  hatched, on ``main_metric_published.png`` when demo rows are shown, unless ``--published-beside-demo``),
+  each also as SVG;
 - ``WORKDIR/<task>/comparison_status.json``: why cells are missing (failures of this or earlier runs);
   ``WORKDIR/frontends.log``: what the pipelines printed.
 
@@ -46,6 +54,7 @@ import contextlib
 import importlib
 import io
 import json
+import re
 import sys
 import time
 import traceback
@@ -153,12 +162,10 @@ def random_init(store, name: str) -> bool:
 
 
 def demo_store(store) -> bool:
-    """Are all the store's clips from the built-in demo corpus?"""
-    from featurestore.build import default_demo_dir
+    """Are all the store's clips from the built-in demo corpus? (:func:`pipelines.runner.demo_audio`)"""
+    from pipelines.runner import demo_audio
 
-    base = str(default_demo_dir().resolve())
-    src = [str(s) for s in store.clips["source"]]
-    return bool(src) and all(Path(s).resolve().as_posix().startswith(base) for s in src)
+    return demo_audio(store)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -300,22 +307,27 @@ class TaskRun:
                 self.counts["failed"] += 1
 
     # -- cells -----------------------------------------------------------------------------
-    def fit_argv(self, bb: str, head: str, workdir: Path, each: bool = False) -> list[str]:
+    def fit_argv(self, bb: str, head: str, workdir: Path, each: bool = False, seed: int = 0) -> list[str]:
+        from heads.fit import TORCH_HEADS
+
         a = self.args
         argv = ["fit", "--workdir", str(workdir), "--backbone", bb, "--head", head]
-        argv += ["--epochs", str(a.epochs)] if a.epochs is not None else []
-        argv += ["--lr", a.lr] if a.lr is not None else []
+        if head in TORCH_HEADS:  # logreg / lgbm have no epochs and no learning rate: heads.fit refuses them
+            argv += ["--epochs", str(a.epochs)] if a.epochs is not None else []
+            argv += ["--lr", a.lr] if a.lr is not None else []
+        argv += ["--seed", str(seed)] if seed else []
         argv += ["--device", a.device] if a.device else []
         argv += ["--layers", "each"] if each else []
         argv += ["--pool", a.pool] if a.pool and self.spec.heads_task != "transcription" else []
         return argv + (["--no-progress"] if a.no_progress else [])
 
-    def fit(self, bb: str, head: str, workdir: Path, each: bool = False) -> tuple[Path | None, str, str]:
+    def fit(self, bb: str, head: str, workdir: Path, each: bool = False,
+            seed: int = 0) -> tuple[Path | None, str, str]:
         """Fit one cell unless its run is already fitted with these settings -> (run, status, why)."""
         if self.args.pool and self.spec.heads_task != "transcription" and not accepts(self.spec, "fit", "--pool"):
             self.counts["failed"] += 1
             return None, "failed", f"--pool: pipelines.{self.task} fit has no --pool option in this version"
-        argv = self.fit_argv(bb, head, workdir, each)
+        argv = self.fit_argv(bb, head, workdir, each, seed)
         err = io.StringIO()
         try:
             with contextlib.redirect_stderr(err):
@@ -347,10 +359,11 @@ class TaskRun:
         self.status.pop(key, None)
         return run, "ok", ""
 
-    def evaluate(self, bb: str, head: str, run: Path) -> tuple[str, str]:
+    def evaluate(self, bb: str, head: str, run: Path, seed: int = 0) -> tuple[str, str]:
         if table.run_state(run) == "ok" or self.args.table_only:
             return "ok", ""
         argv = ["evaluate", "--workdir", str(self.dir), "--backbone", bb, "--head", head]
+        argv += ["--seed", str(seed)] if seed else []
         argv += ["--device", self.args.device] if self.args.device else []
         argv += ["--pool", self.args.pool] if self.args.pool and accepts(self.spec, "evaluate", "--pool") else []
         t0 = time.perf_counter()
@@ -379,7 +392,7 @@ class TaskRun:
         return out
 
     def cells(self) -> list[table.Cell]:
-        """Fit and evaluate every (head, backbone) of the task -> its cells, in table order."""
+        """Fit and evaluate every (head, backbone) of the task, once per seed -> its cells, in table order."""
         store = self.open_store()
         cells = []
         for bb in self.backbones:
@@ -390,12 +403,47 @@ class TaskRun:
                     state, why = self.missing[bb]
                     cells.append(table.Cell(self.task, name, head, None, state, why, tags))
                     continue
-                run, state, why = self.fit(bb, head, self.dir)
-                if state == "ok":
-                    state, why = self.evaluate(bb, head, run)
-                if self.args.table_only and run is not None and run.name in self.status:
-                    state, why = self.status[run.name]["status"], self.status[run.name]["message"]
-                cells.append(table.Cell(self.task, name, head, run, state, why, tags))
+                runs, state, why = [], "ok", ""
+                for seed in self.args.seed_list:
+                    run, st, msg = self.fit(bb, head, self.dir, seed=seed)
+                    if st == "ok":
+                        st, msg = self.evaluate(bb, head, run, seed)
+                    if self.args.table_only and run is not None and run.name in self.status:
+                        st, msg = self.status[run.name]["status"], self.status[run.name]["message"]
+                    if run is not None:
+                        runs.append(run)
+                    if st != "ok" and state == "ok":
+                        state, why = st, msg
+                if self.args.table_only and runs:  # a redraw shows every seed an earlier call fitted
+                    runs = sorted(set(runs) | set(seed_siblings(runs[0])), key=run_seed)
+                cells.append(table.Cell(self.task, name, head, runs[0] if runs else None, state, why, tags,
+                                        seed_runs=runs if len(runs) > 1 else []))
+        return cells
+
+    def stored_cells(self, exclude: set[str] = frozenset()) -> list[table.Cell]:
+        """Cells of every run folder of the task folder (a previous call's runs), with their tags; runs of
+        several seeds (``<run>``, ``<run>-seed<k>``) are one cell. Runs named in ``exclude`` are left out."""
+        status = _load_status(self.dir)
+        store = self.open_store()
+        groups: dict[str, list[tuple[int, Path, dict]]] = {}
+        excluded = {run_base(n) for n in exclude}  # a cell of this call holds all its seeds
+        for m in sorted((self.dir / "runs").glob("*/metrics.json")):
+            if run_base(m.parent.name) in excluded:
+                continue
+            try:
+                meta = json.loads(m.read_text())
+            except ValueError:
+                continue
+            groups.setdefault(run_base(m.parent.name), []).append((int(meta.get("seed") or 0), m.parent, meta))
+        cells = []
+        for base, runs in groups.items():
+            runs.sort(key=lambda t: t[0])
+            _, run, meta = runs[0]
+            name = meta.get("backbone") or run.name
+            st = next((status[r.name] for _, r, _ in runs if r.name in status), {})
+            cells.append(table.Cell(self.task, name, meta.get("head", "?"), run, st.get("status", "ok"),
+                                    st.get("message", ""), self.tags(store, name),
+                                    seed_runs=[r for _, r, _ in runs] if len(runs) > 1 else []))
         return cells
 
     def sweep(self) -> list[tuple[str, Path]]:
@@ -409,13 +457,30 @@ class TaskRun:
         for bb in self.backbones:
             if bb in self.missing:
                 continue
-            run, state, why = self.fit(bb, "linear", wd, each=True)
+            run, state, why = self.fit(bb, "linear", wd, each=True, seed=self.args.seed_list[0])
             if run is not None:
                 out.append((self.stored.get(bb, display_name(bb)), run))
         return out
 
     def save_status(self) -> None:
         (self.dir / STATUS_FILE).write_text(json.dumps(self.status, indent=2))
+
+
+def run_seed(run: Path) -> int:
+    """The seed of a run folder: ``-seed<k>`` at the end of its name (:func:`heads.tasks.seed_suffix`), else 0."""
+    m = re.search(r"-seed(\d+)$", Path(run).name)
+    return int(m.group(1)) if m else 0
+
+
+def run_base(name: str) -> str:
+    """A run folder's name without its ``-seed<k>``: the runs of one cell, whatever their seed."""
+    return re.sub(r"-seed\d+$", "", name)
+
+
+def seed_siblings(run: Path) -> list[Path]:
+    """The fitted ``<run>-seed<k>`` folders beside ``run``."""
+    run = Path(run)
+    return [p for p in run.parent.glob(f"{run.name}-seed*") if run_seed(p) and (p / "metrics.json").is_file()]
 
 
 def sweep_runs(tdir: Path) -> list[tuple[str, Path]]:
@@ -427,21 +492,6 @@ def sweep_runs(tdir: Path) -> list[tuple[str, Path]]:
         except ValueError:
             continue
     return out
-
-
-def stored_cells(task: str, tdir: Path) -> list[table.Cell]:
-    """Cells of every run folder of a task work folder (``--table-only`` without ``--backbones``)."""
-    status = _load_status(tdir)
-    cells = []
-    for m in sorted((Path(tdir) / "runs").glob("*/metrics.json")):
-        try:
-            meta = json.loads(m.read_text())
-        except ValueError:
-            continue
-        st = status.get(m.parent.name, {})
-        cells.append(table.Cell(task, meta.get("backbone") or m.parent.name, meta.get("head", "?"), m.parent,
-                                st.get("status", "ok"), st.get("message", "")))
-    return cells
 
 
 # ----------------------------------------------------------------------------------------------
@@ -475,7 +525,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "task's kind: the task's default head (linear, crf, linear)")
     p.add_argument("--demo", action="store_true", help="prepare the task folders from the built-in demo corpus")
     p.add_argument("--layers", choices=["all", "each"], default="all",
-                   help="each: also fit one linear probe per stored layer (clip tasks) for the layer-sweep plot")
+                   help="each: also fit one linear probe per stored layer (clip tasks): a per-layer table of "
+                        "scored-split scores in the comparison, and the layer-sweep plot")
+    p.add_argument("--seeds", default="0",
+                   help="comma-separated seeds (0,1,2): each cell is fitted once per seed (runs <run>, <run>-seed1, "
+                        "...) and the tables show mean ± sample sd; one seed: the score and its bootstrap 95 %% "
+                        "interval. The layer sweep uses the first seed")
+    p.add_argument("--heatmap-scale", choices=["layers", "frontend"], default="layers",
+                   help="layer-weight heatmap: layers = weight x the frontend's layer count (1 = uniform, above 1 = "
+                        "preferred); frontend = weight / the frontend's largest weight (1 = its favourite layer)")
+    p.add_argument("--published-beside-demo", action="store_true",
+                   help="draw published bars on the same axis as demo-corpus bars (by default they get their own "
+                        "figure, plots/main_metric_published.png: a demo score and a paper's score are not "
+                        "comparable)")
     p.add_argument("--published", action="store_true",
                    help="show the paper's published rows (Yamamoto, APSIPA 2023, Tables I/II/IV) beside the "
                         "measured ones")
@@ -525,6 +587,9 @@ def validate(args) -> None:
             raise ValueError("--backbones: empty list")
         for b in args.backbone_list:
             check_backbone(b)
+    from heads.tasks import parse_seeds
+
+    args.seed_list = parse_seeds(args.seeds)
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1 (got {args.epochs})")
     if args.store and not Path(args.store).is_dir():
@@ -558,9 +623,7 @@ def main(argv=None) -> int:
     def say(msg: str) -> None:
         bar.write(msg, file=sys.stdout)
 
-    all_rows: dict[str, list[dict]] = {}
-    weights: dict[str, tuple] = {}
-    curves: dict[str, dict] = {}
+    task_cells: dict[str, list[table.Cell]] = {}
     counts = {}
     code = 0
     with open(root / "frontends.log", "a", encoding="utf-8") as log:
@@ -575,31 +638,28 @@ def main(argv=None) -> int:
                 tr.missing = {bb: ("not built", "no store in the task folder") for bb in backbones}
             else:
                 tr.build()
-            cells = stored_cells(task, tr.dir) if args.table_only and args.backbones is None else tr.cells()
-            sweep = []
+            if args.table_only and args.backbones is None:
+                cells = tr.stored_cells()
+            else:
+                cells = tr.cells()
+                mine = {r.name for c in cells for r in ([c.run] if c.run else []) + c.seed_runs}
+                # finished runs of earlier calls (other backbones, heads, options) stay in the table
+                cells += [c for c in tr.stored_cells(exclude=mine) if table.run_state(c.run) == "ok"]
             if args.layers == "each" and tr.spec.heads_task != "transcription" and not args.table_only:
-                sweep = tr.sweep()
+                tr.sweep()
             tr.save_status()
             counts[task] = tr.counts
-            rows = table.table_rows(task, cells, published=args.published)
-            all_rows[task] = rows
-            note = ("Measured on the built-in demo corpus (synthetic singers): a check that the path runs, not a "
-                    "result." if any("demo corpus" in c.tags for c in cells) else "")
-            md = table.to_markdown(task, rows, note)
-            (tr.dir / "comparison.md").write_text(md + "\n")
-            table.write_csv(task, rows, tr.dir / "comparison.csv")
-            multi = len({c.head for c in cells}) > 1
-            weights[task] = plots.layer_weight_matrix(
-                [(c.name + (f" / {c.head}" if multi else ""), c.run) for c in cells
-                 if c.run is not None and table.run_state(c.run) != "not fitted"])
-            curves[task] = plots.layer_curves(sweep or sweep_runs(tr.dir))
+            task_cells[task] = cells
             bar.update(1)
+        for task in TASKS:  # tasks only earlier calls ran: their finished runs are part of the comparison
+            if task not in task_cells and (root / task / "runs").is_dir():
+                tr = TaskRun(task, root, args, [], [], log, say)
+                cells = [c for c in tr.stored_cells() if table.run_state(c.run) == "ok"]
+                if cells:
+                    task_cells[task] = cells
     bar.close()
-    made = {"layer weights": plots.plot_layer_weights(weights, root / "plots" / "layer_weights.png"),
-            "layer sweep": plots.plot_layer_sweep(curves, root / "plots" / "layer_sweep.png"),
-            "main metric": plots.plot_main_metric({t: (table.main_metric(t), r) for t, r in all_rows.items()},
-                                                  root / "plots" / "main_metric.png")}
-    summary = write_summary(root, all_rows, made, counts)
+    all_rows = render(root, task_cells, args)
+    summary = write_summary(root, all_rows, plot_all(root, task_cells, all_rows, args), counts)
     print(summary)
     failed = sum(c["failed"] for c in counts.values())
     if failed and not code:
@@ -608,9 +668,66 @@ def main(argv=None) -> int:
     return code
 
 
+def render(root: Path, task_cells: dict[str, list[table.Cell]], args) -> dict[str, list[dict]]:
+    """Every task's rows; writes ``<task>/comparison.md`` / ``.csv`` (with the per-layer tables of its
+    layer sweep) from all its finished runs, and returns the rows of all tasks for the summary."""
+    from heads.layer_probe import to_markdown as layer_markdown
+
+    all_rows = {}
+    for task, cells in task_cells.items():
+        rows = table.table_rows(task, cells, published=args.published)
+        all_rows[task] = rows
+        from pipelines.runner import data_label
+
+        spec = importlib.import_module(f"pipelines.{task}").SPEC
+        note = ("Measured on the built-in demo corpus (synthetic singers): a check that the path runs, not a "
+                "result. " if any("demo corpus" in c.tags for c in cells) else "")
+        note += f"Data: {data_label(spec, root / task)}."
+        md = table.to_markdown(task, rows, note)
+        for name, run in sweep_runs(root / task):
+            lt = (plots._metrics(run) or {}).get("layer_table")  # noqa: SLF001
+            if lt:
+                md += "\n\n" + layer_markdown(lt, f"## {task}, {name}: one linear probe per layer (per clip)")
+        (root / task / "comparison.md").write_text(md + "\n")
+        table.write_csv(task, rows, root / task / "comparison.csv")
+    return all_rows
+
+
+def plot_all(root: Path, task_cells: dict, all_rows: dict, args) -> dict:
+    """The comparison's figures (PNG + SVG) from every task's cells and rows -> {what: path or None}."""
+    weights, curves = {}, {}
+    for task, cells in task_cells.items():
+        multi = len({c.head for c in cells}) > 1
+        weights[task] = plots.layer_weight_matrix(
+            [(c.name + (f" / {c.head}" if multi else ""), c.run) for c in cells
+             if c.run is not None and table.run_state(c.run) != "not fitted"], scale=args.heatmap_scale)
+        curves[task] = plots.layer_curves(sweep_runs(root / task))
+    panels = {t: (table.main_metric(t), r) for t, r in all_rows.items()}
+    measured = {t: (m, [r for r in rows if r["source"] == "measured"]) for t, (m, rows) in panels.items()}
+    published = {t: (m, [r for r in rows if r["source"] == "published"]) for t, (m, rows) in panels.items()}
+    demo = any("demo corpus" in r["tags"] for _, rows in measured.values() for r in rows)
+    made = {"layer weights": plots.plot_layer_weights(weights, root / "plots" / "layer_weights.png",
+                                                      scale=args.heatmap_scale),
+            "layer sweep": plots.plot_layer_sweep(curves, root / "plots" / "layer_sweep.png")}
+    for stale in ("main_metric", "main_metric_published"):
+        for ext in ("png", "svg"):
+            (root / "plots" / f"{stale}.{ext}").unlink(missing_ok=True)
+    if demo and not args.published_beside_demo:  # demo and published numbers never share an axis unasked
+        made["main metric"] = plots.plot_main_metric(measured, root / "plots" / "main_metric.png")
+        if any(rows for _, rows in published.values()):
+            made["main metric, published"] = plots.plot_main_metric(published, root / "plots" /
+                                                                     "main_metric_published.png")
+    else:
+        made["main metric"] = plots.plot_main_metric(panels, root / "plots" / "main_metric.png")
+    return made
+
+
 def write_summary(root: Path, all_rows: dict, made: dict, counts: dict) -> str:
     """WORKDIR/comparison.md: every task's table file, the plots, and what this invocation did."""
     lines = ["# Frontend comparison", ""]
+    for task in all_rows:
+        if task not in counts:
+            lines.append(f"- {task}: finished runs of earlier calls (not run by this invocation)")
     for task, c in counts.items():
         lines.append(f"- {task}: {c['built']} backbone(s) built, {c['fitted']} run(s) fitted, {c['reused']} reused, "
                      f"{c['evaluated']} evaluated, {c['failed']} failed (this invocation)")

@@ -84,6 +84,24 @@ def _check_real(name, value, low, high=None, low_inclusive=False, high_inclusive
         raise ValueError(f"{name}={value!r}: expected a number {lo}{hi}")
 
 
+def grid_values(name: str, value) -> list:
+    """A hyperparameter's values: a scalar -> [it]; a list/tuple -> its items; a comma-separated string
+    ("0.1,1,10") -> its numbers (int where they are whole and written without a point or exponent).
+    ValueError naming the parameter for an empty grid or a string that is not numbers."""
+    if isinstance(value, str):
+        try:
+            out = [int(v) if v.strip().lstrip("-").isdigit() else float(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"{name}={value!r}: expected a number or comma-separated numbers") from None
+    elif isinstance(value, (list, tuple, np.ndarray)):
+        out = list(value)
+    else:
+        out = [value]
+    if not out:
+        raise ValueError(f"{name}={value!r}: an empty grid")
+    return out
+
+
 # ---- data checks -----------------------------------------------------------------------------
 
 def _to_3d(X: np.ndarray, what: str = "X") -> np.ndarray:
@@ -417,7 +435,8 @@ class _PooledSklearnHead(_ClipInput, SaveLoadMixin, ClassifierMixin, BaseEstimat
             return X.mean(1)
         return X[:, int(self.features)]
 
-    def _make_model(self, class_weight):
+    def _make_model(self, class_weight, params: dict):
+        """The classifier with ``params`` (one combination of the grid hyperparameters)."""
         raise NotImplementedError
 
     def __setstate__(self, state):
@@ -444,21 +463,56 @@ class _PooledSklearnHead(_ClipInput, SaveLoadMixin, ClassifierMixin, BaseEstimat
         total = per_layer.sum()
         return per_layer / total if total > 0 else per_layer
 
+    #: Hyperparameters that take a grid (a list, or a comma-separated string), searched on eval_set.
+    GRID: tuple[str, ...] = ()
+
+    def _grid(self) -> list[dict]:
+        """Every combination of the grid hyperparameters' values (:attr:`GRID`), in grid order."""
+        import itertools
+
+        values = {name: grid_values(name, getattr(self, name)) for name in self.GRID}
+        return [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
+
     def fit(self, X, y, eval_set=None):
-        """X [N, L, D] or [N, D], y [N]. ``eval_set`` is checked (shape, finite values) for API
-        symmetry with the torch heads and not used."""
+        """X [N, L, D] or [N, D], y [N]. A hyperparameter of :attr:`GRID` given as several values (a list
+        or ``"0.1,1,10"``) is a grid: one model per combination is fitted on X and scored on ``eval_set``
+        (accuracy, weighted by the class weights as the torch heads' selection is), and the best is kept
+        (ties: the first in grid order); a grid needs an ``eval_set``. Learned: ``best_params_``,
+        ``grid_scores_`` ([{params, score}], the selection score of each combination; empty without
+        an eval_set)."""
         self._validate_params()
+        grid = self._grid()
         X, y, classes, yi = self._check_fit_data(X, y)
         n_layers, dim = X.shape[1], X.shape[2]
         if _is_int(self.features) and not self.features < n_layers:
             raise ValueError(f"features={self.features!r}: layer out of range 0..{n_layers - 1}")
-        if eval_set is not None:
-            self._check_eval_set(eval_set, n_layers, dim)
+        if len(grid) > 1 and eval_set is None:
+            raise ValueError(f"a grid of {', '.join(self.GRID)} ({len(grid)} combinations) is chosen on eval_set: "
+                             "pass eval_set=(X_val, y_val)")
         class_weight = per_class_weights(self.class_weight, yi, classes)
         as_dict = None if self.class_weight is None else dict(zip(classes.tolist(), class_weight.tolist()))
-        model = make_pipeline(StandardScaler(), self._make_model(as_dict))
-        model.fit(self._features(X), y)
+        F = self._features(X)
+        if eval_set is not None:
+            Xv, yv = self._check_eval_set(eval_set, n_layers, dim)
+            Fv, yv = self._features(Xv), np.asarray(yv)
+            index = {c: i for i, c in enumerate(classes.tolist())}
+            vw = np.array([class_weight[index[v]] if v in index else 0.0 for v in yv.tolist()])
+            if self.class_weight is None or not vw.sum() > 0:
+                vw = np.ones(len(yv))
+        best, scores = None, []
+        for params in grid:
+            model = make_pipeline(StandardScaler(), self._make_model(as_dict, params))
+            model.fit(F, y)
+            if eval_set is None:
+                best = (model, params, float("nan"))
+                break
+            score = float(vw @ (model.predict(Fv) == yv) / vw.sum()) if vw.sum() > 0 else float("nan")
+            scores.append({"params": params, "score": score})
+            if best is None or score > best[2]:
+                best = (model, params, score)
+        model, params, _ = best
         self.model_, self.classes_, self.class_weight_ = model, model.classes_, class_weight
+        self.best_params_, self.grid_scores_ = params, scores
         self.n_layers_in_, self.n_features_in_ = n_layers, dim
         self.layers_used_ = [int(self.features)] if _is_int(self.features) else list(range(n_layers))
         if self.features == "concat":
@@ -480,6 +534,7 @@ class _PooledSklearnHead(_ClipInput, SaveLoadMixin, ClassifierMixin, BaseEstimat
 
 class LogRegHead(_PooledSklearnHead):
     """Logistic regression (lbfgs, L2 with inverse strength ``C``) on standardised pooled features.
+    ``C`` may be a grid (``[0.1, 1, 10]`` or ``"0.1,1,10"``), chosen on ``eval_set``.
     class_weight: None, "balanced" (n/(C n_c)), "paper" (1/n_c^0.2) or a dict {class label: weight}.
 
     ``layer_importance_`` (features="concat"): sum over classes and over the layer's standardised
@@ -488,15 +543,19 @@ class LogRegHead(_PooledSklearnHead):
     def __init__(self, features="mean", C=1.0, max_iter=2000, class_weight=None, seed=0):
         self.features, self.C, self.max_iter, self.class_weight, self.seed = features, C, max_iter, class_weight, seed
 
+    GRID = ("C",)
+
     def _validate_params(self):
         super()._validate_params()
-        _check_real("C", self.C, 0.0)
+        for v in grid_values("C", self.C):
+            _check_real("C", v, 0.0)
         _check_int("max_iter", self.max_iter, 1)
 
-    def _make_model(self, class_weight):
+    def _make_model(self, class_weight, params):
         from sklearn.linear_model import LogisticRegression
 
-        return LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=class_weight, random_state=self.seed)
+        return LogisticRegression(C=params["C"], max_iter=self.max_iter, class_weight=class_weight,
+                                  random_state=self.seed)
 
     def fit(self, X, y, eval_set=None):
         super().fit(X, y, eval_set)
@@ -514,7 +573,9 @@ class LogRegHead(_PooledSklearnHead):
 
 class LGBMHead(_PooledSklearnHead):
     """LightGBM gradient boosting on standardised pooled features. class_weight as
-    :class:`LogRegHead`.
+    :class:`LogRegHead`. ``n_estimators``, ``learning_rate``, ``num_leaves`` and ``min_child_samples``
+    may each be a grid (a list or a comma-separated string); every combination is fitted and the best
+    on ``eval_set`` is kept.
 
     ``layer_importance_`` (features="concat"): the summed split gain of the layer's features,
     normalised to sum 1."""
@@ -525,18 +586,24 @@ class LGBMHead(_PooledSklearnHead):
         self.num_leaves, self.min_child_samples, self.class_weight, self.seed = (num_leaves, min_child_samples,
                                                                                class_weight, seed)
 
+    GRID = ("n_estimators", "learning_rate", "num_leaves", "min_child_samples")
+
     def _validate_params(self):
         super()._validate_params()
-        _check_int("n_estimators", self.n_estimators, 1)
-        _check_real("learning_rate", self.learning_rate, 0.0)
-        _check_int("num_leaves", self.num_leaves, 2)
-        _check_int("min_child_samples", self.min_child_samples, 0)
+        for v in grid_values("n_estimators", self.n_estimators):
+            _check_int("n_estimators", v, 1)
+        for v in grid_values("learning_rate", self.learning_rate):
+            _check_real("learning_rate", v, 0.0)
+        for v in grid_values("num_leaves", self.num_leaves):
+            _check_int("num_leaves", v, 2)
+        for v in grid_values("min_child_samples", self.min_child_samples):
+            _check_int("min_child_samples", v, 0)
 
-    def _make_model(self, class_weight):
+    def _make_model(self, class_weight, params):
         from lightgbm import LGBMClassifier
 
-        return LGBMClassifier(n_estimators=self.n_estimators, learning_rate=self.learning_rate,
-                              num_leaves=self.num_leaves, min_child_samples=self.min_child_samples,
+        return LGBMClassifier(n_estimators=params["n_estimators"], learning_rate=params["learning_rate"],
+                              num_leaves=params["num_leaves"], min_child_samples=params["min_child_samples"],
                               class_weight=class_weight, random_state=self.seed, n_jobs=1, verbose=-1, deterministic=True,
                               force_col_wise=True)
 

@@ -60,7 +60,7 @@ from heads.training import per_class_weights
 TASK_CODES = {"singer": "sid", "transcription": "svt", "notes": "svt", "technique": "tech"}
 MODE_TAGS = {"two-stage": "ft", "lora": "lora", "full": "full"}
 #: Options that may differ between a run and its ``--resume`` (they do not change the result).
-RESUME_FREE = ("resume", "no_progress", "num_workers", "overwrite", "device")
+RESUME_FREE = ("resume", "no_progress", "num_workers", "overwrite", "device", "log_dir")
 
 
 def finetuned_name(base: str, task: str, mode: str) -> str:
@@ -388,6 +388,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1); under torchrun cuda = cuda:LOCAL_RANK")
     p.add_argument("--name", help="name of the fine-tuned backbone (default <backbone>@<task code>-<ft|lora|full>)")
     p.add_argument("--out", help="run folder (default runs/<name>-<head>)")
+    p.add_argument("--log-dir", default=None,
+                   help="write TensorBoard event files here (loss, selection score, learning rates, layer weights "
+                        "per epoch; needs the tracking extra: pip install -e '.[tracking]')")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start over in a run folder that holds another run")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -506,7 +509,7 @@ def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Pat
     parts = trainable_parts(fe, args.mode)
     out.mkdir(parents=True, exist_ok=True)
     loop = Loop(model, loop_task, settings, train, select, parts, out, device=args.device,
-                progress=not args.no_progress, ranks=ranks, stored=stored)
+                progress=not args.no_progress, ranks=ranks, stored=stored, select_name=plan.select_split)
     if state == "resume":
         loop.load(read_checkpoint(out / "checkpoint.pt", args.device))
         if leader:
@@ -518,7 +521,10 @@ def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Pat
     if ranks is not None and ranks.group:
         torch.distributed.barrier()
     t0 = time.perf_counter()
-    best_state = loop.run(on_checkpoint)
+    from heads.tracking import tracking
+
+    with tracking(getattr(args, "log_dir", None) if leader else None):
+        best_state = loop.run(on_checkpoint)
     seconds = time.perf_counter() - t0
     if not leader:
         return out
@@ -548,6 +554,11 @@ def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Pat
     plot_layer_weights(est.layer_weights_, list(range(fe.num_layers)), out / "layer_weights.png",
                        f"{name} / {args.head} / {args.task} (fine-tuned): per layer\n{plan.label()}")
     (out / "metrics.json").write_text(json.dumps(report, indent=2, default=float))
+    from heads.run_plots import plot_learning_curve
+
+    plot_learning_curve(loop.history, out / "learning_curve.png",
+                        f"{name} / {args.head} / {args.task} (fine-tuned)\n{plan.label()}",
+                        metric=f"selection score on {plan.select_split}")
     print(summary_table(report))
     print(f"run folder: {out}\nnext: python -m heads.reextract --run {out}")
     return out

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -165,8 +166,9 @@ class Loop:
 
     def __init__(self, model: FineTuneModel, task: Task, settings: LoopSettings, train: ClipAudio,
                  select: ClipAudio, parts, out: Path, *, device, progress: bool = True, ranks=None,
-                 stored: dict | None = None):
+                 stored: dict | None = None, select_name: str = "the selection split"):
         settings.check()
+        self.select_name = select_name
         self.model, self.task, self.s = model, task, settings
         self.train_data, self.select_data, self.stored = train, select, stored
         self.parts = [p for _, p in parts]
@@ -359,6 +361,14 @@ class Loop:
                 self.best, self.best_epoch, self.wait = metric, e, 0
             else:
                 self.wait += 1
+            if self.leader:
+                from heads.tracking import log_epoch
+
+                log_epoch("finetune", self.history[-1], self.model, self.opt)
+                rec = self.history[-1]
+                print(f"epoch {e + 1}/{self.s.epochs} (stage {rec['stage']}): loss {loss:.4f}, selection score "
+                      f"{metric:.4f} on {self.select_name} (best {self.best:.4f}, epoch {self.best_epoch + 1})",
+                      file=sys.stderr, flush=True)
             self.epoch = e + 1
             if self.leader:
                 if improved:

@@ -289,7 +289,9 @@ def plot_confusion(cm, class_names: Sequence[str], path: str | os.PathLike, titl
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100)
+    from heads.run_plots import save_figure
+
+    save_figure(fig, path)
     return path
 
 

@@ -82,9 +82,21 @@ def chosen_label(desc: dict) -> str:
     return chosen + (" [OPTIMISTIC: same split]" if desc.get("scored_is_selection") else "")
 
 
-def protocol_label(desc: dict) -> str:
-    """:meth:`SplitPlan.label` from a saved :meth:`SplitPlan.describe` dict."""
-    return f"scored on {desc['scored_split']}, chosen on {chosen_label(desc)}"
+def selection_label(desc: dict, fit_report: dict | None = None) -> str:
+    """What chose the model, told honestly: :func:`chosen_label`, unless the fit (its metrics.json report)
+    searched no grid and has no epochs (logreg / lgbm with one value of each hyperparameter), where
+    nothing was chosen: ``nothing (fixed C=1.0)``."""
+    grid = (fit_report or {}).get("grid_scores")
+    if grid is not None and len(grid) <= 1 and not (fit_report or {}).get("history"):
+        params = ", ".join(f"{k}={v}" for k, v in (fit_report.get("best_params") or {}).items())
+        return f"nothing (fixed {params})" if params else "nothing"
+    return chosen_label(desc)
+
+
+def protocol_label(desc: dict, fit_report: dict | None = None) -> str:
+    """:meth:`SplitPlan.label` from a saved :meth:`SplitPlan.describe` dict (``fit_report``: see
+    :func:`selection_label`)."""
+    return f"scored on {desc['scored_split']}, chosen on {selection_label(desc, fit_report)}"
 
 
 def group_values(store, group: str) -> np.ndarray:

@@ -52,6 +52,51 @@ def pool_suffix(pool: str | None) -> str:
     return "" if pool in (None, DEFAULT_POOL) else f"-{check_pool(pool).replace('+', '')}pool"
 
 
+def layers_suffix(layers) -> str:
+    """Run-folder suffix of ``--layers``: none for all layers, ``-layers-each`` / ``-layers-concat`` /
+    ``-layers-3_7``, so a layer sweep or a layer subset never overwrites the all-layer run."""
+    if layers in (None, "", "all"):
+        return ""
+    return "-layers-" + "_".join(v.strip() for v in str(layers).split(",") if v.strip())
+
+
+def context_suffix(context: float | None) -> str:
+    """Run-folder suffix of a frame head's ``--context`` seconds: ``-ctx150ms``; none for 0."""
+    return f"-ctx{round(context * 1000)}ms" if context else ""
+
+
+#: Run-folder tags of the logreg / lgbm hyperparameter options (``--C 0.1,1`` -> ``-C0.1_1``).
+HYPER_TAGS = {"C": "C", "n_estimators": "trees", "gbm_learning_rate": "glr", "num_leaves": "leaves",
+              "min_child_samples": "minleaf"}
+
+
+def hyper_suffix(options: dict) -> str:
+    """Run-folder suffix of the logreg / lgbm hyperparameters given (``{dest: "v1,v2"}``; None: not given), so
+    a run with another grid never replaces the default one: ``-C0.1_1_10``, ``-trees100_400``."""
+    out = ""
+    for dest, tag in HYPER_TAGS.items():
+        v = options.get(dest)
+        if v is not None:
+            out += f"-{tag}" + "_".join(x.strip() for x in str(v).split(",") if x.strip())
+    return out
+
+
+def seed_suffix(seed: int | None) -> str:
+    """Run-folder suffix of a ``--seed`` / one seed of ``--seeds``: none for seed 0, ``-seed1``, ..."""
+    return f"-seed{int(seed)}" if seed else ""
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` -> [0, 1, 2] (distinct integers >= 0); ValueError naming the option otherwise."""
+    try:
+        seeds = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected comma-separated integers such as 0,1,2") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r}: expected distinct integers >= 0, such as 0,1,2")
+    return seeds
+
+
 def pooled_features(store: FeatureStore, backbone: str, rows=None, pool: str = DEFAULT_POOL, layers=None) -> np.ndarray:
     """Clip features float32 [n, L', D] (``mean``, ``std``) or [n, L', 2D] (``mean+std``: the mean in
     ``[..., :D]``, the std in ``[..., D:]``) of ``rows`` (None: every clip), read from the store's

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from heads.tracking import log_epoch
+
 
 @dataclass
 class TrainResult:
@@ -64,6 +66,7 @@ def train_module(module: torch.nn.Module, *, loss_fn: Callable, batches: Callabl
             metric = float(evaluate(module))
         history.append({"epoch": epoch, "loss": total / max(n, 1), "val": metric,
                         "train_s": t1 - t0, "val_s": time.perf_counter() - t1})
+        log_epoch(desc, history[-1], module, opt)  # TensorBoard, when heads.tracking has a log open
         bar.set_postfix(loss=f"{total / max(n, 1):.4f}", val=f"{metric:.4f}")
         if metric > best:
             best, best_epoch, best_state, wait = metric, epoch, copy.deepcopy(module.state_dict()), 0

@@ -346,7 +346,9 @@ def plot_tsne(X, y, clusters, path, *, seed: int = 0, perplexity: float = 30.0, 
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=110)
+    from heads.run_plots import save_figure
+
+    save_figure(fig, path)  # and the SVG beside it
     return path
 
 

@@ -40,6 +40,52 @@ def is_demo(workdir) -> bool:
     return (Path(workdir) / DEMO_FLAG).is_file()
 
 
+def demo_audio(store) -> bool:
+    """Are all the store's clips from the built-in demo corpus (its audio under the demo folder)?"""
+    from featurestore.build import default_demo_dir
+
+    base = str(default_demo_dir().resolve())
+    src = [str(s) for s in store.clips["source"]]
+    return bool(src) and all(Path(s).resolve().as_posix().startswith(base) for s in src)
+
+
+def store_facts(store, label: str | None) -> dict:
+    """What a store holds, for titles: ``segment_s`` (seconds, None = whole files), ``classes`` (distinct
+    non-empty values of the ``label`` column, None without one), ``files`` (audio files)."""
+    import numpy as np
+
+    seg = store.clip_settings.get("segment_s")
+    classes = None
+    if label:
+        try:
+            values = np.asarray(store.labels(label)).astype(str)
+            classes = len({v for v in values if v})
+        except (KeyError, ValueError):
+            classes = None
+    return {"segment_s": seg or None, "classes": classes, "files": len(set(np.asarray(store.clips["file_id"]).tolist()))}
+
+
+def data_label(spec: TaskSpec, workdir, store=None) -> str:
+    """The task's title, told by the store rather than the task's description: the dataset (``demo corpus
+    (synthetic singers)`` for a work folder prepared with ``--demo``), its class count and segment length."""
+    from featurestore import open_store
+
+    if store is None:
+        try:
+            store = open_store(Path(workdir) / "store.zarr")
+        except (FileNotFoundError, ValueError):
+            return spec.description
+    facts = store_facts(store, None if spec.heads_task == "transcription" else spec.heads_task)
+    parts = []
+    if facts["classes"] is not None:
+        parts.append(f"{facts['classes']} classes")
+    parts.append(f"{facts['segment_s']:g} s segments" if facts["segment_s"] else "whole files")
+    parts.append(f"{facts['files']} audio files")
+    if is_demo(workdir) or demo_audio(store):
+        return f"{spec.name} on the built-in demo corpus (synthetic singers): " + ", ".join(parts)
+    return f"{spec.description}; this store: " + ", ".join(parts)
+
+
 @dataclass
 class PrepareResult:
     """rows: manifest records (path, id, split, start, end, labels...); skipped: {where, reason, message}."""
@@ -159,21 +205,14 @@ def run_dir(args) -> Path:
         bb = resolve(args.backbone[0]).name
     except KeyError:
         bb = args.backbone[0]
-    from heads.tasks import pool_suffix
+    from heads.tasks import context_suffix, hyper_suffix, layers_suffix, pool_suffix, seed_suffix
 
-    context = getattr(args, "context", 0.0) or 0.0
-    suffix = f"-ctx{round(context * 1000)}ms" if context else ""
+    suffix = context_suffix(getattr(args, "context", 0.0))
     suffix += pool_suffix(getattr(args, "pool", None))
     suffix += layers_suffix(getattr(args, "layers", None))
+    suffix += hyper_suffix(vars(args))
+    suffix += seed_suffix(getattr(args, "seed", None))
     return Path(args.workdir) / "runs" / f"{bb}-{args.head}{suffix}"
-
-
-def layers_suffix(layers) -> str:
-    """Run-folder suffix of ``--layers``: none for all layers, ``-layers-each`` / ``-layers-concat`` /
-    ``-layers-3_7``, so a layer sweep or a layer subset never overwrites the all-layer run."""
-    if layers in (None, "", "all"):
-        return ""
-    return "-layers-" + "_".join(v.strip() for v in str(layers).split(",") if v.strip())
 
 
 def run_pool(rd: Path) -> str:
@@ -195,12 +234,47 @@ def run_pool(rd: Path) -> str:
 PROTOCOL_OPTIONS = ("score_split", "select_split", "group", "holdout_fraction")
 
 
+#: ``fit`` options passed to ``heads.fit`` as they are, when given (heads.fit refuses those that do not
+#: apply to the head).
+FIT_OPTIONS = ("lr", "epochs", "C", "n_estimators", "gbm_learning_rate", "num_leaves", "min_child_samples")
+
+
+def seeds_of(args) -> list[int]:
+    """The seeds a command works on: ``--seeds`` (a list), else ``--seed`` (default 0)."""
+    from heads.tasks import parse_seeds
+
+    if getattr(args, "seeds", None) is not None:
+        if getattr(args, "seed", None) is not None:
+            raise ValueError("--seed and --seeds: give one of them")
+        return parse_seeds(args.seeds)
+    return [getattr(args, "seed", None) or 0]
+
+
 def cmd_fit(spec: TaskSpec, args) -> int:
+    """``fit`` once per seed (``--seeds``): seed k's run folder carries ``-seed<k>`` (none for 0)."""
+    try:
+        seeds = seeds_of(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    code = 0
+    for seed in seeds:
+        args.seed = seed
+        code = fit_one(spec, args) or code
+        if code:
+            break
+    return code
+
+
+def fit_one(spec: TaskSpec, args) -> int:
     from heads.fit import main as fit_main
 
     argv = ["--store", str(Path(args.workdir) / "store.zarr"), "--backbone", args.backbone[0], "--head", args.head,
-            "--task", spec.heads_task, "--out", str(run_dir(args)), "--lr", args.lr, "--epochs", str(args.epochs),
-            "--seed", str(args.seed), "--device", args.device or "cpu", "--layers", args.layers]
+            "--task", spec.heads_task, "--out", str(run_dir(args)), "--seed", str(args.seed),
+            "--device", args.device or "cpu", "--layers", args.layers]
+    for opt in FIT_OPTIONS:
+        if getattr(args, opt, None) is not None:
+            argv += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
     if getattr(args, "class_weight", None):
         argv += ["--class-weight", args.class_weight]
     if getattr(args, "context", 0):
@@ -236,7 +310,7 @@ def cmd_fit(spec: TaskSpec, args) -> int:
 FINETUNE_OPTIONS = ("mode", "epochs", "stage1_epochs", "head_lr", "frontend_lr", "batch_size", "accumulate",
                     "crop_seconds", "lora_rank", "lora_alpha", "lora_targets", "layerdrop", "mask_time_prob",
                     "dropout", "precision", "num_workers", "seed", "patience", "model_path", "class_weight",
-                    "context")
+                    "context", "log_dir")
 FINETUNE_FLAGS = ("gradient_checkpointing", "resume", "overwrite", "allow_scoring_selection_split", "no_progress",
                   "trust_remote_code")
 
@@ -298,6 +372,19 @@ def run_plan(store, rd: Path, spec: TaskSpec, backbone: str, score: str | None =
     return make_task(spec.heads_task).replan(store, backbone, desc, score=score)
 
 
+def run_label(plan, rd: Path) -> str:
+    """``scored on X, chosen on Y`` of a run's evaluation, Y told honestly for a fit that chose nothing
+    (:func:`heads.protocol.selection_label`, from the run's metrics.json)."""
+    from heads.protocol import protocol_label
+
+    m = Path(rd) / "metrics.json"
+    try:
+        fit = json.loads(m.read_text())
+    except (OSError, ValueError):
+        fit = None
+    return protocol_label(plan.describe(), fit)
+
+
 def run_backbone(store, rd: Path, args) -> str:
     """The backbone a run was fitted on, as named in the store (from its metrics.json, else --backbone)."""
     m = Path(rd) / "metrics.json"
@@ -352,12 +439,29 @@ def input_folder(args, what: str = "audio files") -> Path | None:
 
 
 def cmd_evaluate(spec: TaskSpec, args) -> int:
+    """Evaluate the run of each seed (``--seeds``; else ``--seed``, default 0), append its row to
+    ``WORKDIR/runs/results.jsonl`` and rewrite ``WORKDIR/results.md`` from every row there."""
+    try:
+        seeds = seeds_of(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for seed in seeds:
+        args.seed = seed
+        code = evaluate_one(spec, args)
+        if code:
+            return code
+    return 0
+
+
+def evaluate_one(spec: TaskSpec, args) -> int:
     from featurestore import open_store
 
     rd = fitted_run(args)
     if rd is None:
         return 2
     from featurestore.store import BackboneNotInStore
+    from heads.results_log import append_result
     from heads.tasks import TaskError
 
     try:
@@ -369,13 +473,34 @@ def cmd_evaluate(spec: TaskSpec, args) -> int:
     context = getattr(args, "context", 0.0) or 0.0
     result.update(backbone=run_backbone(store, rd, args), task=spec.name,
                   head=args.head + (f"+ctx{round(context * 1000)}ms" if context else ""))
-    if (rd / "metrics.json").is_file() and "pool" in json.loads((rd / "metrics.json").read_text()):
+    fit = json.loads((rd / "metrics.json").read_text()) if (rd / "metrics.json").is_file() else {}
+    if "pool" in fit:
         result["pool"] = run_pool(rd)
+    result["seed"], result["options"] = fit.get("seed", args.seed or 0), fit.get("options") or {}
     (rd / "evaluation.json").write_text(json.dumps(result, indent=2, default=float))
+    append_result(rd.parent, evaluation_row(spec, result, rd.name, fit))
     table = results_table(spec, Path(args.workdir))
     (Path(args.workdir) / "results.md").write_text(table + "\n")
     print(table)
     return 0
+
+
+def evaluation_row(spec: TaskSpec, result: dict, run: str, fit: dict | None = None) -> dict:
+    """The results-table row (:mod:`heads.results_log`) of an evaluation: the task's summary scores and
+    their bootstrap intervals (``ci95``, keyed like ``summary_keys``); ``fit``: the run's metrics.json
+    (what its selection chose)."""
+    from heads.protocol import selection_label
+
+    p = result.get("protocol") or {}
+    level = spec.summary_keys[0].split(".")[0]
+    sub = result.get(level) if isinstance(result.get(level), dict) and "n" in result.get(level, {}) else result
+    n = result.get("n_songs") or sub.get("n")
+    items = "songs" if "n_songs" in result else "segments" if sub is not result else "clips"
+    return {"command": "evaluate", "task": spec.name, "backbone": result.get("backbone"), "head": result.get("head"),
+            "options": result.get("options") or {}, "seed": result.get("seed", 0),
+            "scored_split": p.get("scored_split", "?"), "chosen_on": selection_label(p, fit) if p else "?",
+            "n_scored": n, "items": items, "metrics": {k: _dig(result, k) for k in spec.summary_keys},
+            "ci95": {k: v for k, v in (result.get("ci95") or {}).items() if k in spec.summary_keys}, "run": run}
 
 
 def _dig(d: dict, dotted: str):
@@ -387,27 +512,39 @@ def _dig(d: dict, dotted: str):
 
 
 def results_table(spec: TaskSpec, workdir: Path) -> str:
-    """Markdown table of every evaluated run in the work folder (frontend x head)."""
-    from heads.protocol import chosen_label
+    """WORKDIR/results.md: every evaluated run of the work folder (the last row of each run in
+    ``runs/results.jsonl``; runs evaluated before that file existed from their evaluation.json), each
+    score with its bootstrap 95 % interval; then the runs gathered over seeds (mean ± sample sd); then
+    the per-layer table of every ``--layers each`` run."""
+    from heads import results_log
+    from heads.layer_probe import to_markdown as layer_markdown
 
-    rows = []
-    for f in sorted((workdir / "runs").glob("*/evaluation.json")):
-        e = json.loads(f.read_text())
-        p = e.get("protocol") or {}
-        rows.append({"run": f.parent.name, "scored on": p.get("scored_split", "?"),
-                     "chosen on": chosen_label(p) if p else "?",
-                     **{k: _dig(e, k) for k in spec.summary_keys}})
+    runs = workdir / "runs"
+    logged = results_log.latest(results_log.read_results(runs), "evaluate")
+    seen = {r["run"] for r in logged}
+    for f in sorted(runs.glob("*/evaluation.json")):  # evaluated before the results log existed
+        if f.parent.name not in seen:
+            m = f.parent / "metrics.json"
+            fit = json.loads(m.read_text()) if m.is_file() else None
+            logged.append(evaluation_row(spec, json.loads(f.read_text()), f.parent.name, fit))
+    keys = [(k, k) for k in spec.summary_keys]
     cols = ["scored on", "chosen on"] + spec.summary_keys
-    head = "| run | " + " | ".join(cols) + " |"
-    sep = "|---" * (len(cols) + 1) + "|"
-    lines = [f"# {spec.name}: {spec.description}", "", head, sep]
-    for r in rows:
-        cells = [r["run"]] + [("" if r[k] is None else f"{100 * r[k]:.1f}" if isinstance(r[k], float) else str(r[k]))
-                              for k in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("(scores in %; \"scored on\" is the split the scores were measured on, \"chosen on\" the clips that "
-                 "chose the learning rate and the stopping epoch)")
+    lines = [f"# {spec.name}: {data_label(spec, workdir)}", "", "| run | " + " | ".join(cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]
+    for r in sorted(logged, key=lambda r: r["run"]):
+        cells = [results_log.format_score(results_log.summarize([r], k)) for k, _ in keys]
+        lines.append("| " + " | ".join([r["run"], str(r["scored_split"]), str(r["chosen_on"])] + cells) + " |")
+    lines += ["", "(scores in %, [bootstrap 95 % interval over the scored items]; \"scored on\" is the split the "
+                  "scores were measured on, \"chosen on\" the clips that chose the learning rate and the stopping "
+                  "epoch)"]
+    if any(len(g) > 1 for g in results_log.seed_groups(logged)):
+        lines += ["", results_log.to_markdown([r for g in results_log.seed_groups(logged) if len(g) > 1 for r in g],
+                                              keys, "Over seeds")]
+    for r in sorted(logged, key=lambda r: r["run"]):
+        m = runs / r["run"] / "metrics.json"
+        table = json.loads(m.read_text()).get("layer_table") if m.is_file() else None
+        if table:
+            lines += ["", layer_markdown(table, f"## {r['run']}: one linear probe per layer (per clip)")]
     return "\n".join(lines)
 
 
@@ -464,16 +601,33 @@ def build_parser(spec: TaskSpec) -> argparse.ArgumentParser:
                                 "D -> 2D per layer); not given: mean. A run with std / mean+std lives in "
                                 "runs/<backbone>-<head>-stdpool / -meanstdpool"
                                 + ("" if name == "fit" else "; its features are read as the run recorded them"))
+        if name in ("fit", "evaluate", "predict"):
+            c.add_argument("--seed", type=int, default=None,
+                           help="seed of initialisation, shuffling and the holdout draw; not given: 0. A run with "
+                                "seed k > 0 lives in runs/<...>-seed<k>")
+        if name in ("fit", "evaluate", "predict"):
+            where = "" if name == "fit" else " (as given to fit: it names the run folder, runs/<...>-C<...>)"
+            c.add_argument("--C", dest="C", default=None,
+                           help="logreg: inverse L2 strength or a grid (0.01,0.1,1,10), chosen on the selection "
+                                "split" + where)
+            for opt, help_ in (("n-estimators", "boosting rounds"), ("gbm-learning-rate", "shrinkage per round"),
+                               ("num-leaves", "leaves per tree"), ("min-child-samples", "fewest clips in a leaf")):
+                c.add_argument(f"--{opt}", default=None,
+                               help=f"lgbm: {help_}, or a comma-separated grid chosen on the selection split" + where)
+        if name in ("fit", "evaluate"):
+            c.add_argument("--seeds", default=None,
+                           help="comma-separated seeds (0,1,2): one run per seed; results.md gives their mean ± "
+                                "sample sd")
         if name == "fit":
-            c.add_argument("--lr", default="1e-3,3e-3,1e-2",
-                           help="learning rate or comma-separated grid, chosen on the selection split")
-            c.add_argument("--epochs", type=int, default=60,
-                           help="maximum epochs (early stopping on the selection split)")
+            c.add_argument("--lr", default=None,
+                           help="torch heads: learning rate or comma-separated grid, chosen on the selection split; "
+                                "not given: heads.fit's 1e-3,3e-3,1e-2")
+            c.add_argument("--epochs", type=int, default=None,
+                           help="torch heads: maximum epochs (early stopping on the selection split); not given: 60")
+
             c.add_argument("--layers", default="all",
                            help="all (logreg/lgbm: their mean) | each (one linear probe per layer) | concat "
                                 "(logreg/lgbm: layers side by side) | i,j,... (stored layer indices)")
-            c.add_argument("--seed", type=int, default=0,
-                           help="seed of initialisation, shuffling and the holdout draw")
             c.add_argument("--class-weight", choices=["balanced", "paper"], default=spec.default_class_weight,
                            help="balanced = n/(C n_c); paper = 1/n_c^0.2; None: no weighting")
             c.add_argument("--refit", action="store_true",
@@ -517,7 +671,8 @@ def add_finetune_arguments(c: argparse.ArgumentParser, spec: TaskSpec, command: 
                              ("precision", str, "auto | fp32 | bf16 | fp16 (CUDA autocast)"),
                              ("num-workers", int, "audio decoding workers"), ("patience", int, "early stopping"),
                              ("seed", int, "seed"), ("model-path", str, "local folder of the backbone's weights"),
-                             ("context", float, "crf/frames: temporal context in seconds")):
+                             ("context", float, "crf/frames: temporal context in seconds"),
+                             ("log-dir", str, "TensorBoard event files of every epoch here (tracking extra)")):
         c.add_argument(f"--{opt}", type=kind, default=None, help=help_)
     c.add_argument("--class-weight", choices=["balanced", "paper"], default=spec.default_class_weight,
                    help="clip heads: balanced = n/(C n_c); paper = 1/n_c^0.2")

@@ -53,7 +53,7 @@ import numpy as np
 
 from featurestore.clips import ClipSettings
 from pipelines.runner import (DEMO_FLAG, PrepareResult, TaskSpec, fitted_run, input_folder,  # noqa: F401
-                              is_demo, main, run_backbone, run_plan, run_pool, training_clip_settings,
+                              is_demo, main, run_backbone, run_label, run_plan, run_pool, training_clip_settings,
                               write_manifest)
 
 #: Audio suffixes accepted in the Artist20 layout (and in the prediction folder).
@@ -312,7 +312,7 @@ def evaluate(store, run_dir: Path, args) -> dict:
     first = {f: i for i, f in reversed(list(enumerate(files)))}
     song_y = np.array([yi[first[s]] for s in songs], dtype=np.int64)
     song = metrics.classification_report(song_y, song_scores, class_names=classes)
-    title = f"{run_dir.name}: singer, {plan.label()}"
+    title = f"{run_dir.name}: singer, {run_label(plan, run_dir)}"
     metrics.plot_confusion(np.array(seg["confusion"]), classes, run_dir / "confusion_segment.png",
                            title=f"{title}\nper segment")
     metrics.plot_confusion(np.array(song["confusion"]), classes, run_dir / "confusion_song.png",
@@ -322,13 +322,19 @@ def evaluate(store, run_dir: Path, args) -> dict:
         w.writerow(["song", "true", "No.1", "No.2", "No.3"])
         for s, t, names in zip(songs, song_y, top3(song_scores, classes)):
             w.writerow([s, classes[t]] + names)
-    print(f"singer, {plan.label()}")
+    print(f"singer, {run_label(plan, run_dir)}")
     print(metrics.format_table(
         [{"level": lvl, **{k: r.get(k) for k in ("n", "accuracy", "top2", "top3", "macro_f1")}}
          for lvl, r in (("segment", seg), ("song", song))],
         ["level", "n", "accuracy", "top2", "top3", "macro_f1"]))
+    from heads.intervals import classification_intervals
+
+    # intervals: segments resampled song by song (a song's segments move together), songs resampled as songs
+    ci = {f"segment.{k}": v for k, v in classification_intervals(yi, logits, groups=files).items()}
+    ci.update({f"song.{k}": v for k, v in classification_intervals(song_y, song_scores).items()})
     return {"segment": seg, "song": song, "split": plan.score_split, "protocol": plan.describe(),
-            "aggregate": method, "backbone_stored": backbone, "unseen_labels": int((~known).sum())}
+            "aggregate": method, "backbone_stored": backbone, "unseen_labels": int((~known).sum()), "ci95": ci,
+            "items": "songs"}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ import numpy as np
 from featurestore.clips import ClipSettings
 from featurestore.manifest import AUDIO_SUFFIXES, Skip
 from pipelines.runner import (DEMO_FLAG, PrepareResult, TaskSpec, is_demo, main, run_backbone, run_plan,  # noqa: F401
-                              run_pool)
+                              run_label, run_pool)
 
 #: The ten techniques of Table IV, sorted.
 TECHNIQUES = ("belt", "breathy", "inhaled", "lip_trill", "spoken", "straight", "trill", "trillo", "vibrato",
@@ -288,10 +288,16 @@ def evaluate(store, run_dir: Path, args) -> dict:
     rows = plan.score
     classes = [str(c) for c in head.classes_]
     X = pooled_features(store, bb, rows, run_pool(run_dir))  # the features the run was fitted on
-    report = score_clip_head(head, X, store.labels("technique")[rows]).report
+    from heads.intervals import classification_intervals
+
+    scores = score_clip_head(head, X, store.labels("technique")[rows])
+    report = scores.report
+    # intervals: clips resampled file by file (the segments of one recording move together)
+    files = np.asarray(store.clips["file_id"]).astype(str)[rows][scores.known]
+    report["ci95"] = classification_intervals(scores.y, scores.proba, groups=files)
     metrics.plot_confusion(np.array(report["confusion"]), classes, Path(run_dir) / "confusion_technique.png",
-                           title=f"{bb} / {args.head} / technique\n{plan.label()}")
-    print(f"technique, {plan.label()}")
+                           title=f"{bb} / {args.head} / technique\n{run_label(plan, run_dir)}")
+    print(f"technique, {run_label(plan, run_dir)}")
     report.update(split=plan.score_split, protocol=plan.describe(), n_clips=int(len(rows)))
     if getattr(head, "layer_weights_", None) is not None:
         report["layer_weights"] = [float(v) for v in np.asarray(head.layer_weights_)]

@@ -478,8 +478,23 @@ def evaluate(store, run_dir: Path, args) -> dict:
                       "n_est": counts[sid][1]} for sid, sc in rep["per_song"].items()}
     print(f"{len(songs)} songs decoded, {plan.label()}; notes -> {Path(run_dir) / 'notes'}, "
           f"MIDI -> {Path(run_dir) / 'midi'}")
+    from heads.intervals import mean_intervals
+    from heads.run_plots import plot_piano_roll
+
+    chosen = getattr(args, "piano_roll", None) or (sorted(songs)[0] if songs else None)
+    if chosen is not None and chosen not in songs:
+        raise ValueError(f"--piano-roll {chosen!r}: no such song on the scored split ({plan.score_split}); songs: "
+                         f"{', '.join(sorted(songs)[:10])}{' ...' if len(songs) > 10 else ''}")
+    if chosen is not None:
+        s = songs[chosen]
+        ref = notes_in_span(labels[s["rows"][0]], *s["span"])
+        sc = rep["per_song"][chosen]["COnPOff"]["f1"]
+        plot_piano_roll(np.asarray(ref, dtype=float), np.asarray(s["notes"], dtype=float),
+                        Path(run_dir) / "piano_roll.png",
+                        f"{Path(run_dir).name}: song {chosen} ({plan.label()}), COnPOff F1 {100 * sc:.1f} %")
+    ci = mean_intervals({f"mean.{name}.f1": [sc[name]["f1"] for sc in per_song.values()] for name in rep["mean"]})
     return {"mean": rep["mean"], "per_song": per_song, "n_songs": rep["n_songs"], "split": plan.score_split,
-            "protocol": plan.describe()}
+            "protocol": plan.describe(), "ci95": ci}
 
 
 def predict(args) -> int:
@@ -543,6 +558,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                             help="separate vocals with demucs first (every file of the store; default model "
                                  "htdemucs)")
         parser.add_argument("--demucs-repo", help="local folder with the demucs weights")
+    if command == "evaluate":
+        parser.add_argument("--piano-roll", default=None, metavar="SONG",
+                            help="song (clip file id) drawn in RUN/piano_roll.png and .svg, predicted notes over the "
+                                 "reference; not given: the first scored song")
     if command == "predict":
         parser.add_argument("--input", help="folder of audio files to transcribe")
         parser.add_argument("--out", help="output folder (default: WORKDIR/predictions)")

@@ -284,7 +284,7 @@ def test_demo_pipeline_finetune_reextract_probe_cluster(tiny_hubert, tmp_path, m
                     "--backbones", f"{tiny_hubert},{name}", "--table-only", "--no-progress"])
     row = [l for l in (work / "comparison.md").read_text().splitlines() if l.startswith(f"| {name} ")]
     assert len(row) == 1 and "fine-tuned (two-stage, transcription)" in row[0]
-    assert f"| {100 * ev['mean']['COnP']['f1']:.1f} |" in row[0]
+    assert f"| {100 * ev['mean']['COnP']['f1']:.1f} [" in row[0]   # the score, then its bootstrap interval
     # fine-tuned again (other seed): re-extracting over the earlier backbone needs --overwrite
     assert TR.main(TR.SPEC, ["finetune", "--backbone", str(tiny_hubert), "--head", "crf", "--epochs", "1",
                              "--stage1-epochs", "0", "--seed", "1", "--batch-size", "4", "--num-workers", "0",
@@ -415,6 +415,32 @@ def test_stage1_from_the_store_trains_the_head_as_recomputing_does(store, tiny_h
             assert torch.equal(a[k], b[k])
     with pytest.raises(FineTuneError, match="no 'crepe'"):
         FT.finetune(args_for(store, "crepe", tmp_path / "x", *common, "--stage1-features", "store"))
+
+
+def _scalars(log_dir) -> dict:
+    """{tag: [(step, value)]} of the TensorBoard event files under ``log_dir`` (read with tensorboard's own reader)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def test_log_dir_and_console_show_each_epochs_selection_score(store, tiny_hubert, tmp_path, capsys):
+    out, logs = tmp_path / "run", tmp_path / "tb"
+    FT.finetune(args_for(store, tiny_hubert, out, "--epochs", "2", "--stage1-epochs", "1", "--log-dir", str(logs)))
+    hist = json.loads((out / "metrics.json").read_text())["finetune"]["history"]
+    err = capsys.readouterr().err
+    for h in hist:  # the console line of every epoch carries its selection score and the split
+        assert f"epoch {h['epoch'] + 1}/2 (stage {h['stage']}): loss {h['loss']:.4f}, selection score {h['val']:.4f} " \
+               "on valid" in err
+    sc = _scalars(logs)
+    assert [v for _, v in sc["finetune/loss"]] == pytest.approx([h["loss"] for h in hist], rel=1e-6)
+    assert [v for _, v in sc["finetune/selection_score"]] == pytest.approx([h["val"] for h in hist], rel=1e-6)
+    assert [v for _, v in sc["finetune/lr/head"]] == pytest.approx([3e-3, 3e-3])
+    layers = sorted(t for t in sc if t.startswith("finetune/layer_weight/"))
+    assert len(layers) == 3 and sum(sc[t][-1][1] for t in layers) == pytest.approx(1.0, rel=1e-5)
+    assert (out / "learning_curve.png").stat().st_size > 1000 and (out / "learning_curve.svg").is_file()
 
 
 def test_resume_accepts_equivalent_spellings_and_refuses_a_planted_checkpoint(store, tiny_hubert, tmp_path,

@@ -87,7 +87,13 @@ def test_tables_read_back_the_runs(env):
             tags = r["notes"].split("; ")
             assert "demo corpus" in tags                          # the store holds demo-corpus audio
             assert ("random-init" in tags) == (r["frontend"] == "random-tiny")
-            cells = [f"{r[c]:.1f}" for c, _ in table.COLUMNS[task]]
+            # each score with its bootstrap interval (none for top-k with k = the class count: always 100 %)
+            cells = []
+            for c, key in table.COLUMNS[task]:
+                lo, hi = ev["ci95"].get(key) or (None, None)
+                cells.append(f"{r[c]:.1f}" + ("" if lo is None else f" [{100 * lo:.1f}, {100 * hi:.1f}]"))
+                assert r[f"{c} ci low"] == (None if lo is None else pytest.approx(100 * lo))
+                assert lo is None or lo <= r[c] / 100 <= hi
             label = r["frontend"] + (" (random-init)" if r["frontend"] == "random-tiny" else "")
             splits = f" | {r['scored on']} | {r['chosen on']} |"
             assert f"| {label} | {HEAD[task]} | " + " | ".join(cells) + splits in md
@@ -139,22 +145,70 @@ def test_heatmap_values_are_the_runs_layer_weights(env):
             assert math.isclose(sum(w), 1.0, rel_tol=1e-5)           # a softmax
         assert np.isnan(m[NAMES.index("logmel"), 1:]).all() and m.shape[1] == 10  # log-mel 1, CREPE 6, PESTO 10
         assert np.isnan(m[NAMES.index("crepe-tiny"), 6:]).all() and not np.isnan(m[NAMES.index("pesto")]).any()
-    for name in ("layer_weights", "layer_sweep", "main_metric"):
+        # scaled by the layer count (1 = uniform) and per frontend (1 = its largest weight)
+        _, by_count = plots.layer_weight_matrix(runs, scale="layers")
+        _, by_frontend = plots.layer_weight_matrix(runs, scale="frontend")
+        for i, (_, run) in enumerate(runs):
+            w = np.array(json.loads((run / "metrics.json").read_text())["layer_weights"])
+            np.testing.assert_allclose(by_count[i, :len(w)], w * len(w))
+            np.testing.assert_allclose(by_frontend[i, :len(w)], w / w.max())
+        assert by_count[NAMES.index("logmel"), 0] == pytest.approx(1.0)  # one layer: uniform, not "1.00 preferred"
+    # demo rows and published rows are never on one axis unasked: the published bars have their own figure
+    for name in ("layer_weights", "layer_sweep", "main_metric", "main_metric_published"):
         assert (env.root / "plots" / f"{name}.png").stat().st_size > 5000
+        assert (env.root / "plots" / f"{name}.svg").stat().st_size > 5000
 
 
 def test_layer_sweep_lives_beside_the_main_runs(env):
     for task in ("singer", "technique"):
         curves = plots.layer_curves(frontends.sweep_runs(env.root / task))
         assert sorted(curves) == sorted(NAMES)
-        for name, (layers, acc, split) in curves.items():
+        md = (env.root / task / "comparison.md").read_text()
+        for name, lt in curves.items():
             sweep = env.root / task / frontends.SWEEP_DIR / "runs" / f"{name}-linear-layers-each"
             m = json.loads((sweep / "metrics.json").read_text())
-            assert layers == m["layer_curve"]["layers"] and acc == m["layer_curve"]["selection_accuracy"]
-            assert split == m["protocol"]["selection_split"]
+            assert lt == m["layer_table"] and lt["scored_split"] == m["protocol"]["scored_split"] == "test"
+            assert lt["selection_split"] == m["protocol"]["selection_split"]
+            assert f"## {task}, {name}: one linear probe per layer" in md   # the table is in the comparison
+            chosen = lt["chosen_layer"]
+            assert f"| {chosen} | {100 * lt['scored']['accuracy'][chosen]:.1f}" in md
             main = json.loads((_run(env.root, task, name) / "metrics.json").read_text())
             assert "layer_curve" not in main and "layer_weights" in main   # the main run was not overwritten
     assert not (env.root / "transcription" / frontends.SWEEP_DIR).exists()  # frame heads have no per-layer probe
+
+
+def test_calls_add_up_to_one_table_with_seeds(env, tmp_path):
+    """Two calls on different tasks leave one comparison holding both; --seeds 0,1 fits two runs per cell
+    and shows the mean ± sd of their scores; a --table-only redraw keeps everything, demo label included."""
+    root = tmp_path / "cmp"
+    common = ["--workdir", str(root), "--store", str(env.store), "--backbones", "logmel", *FIT]
+    assert frontends.main(common + ["--tasks", "singer"]) == 0
+    assert frontends.main(common + ["--tasks", "technique", "--seeds", "0,1"]) == 0
+    summary = (root / "comparison.md").read_text()
+    assert "# singer:" in summary and "# technique:" in summary
+    assert (root / "singer" / "runs" / "logmel-linear" / "evaluation.json").is_file()
+    runs = [root / "technique" / "runs" / n for n in ("logmel-linear", "logmel-linear-seed1")]
+    evs = [json.loads((r / "evaluation.json").read_text()) for r in runs]
+    assert [e["seed"] for e in evs] == [0, 1]
+    (row,) = _csv(root / "technique" / "comparison.csv")
+    f1 = [100 * e["macro_f1"] for e in evs]
+    assert row["F1 (macro)"] == pytest.approx(np.mean(f1))
+    assert row["F1 (macro) sd"] == pytest.approx(np.std(f1, ddof=1)) and row["seeds"] == "0,1"
+    assert f"| {np.mean(f1):.1f} ± {np.std(f1, ddof=1):.1f} |" in (root / "technique" / "comparison.md").read_text()
+    # a third call on singer alone: the technique rows stay in the comparison
+    assert frontends.main(common + ["--tasks", "singer"]) == 0
+    assert "# technique:" in (root / "comparison.md").read_text()
+    # a redraw runs nothing and keeps every row and its demo label
+    assert frontends.main(["--workdir", str(root), "--tasks", "singer,technique", "--table-only", "--no-progress"]) == 0
+    for task in ("singer", "technique"):
+        (row,) = _csv(root / task / "comparison.csv")
+        assert row["status"] == "ok" and "demo corpus" in row["notes"].split("; ")
+    # a redraw naming the backbone shows the cell once, with every seed an earlier call fitted
+    assert frontends.main(["--workdir", str(root), "--tasks", "technique", "--backbones", "logmel", "--table-only",
+                           "--no-progress"]) == 0
+    (row,) = _csv(root / "technique" / "comparison.csv")
+    assert row["seeds"] == "0,1" and row["F1 (macro)"] == pytest.approx(np.mean(f1))
+    assert (root / "plots" / "main_metric.svg").stat().st_size > 5000
 
 
 def test_missing_cells_are_marked(env, tmp_path, capsys):

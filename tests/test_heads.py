@@ -157,7 +157,8 @@ def test_fit_cli_end_to_end(demo_home, tmp_path, capsys, head, task):
     from heads.fit import main
 
     out = tmp_path / "run"
-    code = main(["--backbone", "crepe", "--head", head, "--task", task, "--epochs", "15", "--lr", "1e-2",
+    torch_opts = [] if head == "logreg" else ["--epochs", "15", "--lr", "1e-2"]  # logreg has neither
+    code = main(["--backbone", "crepe", "--head", head, "--task", task, *torch_opts,
                  "--out", str(out), "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
@@ -189,8 +190,9 @@ def test_layer_plots_show_stored_layers_and_only_what_was_learned(demo_home, tmp
         return real(values, layers, path, title, ylabel)
 
     monkeypatch.setattr(fit, "plot_layer_weights", spy)
-    common = ["--backbone", "crepe", "--epochs", "3", "--lr", "1e-2", "--no-progress"]
-    assert fit.main(common + ["--head", "linear", "--layers", "2,4", "--out", str(tmp_path / "sub")]) == 0
+    common = ["--backbone", "crepe", "--no-progress"]
+    torch_opts = ["--epochs", "3", "--lr", "1e-2"]
+    assert fit.main(common + torch_opts + ["--head", "linear", "--layers", "2,4", "--out", str(tmp_path / "sub")]) == 0
     values, layers, ylabel, title = drawn["sub"]
     assert layers == [2, 4] and len(values) == 2 and ylabel.startswith("softmax")
     assert "scored on test, chosen on valid" in title
@@ -203,7 +205,7 @@ def test_layer_plots_show_stored_layers_and_only_what_was_learned(demo_home, tmp
     np.testing.assert_allclose(values, head.layer_importance_)
     assert fit.main(common + ["--head", "logreg", "--out", str(tmp_path / "mean")]) == 0
     assert "mean" not in drawn and not (tmp_path / "mean" / "layer_weights.png").exists()
-    assert fit.main(common + ["--head", "linear", "--layers", "concat", "--out", str(tmp_path / "bad")]) == 2
+    assert fit.main(common + torch_opts + ["--head", "linear", "--layers", "concat", "--out", str(tmp_path / "bad")]) == 2
 
 
 def test_fit_cli_errors(demo_home, tmp_path, capsys):

@@ -235,3 +235,15 @@ def test_evaluate_without_a_store_is_a_clear_error(demo_run, tmp_path, capsys):
         shutil.copy(demo_run / "runs" / "crepe-tiny-linear" / name, run / name)
     assert main(T.SPEC, ["evaluate", "--workdir", str(tmp_path), "--backbone", "crepe"]) == 2
     assert "not a feature store" in capsys.readouterr().err
+
+
+def test_titles_come_from_the_store_not_the_dataset_description(demo_run):
+    """results.md names the demo corpus, the store's class count and segment length, not 'VocalSet, 10 techniques'."""
+    from featurestore import open_store
+
+    store = open_store(demo_run / "store.zarr")
+    classes = {v for v in store.labels("technique").astype(str) if v}
+    title = (demo_run / "results.md").read_text().splitlines()[0]
+    assert "demo corpus" in title and f"{len(classes)} classes" in title
+    assert f"{store.clip_settings['segment_s']:g} s segments" in title
+    assert "VocalSet" not in title and "10 techniques" not in title

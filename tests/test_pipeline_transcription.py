@@ -300,3 +300,31 @@ def test_default_prepare_takes_ten_percent_of_train_songs(raw):
     assert args.valid_songs == pytest.approx(0.10)
     res = prepare_mirst500(raw, args)
     assert sorted(r["split"] for r in res.rows if int(r["id"]) <= 400) == ["train", "valid"]
+
+
+def test_evaluate_draws_a_piano_roll_and_song_intervals(demo_run, capsys):
+    """evaluate --piano-roll SONG draws that song's notes (PNG + SVG); an unknown song is refused by name; the
+    song-level bootstrap interval of each F1 equals scipy's over the per-song scores."""
+    from scipy.stats import bootstrap
+
+    from heads import intervals
+
+    w, _, _ = demo_run
+    run = w / "runs" / "crepe-tiny-crf"
+    ev = json.loads((run / "evaluation.json").read_text())
+    song = sorted(ev["per_song"])[-1]
+    for ext in ("png", "svg"):
+        (run / f"piano_roll.{ext}").unlink(missing_ok=True)
+    assert main(SPEC, ["evaluate", "--workdir", str(w), "--backbone", "crepe", "--head", "crf",
+                       "--piano-roll", song]) == 0
+    assert (run / "piano_roll.png").stat().st_size > 1000 and (run / "piano_roll.svg").stat().st_size > 1000
+    assert main(SPEC, ["evaluate", "--workdir", str(w), "--backbone", "crepe", "--head", "crf",
+                       "--piano-roll", "no-such-song"]) == 2
+    assert "--piano-roll 'no-such-song'" in capsys.readouterr().err
+    ev = json.loads((run / "evaluation.json").read_text())
+    for k in ("COnPOff", "COnP", "COn"):
+        f1 = np.array([ev["per_song"][s][k]["f1"] for s in ev["per_song"]])
+        ref = bootstrap((f1,), np.mean, n_resamples=intervals.N_BOOT, method="percentile",
+                        rng=np.random.default_rng(intervals.SEED), vectorized=True).confidence_interval
+        assert ev["ci95"][f"mean.{k}.f1"] == pytest.approx([ref.low, ref.high])
+    assert "[" in next(l for l in (w / "results.md").read_text().splitlines() if l.startswith("| crepe-tiny-crf |"))

@@ -43,9 +43,11 @@ def stores(tmp_path_factory):
 
 
 def _fit(store, backbone, out, *extra):
-    from heads.fit import main
+    from heads.fit import TORCH_HEADS, main
 
-    return main(["--store", str(store), "--backbone", backbone, "--epochs", "6", "--lr", "1e-2", "--seed", "3",
+    head = extra[extra.index("--head") + 1] if "--head" in extra else "linear"
+    torch_opts = ["--epochs", "6", "--lr", "1e-2"] if head in TORCH_HEADS else []  # refused for logreg/lgbm
+    return main(["--store", str(store), "--backbone", backbone, *torch_opts, "--seed", "3",
                  "--no-progress", "--out", str(out), *extra])
 
 
