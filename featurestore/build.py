@@ -480,6 +480,8 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
     t0 = time.perf_counter()
     if name is not None:
         check_backbone_name(name, "--name")  # before anything is written
+    for bb in backbones:  # an unknown name or a malformed hear:MODULE, before anything is written
+        resolve(bb)
     clip_settings = clip_settings or ClipSettings()
     extract = extract or ExtractSettings()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -20,6 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+class UnknownBackbone(KeyError):
+    """A backbone argument that is no registry name, folder or Hugging Face id. A KeyError (as
+    before) whose message prints as written, not in quotes as a KeyError's would."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """How to load one frontend.
@@ -111,5 +119,5 @@ def resolve(name_or_path: str) -> BackboneSpec:
     if "/" in key and not key.startswith((".", "/")):
         return BackboneSpec(key.replace("/", "--"), "hf", key, 16000)
     known = ", ".join(sorted(REGISTRY) + sorted(ALIASES))
-    raise KeyError(f"unknown backbone {name_or_path!r}: not a registry name ({known}), "
+    raise UnknownBackbone(f"unknown backbone {name_or_path!r}: not a registry name ({known}), "
                    "not a local folder, and not a Hugging Face id of the form 'org/name'")
