@@ -15,3 +15,30 @@ def test_unknown_backbone_is_refused_before_a_store_is_created(tmp_path, capsys)
     assert rc == 2
     assert err.startswith("error: unknown backbone 'nosuchmodel'"), err  # printed as written, not as a KeyError repr
     assert not (tmp_path / "s.zarr").exists()  # no clip table planned for a build that cannot run
+
+
+def _hear_config(tmp_path, name, cfg) -> str:
+    import json
+
+    (tmp_path / name).write_text(json.dumps(cfg))
+    return str(tmp_path / name)
+
+
+def test_hear_config_errors_name_the_file_they_come_from(tmp_path):
+    import pytest
+
+    from featurestore.hear import HearConfigError, load_model
+
+    cfg = _hear_config(tmp_path, "typo.json", {"frontend": "crepe-tinyy"})
+    with pytest.raises(HearConfigError, match=r"typo\.json: frontend: unknown backbone 'crepe-tinyy'"):
+        load_model(cfg)
+    (tmp_path / "fit").mkdir()
+    (tmp_path / "fit" / "metrics.json").write_text('{"layer_weights": [0.5, ')  # a run killed mid-write
+    cfg = _hear_config(tmp_path, "fit.json", {"frontend": "crepe", "layers": {"fit_run": "fit"}})
+    with pytest.raises(HearConfigError, match=r"fit/metrics\.json cannot be read as JSON"):
+        load_model(cfg)
+    (tmp_path / "ft" / "frontend").mkdir(parents=True)
+    (tmp_path / "ft" / "finetune_args.json").write_text("{}")
+    cfg = _hear_config(tmp_path, "ft.json", {"finetune_run": "ft"})
+    with pytest.raises(HearConfigError, match=r"ft\.json: finetune_run .*finetune_args\.json names no backbone"):
+        load_model(cfg)
