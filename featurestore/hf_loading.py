@@ -206,6 +206,32 @@ def _check_loading_info(info: dict, source: str, model, *, mapped: bool) -> None
         raise WeightsMismatch(f"{source}: the weight files do not match the config: " + "; ".join(problems))
 
 
+class WeightsUnreadable(ValueError):
+    """A weight file that is damaged, or holds more than tensors (refused without running it)."""
+
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def weights_error(source: str, error: Exception) -> WeightsUnreadable | None:
+    """The error to show for ``error`` raised while reading ``source``'s weights: a
+    :class:`WeightsUnreadable` naming the weight file(s) for a pickle that needs more than tensors,
+    a damaged zip (``pytorch_model.bin``) or safetensors header; None for anything else."""
+    import pickle
+
+    files = [str(Path(source) / f) for f in WEIGHT_FILES if (Path(source) / f).is_file()] or [source]
+    where = " / ".join(files)
+    if isinstance(error, pickle.UnpicklingError):
+        return WeightsUnreadable(f"{where}: the weights hold Python objects besides tensors, so they are refused "
+                                 "without being unpickled (read with weights_only=True; nothing in them ran). "
+                                 "Only load weights from that file if you trust it, after re-saving its tensors "
+                                 "as model.safetensors")
+    text = str(error)
+    if type(error).__name__ == "SafetensorError" or "PytorchStreamReader" in text or "zip archive" in text:
+        return WeightsUnreadable(f"{where}: the weight file is damaged or truncated ({text.splitlines()[0]})")
+    return None
+
+
 def load_model(source: str, *, config_edit=None, local_files_only: bool = False, trust_remote_code: bool = False,
                attention: str | None = None) -> LoadedModel:
     """Load the model at ``source`` (hub id or folder).
@@ -229,9 +255,15 @@ def load_model(source: str, *, config_edit=None, local_files_only: bool = False,
     kind = attention or ("sdpa" if supports_sdpa(cls) else "eager")
     if kind == "sdpa" and not supports_sdpa(cls):
         raise ValueError(f"{source}: transformers offers no SDPA attention for {cls.__name__}; use eager")
-    with _quiet_load_report():  # the loading info is checked below, strictly, instead
-        model, info = cls.from_pretrained(source, config=config, local_files_only=local_files_only,
-                                          weights_only=True, output_loading_info=True, attn_implementation=kind)
+    try:
+        with _quiet_load_report():  # the loading info is checked below, strictly, instead
+            model, info = cls.from_pretrained(source, config=config, local_files_only=local_files_only,
+                                              weights_only=True, output_loading_info=True, attn_implementation=kind)
+    except Exception as e:  # noqa: BLE001 - sorted by what the weight files did wrong
+        unreadable = weights_error(source, e)
+        if unreadable is None:
+            raise
+        raise unreadable from e
     mapped = raw.get("model_type") == MERT_MODEL_TYPE
     _check_loading_info(info, source, model, mapped=mapped)
     return LoadedModel(model, None if sr is None else int(sr), None if do_norm is None else bool(do_norm),

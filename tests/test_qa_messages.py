@@ -42,3 +42,39 @@ def test_hear_config_errors_name_the_file_they_come_from(tmp_path):
     cfg = _hear_config(tmp_path, "ft.json", {"finetune_run": "ft"})
     with pytest.raises(HearConfigError, match=r"ft\.json: finetune_run .*finetune_args\.json names no backbone"):
         load_model(cfg)
+
+
+class _Payload:
+    """Unpickling this creates ``path``: the marker of code run from a weight file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def test_planted_or_damaged_weights_are_named_without_a_traceback(tmp_path, capsys):
+    import torch
+
+    from featurestore.build import main
+    from tests.published_forms import BY_NAME, write_published
+
+    noise_clips(tmp_path / "audio", 16000, [1.0])
+    planted = write_published(tmp_path / "planted", BY_NAME["mert-v0-public"])  # pytorch_model.bin only
+    marker = tmp_path / "PAYLOAD_RAN"
+    torch.save({"feature_projection.projection.weight": _Payload(marker)}, planted / "pytorch_model.bin")
+    damaged = write_published(tmp_path / "damaged", BY_NAME["mert-v1-330m"])  # model.safetensors only
+    data = (damaged / "model.safetensors").read_bytes()
+    (damaged / "model.safetensors").write_bytes(data[:len(data) // 2])
+    for folder, says in ((planted, "hold Python objects besides tensors"), (damaged, "damaged or truncated")):
+        rc = main(["--input", str(tmp_path / "audio"), "--store", str(tmp_path / f"{folder.name}.zarr"),
+                   "--backbone", "mert", "--model-path", str(folder), "--num-workers", "0", "--no-progress",
+                   "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert rc == 2, err
+        assert "Traceback" not in err and says in err and str(folder) in err, err
+        assert "weights_only` set to `False`" not in err  # torch's advice to unpickle is not passed on
+    assert not marker.exists()
