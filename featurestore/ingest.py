@@ -496,7 +496,19 @@ def ingest(input_path, store_path, backbone: str | None = None, *, frame_rate=No
         h5.close()
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return {**summary, "store": str(store)}
+    return {**summary, "store": str(store), "leftovers": [str(p) for p in leftovers(store)]}
+
+
+def leftovers(store: Path) -> list[Path]:
+    """Hidden folders beside ``store`` that an ingest killed before it finished left behind: its
+    half-written store (``.<name>.ingest-<id>.tmp``) or, killed while swapping, the old store moved
+    aside (``.<name>.old-<id>``). Nothing deletes them on its own: another ingest into the same store
+    may be writing one."""
+    store = Path(store)
+    if not store.parent.is_dir():
+        return []
+    return sorted(p for pattern in (f".{store.name}.ingest-*.tmp", f".{store.name}.old-*")
+                  for p in store.parent.glob(pattern) if p.is_dir())
 
 
 def _check_name(name: str) -> None:
@@ -657,6 +669,11 @@ def main(argv=None) -> int:
         return 2
     print(f"ingested {out['clips']} clips ({out['frames']} frames, {out['layers']} x {out['dim']}, "
           f"{out['frame_rate']:g} Hz) as backbone {out['backbone']!r} into {out['store']}")
+    for p in out["leftovers"]:
+        size = sum(f.stat().st_size for f in Path(p).rglob("*") if f.is_file())
+        print(f"warning: {p} ({size / 2**20:.1f} MiB) was left by an ingest into this store that was killed "
+              "(a half-written store, or an old one moved aside); delete it unless an ingest into this store "
+              "is running now", file=sys.stderr)
     return 0
 
 

@@ -2,6 +2,8 @@
 wrong, without quotes or traceback, and leaves nothing behind that was not asked for."""
 from __future__ import annotations
 
+import numpy as np
+
 from tests.conftest import noise_clips
 
 
@@ -78,3 +80,24 @@ def test_planted_or_damaged_weights_are_named_without_a_traceback(tmp_path, caps
         assert "Traceback" not in err and says in err and str(folder) in err, err
         assert "weights_only` set to `False`" not in err  # torch's advice to unpickle is not passed on
     assert not marker.exists()
+
+
+def test_ingest_names_what_a_killed_ingest_left_beside_the_store(tmp_path, capsys):
+    import json
+
+    from featurestore.ingest import main
+
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).standard_normal((20, 2, 4)).astype(np.float32))
+    (tmp_path / "m.json").write_text(json.dumps([{"path": "a.npy", "id": "a"}]))
+    stale = tmp_path / ".s.zarr.ingest-0123456789ab.tmp"  # what SIGKILL mid-ingest leaves
+    (stale / "backbones").mkdir(parents=True)
+    (stale / "backbones" / "chunk").write_bytes(b"\0" * 4096)
+    other = tmp_path / ".t.zarr.ingest-0123456789ab.tmp"  # another store's: not this ingest's business
+    other.mkdir()
+    rc = main([str(tmp_path / "m.json"), "--store", str(tmp_path / "s.zarr"), "--backbone", "x",
+               "--frame-rate", "100", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert f"warning: {stale} (0.0 MiB) was left by an ingest into this store that was killed" in err
+    assert str(other) not in err
+    assert stale.is_dir()  # named, not deleted: another ingest may be writing it
