@@ -491,7 +491,7 @@ def ingest(input_path, store_path, backbone: str | None = None, *, frame_rate=No
                                target_unit_frames, recompute_pooled, progress, h5)
         h5.close()
         _check_written(tmp, summary.pop("_files"), recompute_pooled)
-        _move_into_place(tmp, store)
+        _move_into_place(tmp, store, overwrite=overwrite)
     finally:
         h5.close()
         if tmp.exists():
@@ -539,13 +539,18 @@ def _check_written(tmp: Path, files: dict, recompute_pooled: bool) -> None:
     raise IngestError("the ingested store does not verify, so it was not put in place: " + "; ".join(lines) + more)
 
 
-def _move_into_place(tmp: Path, store: Path) -> None:
+def _move_into_place(tmp: Path, store: Path, *, overwrite: bool) -> None:
     """Put the finished store ``tmp`` at ``store`` under the store's lock; an old store there is moved
-    aside first and deleted only once the new one is in place (put back if the move fails)."""
+    aside first and deleted only once the new one is in place (put back if the move fails). Without
+    ``overwrite``, a store that appeared at ``store`` while this ingest ran (another process's) is
+    kept: IngestError, and ``tmp`` is not moved."""
     from featurestore.locking import StoreLock
 
     with StoreLock(store).hold("replacing the store with an ingested one"):
         old = None
+        if (store.exists() or store.is_symlink()) and not overwrite:
+            raise IngestError(f"{store} was created by another process while this ingest ran; it is kept "
+                              "(pass --overwrite to replace it)")
         if store.exists():
             old = store.with_name(f".{store.name}.old-{uuid.uuid4().hex[:12]}")
             store.rename(old)

@@ -101,3 +101,22 @@ def test_ingest_names_what_a_killed_ingest_left_beside_the_store(tmp_path, capsy
     assert f"warning: {stale} (0.0 MiB) was left by an ingest into this store that was killed" in err
     assert str(other) not in err
     assert stale.is_dir()  # named, not deleted: another ingest may be writing it
+
+
+def test_ingest_without_overwrite_keeps_a_store_another_process_put_there_meanwhile(tmp_path):
+    import json
+
+    import pytest
+
+    from featurestore import ingest as ing
+
+    np.save(tmp_path / "a.npy", np.ones((20, 2, 4), np.float32))
+    (tmp_path / "m.json").write_text(json.dumps([{"path": "a.npy", "id": "a"}]))
+    ing.ingest(tmp_path / "m.json", tmp_path / "theirs.zarr", "x", frame_rate=100)
+    ing.ingest(tmp_path / "m.json", tmp_path / "mine.zarr", "x", frame_rate=100)
+    before = {p: p.read_bytes() for p in (tmp_path / "theirs.zarr").rglob("*") if p.is_file()}
+    # the moment two ingests without --overwrite both found no store: the other one has moved its in
+    with pytest.raises(ing.IngestError, match=r"theirs\.zarr was created by another process .* --overwrite"):
+        ing._move_into_place(tmp_path / "mine.zarr", tmp_path / "theirs.zarr", overwrite=False)
+    assert {p: p.read_bytes() for p in (tmp_path / "theirs.zarr").rglob("*") if p.is_file()} == before
+    assert (tmp_path / "mine.zarr" / "zarr.json").is_file()
