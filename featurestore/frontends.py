@@ -279,7 +279,25 @@ def load_hf(spec: BackboneSpec, path: str | os.PathLike | None = None, *, local_
     norm = loaded.do_normalize if loaded.do_normalize is not None else spec.do_normalize
     fe = HFFrontend(spec, loaded.model, sr, norm, source)
     fe.attention, fe.native, fe.mapped_from = loaded.attention, loaded.native, loaded.mapped_from
+    if path is not None:
+        check_local_copy(spec, path, loaded.model.config.model_type, fe.frame_rate)
     return fe.to(device).probe()
+
+
+def check_local_copy(spec: BackboneSpec, path, model_type: str, frame_rate: float) -> None:
+    """A ``--model-path`` folder given for a registry entry must be that entry's model family
+    (``model_type``) at its frame rate (Hz): otherwise its features would be stored, fitted and
+    compared under a name that says another model. ValueError naming the folder and what it holds."""
+    if not spec.model_types:  # a generic folder or id: named after itself
+        return
+    if model_type not in spec.model_types:
+        raise ValueError(f"--model-path {path}: its config.json has model_type {model_type!r}, not "
+                         f"{spec.name}'s ({' or '.join(spec.model_types)}); to extract it under its own name, "
+                         f"pass the folder as --backbone (and --name to choose the name)")
+    if spec.expected_frame_rate and abs(frame_rate - spec.expected_frame_rate) > 1e-6:
+        raise ValueError(f"--model-path {path}: gives {frame_rate:g} Hz frames (its preprocessor_config.json "
+                         f"sampling_rate), {spec.name} has {spec.expected_frame_rate:g} Hz; to extract it under its "
+                         "own name, pass the folder as --backbone (and --name to choose the name)")
 
 
 # --------------------------------------------------------------------------------------------

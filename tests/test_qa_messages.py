@@ -71,9 +71,10 @@ def test_planted_or_damaged_weights_are_named_without_a_traceback(tmp_path, caps
     damaged = write_published(tmp_path / "damaged", BY_NAME["mert-v1-330m"])  # model.safetensors only
     data = (damaged / "model.safetensors").read_bytes()
     (damaged / "model.safetensors").write_bytes(data[:len(data) // 2])
-    for folder, says in ((planted, "hold Python objects besides tensors"), (damaged, "damaged or truncated")):
+    for folder, name, says in ((planted, "mert-v0", "hold Python objects besides tensors"),
+                               (damaged, "mert-330m", "damaged or truncated")):
         rc = main(["--input", str(tmp_path / "audio"), "--store", str(tmp_path / f"{folder.name}.zarr"),
-                   "--backbone", "mert", "--model-path", str(folder), "--num-workers", "0", "--no-progress",
+                   "--backbone", name, "--model-path", str(folder), "--num-workers", "0", "--no-progress",
                    "--device", "cpu"])
         err = capsys.readouterr().err
         assert rc == 2, err
@@ -120,3 +121,27 @@ def test_ingest_without_overwrite_keeps_a_store_another_process_put_there_meanwh
         ing._move_into_place(tmp_path / "mine.zarr", tmp_path / "theirs.zarr", overwrite=False)
     assert {p: p.read_bytes() for p in (tmp_path / "theirs.zarr").rglob("*") if p.is_file()} == before
     assert (tmp_path / "mine.zarr" / "zarr.json").is_file()
+
+
+def test_a_model_path_of_another_family_is_not_stored_under_the_registry_name(tmp_path, capsys):
+    from featurestore.build import main
+    from featurestore.store import open_store
+    from tests.published_forms import BY_NAME, write_published
+
+    noise_clips(tmp_path / "audio", 16000, [1.0])
+    mert = write_published(tmp_path / "MERT-v1-95M", BY_NAME["mert-v1-95m"])
+    mert_v0 = write_published(tmp_path / "MERT-v0-public", BY_NAME["mert-v0-public"])
+
+    def run(backbone, folder):
+        rc = main(["--input", str(tmp_path / "audio"), "--store", str(tmp_path / "s.zarr"), "--backbone", backbone,
+                   "--model-path", str(folder), "--num-workers", "0", "--no-progress", "--device", "cpu"])
+        return rc, capsys.readouterr().err
+
+    rc, err = run("wavlm", mert)  # a MERT folder under WavLM's name
+    assert rc == 2 and f"--model-path {mert}: its config.json has model_type 'hubert', not wavlm-base-plus's" in err
+    rc, err = run("mert-v1-95m", mert_v0)  # the same family, another model: 50 Hz frames, not MERT-v1's 75
+    assert rc == 2 and f"--model-path {mert_v0}: gives 50 Hz frames" in err and "mert-v1-95m has 75 Hz" in err
+    assert open_store(tmp_path / "s.zarr").backbones == []
+    rc, err = run("mert", mert)  # the right folder still loads
+    assert rc == 0, err
+    assert open_store(tmp_path / "s.zarr").backbones == ["mert-v1-95m"]
