@@ -488,6 +488,7 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
     loc = Location(store_path)  # a local folder or an fsspec URL (featurestore.location)
     store_path = loc.url if loc.is_url else loc.path
     store_lock = StoreLock(store_path, kind=lock, timeout=lock_timeout)
+    store_lock.check_paths()  # a lock file that is a link: refused before the store folder is created
     if loc.is_file("zarr.json") and damaged_metadata(loc):  # unreadable zarr.json files: recover before opening
         with store_lock.hold("clearing damaged metadata"):
             clear_damaged(loc, _built_names(backbones, name), overwrite=overwrite,

@@ -145,3 +145,21 @@ def test_a_model_path_of_another_family_is_not_stored_under_the_registry_name(tm
     rc, err = run("mert", mert)  # the right folder still loads
     assert rc == 0, err
     assert open_store(tmp_path / "s.zarr").backbones == ["mert-v1-95m"]
+
+
+def test_a_linked_lock_file_is_refused_before_anything_is_written(tmp_path, capsys):
+    from featurestore.build import main
+
+    noise_clips(tmp_path / "audio", 16000, [1.0])
+    (tmp_path / "victim.txt").write_text("victim")
+    for kind, suffix in (("flock", ".lock"), ("lease", ".lease"), ("auto", ".lease")):
+        link = tmp_path / f"s.zarr{suffix}"
+        link.symlink_to(tmp_path / "victim.txt")
+        rc = main(["--input", str(tmp_path / "audio"), "--store", str(tmp_path / "s.zarr"), "--backbone", "logmel",
+                   "--lock", kind, "--num-workers", "0", "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2
+        assert err.startswith(f"error: the lock file {link} is a symbolic link"), err  # no "[Errno 40]" prefix
+        assert not (tmp_path / "s.zarr").exists()  # no empty store folder left behind
+        assert (tmp_path / "victim.txt").read_text() == "victim"
+        link.unlink()
