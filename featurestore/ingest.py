@@ -483,7 +483,10 @@ def ingest(input_path, store_path, backbone: str | None = None, *, frame_rate=No
             raise IngestError(f"{store} exists and is not a feature store; not replacing it")
     if backbone is not None:
         _check_name(backbone)
-    store.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise IngestError(f"--store {store}: its folder {store.parent} cannot be created ({e.strerror})") from e
     tmp = store.with_name(f".{store.name}.ingest-{uuid.uuid4().hex[:12]}.tmp")
     h5 = _H5Files()
     try:
@@ -669,7 +672,7 @@ def main(argv=None) -> int:
                      chunk_frames=args.chunk_frames, target_unit_frames=args.unit_frames,
                      recompute_pooled=args.recompute_pooled, overwrite=args.overwrite,
                      progress=not args.no_progress)
-    except IngestError as e:
+    except (IngestError, OSError) as e:  # OSError: a file system refusal, named by the error
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"ingested {out['clips']} clips ({out['frames']} frames, {out['layers']} x {out['dim']}, "

@@ -163,3 +163,24 @@ def test_a_linked_lock_file_is_refused_before_anything_is_written(tmp_path, caps
         assert not (tmp_path / "s.zarr").exists()  # no empty store folder left behind
         assert (tmp_path / "victim.txt").read_text() == "victim"
         link.unlink()
+
+
+def test_ingest_and_export_under_a_file_are_errors_naming_it(tmp_path, capsys):
+    import json
+
+    from featurestore import export, ingest
+
+    np.save(tmp_path / "a.npy", np.ones((20, 2, 4), np.float32))
+    (tmp_path / "m.json").write_text(json.dumps([{"path": "a.npy", "id": "a"}]))
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    rc = ingest.main([str(tmp_path / "m.json"), "--store", str(tmp_path / "file.txt" / "s.zarr"), "--backbone", "x",
+                      "--frame-rate", "100", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"error: --store {tmp_path}/file.txt/s.zarr: its folder {tmp_path}/file.txt cannot" in err, err
+    assert ingest.main([str(tmp_path / "m.json"), "--store", str(tmp_path / "s.zarr"), "--backbone", "x",
+                        "--frame-rate", "100", "--no-progress"]) == 0
+    rc = export.main([str(tmp_path / "s.zarr"), str(tmp_path / "file.txt" / "f.h5"), "--backbone", "x",
+                      "--format", "hdf5", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and "file.txt/f.h5" in err and "Traceback" not in err, err
+    assert (tmp_path / "file.txt").read_text() == "a file, not a folder"
