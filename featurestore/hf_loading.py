@@ -232,6 +232,22 @@ def weights_error(source: str, error: Exception) -> WeightsUnreadable | None:
     return None
 
 
+def preprocessor_settings(pre: dict, source: str) -> tuple[int | None, bool | None]:
+    """(``sampling_rate`` in Hz, ``do_normalize``) of a parsed ``preprocessor_config.json``, None where
+    absent. ValueError naming the file and the field for a rate that is not a positive whole number or
+    a ``do_normalize`` that is not true/false (the text ``"false"`` would otherwise count as true)."""
+    where = f"{source}: preprocessor_config.json"
+    if not isinstance(pre, dict):
+        raise ValueError(f"{where} is not a JSON object")
+    sr, norm = pre.get("sampling_rate"), pre.get("do_normalize")
+    if sr is not None and (isinstance(sr, bool) or not isinstance(sr, (int, float)) or not sr > 0 or sr == float("inf")
+                           or sr != int(sr)):
+        raise ValueError(f"{where}: sampling_rate must be a positive whole number of Hz, got {sr!r}")
+    if norm is not None and not isinstance(norm, bool):
+        raise ValueError(f"{where}: do_normalize must be true or false, got {norm!r}")
+    return (None if sr is None else int(sr)), norm
+
+
 def load_model(source: str, *, config_edit=None, local_files_only: bool = False, trust_remote_code: bool = False,
                attention: str | None = None) -> LoadedModel:
     """Load the model at ``source`` (hub id or folder).
@@ -244,8 +260,7 @@ def load_model(source: str, *, config_edit=None, local_files_only: bool = False,
         raise ValueError(f"attention={attention!r}: expected one of {', '.join(ATTENTION_KINDS)}")
     raw = _cached_json(source, "config.json", local_files_only=local_files_only, required=True)
     pre = _cached_json(source, "preprocessor_config.json", local_files_only=local_files_only, required=False) or {}
-    sr = pre.get("sampling_rate")
-    do_norm = pre.get("do_normalize")
+    sr, do_norm = preprocessor_settings(pre, source)
     if trust_remote_code:
         return _load_remote(source, raw, config_edit, local_files_only, attention, sr, do_norm)
     config = native_config(raw, source)

@@ -184,3 +184,25 @@ def test_ingest_and_export_under_a_file_are_errors_naming_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and "file.txt/f.h5" in err and "Traceback" not in err, err
     assert (tmp_path / "file.txt").read_text() == "a file, not a folder"
+
+
+def test_preprocessor_settings_of_the_wrong_type_are_named_not_misread(tmp_path):
+    import json
+
+    import pytest
+
+    from featurestore.frontends import load_frontend
+    from tests.published_forms import BY_NAME, write_published
+
+    folder = write_published(tmp_path / "m", BY_NAME["mert-v1-95m"])
+    pre = folder / "preprocessor_config.json"
+    good = json.loads(pre.read_text())
+    for field, value, says in (("do_normalize", "false", "do_normalize must be true or false, got 'false'"),
+                               ("sampling_rate", "24kHz", "sampling_rate must be a positive whole number of Hz"),
+                               ("sampling_rate", 0, "sampling_rate must be a positive whole number of Hz")):
+        pre.write_text(json.dumps({**good, field: value}))
+        with pytest.raises(ValueError, match=f"preprocessor_config.json: {says}"):
+            load_frontend("mert", path=folder)
+    pre.write_text(json.dumps({**good, "do_normalize": False, "sampling_rate": 24000.0}))
+    fe = load_frontend("mert", path=folder)
+    assert (fe.do_normalize, fe.sample_rate) == (False, 24000)
