@@ -633,7 +633,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     io = p.add_argument_group("input and store")
     io.add_argument("--input", help="folder of audio files (wav/flac/mp3), or a CSV/JSON manifest with columns "
                                     "path, optional id, split, start, end (seconds) and any label columns. "
-                                    "Default: the built-in demo corpus")
+                                    "Default: for an existing --store, the input and clip settings it was "
+                                    "planned from (unless a clip option is given); else the built-in demo corpus")
     io.add_argument("--store", help="Zarr store to create or extend: a folder, or an fsspec URL (s3://bucket/x.zarr, "
                                      "gs://..., file:///shared/x.zarr; use --shard-frames there). "
                                      "Default: <input>.zarr, or the demo store")
@@ -768,10 +769,38 @@ def _store_arg(store: str):
     return store if is_url(store) else Path(store)
 
 
+def recorded_plan(store_path) -> tuple[Path, ClipSettings] | None:
+    """(input, clip settings) an existing store's clip table was planned from, as its root attributes
+    record them; None for a new, ingested or unreadable store. ``store_path``: a local path or URL."""
+    import zarr
+
+    try:
+        attrs = dict(zarr.open_group(str(store_path), mode="r").attrs)
+    except Exception:  # noqa: BLE001 - no store there, or one the build itself will name as damaged
+        return None
+    if not isinstance(attrs.get("input"), str) or not isinstance(attrs.get("clip_settings"), dict):
+        return None
+    return Path(attrs["input"]), ClipSettings.from_dict(attrs["clip_settings"])
+
+
+def _clip_options_given(args) -> bool:
+    """Was any option that changes the clip table given (not at its default)?"""
+    return (args.segment_seconds is not None or args.min_segment_seconds != ClipSettings.min_segment_s
+            or any(v is not None for v in (args.trim_db, args.drop_quiet_db, args.separate_vocals, args.demucs_repo)))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     progress = not args.no_progress
-    if args.input is None:
+    recorded = (recorded_plan(_store_arg(args.store)) if args.input is None and args.store
+                and not _clip_options_given(args) else None)
+    if recorded is not None:
+        # an existing store given without --input: more backbones on the clips it was planned from
+        input_path, store = recorded[0], _store_arg(args.store)
+        clip_settings = recorded[1]
+        print(f"note: no --input: using the input {input_path} and the clip settings {store} was planned from",
+              file=sys.stderr)
+    elif args.input is None:
         manifest = ensure_demo_corpus()
         input_path, store = manifest, _store_arg(args.store) if args.store else default_demo_dir() / "store.zarr"
     else:
@@ -779,9 +808,10 @@ def main(argv=None) -> int:
         store = _store_arg(args.store) if args.store else input_path.with_name(input_path.stem + ".zarr")
     if args.segment_seconds is None:
         args.segment_seconds = DEMO_SEGMENT_S if args.input is None else 5.0
-    clip_settings = ClipSettings(segment_s=args.segment_seconds or None, min_segment_s=args.min_segment_seconds,
-                                 trim_db=args.trim_db, drop_quiet_db=args.drop_quiet_db,
-                                 separate=args.separate_vocals, demucs_repo=args.demucs_repo)
+    if recorded is None:
+        clip_settings = ClipSettings(segment_s=args.segment_seconds or None, min_segment_s=args.min_segment_seconds,
+                                     trim_db=args.trim_db, drop_quiet_db=args.drop_quiet_db,
+                                     separate=args.separate_vocals, demucs_repo=args.demucs_repo)
     ext = ExtractSettings(dtype=args.dtype, window_s=args.window_seconds, context_s=args.context_seconds,
                           batch_s=args.batch_seconds,
                           chunk_frames=args.chunk_frames, shard_frames=args.shard_frames,

@@ -206,3 +206,28 @@ def test_preprocessor_settings_of_the_wrong_type_are_named_not_misread(tmp_path)
     pre.write_text(json.dumps({**good, "do_normalize": False, "sampling_rate": 24000.0}))
     fe = load_frontend("mert", path=folder)
     assert (fe.do_normalize, fe.sample_rate) == (False, 24000)
+
+
+def test_the_hint_to_add_a_backbone_to_a_store_works_without_input(tmp_path, capsys):
+    """heads.fit's hint for a missing backbone is ``featurestore.build --store S --backbone B``: with no
+    --input, an existing store is extended from the input and clip settings it was planned from (before,
+    the demo corpus was compared with it and --overwrite, which deletes every backbone, was advised)."""
+    import pytest
+
+    from featurestore.build import main
+    from featurestore.store import BackboneNotInStore, open_store
+
+    noise_clips(tmp_path / "audio", 16000, [2.0, 1.5])
+    common = ["--num-workers", "0", "--no-progress", "--device", "cpu"]
+    assert main(["--input", str(tmp_path / "audio"), "--store", str(tmp_path / "s.zarr"), "--backbone", "logmel",
+                 "--segment-seconds", "0.5", "--min-segment-seconds", "0.2", *common]) == 0
+    before = list(open_store(tmp_path / "s.zarr").clips["id"])
+    with pytest.raises(BackboneNotInStore) as e:
+        open_store(tmp_path / "s.zarr").frames(before[0], backbone="crepe")
+    hint = str(e.value).split("build it with: python -m featurestore.build ")[1].split()
+    capsys.readouterr()
+    assert main([*hint, *common]) == 0, capsys.readouterr().err
+    assert f"using the input {tmp_path / 'audio'}" in capsys.readouterr().err
+    store = open_store(tmp_path / "s.zarr")
+    assert sorted(store.backbones) == ["crepe-tiny", "logmel"] and list(store.clips["id"]) == before
+    assert len(before) == 4 + 3  # 0.5 s segments of 2.0 s and 1.5 s: the recorded settings were used
