@@ -322,12 +322,26 @@ class HearModel(torch.nn.Module):
 
 # ---- the HEAR 2021 API ---------------------------------------------------------------------
 
+#: config files being loaded right now: a config whose frontend is this module serving itself
+#: (directly or through other configs) would recurse without end
+_LOADING: set[str] = set()
+
+
 def load_model(model_file_path: str = "") -> HearModel:
     """HEAR API: the model a config file names (see the module docstring); "" serves the default
     frontend (CREPE tiny), all layers concatenated, mean scene embeddings. On CPU; it moves to the
-    device of the audio it is given."""
+    device of the audio it is given. HearConfigError for a config that, through ``hear:featurestore.hear``
+    frontends, serves itself."""
     cfg = HearConfig.from_file(model_file_path) if model_file_path else HearConfig()
-    return HearModel(load_frontend_of(cfg), cfg).eval()
+    key = str(Path(cfg.source).resolve()) if model_file_path else cfg.source
+    if key in _LOADING:
+        raise HearConfigError(f"HEAR config {cfg.source}: its frontend is featurestore.hear serving this same config "
+                              "(directly or through other configs), which never ends; name another frontend")
+    _LOADING.add(key)
+    try:
+        return HearModel(load_frontend_of(cfg), cfg).eval()
+    finally:
+        _LOADING.discard(key)
 
 
 def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Tensor, torch.Tensor]:

@@ -231,3 +231,17 @@ def test_the_hint_to_add_a_backbone_to_a_store_works_without_input(tmp_path, cap
     store = open_store(tmp_path / "s.zarr")
     assert sorted(store.backbones) == ["crepe-tiny", "logmel"] and list(store.clips["id"]) == before
     assert len(before) == 4 + 3  # 0.5 s segments of 2.0 s and 1.5 s: the recorded settings were used
+
+
+def test_a_hear_config_serving_itself_is_refused(tmp_path):
+    import pytest
+
+    from featurestore.hear import HearConfigError, load_model
+
+    a = _hear_config(tmp_path, "a.json", {"frontend": "hear:featurestore.hear", "model_path": "b.json"})
+    _hear_config(tmp_path, "b.json", {"frontend": "hear:featurestore.hear", "model_path": "a.json"})
+    with pytest.raises(HearConfigError, match=r"a\.json: its frontend is featurestore\.hear serving this same config"):
+        load_model(a)
+    _hear_config(tmp_path, "c.json", {"frontend": "logmel"})
+    inner = load_model(_hear_config(tmp_path, "d.json", {"frontend": "hear:featurestore.hear", "model_path": "c.json"}))
+    assert inner.timestamp_embedding_size == 128  # a chain that ends still loads
