@@ -78,6 +78,17 @@ class LoadedModel:
     mapped_from: str | None = None  # "mert_model" when a MERT config was mapped onto HuBERT
 
 
+def _not_found(source: str, filename: str, local_files_only: bool) -> str:
+    """Why a hub id's ``filename`` was not found: offline and not in the cache, or absent."""
+    from huggingface_hub import constants
+
+    if local_files_only or constants.HF_HUB_OFFLINE:
+        how = "--local-files-only" if local_files_only else "HF_HUB_OFFLINE=1"
+        return (f"{source}: {filename} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub is "
+                f"not asked ({how}): download the model there first, or give its folder with --model-path")
+    return f"{source}: the model has no {filename} (is the id right, and is it a transformers model?)"
+
+
 def _cached_json(source: str, filename: str, *, local_files_only: bool, required: bool) -> dict | None:
     """``filename`` of a local folder or a hub id (cache or hub), parsed as JSON; None if absent and not
     ``required``. Raises FileNotFoundError naming the source, ValueError naming a file that is no JSON."""
@@ -101,7 +112,7 @@ def _cached_json(source: str, filename: str, *, local_files_only: bool, required
             return None
         if got is None:
             if required:
-                raise FileNotFoundError(f"{source}: the model has no {filename}")
+                raise FileNotFoundError(_not_found(source, filename, local_files_only))
             return None
         path = Path(got)
     try:

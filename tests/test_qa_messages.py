@@ -245,3 +245,15 @@ def test_a_hear_config_serving_itself_is_refused(tmp_path):
     _hear_config(tmp_path, "c.json", {"frontend": "logmel"})
     inner = load_model(_hear_config(tmp_path, "d.json", {"frontend": "hear:featurestore.hear", "model_path": "c.json"}))
     assert inner.timestamp_embedding_size == 128  # a chain that ends still loads
+
+
+def test_an_id_missing_from_the_offline_cache_is_not_called_a_model_without_config(tmp_path, capsys):
+    from featurestore.build import main
+
+    noise_clips(tmp_path / "audio", 16000, [1.0])
+    rc = main(["--input", str(tmp_path / "audio"), "--store", str(tmp_path / "s.zarr"), "--backbone",
+               "qa-org/never-downloaded", "--local-files-only", "--num-workers", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert ("qa-org/never-downloaded: config.json is not in the Hugging Face cache" in err
+            and "(--local-files-only)" in err and "--model-path" in err), err
