@@ -257,6 +257,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.task = args.task or ("transcription" if args.head in FRAME_HEADS else "singer")
+    out, created = None, False
     try:
         if args.pool is not None and args.head in FRAME_HEADS:
             raise ValueError(f"--pool pools clips for the clip heads ({', '.join(CLIP_HEADS)}); --head {args.head} "
@@ -280,11 +281,14 @@ def main(argv=None) -> int:
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out}: this is a file; give a folder for the run (it holds metrics.json, "
                              "head.json, predictions, plots)")
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         runner = run_clip if task.kind == "clip" else run_frames
         head, report = runner(args, store, backbone, task, out, plan)
     except (TaskError, BackboneNotInStore, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a refused run leaves no empty run folder behind
         return 2
     head.save(out / "head.json")
     stored_layers = head.layers_used_

@@ -257,3 +257,20 @@ def test_an_id_missing_from_the_offline_cache_is_not_called_a_model_without_conf
     assert rc == 2
     assert ("qa-org/never-downloaded: config.json is not in the Hugging Face cache" in err
             and "(--local-files-only)" in err and "--model-path" in err), err
+
+
+def test_a_refused_fit_leaves_no_empty_run_folder(tmp_path, capsys):
+    from featurestore.build import build
+    from featurestore.clips import ClipSettings
+    from featurestore.demo import make_demo_corpus
+    from heads.fit import main
+
+    corpus = make_demo_corpus(tmp_path / "c", n_singers=2, clips_per_singer=3, duration_s=1.0)
+    build(corpus, tmp_path / "s.zarr", ["logmel"], clip_settings=ClipSettings(segment_s=None), num_workers=0,
+          progress=False)
+    (tmp_path / "kept").mkdir()  # a folder the user made: kept even when empty
+    for out, bad in (("new", ["--layers", "7"]), ("new", ["--lr", "abc"]), ("kept", ["--layers", "7"])):
+        rc = main(["--store", str(tmp_path / "s.zarr"), "--backbone", "logmel", "--out", str(tmp_path / out),
+                   "--no-progress", "--epochs", "1", *bad])
+        assert rc == 2 and capsys.readouterr().err.startswith("error: ")
+    assert not (tmp_path / "new").exists() and (tmp_path / "kept").is_dir()
