@@ -274,3 +274,17 @@ def test_a_refused_fit_leaves_no_empty_run_folder(tmp_path, capsys):
                    "--no-progress", "--epochs", "1", *bad])
         assert rc == 2 and capsys.readouterr().err.startswith("error: ")
     assert not (tmp_path / "new").exists() and (tmp_path / "kept").is_dir()
+
+
+def test_migrate_names_a_damaged_head_joblib_and_goes_on_with_the_next_run(tmp_path, capsys):
+    from heads.migrate import main
+
+    for name, data in (("junk", bytes(range(256)) * 2), ("cut", b"\x80\x04\x95")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "head.joblib").write_bytes(data)
+    rc = main([str(tmp_path / "junk"), str(tmp_path / "cut"), "--trust-pickle"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    for name in ("junk", "cut"):  # both named: the first failure did not stop the second
+        assert f"{tmp_path / name / 'head.joblib'}: cannot be read as a pickled head" in err, err
+    assert "Traceback" not in err
