@@ -20,12 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-class UnknownBackbone(KeyError):
-    """A backbone argument that is no registry name, folder or Hugging Face id. A KeyError (as
-    before) whose message prints as written, not in quotes as a KeyError's would."""
+class PlainKeyError(KeyError):
+    """A KeyError whose message prints as written (``error: ...``), not in quotes as a KeyError's would."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownBackbone(PlainKeyError):
+    """A backbone argument that is no registry name, folder or Hugging Face id."""
 
 
 @dataclass(frozen=True)

@@ -308,3 +308,20 @@ def test_a_crepe_model_path_that_is_not_crepe_weights_is_named(tmp_path, capsys)
         err = capsys.readouterr().err
         assert rc == 2 and f"error: {tmp_path / name}: {says}" in err and "Traceback" not in err, err
     assert not marker.exists()
+
+
+def test_a_missing_label_or_clip_prints_as_written(tmp_path, capsys):
+    import pytest
+
+    from featurestore.build import build
+    from featurestore.store import open_store
+    from pipelines.clustering import main
+
+    noise_clips(tmp_path / "audio", 16000, [1.0])
+    build(tmp_path / "audio", tmp_path / "s.zarr", ["logmel"], num_workers=0, progress=False)
+    rc = main(["--store", str(tmp_path / "s.zarr"), "--backbone", "logmel", "--out", str(tmp_path / "cl")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"error: label 'notes' is not in {tmp_path / 's.zarr'}"), err
+    with pytest.raises(KeyError) as e:  # still a KeyError for callers that catch one
+        open_store(tmp_path / "s.zarr").frames("nope", backbone="logmel")
+    assert str(e.value).startswith("no clip 'nope' in")
