@@ -792,14 +792,20 @@ def _clip_options_given(args) -> bool:
 def main(argv=None) -> int:
     args = parse_args(argv)
     progress = not args.no_progress
-    recorded = (recorded_plan(_store_arg(args.store)) if args.input is None and args.store
-                and not _clip_options_given(args) else None)
+    existing = args.input is None and args.store and Location(_store_arg(args.store)).exists()
+    recorded = recorded_plan(_store_arg(args.store)) if existing else None
+    if existing and recorded is None:
+        print(f"error: --store {args.store} exists, but the input it was planned from cannot be read from it "
+              "(damaged root metadata, an ingested store, or not a feature store): give --input", file=sys.stderr)
+        return 2
     if recorded is not None:
         # an existing store given without --input: more backbones on the clips it was planned from
         input_path, store = recorded[0], _store_arg(args.store)
-        clip_settings = recorded[1]
-        print(f"note: no --input: using the input {input_path} and the clip settings {store} was planned from",
-              file=sys.stderr)
+        print(f"note: no --input: using the input {input_path} {store} was planned from", file=sys.stderr)
+        if _clip_options_given(args):
+            recorded = None  # the options given are compared with the store's, as with --input
+        else:
+            clip_settings = recorded[1]
     elif args.input is None:
         manifest = ensure_demo_corpus()
         input_path, store = manifest, _store_arg(args.store) if args.store else default_demo_dir() / "store.zarr"
@@ -807,7 +813,7 @@ def main(argv=None) -> int:
         input_path = Path(args.input)
         store = _store_arg(args.store) if args.store else input_path.with_name(input_path.stem + ".zarr")
     if args.segment_seconds is None:
-        args.segment_seconds = DEMO_SEGMENT_S if args.input is None else 5.0
+        args.segment_seconds = DEMO_SEGMENT_S if args.input is None and not existing else 5.0
     if recorded is None:
         clip_settings = ClipSettings(segment_s=args.segment_seconds or None, min_segment_s=args.min_segment_seconds,
                                      trim_db=args.trim_db, drop_quiet_db=args.drop_quiet_db,

@@ -325,3 +325,20 @@ def test_a_missing_label_or_clip_prints_as_written(tmp_path, capsys):
     with pytest.raises(KeyError) as e:  # still a KeyError for callers that catch one
         open_store(tmp_path / "s.zarr").frames("nope", backbone="logmel")
     assert str(e.value).startswith("no clip 'nope' in")
+
+
+def test_no_input_on_a_store_whose_input_is_lost_is_refused_not_rebuilt_from_the_demo(tmp_path, capsys):
+    from featurestore.build import main
+
+    noise_clips(tmp_path / "audio", 16000, [1.0])
+    common = ["--num-workers", "0", "--no-progress", "--backbone", "logmel"]
+    assert main(["--input", str(tmp_path / "audio"), "--store", str(tmp_path / "s.zarr"), *common]) == 0
+    root = tmp_path / "s.zarr" / "zarr.json"
+    root.write_text(root.read_text()[:40])  # the root metadata (settings, recorded input) damaged
+    capsys.readouterr()
+    for extra in ([], ["--overwrite"]):  # --overwrite would have rebuilt it from the demo corpus
+        assert main(["--store", str(tmp_path / "s.zarr"), *common, *extra]) == 2
+        assert "the input it was planned from cannot be read from it" in capsys.readouterr().err
+    assert root.read_text().startswith(root.read_text()[:40]) and len(root.read_text()) == 40  # untouched
+    assert main(["--input", str(tmp_path / "audio"), "--store", str(tmp_path / "s.zarr"), "--overwrite",
+                 *common]) == 0
