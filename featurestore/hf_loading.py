@@ -195,14 +195,26 @@ def supports_sdpa(cls) -> bool:
     return bool(getattr(cls, "_supports_sdpa", False))
 
 
-def _check_loading_info(info: dict, source: str, model, *, mapped: bool) -> None:
+#: Top-level modules of the published task classes around a base model (pre-training quantizer and
+#: projections, CTC and classification heads): a native checkpoint may hold them; they are not used.
+TASK_HEAD_MODULES = ("quantizer", "project_q", "project_hid", "lm_head", "dropout_features", "projector",
+                     "classifier", "final_proj", "label_embs_concat")
+
+
+def _check_loading_info(info: dict, source: str, model, *, mapped: bool, custom_code: bool = False) -> None:
     """Refuse weights that leave a tensor of the native model random, or, for a ``mapped`` config
     (MERT onto HuBERT), hold tensors it has no place for: a sign of an architecture the mapping does
     not cover. A native checkpoint may hold more than the base model (the quantizer of
-    ``Wav2Vec2ForPreTraining``, the CTC head of ``Wav2Vec2ForCTC``): those tensors are not used."""
+    ``Wav2Vec2ForPreTraining``, the CTC head of ``Wav2Vec2ForCTC``): those tensors are not used.
+    ``custom_code``: the config's ``auto_map`` names the repository's own model class; then tensors
+    other than those task heads (:data:`TASK_HEAD_MODULES`) are refused as well: the native class
+    would silently drop what that code adds."""
     optional = {"masked_spec_embed"}  # SpecAugment's learned mask vector: only used when masking
     missing = sorted(k for k in info.get("missing_keys", []) if k.split(".")[-1] not in optional)
     unexpected = sorted(k for k in info.get("unexpected_keys", []) if k.split(".")[-1] not in optional) if mapped else []
+    if custom_code and not mapped:
+        unexpected = sorted(k for k in info.get("unexpected_keys", []) if k.split(".")[-1] not in optional
+                            and k.split(".")[0] not in TASK_HEAD_MODULES)
     mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", []))
     problems = []
     if missing:
@@ -214,7 +226,9 @@ def _check_loading_info(info: dict, source: str, model, *, mapped: bool) -> None
     if mismatched:
         problems.append(f"tensor(s) of another shape: {', '.join(mismatched[:3])}")
     if problems:
-        raise WeightsMismatch(f"{source}: the weight files do not match the config: " + "; ".join(problems))
+        hint = (" (its config.json's auto_map names the repository's own model code: --trust-remote-code runs it, "
+                "if you trust it)" if custom_code and not mapped else "")
+        raise WeightsMismatch(f"{source}: the weight files do not match the config: " + "; ".join(problems) + hint)
 
 
 class WeightsUnreadable(ValueError):
@@ -291,7 +305,7 @@ def load_model(source: str, *, config_edit=None, local_files_only: bool = False,
             raise
         raise unreadable from e
     mapped = raw.get("model_type") == MERT_MODEL_TYPE
-    _check_loading_info(info, source, model, mapped=mapped)
+    _check_loading_info(info, source, model, mapped=mapped, custom_code="AutoModel" in (raw.get("auto_map") or {}))
     return LoadedModel(model, None if sr is None else int(sr), None if do_norm is None else bool(do_norm),
                        native=True, attention=kind, mapped_from=MERT_MODEL_TYPE if mapped else None)
 

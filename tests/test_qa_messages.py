@@ -342,3 +342,25 @@ def test_no_input_on_a_store_whose_input_is_lost_is_refused_not_rebuilt_from_the
     assert root.read_text().startswith(root.read_text()[:40]) and len(root.read_text()) == 40  # untouched
     assert main(["--input", str(tmp_path / "audio"), "--store", str(tmp_path / "s.zarr"), "--overwrite",
                  *common]) == 0
+
+
+def test_a_folder_announcing_its_own_model_code_with_extra_tensors_is_refused(tmp_path):
+    import pytest
+    import torch
+
+    from featurestore.frontends import load_frontend
+    from featurestore.hf_loading import WeightsMismatch
+    from tests.published_forms import BY_NAME, write_published
+
+    auto_map = {"AutoModel": "modeling_custom.AdaptedWav2Vec2"}
+    # the published pre-training weights (quantizer, projections) under an auto_map: still loads natively
+    plain = write_published(tmp_path / "plain", BY_NAME["wav2vec2-base"], auto_map=auto_map)
+    assert load_frontend(str(plain)).num_layers == 3
+    # the repository's own class adds a module: the native class would drop it without a word
+    custom = write_published(tmp_path / "custom", BY_NAME["wav2vec2-base"], auto_map=auto_map)
+    sd = torch.load(custom / "pytorch_model.bin", weights_only=True)
+    sd["adapter.proj.weight"] = torch.ones(32, 32)
+    torch.save(sd, custom / "pytorch_model.bin")
+    with pytest.raises(WeightsMismatch, match=r"tensor\(s\) in the weights have no place in Wav2Vec2Model "
+                                              r"\(e\.g\. adapter\.proj\.weight\).*auto_map .*--trust-remote-code"):
+        load_frontend(str(custom))
