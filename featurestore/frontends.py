@@ -443,6 +443,8 @@ def load_frontend(name_or_path: str, *, path: str | os.PathLike | None = None, l
     Returns a probed frontend in eval mode on ``device``.
     """
     spec = resolve(name_or_path)
+    if path is not None:  # "~/models/x" as an API argument or --model-path=~/... (not expanded by the shell)
+        path = Path(os.path.expanduser(str(path)))
     if spec.kind == "hf":
         fe = load_hf(spec, path, local_files_only=local_files_only, device=device, noise=noise,
                      trust_remote_code=trust_remote_code, attention=attention)

@@ -364,3 +364,13 @@ def test_a_folder_announcing_its_own_model_code_with_extra_tensors_is_refused(tm
     with pytest.raises(WeightsMismatch, match=r"tensor\(s\) in the weights have no place in Wav2Vec2Model "
                                               r"\(e\.g\. adapter\.proj\.weight\).*auto_map .*--trust-remote-code"):
         load_frontend(str(custom))
+
+
+def test_a_model_path_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    from featurestore.frontends import load_frontend
+    from tests.published_forms import BY_NAME, write_published
+
+    write_published(tmp_path / "models" / "MERT-v1-95M", BY_NAME["mert-v1-95m"])
+    monkeypatch.setenv("HOME", str(tmp_path))
+    fe = load_frontend("mert", path="~/models/MERT-v1-95M")  # as --model-path=~/... passes it
+    assert fe.source == str(tmp_path / "models" / "MERT-v1-95M") and fe.sample_rate == 24000
