@@ -801,7 +801,8 @@ def main(argv=None) -> int:
     if recorded is not None:
         # an existing store given without --input: more backbones on the clips it was planned from
         input_path, store = recorded[0], _store_arg(args.store)
-        print(f"note: no --input: using the input {input_path} {store} was planned from", file=sys.stderr)
+        print(f"note: no --input: {store} is extended from the input it was planned from, {input_path}",
+              file=sys.stderr)
         if _clip_options_given(args):
             recorded = None  # the options given are compared with the store's, as with --input
         else:

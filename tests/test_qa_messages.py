@@ -227,7 +227,7 @@ def test_the_hint_to_add_a_backbone_to_a_store_works_without_input(tmp_path, cap
     hint = str(e.value).split("build it with: python -m featurestore.build ")[1].split()
     capsys.readouterr()
     assert main([*hint, *common]) == 0, capsys.readouterr().err
-    assert f"using the input {tmp_path / 'audio'}" in capsys.readouterr().err
+    assert f"is extended from the input it was planned from, {tmp_path / 'audio'}" in capsys.readouterr().err
     store = open_store(tmp_path / "s.zarr")
     assert sorted(store.backbones) == ["crepe-tiny", "logmel"] and list(store.clips["id"]) == before
     assert len(before) == 4 + 3  # 0.5 s segments of 2.0 s and 1.5 s: the recorded settings were used
