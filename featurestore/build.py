@@ -510,6 +510,8 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
     t0 = time.perf_counter()
     if name is not None:
         check_backbone_name(name, "--name")  # before anything is written
+    for bb in backbones:  # an unknown name or a malformed hear:MODULE, before anything is written
+        resolve(bb)
     clip_settings = clip_settings or ClipSettings()
     extract = extract or ExtractSettings()
     check_layers_published(extract, backbones, model_path)  # before anything is written
@@ -517,6 +519,7 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
     loc = Location(store_path)  # a local folder or an fsspec URL (featurestore.location)
     store_path = loc.url if loc.is_url else loc.path
     store_lock = StoreLock(store_path, kind=lock, timeout=lock_timeout)
+    store_lock.check_paths()  # a lock file that is a link: refused before the store folder is created
     if loc.is_file("zarr.json") and damaged_metadata(loc):  # unreadable zarr.json files: recover before opening
         with store_lock.hold("clearing damaged metadata"):
             clear_damaged(loc, _built_names(backbones, name), overwrite=overwrite,
@@ -678,7 +681,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     io = p.add_argument_group("input and store")
     io.add_argument("--input", help="folder of audio files (wav/flac/mp3), or a CSV/JSON manifest with columns "
                                     "path, optional id, split, start, end (seconds) and any label columns. "
-                                    "Default: the built-in demo corpus")
+                                    "Default: for an existing --store, the input and clip settings it was "
+                                    "planned from (unless a clip option is given); else the built-in demo corpus")
     io.add_argument("--store", help="Zarr store to create or extend: a folder, or an fsspec URL (s3://bucket/x.zarr, "
                                      "gs://..., file:///shared/x.zarr; use --shard-frames there). "
                                      "Default: <input>.zarr, or the demo store")
@@ -850,20 +854,56 @@ def _store_arg(store: str):
     return store if is_url(store) else Path(store)
 
 
+def recorded_plan(store_path) -> tuple[Path, ClipSettings] | None:
+    """(input, clip settings) an existing store's clip table was planned from, as its root attributes
+    record them; None for a new, ingested or unreadable store. ``store_path``: a local path or URL."""
+    import zarr
+
+    try:
+        attrs = dict(zarr.open_group(str(store_path), mode="r").attrs)
+    except Exception:  # noqa: BLE001 - no store there, or one the build itself will name as damaged
+        return None
+    if not isinstance(attrs.get("input"), str) or not isinstance(attrs.get("clip_settings"), dict):
+        return None
+    return Path(attrs["input"]), ClipSettings.from_dict(attrs["clip_settings"])
+
+
+def _clip_options_given(args) -> bool:
+    """Was any option that changes the clip table given (not at its default)?"""
+    return (args.segment_seconds is not None or args.min_segment_seconds != ClipSettings.min_segment_s
+            or any(v is not None for v in (args.trim_db, args.drop_quiet_db, args.separate_vocals, args.demucs_repo)))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     progress = not args.no_progress
-    if args.input is None:
+    existing = args.input is None and args.store and Location(_store_arg(args.store)).exists()
+    recorded = recorded_plan(_store_arg(args.store)) if existing else None
+    if existing and recorded is None:
+        print(f"error: --store {args.store} exists, but the input it was planned from cannot be read from it "
+              "(damaged root metadata, an ingested store, or not a feature store): give --input", file=sys.stderr)
+        return 2
+    if recorded is not None:
+        # an existing store given without --input: more backbones on the clips it was planned from
+        input_path, store = recorded[0], _store_arg(args.store)
+        print(f"note: no --input: {store} is extended from the input it was planned from, {input_path}",
+              file=sys.stderr)
+        if _clip_options_given(args):
+            recorded = None  # the options given are compared with the store's, as with --input
+        else:
+            clip_settings = recorded[1]
+    elif args.input is None:
         manifest = ensure_demo_corpus()
         input_path, store = manifest, _store_arg(args.store) if args.store else default_demo_dir() / "store.zarr"
     else:
         input_path = Path(args.input)
         store = _store_arg(args.store) if args.store else input_path.with_name(input_path.stem + ".zarr")
     if args.segment_seconds is None:
-        args.segment_seconds = DEMO_SEGMENT_S if args.input is None else 5.0
-    clip_settings = ClipSettings(segment_s=args.segment_seconds or None, min_segment_s=args.min_segment_seconds,
-                                 trim_db=args.trim_db, drop_quiet_db=args.drop_quiet_db,
-                                 separate=args.separate_vocals, demucs_repo=args.demucs_repo)
+        args.segment_seconds = DEMO_SEGMENT_S if args.input is None and not existing else 5.0
+    if recorded is None:
+        clip_settings = ClipSettings(segment_s=args.segment_seconds or None, min_segment_s=args.min_segment_seconds,
+                                     trim_db=args.trim_db, drop_quiet_db=args.drop_quiet_db,
+                                     separate=args.separate_vocals, demucs_repo=args.demucs_repo)
     ext = ExtractSettings(dtype=args.dtype, window_s=args.window_seconds, context_s=args.context_seconds,
                           batch_s=args.batch_seconds,
                           chunk_frames=args.chunk_frames, shard_frames=args.shard_frames,

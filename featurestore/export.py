@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     try:
         n = export(args.store, args.backbone, args.format, args.out, overwrite=args.overwrite,
                    progress=not args.no_progress)
-    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError) as e:  # OSError: an --out that cannot be written, named by the error
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"exported {n} clips of {args.backbone} to {args.out} ({args.format})")

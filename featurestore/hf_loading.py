@@ -78,6 +78,17 @@ class LoadedModel:
     mapped_from: str | None = None  # "mert_model" when a MERT config was mapped onto HuBERT
 
 
+def _not_found(source: str, filename: str, local_files_only: bool) -> str:
+    """Why a hub id's ``filename`` was not found: offline and not in the cache, or absent."""
+    from huggingface_hub import constants
+
+    if local_files_only or constants.HF_HUB_OFFLINE:
+        how = "--local-files-only" if local_files_only else "HF_HUB_OFFLINE=1"
+        return (f"{source}: {filename} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub is "
+                f"not asked ({how}): download the model there first, or give its folder with --model-path")
+    return f"{source}: the model has no {filename} (is the id right, and is it a transformers model?)"
+
+
 def _cached_json(source: str, filename: str, *, local_files_only: bool, required: bool) -> dict | None:
     """``filename`` of a local folder or a hub id (cache or hub), parsed as JSON; None if absent and not
     ``required``. Raises FileNotFoundError naming the source, ValueError naming a file that is no JSON."""
@@ -101,7 +112,7 @@ def _cached_json(source: str, filename: str, *, local_files_only: bool, required
             return None
         if got is None:
             if required:
-                raise FileNotFoundError(f"{source}: the model has no {filename}")
+                raise FileNotFoundError(_not_found(source, filename, local_files_only))
             return None
         path = Path(got)
     try:
@@ -184,14 +195,26 @@ def supports_sdpa(cls) -> bool:
     return bool(getattr(cls, "_supports_sdpa", False))
 
 
-def _check_loading_info(info: dict, source: str, model, *, mapped: bool) -> None:
+#: Top-level modules of the published task classes around a base model (pre-training quantizer and
+#: projections, CTC and classification heads): a native checkpoint may hold them; they are not used.
+TASK_HEAD_MODULES = ("quantizer", "project_q", "project_hid", "lm_head", "dropout_features", "projector",
+                     "classifier", "final_proj", "label_embs_concat")
+
+
+def _check_loading_info(info: dict, source: str, model, *, mapped: bool, custom_code: bool = False) -> None:
     """Refuse weights that leave a tensor of the native model random, or, for a ``mapped`` config
     (MERT onto HuBERT), hold tensors it has no place for: a sign of an architecture the mapping does
     not cover. A native checkpoint may hold more than the base model (the quantizer of
-    ``Wav2Vec2ForPreTraining``, the CTC head of ``Wav2Vec2ForCTC``): those tensors are not used."""
+    ``Wav2Vec2ForPreTraining``, the CTC head of ``Wav2Vec2ForCTC``): those tensors are not used.
+    ``custom_code``: the config's ``auto_map`` names the repository's own model class; then tensors
+    other than those task heads (:data:`TASK_HEAD_MODULES`) are refused as well: the native class
+    would silently drop what that code adds."""
     optional = {"masked_spec_embed"}  # SpecAugment's learned mask vector: only used when masking
     missing = sorted(k for k in info.get("missing_keys", []) if k.split(".")[-1] not in optional)
     unexpected = sorted(k for k in info.get("unexpected_keys", []) if k.split(".")[-1] not in optional) if mapped else []
+    if custom_code and not mapped:
+        unexpected = sorted(k for k in info.get("unexpected_keys", []) if k.split(".")[-1] not in optional
+                            and k.split(".")[0] not in TASK_HEAD_MODULES)
     mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", []))
     problems = []
     if missing:
@@ -203,7 +226,51 @@ def _check_loading_info(info: dict, source: str, model, *, mapped: bool) -> None
     if mismatched:
         problems.append(f"tensor(s) of another shape: {', '.join(mismatched[:3])}")
     if problems:
-        raise WeightsMismatch(f"{source}: the weight files do not match the config: " + "; ".join(problems))
+        hint = (" (its config.json's auto_map names the repository's own model code: --trust-remote-code runs it, "
+                "if you trust it)" if custom_code and not mapped else "")
+        raise WeightsMismatch(f"{source}: the weight files do not match the config: " + "; ".join(problems) + hint)
+
+
+class WeightsUnreadable(ValueError):
+    """A weight file that is damaged, or holds more than tensors (refused without running it)."""
+
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def weights_error(source: str, error: Exception) -> WeightsUnreadable | None:
+    """The error to show for ``error`` raised while reading ``source``'s weights: a
+    :class:`WeightsUnreadable` naming the weight file(s) for a pickle that needs more than tensors,
+    a damaged zip (``pytorch_model.bin``) or safetensors header; None for anything else."""
+    import pickle
+
+    files = [str(Path(source) / f) for f in WEIGHT_FILES if (Path(source) / f).is_file()] or [source]
+    where = " / ".join(files)
+    if isinstance(error, pickle.UnpicklingError):
+        return WeightsUnreadable(f"{where}: not a file of plain tensors (damaged, or holding Python objects besides "
+                                 "tensors), so it is refused without being unpickled (read with weights_only=True; "
+                                 "nothing in it ran). Only load weights from such a file if you trust it, after "
+                                 "re-saving its tensors as safetensors")
+    text = str(error)
+    if type(error).__name__ == "SafetensorError" or "PytorchStreamReader" in text or "zip archive" in text:
+        return WeightsUnreadable(f"{where}: the weight file is damaged or truncated ({text.splitlines()[0]})")
+    return None
+
+
+def preprocessor_settings(pre: dict, source: str) -> tuple[int | None, bool | None]:
+    """(``sampling_rate`` in Hz, ``do_normalize``) of a parsed ``preprocessor_config.json``, None where
+    absent. ValueError naming the file and the field for a rate that is not a positive whole number or
+    a ``do_normalize`` that is not true/false (the text ``"false"`` would otherwise count as true)."""
+    where = f"{source}: preprocessor_config.json"
+    if not isinstance(pre, dict):
+        raise ValueError(f"{where} is not a JSON object")
+    sr, norm = pre.get("sampling_rate"), pre.get("do_normalize")
+    if sr is not None and (isinstance(sr, bool) or not isinstance(sr, (int, float)) or not sr > 0 or sr == float("inf")
+                           or sr != int(sr)):
+        raise ValueError(f"{where}: sampling_rate must be a positive whole number of Hz, got {sr!r}")
+    if norm is not None and not isinstance(norm, bool):
+        raise ValueError(f"{where}: do_normalize must be true or false, got {norm!r}")
+    return (None if sr is None else int(sr)), norm
 
 
 def load_model(source: str, *, config_edit=None, local_files_only: bool = False, trust_remote_code: bool = False,
@@ -218,8 +285,7 @@ def load_model(source: str, *, config_edit=None, local_files_only: bool = False,
         raise ValueError(f"attention={attention!r}: expected one of {', '.join(ATTENTION_KINDS)}")
     raw = _cached_json(source, "config.json", local_files_only=local_files_only, required=True)
     pre = _cached_json(source, "preprocessor_config.json", local_files_only=local_files_only, required=False) or {}
-    sr = pre.get("sampling_rate")
-    do_norm = pre.get("do_normalize")
+    sr, do_norm = preprocessor_settings(pre, source)
     if trust_remote_code:
         return _load_remote(source, raw, config_edit, local_files_only, attention, sr, do_norm)
     config = native_config(raw, source)
@@ -229,11 +295,17 @@ def load_model(source: str, *, config_edit=None, local_files_only: bool = False,
     kind = attention or ("sdpa" if supports_sdpa(cls) else "eager")
     if kind == "sdpa" and not supports_sdpa(cls):
         raise ValueError(f"{source}: transformers offers no SDPA attention for {cls.__name__}; use eager")
-    with _quiet_load_report():  # the loading info is checked below, strictly, instead
-        model, info = cls.from_pretrained(source, config=config, local_files_only=local_files_only,
-                                          weights_only=True, output_loading_info=True, attn_implementation=kind)
+    try:
+        with _quiet_load_report():  # the loading info is checked below, strictly, instead
+            model, info = cls.from_pretrained(source, config=config, local_files_only=local_files_only,
+                                              weights_only=True, output_loading_info=True, attn_implementation=kind)
+    except Exception as e:  # noqa: BLE001 - sorted by what the weight files did wrong
+        unreadable = weights_error(source, e)
+        if unreadable is None:
+            raise
+        raise unreadable from e
     mapped = raw.get("model_type") == MERT_MODEL_TYPE
-    _check_loading_info(info, source, model, mapped=mapped)
+    _check_loading_info(info, source, model, mapped=mapped, custom_code="AutoModel" in (raw.get("auto_map") or {}))
     return LoadedModel(model, None if sr is None else int(sr), None if do_norm is None else bool(do_norm),
                        native=True, attention=kind, mapped_from=MERT_MODEL_TYPE if mapped else None)
 

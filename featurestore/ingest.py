@@ -483,7 +483,10 @@ def ingest(input_path, store_path, backbone: str | None = None, *, frame_rate=No
             raise IngestError(f"{store} exists and is not a feature store; not replacing it")
     if backbone is not None:
         _check_name(backbone)
-    store.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise IngestError(f"--store {store}: its folder {store.parent} cannot be created ({e.strerror})") from e
     tmp = store.with_name(f".{store.name}.ingest-{uuid.uuid4().hex[:12]}.tmp")
     h5 = _H5Files()
     try:
@@ -491,12 +494,24 @@ def ingest(input_path, store_path, backbone: str | None = None, *, frame_rate=No
                                target_unit_frames, recompute_pooled, progress, h5)
         h5.close()
         _check_written(tmp, summary.pop("_files"), recompute_pooled)
-        _move_into_place(tmp, store)
+        _move_into_place(tmp, store, overwrite=overwrite)
     finally:
         h5.close()
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return {**summary, "store": str(store)}
+    return {**summary, "store": str(store), "leftovers": [str(p) for p in leftovers(store)]}
+
+
+def leftovers(store: Path) -> list[Path]:
+    """Hidden folders beside ``store`` that an ingest killed before it finished left behind: its
+    half-written store (``.<name>.ingest-<id>.tmp``) or, killed while swapping, the old store moved
+    aside (``.<name>.old-<id>``). Nothing deletes them on its own: another ingest into the same store
+    may be writing one."""
+    store = Path(store)
+    if not store.parent.is_dir():
+        return []
+    return sorted(p for pattern in (f".{store.name}.ingest-*.tmp", f".{store.name}.old-*")
+                  for p in store.parent.glob(pattern) if p.is_dir())
 
 
 def _check_name(name: str) -> None:
@@ -527,13 +542,18 @@ def _check_written(tmp: Path, files: dict, recompute_pooled: bool) -> None:
     raise IngestError("the ingested store does not verify, so it was not put in place: " + "; ".join(lines) + more)
 
 
-def _move_into_place(tmp: Path, store: Path) -> None:
+def _move_into_place(tmp: Path, store: Path, *, overwrite: bool) -> None:
     """Put the finished store ``tmp`` at ``store`` under the store's lock; an old store there is moved
-    aside first and deleted only once the new one is in place (put back if the move fails)."""
+    aside first and deleted only once the new one is in place (put back if the move fails). Without
+    ``overwrite``, a store that appeared at ``store`` while this ingest ran (another process's) is
+    kept: IngestError, and ``tmp`` is not moved."""
     from featurestore.locking import StoreLock
 
     with StoreLock(store).hold("replacing the store with an ingested one"):
         old = None
+        if (store.exists() or store.is_symlink()) and not overwrite:
+            raise IngestError(f"{store} was created by another process while this ingest ran; it is kept "
+                              "(pass --overwrite to replace it)")
         if store.exists():
             old = store.with_name(f".{store.name}.old-{uuid.uuid4().hex[:12]}")
             store.rename(old)
@@ -652,11 +672,16 @@ def main(argv=None) -> int:
                      chunk_frames=args.chunk_frames, target_unit_frames=args.unit_frames,
                      recompute_pooled=args.recompute_pooled, overwrite=args.overwrite,
                      progress=not args.no_progress)
-    except IngestError as e:
+    except (IngestError, OSError) as e:  # OSError: a file system refusal, named by the error
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"ingested {out['clips']} clips ({out['frames']} frames, {out['layers']} x {out['dim']}, "
           f"{out['frame_rate']:g} Hz) as backbone {out['backbone']!r} into {out['store']}")
+    for p in out["leftovers"]:
+        size = sum(f.stat().st_size for f in Path(p).rglob("*") if f.is_file())
+        print(f"warning: {p} ({size / 2**20:.1f} MiB) was left by an ingest into this store that was killed "
+              "(a half-written store, or an old one moved aside); delete it unless an ingest into this store "
+              "is running now", file=sys.stderr)
     return 0
 
 

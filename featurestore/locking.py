@@ -65,7 +65,11 @@ class LockUnsupported(OSError):
 
 
 class LockPathRefused(OSError):
-    """The lock or lease path is a symbolic link or not a regular file: it is never followed or used."""
+    """The lock or lease path is a symbolic link or not a regular file: it is never followed or used.
+    Printed as its message alone (no ``[Errno 40]`` prefix)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror or super().__str__())
 
 
 def _check_lock_file(path: Path) -> None:
@@ -425,6 +429,14 @@ class StoreLock:
         self._backend = None
         self._depth = 0
         self._mutex = threading.RLock()
+
+    def check_paths(self) -> None:
+        """Refuse now (:class:`LockPathRefused`) a local lock or lease file this lock would use that is
+        a symbolic link or not a regular file, so a command can stop before it writes anything."""
+        if self.location.is_url:
+            return
+        for kind in (("flock", "lease") if self.kind == "auto" else (self.kind,)):
+            _check_lock_file(lock_path(self.store_path, kind))
 
     def _make_backend(self, kind: str):
         if self.location.is_url:  # <store>.lease beside the store, through fsspec

@@ -21,6 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+class PlainKeyError(KeyError):
+    """A KeyError whose message prints as written (``error: ...``), not in quotes as a KeyError's would."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownBackbone(PlainKeyError):
+    """A backbone argument that is no registry name, folder or Hugging Face id."""
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """How to load one frontend.
@@ -39,6 +50,9 @@ class BackboneSpec:
         expected_layers, expected_dim, expected_frame_rate: published sizes (hidden states incl. the
             CNN output, width, frames per second), for documentation and a load-time check.
         options: frontend-specific settings (e.g. CREPE hop in samples).
+        model_types: ``config.json`` model types a local copy of a registry ``hf`` entry may have
+            (``--model-path``): another family's folder under this name is refused, not stored
+            under a name that says otherwise. MERT loads as ``hubert`` (natively) or ``mert_model``.
     """
 
     name: str
@@ -50,11 +64,14 @@ class BackboneSpec:
     expected_dim: int | None = None
     expected_frame_rate: float | None = None
     options: dict = field(default_factory=dict)
+    model_types: tuple = ()
 
 
 def _hf(name, source, sr, layers, dim, fps, normalize=False):
+    family = name.split("-")[0]
+    types = {"mert": ("hubert", "mert_model"), "music2vec": ("data2vec-audio",)}.get(family, (family,))
     return BackboneSpec(name, "hf", source, sr, do_normalize=normalize,
-                        expected_layers=layers, expected_dim=dim, expected_frame_rate=fps)
+                        expected_layers=layers, expected_dim=dim, expected_frame_rate=fps, model_types=types)
 
 
 REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in [
@@ -126,5 +143,5 @@ def resolve(name_or_path: str) -> BackboneSpec:
     if "/" in key and not key.startswith((".", "/")):
         return BackboneSpec(key.replace("/", "--"), "hf", key, 16000)
     known = ", ".join(sorted(REGISTRY) + sorted(ALIASES))
-    raise KeyError(f"unknown backbone {name_or_path!r}: not a registry name ({known}), "
+    raise UnknownBackbone(f"unknown backbone {name_or_path!r}: not a registry name ({known}), "
                    "not a local folder, and not a Hugging Face id of the form 'org/name'")

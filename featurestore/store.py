@@ -17,6 +17,7 @@ import zarr
 from featurestore import layout
 from featurestore.location import Location
 from featurestore.quantize import dequantize_into
+from featurestore.registry import PlainKeyError
 
 
 def _plain(a: np.ndarray) -> np.ndarray:
@@ -100,7 +101,7 @@ class FeatureStore:
         try:
             return self._index[str(clip_id)]
         except KeyError:
-            raise KeyError(f"no clip {clip_id!r} in {self.path}") from None
+            raise PlainKeyError(f"no clip {clip_id!r} in {self.path}") from None
 
     def split_indices(self, split: str) -> np.ndarray:
         """Rows of the clips in a split (``train``/``valid``/``test``...)."""
@@ -112,7 +113,7 @@ class FeatureStore:
             return self.clips["labels"][name]
         except KeyError:
             have = ", ".join(self.clips["labels"]) or "none"
-            raise KeyError(f"label {name!r} is not in {self.path} (labels: {have})") from None
+            raise PlainKeyError(f"label {name!r} is not in {self.path} (labels: {have})") from None
 
     @property
     def skipped(self) -> list[dict]:

@@ -378,9 +378,15 @@ def fit_run(args, store, backbone: str, task, out: Path) -> dict:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: this is a file; give a folder for the run (it holds metrics.json, "
                          "head.json, predictions, plots)")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     runner = run_clip if task.kind == "clip" else run_frames
-    head, report = runner(args, store, backbone, task, out, plan)
+    try:
+        head, report = runner(args, store, backbone, task, out, plan)
+    except Exception:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a refused run leaves no empty run folder behind
+        raise
     head.save(out / "head.json")
     ids = store.layer_ids(backbone)
     stored_layers = [ids[int(l)] for l in head.layers_used_]  # the model's indices, not positions

@@ -43,7 +43,11 @@ def migrate_run(run_dir, *, trust_pickle: bool, overwrite: bool = False) -> Migr
         raise FileNotFoundError(f"{legacy} is missing: nothing to migrate in {run}")
     import joblib
 
-    head = joblib.load(legacy)  # the one deliberate unpickling: asked for, on a trusted file
+    try:
+        head = joblib.load(legacy)  # the one deliberate unpickling: asked for, on a trusted file
+    except Exception as e:  # noqa: BLE001 - a damaged pickle fails in any of pickle's ways (KeyError, ...)
+        raise ValueError(f"{legacy}: cannot be read as a pickled head, damaged or not one "
+                         f"({type(e).__name__}: {e})") from e
     save_head(head, run / HEAD_FILE)
     back = load_head(run / HEAD_FILE)
     if type(back) is not type(head):
