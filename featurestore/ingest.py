@@ -320,7 +320,8 @@ def read_manifest_clips(path: Path) -> tuple[list[Clip], dict]:
 # geometry and plan
 # --------------------------------------------------------------------------------------------
 
-def resolve_geometry(meta: dict, frame_rate=None, sample_rate=None, hop=None, receptive=None, pad=None) -> FrameGeometry:
+def resolve_geometry(meta: dict, frame_rate=None, sample_rate=None, hop=None, receptive=None,
+                     pad=None) -> FrameGeometry:
     """Command-line values over the input's metadata (``frontend`` of an export). Only a frame rate:
     it must be a whole number of Hz, and frames are single samples at that rate."""
     fe = meta.get("frontend") or {}
