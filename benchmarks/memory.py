@@ -159,7 +159,9 @@ def child(args) -> dict:
             fe.hidden_states(x.to(args.device), torch.tensor([x.shape[1]], device=args.device))
     else:
         if args.units:  # stop after the first K units: the build extracts only these (rotation off)
-            fb._work_order = lambda todo, k=args.units: list(todo)[:k]
+            import featurestore.build_extract as fx  # the extraction loop looks its work order up there
+
+            fx._work_order = lambda todo, k=args.units: list(todo)[:k]
         report = fb.build(args.input, args.store, [args.backbone], name="bench",
                           clip_settings=ClipSettings(segment_s=None, min_segment_s=0.0),
                           extract=fb.ExtractSettings(target_unit_frames=args.unit_frames,

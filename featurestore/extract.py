@@ -56,8 +56,7 @@ from featurestore.writer import UnitResult, pooled_stats
 
 def window_frames(fe: Frontend, window_s: float) -> int:
     """Frames per window so that a window holds at most ``window_s`` seconds of input (>= 1)."""
-    n = int(window_s * fe.sample_rate)
-    return max(1, (n - fe.receptive) // fe.stride + 1)
+    return max(1, fe.geometry.valid_frames(int(window_s * fe.sample_rate)))
 
 
 def context_frames(fe: Frontend, context_s: float) -> int:

@@ -11,7 +11,7 @@ import hashlib
 import numpy as np
 import torch
 
-from featurestore import layout
+from featurestore.geometry import FrameGeometry
 
 
 class Frontend(torch.nn.Module):
@@ -35,18 +35,22 @@ class Frontend(torch.nn.Module):
     dim: int
 
     @property
+    def geometry(self) -> FrameGeometry:
+        """The frame geometry (:class:`featurestore.geometry.FrameGeometry`) of this frontend."""
+        return FrameGeometry.of(self)
+
+    @property
     def frame_rate(self) -> float:
         """Frames per second (Hz)."""
         return self.sample_rate / self.stride
 
     def n_frames(self, n_samples) -> int:
         """Frames of a clip of ``n_samples`` samples (the frontend's own padding included)."""
-        return layout.frame_count(n_samples, self.receptive, self.stride, self.pad)
+        return self.geometry.n_frames(n_samples)
 
     def frame_times(self, n_frames: int) -> np.ndarray:
         """Centre of each frame's span, in seconds from the clip start -> float64 [n_frames]."""
-        j = np.arange(n_frames, dtype=np.float64)
-        return (j * self.stride - self.pad + self.receptive / 2) / self.sample_rate
+        return self.geometry.frame_times(n_frames)
 
     def hidden_states(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """wave float32 [B, S] (zero-padded past ``lengths`` [B]) -> [B, T, L, D], T = frames of S.
@@ -97,6 +101,4 @@ class Frontend(torch.nn.Module):
 
     def describe(self) -> dict:
         """JSON-able sizes and settings recorded in the store's metadata."""
-        return {"name": self.name, "sample_rate": self.sample_rate, "frame_rate": self.frame_rate,
-                "stride": self.stride, "receptive": self.receptive, "pad": self.pad,
-                "num_layers": self.num_layers, "dim": self.dim}
+        return {"name": self.name, **self.geometry.to_attrs(), "num_layers": self.num_layers, "dim": self.dim}

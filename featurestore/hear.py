@@ -310,7 +310,7 @@ class HearModel(torch.nn.Module):
         emb, _ = self.timestamp_embeddings(audio)
         if emb.shape[1] == 0:
             fe = self.frontend
-            need = max(1, fe.receptive - 2 * fe.pad)
+            need = fe.geometry.samples_for(1)
             raise ValueError(f"{fe.name}: audio of {audio.shape[1]} samples gives no frame (at least "
                              f"{math.ceil(need * self.sample_rate / fe.sample_rate)} samples at {self.sample_rate} Hz "
                              "are needed)")

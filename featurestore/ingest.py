@@ -50,11 +50,13 @@ from pathlib import Path
 import numpy as np
 
 import featurestore
-from featurestore import layout
+from featurestore import backbone_plan, layout
+from featurestore.backbone_plan import BackbonePlan
 from featurestore.cli import HelpFormatter
 from featurestore.clips import clip_samples
+from featurestore.geometry import FrameGeometry
 from featurestore.manifest import read_inputs
-from featurestore.writer import (BackbonePlan, UnitResult, create_backbone, open_root, pooled_stats,
+from featurestore.writer import (UnitResult, create_backbone, open_root, pooled_stats,
                                  write_clip_table, write_unit)
 
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -318,30 +320,8 @@ def read_manifest_clips(path: Path) -> tuple[list[Clip], dict]:
 # geometry and plan
 # --------------------------------------------------------------------------------------------
 
-@dataclass
-class Geometry:
-    """Frames of the ingested backbone: frame ``j`` covers samples [j*stride - pad, ... + receptive)
-    at ``sample_rate`` Hz; ``frame_rate`` = sample_rate / stride (Hz)."""
-
-    sample_rate: int
-    stride: int
-    receptive: int
-    pad: int
-
-    @property
-    def frame_rate(self) -> float:
-        return self.sample_rate / self.stride
-
-    def n_frames(self, n_samples: int) -> int:
-        """The same rule as :meth:`featurestore.frontends.Frontend.n_frames`."""
-        return layout.frame_count(n_samples, self.receptive, self.stride, self.pad)
-
-    def samples_for(self, T: int) -> int:
-        """The fewest samples that give T frames (0 for T = 0)."""
-        return max(1, (T - 1) * self.stride + self.receptive - 2 * self.pad) if T else 0
-
-
-def resolve_geometry(meta: dict, frame_rate=None, sample_rate=None, hop=None, receptive=None, pad=None) -> Geometry:
+def resolve_geometry(meta: dict, frame_rate=None, sample_rate=None, hop=None, receptive=None,
+                     pad=None) -> FrameGeometry:
     """Command-line values over the input's metadata (``frontend`` of an export). Only a frame rate:
     it must be a whole number of Hz, and frames are single samples at that rate."""
     fe = meta.get("frontend") or {}
@@ -362,7 +342,7 @@ def resolve_geometry(meta: dict, frame_rate=None, sample_rate=None, hop=None, re
     pd = int(pad if pad is not None else fe.get("pad", 0) if hop is None else 0)
     if sr <= 0 or st <= 0 or rec <= 0 or pd < 0:
         raise IngestError(f"bad geometry: sample rate {sr}, hop {st}, receptive {rec}, pad {pd}")
-    g = Geometry(sr, st, rec, pd)
+    g = FrameGeometry(sr, st, rec, pd)
     if frame_rate is not None and not math.isclose(float(frame_rate), g.frame_rate, rel_tol=1e-9):
         raise IngestError(f"--frame-rate {frame_rate} does not equal sample rate / hop = {sr} / {st} = {g.frame_rate}")
     return g
@@ -378,7 +358,7 @@ def _versions() -> dict:
     return out
 
 
-def clip_table(clips: list[Clip], geo: Geometry) -> list[dict]:
+def clip_table(clips: list[Clip], geo: FrameGeometry) -> list[dict]:
     """Clip-table rows (:func:`featurestore.writer.write_clip_table`): ``audio``/``source``/``file_id``
     name the feature file; start/end from the input, else 0 / the duration of T frames. Raises
     IngestError naming the file when T does not fit start/end under ``geo``."""
@@ -402,13 +382,12 @@ def clip_table(clips: list[Clip], geo: Geometry) -> list[dict]:
     return rows
 
 
-def plan_backbone(rows: list[dict], geo: Geometry, target_unit_frames: int, chunk_frames: int) -> BackbonePlan:
-    """The layout a build makes for these clips (the rule :func:`featurestore.verify.expected_plan` checks)."""
-    a, b = clip_samples(np.array([r["start_s"] for r in rows]), np.array([r["end_s"] for r in rows]), geo.sample_rate)
-    nf = np.array([geo.n_frames(n) for n in (b - a)], dtype=np.int64)
-    per_unit, piece = layout.unit_plan(nf, target_unit_frames, chunk_frames)
-    offsets, total = layout.layout_frames(nf, per_unit, chunk_frames)
-    return BackbonePlan(offsets, per_unit, chunk_frames, total, piece)
+def plan_backbone(rows: list[dict], geo: FrameGeometry, target_unit_frames: int, chunk_frames: int) -> BackbonePlan:
+    """The layout a build makes for these clips (:func:`featurestore.backbone_plan.plan_backbone`,
+    the rule :func:`featurestore.verify.expected_plan` checks)."""
+    plan, _, _ = backbone_plan.plan_backbone([r["start_s"] for r in rows], [r["end_s"] for r in rows], geo,
+                                             target_unit_frames, chunk_frames)
+    return plan
 
 
 # --------------------------------------------------------------------------------------------
@@ -601,8 +580,7 @@ def _write_store(src: Path, store: Path, backbone, frame_rate, sample_rate, hop,
     root.attrs.update({"format": layout.FORMAT, "versions": _versions(), "skipped": [],
                        "clip_settings": {"ingested_from": str(src.resolve())}})
     write_clip_table(root, rows)
-    fe = {**(meta.get("frontend") or {}), "name": name, "sample_rate": geo.sample_rate,
-          "frame_rate": geo.frame_rate, "stride": geo.stride, "receptive": geo.receptive, "pad": geo.pad,
+    fe = {**(meta.get("frontend") or {}), "name": name, **geo.to_attrs(),
           "num_layers": int(L), "dim": int(D), "ingested_from": str(src.resolve())}
     identity = {"dtype": dtype, "chunk_frames": chunk_frames, "shard_frames": None,
                 "target_unit_frames": target_unit_frames, "ingested": True}

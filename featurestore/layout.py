@@ -198,9 +198,3 @@ def unit_clip_frames(offsets: np.ndarray, unit_row: np.ndarray) -> list[tuple[in
         out.append((c, b - a, max(start, a) - a, max(min(end, b), max(start, a)) - a))
     return out
 
-
-def frame_count(n_samples: int, receptive: int, stride: int, pad: int) -> int:
-    """Frames of a clip of ``n_samples`` samples for a frontend whose frame j covers padded samples
-    [j * stride, j * stride + receptive) after ``pad`` zeros on each side (0 when shorter)."""
-    n = int(n_samples) + 2 * int(pad)
-    return max(0, (n - int(receptive)) // int(stride) + 1) if n >= int(receptive) else 0

@@ -15,6 +15,7 @@ import numpy as np
 import zarr
 
 from featurestore import layout
+from featurestore.geometry import FrameGeometry
 from featurestore.location import Location
 from featurestore.quantize import dequantize_into
 from featurestore.registry import PlainKeyError
@@ -300,11 +301,8 @@ class FeatureStore:
     def frame_times(self, clip_id, backbone: str) -> np.ndarray:
         """Centre time of each frame of a clip, in seconds of the clip's audio file -> float64 [T]."""
         i = self.clip_index(clip_id)
-        fe = self.group(backbone).attrs["frontend"]
-        n = int(self.n_frames(backbone)[i])
-        j = np.arange(n, dtype=np.float64)
-        start = float(self.clips["start_s"][i])
-        return start + (j * fe["stride"] - fe["pad"] + fe["receptive"] / 2) / fe["sample_rate"]
+        geometry = FrameGeometry.from_attrs(self.group(backbone).attrs["frontend"])
+        return geometry.frame_times(int(self.n_frames(backbone)[i]), start_s=float(self.clips["start_s"][i]))
 
     def pooled(self, backbone: str, layers=None, stat: str = "mean", rows=None) -> np.ndarray:
         """Clip-level pooled features [N, L', D] (``stat`` = ``mean`` or ``std`` over time)."""

@@ -43,20 +43,21 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import zarr
 
 from featurestore import layout, quantize
 from featurestore.cli import HelpFormatter
-from featurestore.clips import COLUMNS, clip_samples
+from featurestore.clips import COLUMNS
 from featurestore.location import Location
 from featurestore.locking import KINDS, StoreLock
 from featurestore.metadata_check import _listing, damaged_metadata
 from featurestore.quantize import dequantize, error_bound
 from featurestore.store import ChunkFiles, frame_spans_to_chunks, frame_spans_to_rows, stored_backbone_name
-from featurestore.writer import BackbonePlan, crc_update
+from featurestore.backbone_plan import BackbonePlan, plan_backbone
+from featurestore.geometry import FrameGeometry
+from featurestore.writer import crc_update
 
 #: keys of a backbone's ``frontend`` attribute that reading and verifying a store need
 FRONTEND_KEYS = ("name", "sample_rate", "frame_rate", "stride", "receptive", "pad", "num_layers", "dim")
@@ -114,18 +115,12 @@ def expected_plan(root: zarr.Group, g: zarr.Group) -> BackbonePlan:
     """The layout the build makes for backbone group ``g`` from the clip table and the frontend's
     geometry as stored (``frontend``: sample_rate, stride, receptive, pad; ``identity``:
     target_unit_frames; ``align``). Raises KeyError/TypeError when those attributes are missing."""
-    from featurestore.frontends import Frontend
-
-    fe, clips = g.attrs["frontend"], root[layout.CLIPS]
-    a, b = clip_samples(clips["start_s"][:], clips["end_s"][:], int(fe["sample_rate"]))
-    geometry = SimpleNamespace(pad=int(fe["pad"]), receptive=int(fe["receptive"]), stride=int(fe["stride"]))
-    nf = np.array([Frontend.n_frames(geometry, n) for n in (b - a)], dtype=np.int64)
+    clips = root[layout.CLIPS]
     align, identity = int(g.attrs["align"]), g.attrs["identity"]
     # a store planned before long clips were split into pieces has no piece_frames: its layout has none
-    per_unit, piece = layout.unit_plan(nf, int(identity["target_unit_frames"]), align,
-                                       pieces="piece_frames" in identity)
-    offsets, total = layout.layout_frames(nf, per_unit, align)
-    return BackbonePlan(offsets, per_unit, align, total, piece)
+    plan, _, _ = plan_backbone(clips["start_s"][:], clips["end_s"][:], FrameGeometry.from_attrs(g.attrs["frontend"]),
+                               int(identity["target_unit_frames"]), align, pieces="piece_frames" in identity)
+    return plan
 
 
 def plan_problems(g: zarr.Group, plan: BackbonePlan | None = None, where: str = "") -> list[str]:

@@ -16,6 +16,7 @@ import numpy as np
 import zarr
 
 from featurestore import array_docs, layout, quantize
+from featurestore.backbone_plan import BackbonePlan  # noqa: F401  (re-exported: planned here before)
 
 
 def open_root(path, mode: str = "a") -> zarr.Group:
@@ -53,27 +54,6 @@ def write_clip_table(root: zarr.Group, clips: list[dict]) -> None:
         a[:] = np.array([c["labels"].get(name, "") for c in clips], dtype=object).astype(str)
     g.attrs.update({"columns": list(("id", "file_id", "source", "audio", "start_s", "end_s", "split")),
                     "labels": names, "n_clips": n, "complete": True})
-
-
-@dataclass
-class BackbonePlan:
-    """Where each clip of one backbone goes. offsets int64 [N, 2]; frames F total; piece: frames per
-    piece when long clips are split over several units (:func:`featurestore.layout.unit_table`)."""
-
-    offsets: np.ndarray
-    per_unit: int
-    align: int
-    total_frames: int
-    piece: int | None = None
-
-    @property
-    def units(self) -> np.ndarray:
-        """int64 [U, 4]: clip_lo, clip_hi, frame_start, frame_end of every unit."""
-        return layout.unit_table(self.offsets, self.per_unit, self.align, self.piece)
-
-    @property
-    def n_units(self) -> int:
-        return len(self.units)
 
 
 def create_backbone(root: zarr.Group, name: str, plan: BackbonePlan, num_layers: int, dim: int, *, dtype: str,

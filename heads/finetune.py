@@ -36,6 +36,7 @@ import torch
 from featurestore import distributed, open_store
 from featurestore.cli import HelpFormatter
 from featurestore.frontends import CrepeFrontend, HFFrontend, PROVENANCE_FILE, load_frontend
+from featurestore.geometry import GEOMETRY_KEYS
 from featurestore.hf_loading import ATTENTION_KINDS
 from featurestore.locking import LockTimeout, StoreLock
 from featurestore.names import check_backbone_name
@@ -167,7 +168,7 @@ def load_for_finetune(args):
 
 def clip_offsets(store, rows, fe) -> list[float]:
     """Time (s of the clip's file) of each clip's frame 0 for this frontend's framing."""
-    t0 = (fe.receptive / 2 - fe.pad) / fe.sample_rate
+    t0 = fe.geometry.first_frame_s
     return [float(store.clips["start_s"][r]) + t0 for r in rows]
 
 
@@ -195,9 +196,8 @@ def stored_stage1(args, store, planned_on, fe, data: dict[str, ClipAudio], rows:
         why = f"the store holds no {args.backbone!r} backbone"
     else:
         ident = dict(store.group(planned_on).attrs.get("identity", {}))
-        have = {k: ident.get(k) for k in ("weights_hash", "sample_rate", "stride", "receptive", "pad")}
-        want = {"weights_hash": fe.weights_hash(), "sample_rate": fe.sample_rate, "stride": fe.stride,
-                "receptive": fe.receptive, "pad": fe.pad}
+        have = {k: ident.get(k) for k in ("weights_hash", *GEOMETRY_KEYS)}
+        want = {"weights_hash": fe.weights_hash(), **fe.geometry.as_dict()}
         if have != want or ident.get("do_normalize") != getattr(fe, "do_normalize", None):
             why = f"backbone {planned_on!r} in the store was extracted from other weights or settings"
         elif not store.has_frames(planned_on):
@@ -475,8 +475,7 @@ def _finetune_in(args, ranks, on_checkpoint, stack: contextlib.ExitStack) -> Pat
     for note in plan.notes if leader else []:
         print(f"note: {note}", file=sys.stderr)
     fe, noise = load_for_finetune(args)
-    geometry = dict(sr=fe.sample_rate, stride=fe.stride, receptive=fe.receptive, pad=fe.pad)
-    train, select, scored = (ClipAudio(store, rows, **geometry) for rows in (plan.train, plan.select, plan.score))
+    train, select, scored = (ClipAudio(store, rows, fe.geometry) for rows in (plan.train, plan.select, plan.score))
     stored = stored_stage1(args, store, planned_on, fe, {"train": train, "select": select},
                            {"train": plan.train, "select": plan.select})          # (before adapters change the weights)
     lora = None

@@ -19,25 +19,26 @@ import torch
 
 from featurestore import audio as au
 from featurestore.clips import clip_samples
+from featurestore.geometry import FrameGeometry
 
 
 class ClipAudio(torch.utils.data.Dataset):
     """Items ``(i, first, k)`` (clip ``i`` of ``rows``, first frame, frames; ``k`` None = to the
     clip's end) -> dict(i, first, wave float32 [samples of the padded-clip stretch]).
 
-    store: a :class:`featurestore.store.FeatureStore`; rows: clip-table rows; ``sr``, ``stride``,
-    ``receptive``, ``pad``: the frontend's geometry in samples. ``n_frames[i]``: the clip's frames,
-    as the store lays them out."""
+    store: a :class:`featurestore.store.FeatureStore`; rows: clip-table rows; ``geometry``: the
+    frontend's frame geometry (:class:`featurestore.geometry.FrameGeometry`, ``Frontend.geometry``).
+    ``n_frames[i]``: the clip's frames, as the store lays them out."""
 
-    def __init__(self, store, rows, *, sr: int, stride: int, receptive: int, pad: int):
+    def __init__(self, store, rows, geometry: FrameGeometry):
         clips = store.clips
         self.rows = np.asarray(rows, dtype=np.int64)
         self.paths = [str(clips["audio"][r]) for r in self.rows]
-        a, b = clip_samples(clips["start_s"][self.rows], clips["end_s"][self.rows], sr)
+        a, b = clip_samples(clips["start_s"][self.rows], clips["end_s"][self.rows], geometry.sample_rate)
         self.starts, self.lengths = a, b - a
-        self.sr, self.stride, self.receptive, self.pad = int(sr), int(stride), int(receptive), int(pad)
-        self.n_frames = np.array([max(0, (n + 2 * self.pad - self.receptive) // self.stride + 1)
-                                  for n in self.lengths], dtype=np.int64)
+        self.geometry = geometry
+        self.sr, self.pad = geometry.sample_rate, geometry.pad
+        self.n_frames = geometry.frame_counts(self.lengths)
 
     def __len__(self):
         return len(self.rows)
@@ -45,7 +46,7 @@ class ClipAudio(torch.utils.data.Dataset):
     def span(self, i: int, first: int, k: int | None) -> tuple[int, int]:
         """Padded-clip samples [p0, p1) of frames [first, first + k) of clip ``i``."""
         k = int(self.n_frames[i]) - first if k is None else int(k)
-        return first * self.stride, (first + k - 1) * self.stride + self.receptive
+        return self.geometry.frame_span(first, k)
 
     def read(self, i: int, first: int = 0, k: int | None = None) -> np.ndarray:
         """float32 [p1 - p0]: the padded clip's samples of frames [first, first + k)."""

@@ -167,8 +167,7 @@ class FineTuneModel(torch.nn.Module):
 
     def n_frames(self, n_samples: int) -> int:
         """Frames of a padded-clip wave of ``n_samples`` samples (valid framing)."""
-        fe = self.frontend
-        return max(0, (int(n_samples) - fe.receptive) // fe.stride + 1)
+        return self.frontend.geometry.valid_frames(n_samples)
 
     def hidden(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """waves: B float32 tensors [S_b] on the model's device -> (h [B, T, L, D] float32, T = the

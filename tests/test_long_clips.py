@@ -19,6 +19,7 @@ import soundfile as sf
 import zarr
 
 import featurestore.build as fb
+import featurestore.build_extract as fx  # the extraction loop: where run_unit and _work_order are looked up
 from featurestore import audio as au
 from featurestore import layout, open_store
 from featurestore.build import ExtractSettings, SettingsMismatch, build
@@ -205,9 +206,9 @@ def finish(g, clip, units, n):
         os._exit(9)
     return orig_finish(g, clip, units, n)
 w.write_unit, w.finish_split_clip = write_unit, finish
-import featurestore.build as fb
-fb.finish_split_clip = finish
-fb._work_order = list
+import featurestore.build_extract as fx
+fx.finish_split_clip = finish
+fx._work_order = list
 build({str(inp)!r}, {str(store)!r}, [{BACKBONE!r}], clip_settings=ClipSettings(segment_s=None, min_segment_s=0.0),
       extract=ExtractSettings(target_unit_frames=64, chunk_frames=16, dtype='float32'), num_workers=0,
       progress=False)
@@ -233,8 +234,8 @@ def test_a_long_clip_killed_mid_way_resumes_from_its_last_piece(corpus, ref, mon
     assert not verify(store).ok
 
     ran = []
-    orig = fb.run_unit
-    monkeypatch.setattr(fb, "run_unit", lambda fe, u, *a, **k: ran.append(u) or orig(fe, u, *a, **k))
+    orig = fx.run_unit
+    monkeypatch.setattr(fx, "run_unit", lambda fe, u, *a, **k: ran.append(u) or orig(fe, u, *a, **k))
     build(corpus / "audio", store, [BACKBONE], extract=PIECES, **KW)
     assert sorted(ran) == np.flatnonzero(done == 0).tolist()  # finished pieces are not extracted again
     assert_same_store(clean, store)
@@ -307,9 +308,9 @@ def test_a_unit_finished_by_another_build_is_not_extracted_again(corpus, monkeyp
     g = zarr.open_group(str(store), mode="a")[f"backbones/{BACKBONE}"]
     units = layout.unit_table(g["offsets"][:], 1, 16, 64)
     target = 5  # a piece of the long clip
-    monkeypatch.setattr(fb, "_work_order", list)
+    monkeypatch.setattr(fx, "_work_order", list)
     ran, decoded = [], []
-    orig_run, orig_get = fb.run_unit, UnitAudio.__getitem__
+    orig_run, orig_get = fx.run_unit, UnitAudio.__getitem__
 
     def run_unit(fe, u, *a, **k):
         ran.append(u)
@@ -324,7 +325,7 @@ def test_a_unit_finished_by_another_build_is_not_extracted_again(corpus, monkeyp
             g["unit_done"][target] = 1
         return u, waves
 
-    monkeypatch.setattr(fb, "run_unit", run_unit)
+    monkeypatch.setattr(fx, "run_unit", run_unit)
     monkeypatch.setattr(UnitAudio, "__getitem__", getitem)
     summary = fb.extract_backbone(zarr.open_group(str(store), mode="a"), fb.load_frontend(BACKBONE), PIECES,
                                   num_workers=0, progress=False)
