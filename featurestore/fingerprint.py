@@ -78,15 +78,20 @@ def _row_text(r: Row) -> str:
     return json.dumps([r.id, r.split, sorted(r.labels.items()), r.start_s, r.end_s])
 
 
-def _file_sha256(path: str) -> str:
+def file_sha256(path) -> str:
+    """sha256 hex digest of a file's bytes, read in 1 MiB blocks (OSError if it cannot be read)."""
     h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_sha256(path: str) -> str:
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        return file_sha256(path)
     except OSError:
         return "missing"
-    return h.hexdigest()
 
 
 def input_table(rows: list[Row], mode: str = DEFAULT_MODE, threads: int = 4) -> InputTable:

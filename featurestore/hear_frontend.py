@@ -33,7 +33,6 @@ training entry point.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata as md
 import math
@@ -43,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from featurestore.fingerprint import file_sha256
 from featurestore.frontend_base import Frontend
 from featurestore.registry import BackboneSpec
 
@@ -138,14 +138,6 @@ def learn_grid(module_name: str, module, model, sample_rate: int, device) -> tup
     return hop, c, dim
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class HearFrontend(Frontend):
     """A HEAR module's timestamp embeddings as a frontend: L = 1, D = the embedding width, frame
     grid from its timestamps (see the module docstring for the geometry and what equals what).
@@ -218,7 +210,7 @@ class HearFrontend(Frontend):
         if "model" in self._modules:
             return super().weights_hash()
         path = self.weights or getattr(self.module, "__file__", None)
-        return _file_sha256(Path(path)) if path and Path(path).is_file() else ""
+        return file_sha256(Path(path)) if path and Path(path).is_file() else ""
 
     def describe(self):
         d = super().describe()

@@ -52,6 +52,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from featurestore.fingerprint import file_sha256
 from featurestore.frontend_base import Frontend
 from featurestore.registry import BackboneSpec
 
@@ -87,26 +88,16 @@ SHIPPED_SHA256 = {
 }
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def shipped_copy(path: Path) -> Path | None:
     """The wheel's own file (``pesto/weights/<name>.ckpt``) when ``path`` holds the same bytes as a
     shipped checkpoint and the wheel's file still has its recorded sha256; None otherwise."""
     import pesto
 
-    digest = _sha256(path)
+    digest = file_sha256(path)
     for name, expected in SHIPPED_SHA256.items():
         if digest == expected:
             own = Path(pesto.__file__).parent / "weights" / f"{name}.ckpt"
-            if own.is_file() and _sha256(own) == expected:
+            if own.is_file() and file_sha256(own) == expected:
                 return own
     return None
 

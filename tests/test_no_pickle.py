@@ -5,6 +5,7 @@ saved as JSON + safetensors and load back to the same predictions; old pickled r
 through the explicit migration (heads.migrate --trust-pickle)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 import os
@@ -204,10 +205,10 @@ def test_a_plain_user_pesto_checkpoint_loads_weights_only_and_equals_the_shipped
     import pesto
 
     from featurestore.frontends import load_frontend
-    from featurestore.pesto_frontend import SHIPPED_SHA256, _sha256
+    from featurestore.pesto_frontend import SHIPPED_SHA256
 
     shipped = Path(pesto.__file__).parent / "weights" / "mir-1k_g7.ckpt"
-    assert _sha256(shipped) == SHIPPED_SHA256["mir-1k_g7"]
+    assert hashlib.sha256(shipped.read_bytes()).hexdigest() == SHIPPED_SHA256["mir-1k_g7"]
     ckpt = torch.load(shipped, map_location="cpu", weights_only=False)  # the wheel's own file, hash checked
     user = tmp_path / "mine.ckpt"
     torch.save({k: _plain(ckpt[k]) for k in ("hparams", "state_dict", "hcqt_params")}, user)
