@@ -146,12 +146,13 @@ def child(args) -> dict:
     import torch
 
     import featurestore.build as fb
+    from featurestore.frontends import load_frontend
     from featurestore.clips import ClipSettings
 
     t0 = time.perf_counter()
     out = {}
     if args.child == "model":
-        fe = fb.load_frontend(args.backbone, device=args.device)
+        fe = load_frontend(args.backbone, device=args.device)
         fe.to(args.device).eval()
         x = torch.zeros(1, int(args.window_seconds * fe.sample_rate))
         x[0].normal_(0, 0.1)

@@ -5,7 +5,7 @@ the input (under the store's lock, checking the settings and input fingerprint o
 table), :func:`_plan_backbone` lays a backbone out on them (its units and frame offsets,
 :func:`featurestore.backbone_plan.plan_backbone`) unless a sound plan with the same settings
 exists. :class:`ExtractSettings` holds the backbone-level settings both halves use. Extraction is
-:mod:`featurestore.build_extract`, the command line :mod:`featurestore.build_cli`.
+:mod:`featurestore.build_extract`, the command line :mod:`featurestore.build`.
 """
 from __future__ import annotations
 

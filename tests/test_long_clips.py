@@ -25,6 +25,7 @@ from featurestore import layout, open_store
 from featurestore.build import ExtractSettings, SettingsMismatch, build
 from featurestore.clips import ClipSettings
 from featurestore.extract import UnitAudio, clip_windows, plan_windows
+from featurestore.frontends import load_frontend
 from featurestore.verify import verify
 from tests.conftest import noise_clips, tiny_model, write_wav
 
@@ -327,7 +328,7 @@ def test_a_unit_finished_by_another_build_is_not_extracted_again(corpus, monkeyp
 
     monkeypatch.setattr(fx, "run_unit", run_unit)
     monkeypatch.setattr(UnitAudio, "__getitem__", getitem)
-    summary = fb.extract_backbone(zarr.open_group(str(store), mode="a"), fb.load_frontend(BACKBONE), PIECES,
+    summary = fb.extract_backbone(zarr.open_group(str(store), mode="a"), load_frontend(BACKBONE), PIECES,
                                   num_workers=0, progress=False)
     assert target not in ran and sorted(ran) == [u for u in range(len(units)) if u != target]
     assert (target, moment == "after decoding") in decoded
@@ -389,7 +390,7 @@ def test_the_memory_benchmark_runs_and_reports_each_length(tmp_path, capsys):
     r = json.loads(out.read_text())
     assert "spread of the build peaks" in capsys.readouterr().out
     assert [b["minutes"] for b in r["builds"]] == [0.25, 1.0]
-    fe = fb.load_frontend("logmel")
+    fe = load_frontend("logmel")
     for b in r["builds"]:  # one unit of 256 frames extracted out of all the recording's units
         n_frames = fe.n_frames(int(b["minutes"] * 60 * 16000))
         assert b["units_done"] == 1 and b["units"] == -(-n_frames // 256) > 1
