@@ -26,6 +26,7 @@ from featurestore.names import check_backbone_name
 from featurestore.registry import DEFAULT_BACKBONE, resolve
 from featurestore.writer import open_root
 
+
 @dataclass
 class BuildReport:
     store: str
