@@ -70,6 +70,8 @@ def build(input_path, store_path, backbones=(DEFAULT_BACKBONE,), *, clip_setting
     clip_settings = clip_settings or ClipSettings()
     extract = extract or ExtractSettings()
     check_layers_published(extract, backbones, model_path)  # before anything is written
+    if model_path is not None and not Path(os.path.expanduser(str(model_path))).exists():
+        raise FileNotFoundError(f"--model-path {model_path}: no such file or folder")  # before anything is written
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loc = Location(store_path)  # a local folder or an fsspec URL (featurestore.location)
     store_path = loc.url if loc.is_url else loc.path

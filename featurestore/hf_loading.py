@@ -93,6 +93,8 @@ def _cached_json(source: str, filename: str, *, local_files_only: bool, required
     """``filename`` of a local folder or a hub id (cache or hub), parsed as JSON; None if absent and not
     ``required``. Raises FileNotFoundError naming the source, ValueError naming a file that is no JSON."""
     folder = Path(os.path.expanduser(source))
+    if not folder.is_dir() and (str(source).startswith(("/", ".", "~")) or folder.exists()):
+        raise FileNotFoundError(f"{source}: no such model folder (a path, not a Hugging Face id)")
     if folder.is_dir():
         path = folder / filename
         if not path.is_file():

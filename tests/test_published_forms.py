@@ -267,3 +267,14 @@ def test_remote_code_that_returns_no_hidden_states_gets_a_clear_error(tmp_path, 
         "        return BaseModelOutput(last_hidden_state=self.encoder(h)[0], hidden_states=None)\n")
     with pytest.raises(RuntimeError, match="returned no hidden states.*without --trust-remote-code"):
         load_frontend("mert-v1-95m", path=folder, trust_remote_code=True)
+
+
+def test_a_missing_model_folder_is_named_and_nothing_is_written(tmp_path):
+    from featurestore.build import main
+
+    paths = noise_clips(tmp_path / "audio", 24000, [0.5])
+    code = main(["--input", str(paths[0].parent), "--store", str(tmp_path / "s.zarr"), "--backbone", "mert",
+                 "--model-path", str(tmp_path / "nowhere"), "--device", "cpu", "--num-workers", "0", "--no-progress"])
+    assert code == 2 and not (tmp_path / "s.zarr").exists()
+    with pytest.raises(FileNotFoundError, match="no such model folder"):
+        load_frontend("mert-v1-95m", path=tmp_path / "nowhere")
