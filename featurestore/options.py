@@ -1,0 +1,203 @@
+"""Options declared once: a run's settings are the fields of a frozen dataclass (a *spec*), and the
+same declaration gives the command-line options, the YAML config files and the Python keywords.
+
+    @dataclass(frozen=True)
+    class FitSpec:
+        head: str = option("linear", "head to train", choices=HEADS)
+        lr: str | None = option(None, "learning rate or a comma-separated grid")
+        device: str = option("cpu", "torch device", identity=False)
+
+    p = argparse.ArgumentParser(...)
+    add_options(p, FitSpec)                 # --head, --lr, --device (dashes for underscores)
+    add_config_options(p)                   # --config FILE, --print-config
+    args = parse_with_config(p, argv)       # a config file's values are defaults, flags override them
+    spec = from_namespace(FitSpec, args)    # the spec validates itself when it is made
+    if args.print_config: print(to_yaml(spec))
+
+A field's metadata (:func:`option`) holds its help text, its flag, its choices and two switches:
+``cli`` (False: a Python keyword and a config key only) and ``identity`` (False: a setting that does not
+change the result, such as the device or progress bars; left out when two runs are compared, see
+:func:`identity`). The flag of ``class_weight`` is ``--class-weight``; a config file may spell its keys
+either way.
+
+Why not jsonargparse: it derives ``--class_weight`` (underscores) and, nested, ``--spec.class_weight``
+from the same dataclasses, so every dashed option of every command would have changed name, and its
+help and error texts would have replaced the project's. This module is ~150 lines over argparse and
+PyYAML (already a dependency), and keeps every command line as it was.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+
+#: metadata keys of a field declared with :func:`option`
+_META = "singfront_option"
+
+
+class SpecError(ValueError):
+    """A setting of a spec is refused. ``setting``: the field's name (``lr``), which the command line
+    shows as its flag (``--lr``)."""
+
+    def __init__(self, setting: str, message: str):
+        super().__init__(f"{setting}: {message}")
+        self.setting, self.reason = setting, message
+
+    def as_flag(self) -> str:
+        """The message with the setting spelled as its command-line flag."""
+        return f"{flag_of(self.setting)}: {self.reason}"
+
+
+def flag_of(name: str) -> str:
+    """``class_weight`` -> ``--class-weight``."""
+    return "--" + name.replace("_", "-")
+
+
+def option(default, help: str = "", *, flag: str | None = None, choices=None, metavar: str | None = None,
+           cli: bool = True, identity: bool = True):
+    """A spec field with its command-line form (see the module docstring)."""
+    meta = {"help": help, "flag": flag, "choices": tuple(choices) if choices is not None else None,
+            "metavar": metavar, "cli": cli, "identity": identity}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("option defaults must be immutable (use a tuple)")
+    return dataclasses.field(default=default, metadata={_META: meta})
+
+
+def _meta(f: dataclasses.Field) -> dict:
+    return f.metadata.get(_META) or {"help": "", "flag": None, "choices": None, "metavar": None, "cli": True,
+                                     "identity": True}
+
+
+def _base_type(hint):
+    """``int | None`` -> int; ``bool`` -> bool; ``str`` -> str."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _base_type(args[0]) if len(args) == 1 else str
+    if origin in (tuple, list):
+        return str
+    return hint if hint in (int, float, str, bool) else str
+
+
+def fields_of(cls) -> list[tuple[dataclasses.Field, type]]:
+    hints = typing.get_type_hints(cls)
+    return [(f, _base_type(hints[f.name])) for f in dataclasses.fields(cls)]
+
+
+def add_options(parser: argparse.ArgumentParser, cls, *, skip=(), defaults: dict | None = None,
+                help: dict | None = None) -> None:
+    """Add one command-line option per field of ``cls`` (not those in ``skip``, nor ``cli=False`` ones).
+    ``defaults``/``help``: per-field replacements for this command (a task's own default head)."""
+    defaults, help = defaults or {}, help or {}
+    for f, kind in fields_of(cls):
+        m = _meta(f)
+        if f.name in skip or not m["cli"]:
+            continue
+        default = defaults.get(f.name, f.default)
+        text = help.get(f.name, m["help"])
+        flag = m["flag"] or flag_of(f.name)
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, action="store_true", default=bool(default), help=text)
+            continue
+        kw = dict(dest=f.name, type=kind, default=default, help=text)
+        if m["choices"] is not None:
+            kw["choices"] = m["choices"]
+        if m["metavar"]:
+            kw["metavar"] = m["metavar"]
+        parser.add_argument(flag, **kw)
+
+
+def from_namespace(cls, ns: argparse.Namespace, **overrides):
+    """The spec of parsed arguments: every field of ``cls`` found in ``ns`` (then ``overrides``)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(ns).items() if k in names}
+    values.update(overrides)
+    return cls(**values)
+
+
+def to_dict(spec, *, identity_only: bool = False) -> dict:
+    """A spec's fields as plain values (tuples as lists), in declaration order."""
+    out = {}
+    for f in dataclasses.fields(spec):
+        if identity_only and not _meta(f)["identity"]:
+            continue
+        v = getattr(spec, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def identity(spec) -> dict:
+    """The fields that make the result (``identity=True``): two runs with equal identities are the same run."""
+    return to_dict(spec, identity_only=True)
+
+
+def to_yaml(spec, header: str | None = None) -> str:
+    """The spec as a YAML config (``--config`` of it gives the same spec)."""
+    import yaml
+
+    body = yaml.safe_dump(to_dict(spec), sort_keys=False, default_flow_style=False)
+    return (f"# {header}\n" if header else "") + body
+
+
+def read_config(path, names=None) -> dict:
+    """A YAML (or JSON) config file -> {field name: value}; keys may use dashes. With ``names`` (the
+    settings a command takes), any other key is refused (ValueError naming the file and the key)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config {path}: no such file") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"--config {path}: not readable YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a mapping of settings (key: value), got {type(data).__name__}")
+    out = {str(k).replace("-", "_"): v for k, v in data.items()}
+    if names is not None:
+        names = set(names)
+        bad = sorted(set(out) - names)
+        if bad:
+            raise ValueError(f"--config {path}: unknown setting(s) {', '.join(bad)}; known: {', '.join(sorted(names))}")
+    return out
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` (YAML settings; flags given beside it win) and ``--print-config``."""
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="YAML file of settings (keys: the option names, e.g. head: mlp, class-weight: "
+                             "balanced); options given on the command line override it. Every run folder holds "
+                             "its own config.yaml: --config of it reproduces the run")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved settings as YAML (for --config) and exit without running")
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv=None, names=None,
+                      target: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """Parse ``argv``; with ``--config FILE`` its values become the defaults of ``target`` (the parser,
+    or the sub-command's parser that holds the options) first, so options given on the command line
+    override the file. ``names``: the settings the file may hold. A bad file exits like a bad option
+    (status 2, the file and the key named)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        try:
+            values = read_config(known.config, names)
+        except (ValueError, FileNotFoundError) as e:
+            (target or parser).error(str(e))
+        (target or parser).set_defaults(**values)
+    return parser.parse_args(argv)
+
+
+def write_config(spec, path, header: str | None = None) -> Path:
+    """Write a spec's YAML config (a run folder's ``config.yaml``)."""
+    path = Path(path)
+    path.write_text(to_yaml(spec, header), encoding="utf-8")
+    return path
