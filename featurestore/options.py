@@ -134,11 +134,12 @@ def identity(spec) -> dict:
     return to_dict(spec, identity_only=True)
 
 
-def to_yaml(spec, header: str | None = None) -> str:
-    """The spec as a YAML config (``--config`` of it gives the same spec)."""
+def to_yaml(spec, header: str | None = None, extra: dict | None = None) -> str:
+    """The spec as a YAML config (``--config`` of it gives the same spec); ``extra``: settings of the
+    command that are not the spec's (the store a run reads), written first."""
     import yaml
 
-    body = yaml.safe_dump(to_dict(spec), sort_keys=False, default_flow_style=False)
+    body = yaml.safe_dump({**(extra or {}), **to_dict(spec)}, sort_keys=False, default_flow_style=False)
     return (f"# {header}\n" if header else "") + body
 
 
@@ -196,8 +197,8 @@ def parse_with_config(parser: argparse.ArgumentParser, argv=None, names=None,
     return parser.parse_args(argv)
 
 
-def write_config(spec, path, header: str | None = None) -> Path:
+def write_config(spec, path, header: str | None = None, extra: dict | None = None) -> Path:
     """Write a spec's YAML config (a run folder's ``config.yaml``)."""
     path = Path(path)
-    path.write_text(to_yaml(spec, header), encoding="utf-8")
+    path.write_text(to_yaml(spec, header, extra), encoding="utf-8")
     return path

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import sys
 import time
@@ -29,21 +30,17 @@ from heads import metrics
 from heads.clip_heads import LGBMHead, LinearHead, LogRegHead, MLPHead
 from heads.evaluation import score_clip_head, score_notes
 from heads.intervals import classification_intervals, mean_intervals, mean_sd
-from heads.protocol import FILE, SCORE_CHOICES, SELECT_CHOICES, protocol_label, selection_label
+from featurestore.options import SpecError, add_config_options, add_options, from_namespace, parse_with_config, to_yaml
+from heads.protocol import protocol_label, selection_label
 from heads.results_log import append_result
-from heads.tasks import (DEFAULT_POOL, POOLS, TaskError, context_suffix, hyper_suffix, layers_suffix, make_task,
-                         parse_seeds, pool_suffix, seed_suffix)
+from heads.tasks import DEFAULT_POOL, TaskError, parse_seeds, seed_suffix
 
+from heads.fit_spec import (DEFAULT_EPOCHS, DEFAULT_LR, FRAME_HEADS, HEAD_OPTIONS, HEADS, TORCH_HEADS,  # noqa: F401
+                             FitSpec, ProtocolSettings)
+from heads.runs import RunError, RunFolder, RunRecord, store_path
+
+#: The clip heads' estimator classes by name (the frame heads: :func:`frame_head_class`).
 CLIP_HEADS = {"linear": LinearHead, "mlp": MLPHead, "logreg": LogRegHead, "lgbm": LGBMHead}
-FRAME_HEADS = ("crf", "frames")
-HEADS = tuple(CLIP_HEADS) + FRAME_HEADS
-TORCH_HEADS = ("linear", "mlp") + FRAME_HEADS
-#: Defaults of the torch heads' --lr grid and --epochs (refused for logreg / lgbm, which have neither).
-DEFAULT_LR, DEFAULT_EPOCHS = "1e-3,3e-3,1e-2", 60
-#: Hyperparameter options of one head only: option dest -> (head, estimator parameter).
-HEAD_OPTIONS = {"C": ("logreg", "C"), "n_estimators": ("lgbm", "n_estimators"),
-                "gbm_learning_rate": ("lgbm", "learning_rate"), "num_leaves": ("lgbm", "num_leaves"),
-                "min_child_samples": ("lgbm", "min_child_samples")}
 
 
 def frame_head_class(name: str):
@@ -109,102 +106,47 @@ def parse_layers(text: str, layer_ids):
     try:
         layers = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"--layers {text!r}: expected all, each or comma-separated layer indices") from None
+        raise ValueError(f"layers {text!r}: expected all, each or comma-separated layer indices") from None
     pos = {m: k for k, m in enumerate(ids)}
     bad = [l for l in layers if l not in pos]
     if bad or not layers:
         held = f"0..{len(ids) - 1}" if ids == list(range(len(ids))) else f"only model layers {ids} (built with --layers)"
-        raise ValueError(f"--layers {text}: layer(s) {bad} out of range: the store holds {held}")
+        raise SpecError("layers", f"{text}: layer(s) {bad} out of range: the store holds {held}")
     return [pos[l] for l in layers]
 
 
-def check_options(args) -> None:
-    """Refuse options that do not apply to ``--head`` (ValueError naming the option), then fill the
-    torch heads' defaults of ``--lr`` and ``--epochs``."""
-    flag = lambda dest: "--" + dest.replace("_", "-")  # noqa: E731
-    if args.head not in TORCH_HEADS:
-        for dest in ("lr", "epochs", "log_dir"):
-            if getattr(args, dest, None) is not None:
-                what = {"lr": "no learning rate (its grid is --C)" if args.head == "logreg" else
-                        "no Adam learning rate (its boosting rate is --gbm-learning-rate)",
-                        "epochs": "no epochs", "log_dir": "no training curve to log"}[dest]
-                raise ValueError(f"{flag(dest)} does not apply to --head {args.head}: it has {what}")
-    for dest, (head, _) in HEAD_OPTIONS.items():
-        if getattr(args, dest, None) is not None and args.head != head:
-            raise ValueError(f"{flag(dest)} is a --head {head} hyperparameter; it does not apply to --head {args.head}")
-    if args.seeds is not None and args.seed is not None:
-        raise ValueError("--seed and --seeds: give one of them")
-    if args.head in TORCH_HEADS:
-        args.lr = DEFAULT_LR if args.lr is None else args.lr
-        args.epochs = DEFAULT_EPOCHS if args.epochs is None else args.epochs
-
-
-def head_options(args) -> dict:
-    """The options that make a run (for the results table and the run's metrics.json): layers, pool,
-    context, class weight and the head's hyperparameter grids (not the seed, not paths)."""
-    out = {"layers": args.layers, "pool": getattr(args, "pool", None), "context": args.context or None,
-           "class_weight": args.class_weight}
-    if args.head in TORCH_HEADS:
-        out.update(lr=args.lr, epochs=args.epochs)
-    for dest, (head, _) in HEAD_OPTIONS.items():
-        if args.head == head and getattr(args, dest, None) is not None:
-            out[dest] = getattr(args, dest)
-    return {k: v for k, v in out.items() if v not in (None, "", "all")}
-
-
-def make_head(args, layer_ids, layer: int | None = None):
-    """The head of the command line; ``layer_ids``: the model index of each stored layer (or their
-    count); ``layer``: the single-layer probe of stored layer position ``layer`` (one row of
-    ``--layers each``)."""
-    layers = [layer] if layer is not None else parse_layers(args.layers, layer_ids)
-    if layers == "each" and args.head != "linear":
-        raise ValueError("--layers each fits one linear probe per layer: use it with --head linear")
-    if layers == "concat" and args.head not in ("logreg", "lgbm"):
-        raise ValueError("--layers concat (all layers side by side) is for --head logreg or lgbm")
-    if args.head in CLIP_HEADS:
-        cls = CLIP_HEADS[args.head]
-        if args.context:
-            raise ValueError(f"--context is the temporal layer of the frame heads (crf, frames), not of --head "
-                             f"{args.head}")
-        if args.head in ("logreg", "lgbm"):
-            if isinstance(layers, list) and len(layers) > 1:
-                raise ValueError(f"--head {args.head} takes one layer (--layers K) or all of them "
-                                 "(their mean): not a list")
+def make_head(spec: FitSpec, layer_ids, layer: int | None = None):
+    """The estimator of ``spec`` (unfitted); ``layer_ids``: the model index of each stored layer (or
+    their count); ``layer``: the single-layer probe of stored layer position ``layer`` (one row of
+    ``layers="each"``)."""
+    layers = [layer] if layer is not None else parse_layers(spec.layers, layer_ids)
+    progress = not spec.no_progress
+    if spec.head in CLIP_HEADS:
+        cls = CLIP_HEADS[spec.head]
+        if spec.head in ("logreg", "lgbm"):
             features = "mean" if layers is None else layers if layers == "concat" else layers[0]
-            grid = {param: getattr(args, dest) for dest, (head, param) in HEAD_OPTIONS.items()
-                    if head == args.head and getattr(args, dest, None) is not None}
-            return cls(features=features, class_weight=args.class_weight, seed=args.seed, **grid)
-        return cls(lr=args.lr, epochs=args.epochs, layers=layers, class_weight=args.class_weight, seed=args.seed,
-                   device=args.device, progress=not args.no_progress)
-    if args.class_weight:
-        raise ValueError(f"--class-weight applies to clip heads, not --head {args.head}")
-    return frame_head_class(args.head)(lr=args.lr, epochs=args.epochs, layers=layers, context=args.context,
-                                       seed=args.seed, device=args.device, progress=not args.no_progress)
+            return cls(features=features, class_weight=spec.class_weight, seed=spec.seed, **spec.head_params())
+        return cls(lr=spec.lr, epochs=spec.epochs, layers=layers, class_weight=spec.class_weight, seed=spec.seed,
+                   device=spec.device, progress=progress)
+    return frame_head_class(spec.head)(lr=spec.lr, epochs=spec.epochs, layers=layers, context=spec.context,
+                                       seed=spec.seed, device=spec.device, progress=progress)
 
 
-def make_plan(args, store, backbone, task):
-    """The run's split plan from the command line (see :mod:`heads.protocol`)."""
-    return task.plan(store, backbone, group=args.group, score=args.score_split, select=args.select_split,
-                     holdout_fraction=args.holdout_fraction, seed=args.seed,
-                     allow_same=args.allow_scoring_selection_split)
-
-
-def run_clip(args, store, backbone, task, out: Path, plan) -> dict:
+def run_clip(spec: FitSpec, store, backbone, task, out: Path, plan) -> tuple:
+    """Fit and score a clip head -> (fitted head, report); writes predictions.csv and confusion.png."""
     X, y, _ = task.data(store, backbone, plan.train)
     Xv, yv, _ = task.data(store, backbone, plan.select)
     Xt, yt, rows = task.data(store, backbone, plan.score)
     ids = store.layer_ids(backbone)  # the model's index of each stored layer
     t0 = time.perf_counter()
     layer_table = None
-    if parse_layers(args.layers, ids) == "each":
+    if spec.layers == "each":
         from heads.layer_probe import fit_each_layer
 
-        if args.head != "linear":
-            raise ValueError("--layers each fits one linear probe per layer: use it with --head linear")
-        layer_table = fit_each_layer(lambda k: make_head(args, ids, layer=k), X, y, (Xv, yv), Xt, yt, layer_ids=ids)
+        layer_table = fit_each_layer(lambda k: make_head(spec, ids, layer=k), X, y, (Xv, yv), Xt, yt, layer_ids=ids)
         head = layer_table.heads[layer_table.chosen]
     else:
-        head = make_head(args, ids)
+        head = make_head(spec, ids)
         head.fit(X, y, eval_set=(Xv, yv))
     fit_s = time.perf_counter() - t0
     scores = score_clip_head(head, Xt, yt)
@@ -230,18 +172,19 @@ def run_clip(args, store, backbone, task, out: Path, plan) -> dict:
             w.writerow([cid, t, top[0], "|".join(map(str, top))])
     pool = "" if task.pool == DEFAULT_POOL else f" ({task.pool} pooling)"
     metrics.plot_confusion(np.array(report["confusion"]), [str(c) for c in head.classes_], out / "confusion.png",
-                           title=f"{backbone} / {args.head} / {args.task}{pool}\n"
+                           title=f"{backbone} / {spec.head} / {spec.task}{pool}\n"
                                  f"{protocol_label(plan.describe(), report)}")
     return head, report
 
 
-def run_frames(args, store, backbone, task, out: Path, plan) -> dict:
+def run_frames(spec: FitSpec, store, backbone, task, out: Path, plan) -> tuple:
+    """Fit and score a frame head -> (fitted head, report); writes the decoded notes per clip."""
     X, y, off, _ = task.data(store, backbone, plan.train)
     Xv, yv, offv, _ = task.data(store, backbone, plan.select)
     Xt, yt, offt, rows = task.data(store, backbone, plan.score)
     fr = store.frame_rate(backbone)
-    store.require_frames(backbone, f"--head {args.head}")
-    head = make_head(args, store.layer_ids(backbone))
+    store.require_frames(backbone, f"head {spec.head!r}")
+    head = make_head(spec, store.layer_ids(backbone))
     t0 = time.perf_counter()
     head.fit(X, y, frame_rate=fr, offsets=off, eval_set=(Xv, yv, offv))
     fit_s = time.perf_counter() - t0
@@ -263,9 +206,9 @@ def check_device(device: str) -> None:
     try:
         dev = torch.device(device)
     except RuntimeError as e:
-        raise ValueError(f"--device {device!r}: {e}") from None
+        raise SpecError("device", f"{device!r}: {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        raise SpecError("device", f"{device}: CUDA is not available on this machine (use cpu)")
 
 
 def ensure_demo_store() -> Path:
@@ -284,105 +227,103 @@ def ensure_demo_store() -> Path:
 
 
 def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
-    """The split options (shared with the task pipelines' ``fit``)."""
-    p.add_argument("--score-split", choices=SCORE_CHOICES, default="auto",
-                   help="split the reported scores are measured on: auto = test when the store has test clips, "
-                        "else valid")
-    p.add_argument("--select-split", choices=SELECT_CHOICES, default="auto",
-                   help="clips that choose the model (learning rate, stopping epoch): auto = valid unless valid "
-                        "is the scored split, then a holdout carved out of train (grouped by --group)")
-    p.add_argument("--group", default=None,
-                   help=f"label column the train holdout is grouped by, so no group is on both sides "
-                        f"('{FILE}' = the audio file); default: album for singer, singer for technique, "
-                        f"{FILE} otherwise")
-    p.add_argument("--holdout-fraction", type=float, default=0.15,
-                   help="share of train groups (per class, when groups nest in classes) carved out for selection")
-    p.add_argument("--allow-scoring-selection-split", action="store_true",
-                   help="allow --select-split valid while valid is scored (an optimistic score, labelled so)")
+    """The split options (:class:`heads.fit_spec.ProtocolSettings`; shared with fine-tuning and the task
+    pipelines)."""
+    add_options(p, ProtocolSettings)
 
 
-def parse_args(argv=None):
+#: Options of ``heads.fit`` that are not settings of the run: where it reads and writes, how many seeds.
+COMMAND_OPTIONS = ("store", "out", "seeds", "refit")
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m heads.fit",
                                 description="Train a head on a feature store and write a run folder "
-                                            "(metrics.json, head.json + head.safetensors, predictions, plots). The model is chosen "
-                                            "on one split and scored on another (see --score-split).",
+                                            "(metrics.json, head.json + head.safetensors, predictions, plots, "
+                                            "config.yaml). The model is chosen on one split and scored on another "
+                                            "(see --score-split). A run folder already holding these settings is "
+                                            "reused (--refit to train again).",
                                 formatter_class=HelpFormatter)
     p.add_argument("--store", help="feature store built by featurestore.build (default: the demo store, built "
                                    "if missing)")
-    p.add_argument("--backbone", default="crepe", help="backbone in the store (registry name or alias)")
-    p.add_argument("--head", choices=HEADS, default="linear", help="head to train")
-    p.add_argument("--task", default=None,
-                   help="singer | technique | transcription | label:<column> | notes:<column> "
-                        "(default: singer for clip heads, transcription for crf/frames)")
-    p.add_argument("--lr", default=None,
-                   help=f"torch heads (linear, mlp, frames, crf): learning rate or comma-separated grid, chosen on "
-                        f"the selection split; not given: {DEFAULT_LR}. Refused for logreg/lgbm")
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"torch heads: maximum epochs (early stopping on the selection split); not given: "
-                        f"{DEFAULT_EPOCHS}. Refused for logreg/lgbm")
-    p.add_argument("--C", dest="C", default=None,
-                   help="logreg: inverse L2 strength, or a comma-separated grid (0.01,0.1,1,10) chosen on the "
-                        "selection split; not given: 1.0")
-    p.add_argument("--n-estimators", default=None,
-                   help="lgbm: boosting rounds, or a grid (100,200,400) chosen on the selection split; not given: 200")
-    p.add_argument("--gbm-learning-rate", default=None,
-                   help="lgbm: shrinkage per round, or a grid (0.03,0.1); not given: 0.05")
-    p.add_argument("--num-leaves", default=None, help="lgbm: leaves per tree, or a grid (7,15,31); not given: 15")
-    p.add_argument("--min-child-samples", default=None,
-                   help="lgbm: fewest clips in a leaf, or a grid (2,5,10); not given: 5")
-    p.add_argument("--layers", default="all",
-                   help="all (logreg/lgbm: their mean) | each (one probe per layer, linear head) | concat (logreg/lgbm: "
-                        "all layers side by side, with a per-layer importance) | i,j,... (the model's hidden-state "
-                        "indices, as stored: a store built with --layers holds only those)")
-    p.add_argument("--context", type=float, default=0.0, metavar="SECONDS",
-                   help="crf/frames: temporal context each side of a frame, in seconds (a dilated convolution "
-                        "stack of round(SECONDS x frame rate) frames each side between the layer sum and the "
-                        "per-frame output; 0.15 suits slow sung onsets). 0: the paper's per-frame linear probe")
-    p.add_argument("--pool", choices=POOLS, default=None,
-                   help=f"clip heads: clip statistics over time the head reads: mean, std, or mean+std (both "
-                        f"side by side, D -> 2D per layer: statistics pooling); not given: {DEFAULT_POOL}. "
-                        "Not for crf/frames (they read frames)")
-    p.add_argument("--class-weight", choices=["balanced", "paper"], default=None,
-                   help="clip heads: balanced = n/(C n_c); paper = 1/n_c^0.2; not given: none")
-    p.add_argument("--seed", type=int, default=None,
-                   help="seed of initialisation, shuffling and the holdout draw; not given: 0")
+    add_options(p, FitSpec, skip=ProtocolSettings.__dataclass_fields__, defaults={"seed": None})
     p.add_argument("--seeds", default=None,
                    help="comma-separated seeds (0,1,2): one run per seed, in <out>, <out>-seed1, <out>-seed2, ..., "
                         "and the mean ± sample sd of their scores")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     p.add_argument("--out", help="run folder (default: runs/<backbone>-<head>-<task>, plus -ctx<ms>ms for "
-                                 "--context, -stdpool / -meanstdpool for --pool, -layers-<...> for --layers). Every "
-                                 "run appends its row to results.jsonl beside it (runs/results.jsonl)")
-    p.add_argument("--log-dir", default=None,
-                   help="torch heads: write TensorBoard event files to LOG_DIR/<run folder name> (loss, selection "
-                        "score, learning rate, layer weights per epoch and rate; needs the tracking extra: "
-                        "pip install -e '.[tracking]')")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+                                 "--context, -stdpool / -meanstdpool for --pool, -layers-<...> for --layers, "
+                                 "-seed<k> for a seed k > 0). Every run appends its row to results.jsonl beside it "
+                                 "(runs/results.jsonl)")
+    p.add_argument("--refit", action="store_true",
+                   help="train again even if the run folder holds a finished fit with the same settings")
     add_protocol_arguments(p)
-    return p.parse_args(argv)
+    add_config_options(p)
+    return p
 
 
-def default_out(args, backbone: str, pool) -> Path:
-    """``runs/<backbone>-<head>-<task>`` plus a suffix per run option (context, pool, layers, logreg / lgbm
-    grids), so runs with other options never replace each other."""
-    return Path(f"runs/{backbone}-{args.head}-{args.task.replace(':', '_')}{context_suffix(args.context)}"
-                f"{pool_suffix(pool)}{layers_suffix(args.layers)}{hyper_suffix(vars(args))}")
+def parse_args(argv=None) -> argparse.Namespace:
+    names = set(FitSpec.__dataclass_fields__) | set(COMMAND_OPTIONS)
+    return parse_with_config(build_parser(), argv, names=names)
 
 
-def fit_run(args, store, backbone: str, task, out: Path) -> dict:
-    """Fit, score and write one run folder (seed ``args.seed``) -> its metrics.json report; appends the
-    run's row to ``out.parent/results.jsonl``."""
-    plan = make_plan(args, store, backbone, task)
+def spec_from_args(args: argparse.Namespace) -> tuple[FitSpec, list[int]]:
+    """The run's spec and its seeds (``--seeds``, else ``--seed``, default 0)."""
+    if args.seeds is not None and args.seed is not None:
+        raise SpecError("seeds", "give seed or seeds, not both")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed or 0]
+    return from_namespace(FitSpec, args, seed=seeds[0]), seeds
+
+
+def default_out(spec: FitSpec, backbone: str) -> Path:
+    """``runs/<backbone>-<head>-<task>`` plus a suffix per setting (:func:`heads.runs.run_name`)."""
+    return RunFolder.for_spec("runs", spec, backbone).path
+
+
+def resolve_store(store):
+    """An open FeatureStore from a store, a path, or None (the demo store, built if missing)."""
+    from featurestore.store import FeatureStore
+
+    if isinstance(store, FeatureStore):
+        return store
+    return open_store(store) if store else open_store(ensure_demo_store())
+
+
+def fit_run(store, spec: FitSpec, out=None, *, refit: bool = False, runs_dir="runs",
+            with_task: bool = True) -> RunRecord:
+    """Fit, score and write one run folder -> its :class:`heads.runs.RunRecord`.
+
+    store: a FeatureStore, its path, or None (the demo store). out: the run folder (default: named from
+    the spec under ``runs_dir``, :func:`heads.runs.run_name`; ``with_task`` False leaves the task out of
+    the name, as the task pipelines do). A folder that already holds a finished fit of this spec is
+    reused unless ``refit``. Appends the run's row to ``out.parent/results.jsonl``. Raises SpecError
+    (a setting the store cannot serve), TaskError, BackboneNotInStore, FileNotFoundError."""
+    check_device(spec.device)
+    store = resolve_store(store)
+    backbone = store.backbone_name(spec.backbone)
+    store.group(backbone)
+    folder = RunFolder(out) if out is not None else RunFolder.for_spec(runs_dir, spec, backbone, with_task)
+    out = folder.path
+    if out.exists() and not out.is_dir():
+        raise SpecError("out", f"{out}: this is a file; give a folder for the run (it holds metrics.json, "
+                               "head.json, predictions, plots)")
+    if folder.is_finetune:
+        raise RunError(f"{out} is a fine-tuning run (its head was trained with the frontend, heads.finetune): "
+                       "evaluate it as it is, or retrain it with heads.finetune --overwrite")
+    if not refit and folder.is_done(spec, store):
+        return folder.record(reused=True)
+    task = spec.make_task()
+    plan = spec.plan(task, store, backbone, spec.seed)
     for note in plan.notes:
         print(f"note: {note}", file=sys.stderr)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: this is a file; give a folder for the run (it holds metrics.json, "
-                         "head.json, predictions, plots)")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    folder.clear_config()  # a killed fit leaves no config.yaml: it is never taken for a finished one
+    from heads.tracking import tracking
+
     runner = run_clip if task.kind == "clip" else run_frames
     try:
-        head, report = runner(args, store, backbone, task, out, plan)
+        with tracking(Path(spec.log_dir) / out.name if spec.log_dir else None):
+            head, report = runner(spec, store, backbone, task, out, plan)
     except Exception:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a refused run leaves no empty run folder behind
@@ -394,7 +335,7 @@ def fit_run(args, store, backbone: str, task, out: Path) -> dict:
     for old in ("layer_weights", "layer_table"):
         for ext in PLOT_FORMATS:
             (out / f"{old}.{ext}").unlink(missing_ok=True)
-    title = f"{backbone} / {args.head} / {args.task}"
+    title = f"{backbone} / {spec.head} / {spec.task}"
     if learned is not None:
         plot_layer_weights(learned[0], list(stored_layers), out / "layer_weights.png",
                            f"{title}: per model layer\n{plan.label()}", ylabel=learned[1])
@@ -402,11 +343,11 @@ def fit_run(args, store, backbone: str, task, out: Path) -> dict:
         from heads.run_plots import plot_layer_table
 
         plot_layer_table(report["layer_table"], out / "layer_table.png", f"{title}: one probe per layer")
-    report.update(backbone=backbone, head=args.head, task=args.task, store=str(store.path),
+    report.update(backbone=backbone, head=spec.head, task=spec.task, store=str(store.path),
                   protocol=plan.describe(), scored_split=plan.score_split, selection_split=plan.select_split,
                   params={k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
                           for k, v in head.get_params().items()},
-                  stored_layers=[int(l) for l in stored_layers], options=head_options(args), seed=args.seed)
+                  stored_layers=[int(l) for l in stored_layers], options=spec.options(), seed=spec.seed)
     if task.kind == "clip":
         report["pool"] = task.pool  # what evaluate/predict must read: heads.tasks.pooled_features
     if learned is not None:
@@ -422,10 +363,11 @@ def fit_run(args, store, backbone: str, task, out: Path) -> dict:
         probe = f", probe of layer {report['layer_table']['chosen_layer']}" if "layer_table" in report else ""
         lr = f", lr {report['lr']:g}" if "lr" in report else ""
         plot_learning_curve(report["history"], out / "learning_curve.png",
-                            f"{title}{probe}, seed {args.seed}{lr}\n{plan.label()}",
+                            f"{title}{probe}, seed {spec.seed}{lr}\n{plan.label()}",
                             metric=f"selection score on {plan.select_split}")
     append_result(out.parent, results_row(report, "heads.fit", out.name))
-    return report
+    folder.write_config(spec, store)  # last: the folder now holds a finished fit of this spec
+    return RunFolder(out).record()
 
 
 def results_row(report: dict, command: str, run: str) -> dict:
@@ -445,45 +387,37 @@ def results_row(report: dict, command: str, run: str) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    args.task = args.task or ("transcription" if args.head in FRAME_HEADS else "singer")
     try:
-        check_options(args)
-        seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed or 0]
-        if args.pool is not None and args.head in FRAME_HEADS:
-            raise ValueError(f"--pool pools clips for the clip heads ({', '.join(CLIP_HEADS)}); --head {args.head} "
-                             "reads every frame: leave --pool out")
-        check_device(args.device)
-        store = open_store(args.store) if args.store else open_store(ensure_demo_store())
-        backbone = store.backbone_name(args.backbone)
-        store.group(backbone)
-        task = make_task(args.task, pool=args.pool)
-        if task.kind == "clip" and args.head in FRAME_HEADS:
-            raise TaskError(f"--head {args.head} is a frame-level note decoder; task {args.task!r} is a clip "
-                            f"task: use one of {', '.join(CLIP_HEADS)}")
-        if task.kind == "frames" and args.head in CLIP_HEADS:
-            raise TaskError(f"--head {args.head} is a clip classifier; task {args.task!r} is frame-level "
-                            f"transcription: use one of {', '.join(FRAME_HEADS)}")
-        base = Path(args.out) if args.out else default_out(args, backbone, getattr(task, "pool", None))
-        reports = []
+        spec, seeds = spec_from_args(args)
+        if args.print_config:
+            extra = {"store": store_path(args.store)} if args.store else None
+            print(to_yaml(spec, header="python -m heads.fit --config FILE", extra=extra), end="")
+            return 0
+        store = resolve_store(args.store)
+        base = Path(args.out) if args.out else None
+        records = []
         for seed in seeds:
-            args.seed = seed
-            out = base.with_name(base.name + seed_suffix(seed)) if args.seeds is not None else base
-            from heads.tracking import tracking
-
-            with tracking(Path(args.log_dir) / out.name if args.log_dir else None):
-                report = fit_run(args, store, backbone, task, out)
-            print(summary_table(report))
-            if "layer_table" in report:  # --layers each: every layer's scored-split scores, the kept one marked
+            one = dataclasses.replace(spec, seed=seed)
+            out = None if base is None else base.with_name(base.name + seed_suffix(seed)) if len(seeds) > 1 else base
+            rec = fit_run(store, one, out, refit=args.refit)
+            if rec.reused:
+                print(f"{rec.path} is already fitted with these settings (see {rec.path / 'metrics.json'}); "
+                      "--refit to train again")
+            print(summary_table(rec.report))
+            if "layer_table" in rec.report:  # layers each: every layer's scored-split scores, the kept one marked
                 from heads.layer_probe import to_markdown as layer_markdown
 
-                print(layer_markdown(report["layer_table"], f"one linear probe per layer ({args.task})"))
-            print(f"run folder: {out}")
-            reports.append(report)
-    except (TaskError, BackboneNotInStore, ValueError, FileNotFoundError) as e:
+                print(layer_markdown(rec.report["layer_table"], f"one linear probe per layer ({spec.task})"))
+            print(f"run folder: {rec.path}")
+            records.append(rec)
+    except SpecError as e:
+        print(f"error: {e.as_flag()}", file=sys.stderr)
+        return 2
+    except (TaskError, BackboneNotInStore, RunError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if len(reports) > 1:
-        print(seed_summary(reports))
+    if len(records) > 1:
+        print(seed_summary([r.report for r in records]))
     return 0
 
 
