@@ -57,10 +57,13 @@ def flag_of(name: str) -> str:
 
 
 def option(default, help: str = "", *, flag: str | None = None, choices=None, metavar: str | None = None,
-           cli: bool = True, identity: bool = True):
-    """A spec field with its command-line form (see the module docstring)."""
+           cli: bool = True, identity: bool = True, commands: tuple | None = None, type=None):
+    """A spec field with its command-line form (see the module docstring). ``commands``: the
+    sub-commands that show it (None: every one); ``type``: the command line's converter, where the
+    annotation's base type is not enough."""
     meta = {"help": help, "flag": flag, "choices": tuple(choices) if choices is not None else None,
-            "metavar": metavar, "cli": cli, "identity": identity}
+            "metavar": metavar, "cli": cli, "identity": identity,
+            "commands": tuple(commands) if commands is not None else None, "type": type}
     if isinstance(default, (list, dict, set)):
         raise TypeError("option defaults must be immutable (use a tuple)")
     return dataclasses.field(default=default, metadata={_META: meta})
@@ -68,7 +71,7 @@ def option(default, help: str = "", *, flag: str | None = None, choices=None, me
 
 def _meta(f: dataclasses.Field) -> dict:
     return f.metadata.get(_META) or {"help": "", "flag": None, "choices": None, "metavar": None, "cli": True,
-                                     "identity": True}
+                                     "identity": True, "commands": None, "type": None}
 
 
 def _base_type(hint):
@@ -88,13 +91,16 @@ def fields_of(cls) -> list[tuple[dataclasses.Field, type]]:
 
 
 def add_options(parser: argparse.ArgumentParser, cls, *, skip=(), defaults: dict | None = None,
-                help: dict | None = None) -> None:
-    """Add one command-line option per field of ``cls`` (not those in ``skip``, nor ``cli=False`` ones).
-    ``defaults``/``help``: per-field replacements for this command (a task's own default head)."""
+                help: dict | None = None, command: str | None = None) -> None:
+    """Add one command-line option per field of ``cls`` (not those in ``skip``, nor ``cli=False`` ones,
+    nor those whose ``commands`` leave out ``command``). ``defaults``/``help``: per-field replacements for
+    this command (a task's own default head)."""
     defaults, help = defaults or {}, help or {}
     for f, kind in fields_of(cls):
         m = _meta(f)
         if f.name in skip or not m["cli"]:
+            continue
+        if command is not None and m["commands"] is not None and command not in m["commands"]:
             continue
         default = defaults.get(f.name, f.default)
         text = help.get(f.name, m["help"])
@@ -102,12 +108,18 @@ def add_options(parser: argparse.ArgumentParser, cls, *, skip=(), defaults: dict
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action="store_true", default=bool(default), help=text)
             continue
-        kw = dict(dest=f.name, type=kind, default=default, help=text)
+        kw = dict(dest=f.name, type=m["type"] or kind, default=default, help=text)
         if m["choices"] is not None:
             kw["choices"] = m["choices"]
         if m["metavar"]:
             kw["metavar"] = m["metavar"]
         parser.add_argument(flag, **kw)
+
+
+def field_names(cls, command: str | None = None) -> set[str]:
+    """The names of ``cls``'s fields (those a sub-command ``command`` shows, when given)."""
+    return {f.name for f in dataclasses.fields(cls)
+            if command is None or _meta(f)["commands"] is None or command in _meta(f)["commands"]}
 
 
 def from_namespace(cls, ns: argparse.Namespace, **overrides):
