@@ -57,13 +57,16 @@ def flag_of(name: str) -> str:
 
 
 def option(default, help: str = "", *, flag: str | None = None, choices=None, metavar: str | None = None,
-           cli: bool = True, identity: bool = True, commands: tuple | None = None, type=None):
+           cli: bool = True, identity: bool = True, commands: tuple | None = None, type=None,
+           nargs=None, const=None):
     """A spec field with its command-line form (see the module docstring). ``commands``: the
     sub-commands that show it (None: every one); ``type``: the command line's converter, where the
-    annotation's base type is not enough."""
+    annotation's base type is not enough; ``nargs``/``const``: as argparse's (an option with an optional
+    value)."""
     meta = {"help": help, "flag": flag, "choices": tuple(choices) if choices is not None else None,
             "metavar": metavar, "cli": cli, "identity": identity,
-            "commands": tuple(commands) if commands is not None else None, "type": type}
+            "commands": tuple(commands) if commands is not None else None, "type": type, "nargs": nargs,
+            "const": const}
     if isinstance(default, (list, dict, set)):
         raise TypeError("option defaults must be immutable (use a tuple)")
     return dataclasses.field(default=default, metadata={_META: meta})
@@ -71,7 +74,7 @@ def option(default, help: str = "", *, flag: str | None = None, choices=None, me
 
 def _meta(f: dataclasses.Field) -> dict:
     return f.metadata.get(_META) or {"help": "", "flag": None, "choices": None, "metavar": None, "cli": True,
-                                     "identity": True, "commands": None, "type": None}
+                                     "identity": True, "commands": None, "type": None, "nargs": None, "const": None}
 
 
 def _base_type(hint):
@@ -113,6 +116,8 @@ def add_options(parser: argparse.ArgumentParser, cls, *, skip=(), defaults: dict
             kw["choices"] = m["choices"]
         if m["metavar"]:
             kw["metavar"] = m["metavar"]
+        if m["nargs"] is not None:
+            kw.update(nargs=m["nargs"], const=m["const"])
         parser.add_argument(flag, **kw)
 
 

@@ -51,9 +51,13 @@ from pathlib import Path
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from featurestore.clips import ClipSettings
-from pipelines.runner import (DEMO_FLAG, PrepareResult, TaskSpec, fitted_run, input_folder,  # noqa: F401
-                              is_demo, main, run_backbone, run_label, run_plan, run_pool, training_clip_settings,
+from featurestore.options import option
+from pipelines.command import main
+from pipelines.runner import (DEMO_FLAG, PredictRecord, PrepareResult, TaskSpec,  # noqa: F401
+                              run_backbone, run_label, run_plan, run_pool, training_clip_settings,
                               write_manifest)
 
 #: Audio suffixes accepted in the Artist20 layout (and in the prediction folder).
@@ -108,10 +112,35 @@ def album_splits(albums: list[str], mode: str = "course") -> tuple[dict[str, str
     return out, None
 
 
-def prepare_artist20(raw: Path, args) -> PrepareResult:
+@dataclass(frozen=True)
+class SingerOptions:
+    """The singer pipeline's own settings (each shown by the sub-commands named in ``commands``)."""
+
+    split: str = option("course", "course: last album (sorted) of each artist -> valid, rest train; paper: last -> "
+                                  "test, the one before -> valid, rest train", choices=("course", "paper"),
+                        commands=("prepare",))
+    segment_seconds: float | None = option(None, f"segment length (default {SEGMENT_S:g}, {DEMO_SEGMENT_S:g} for "
+                                                 "the demo)", commands=("build", "predict"))
+    drop_quiet_db: float | None = option(None, f"drop segments whose RMS is below this dBFS (default "
+                                               f"{DROP_QUIET_DB:g})", commands=("build", "predict"))
+    no_separate: bool = option(False, "do not separate vocals with demucs", commands=("build", "predict"))
+    demucs_repo: str | None = option(None, "local folder with the demucs weights", commands=("build", "predict"))
+    input: str | None = option(None, "folder of unlabelled ID.mp3 / ID.wav files", commands=("predict",))
+    out: str | None = option(None, "CSV to write (default WORKDIR/predictions.csv)", commands=("predict",))
+    keep_id_text: bool = option(False, "write IDs as the file names spell them (0001), not as integers (1)",
+                                commands=("predict",))
+    model_path: str | None = option(None, "local folder of the backbone's weights", commands=("predict",))
+    num_workers: int = option(2, "audio decoding workers", commands=("predict",))
+    batch_seconds: float | None = option(None, "audio seconds per forward batch; not given: 10 on CPU, 80 on CUDA",
+                                         commands=("predict",))
+    aggregate: str = option("mean", "song-level prediction: mean of segment logits, or majority vote",
+                            choices=("mean", "vote"), commands=("evaluate", "predict"))
+
+
+def prepare_artist20(raw: Path, opts: SingerOptions) -> PrepareResult:
     """Manifest rows of an Artist20 folder (see the module docstring for the splits and the skips)."""
     root = artist20_root(Path(raw))
-    mode = getattr(args, "split", None) or "course"
+    mode = opts.split or "course"
     found: list[tuple[str, str, Path]] = []
     skipped: list[dict] = []
     for p in sorted(q for q in root.rglob("*") if q.is_file()):
@@ -157,7 +186,7 @@ def prepare_artist20(raw: Path, args) -> PrepareResult:
     return PrepareResult(rows, skipped)
 
 
-def prepare_demo(demo_manifest: Path, args) -> PrepareResult:
+def prepare_demo(demo_manifest: Path, opts: SingerOptions) -> PrepareResult:
     """The demo corpus as singer rows (album = the demo technique, song = the clip id); marks the
     work folder as a demo one (``demo.flag``: no separation, 1 s segments)."""
     demo_manifest = Path(demo_manifest)
@@ -177,16 +206,14 @@ def prepare_demo(demo_manifest: Path, args) -> PrepareResult:
 # ----------------------------------------------------------------------------------------------
 # store settings
 # ----------------------------------------------------------------------------------------------
-def clip_settings(args) -> ClipSettings:
-    """5 s segments, no overlap, htdemucs vocals, segments below --drop-quiet-db (-35 dBFS) dropped.
-    Demo work folders: 1 s segments and no separation."""
-    demo = is_demo(args.workdir)
-    seg = getattr(args, "segment_seconds", None) or (DEMO_SEGMENT_S if demo else SEGMENT_S)
-    drop = getattr(args, "drop_quiet_db", None)
-    drop = DROP_QUIET_DB if drop is None else drop
-    separate = None if (demo or getattr(args, "no_separate", False)) else SEPARATOR
+def clip_settings(opts: SingerOptions, demo: bool) -> ClipSettings:
+    """5 s segments, no overlap, htdemucs vocals, segments below drop_quiet_db (-35 dBFS) dropped.
+    Demo work folders (``demo``): 1 s segments and no separation."""
+    seg = opts.segment_seconds or (DEMO_SEGMENT_S if demo else SEGMENT_S)
+    drop = DROP_QUIET_DB if opts.drop_quiet_db is None else opts.drop_quiet_db
+    separate = None if (demo or opts.no_separate) else SEPARATOR
     return ClipSettings(segment_s=seg, min_segment_s=min(1.0, seg), drop_quiet_db=drop, separate=separate,
-                        demucs_repo=getattr(args, "demucs_repo", None) if separate else None)
+                        demucs_repo=opts.demucs_repo if separate else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,18 +312,18 @@ def write_predictions_csv(path, ids, scores, class_names, keep_id_text: bool = F
 # ----------------------------------------------------------------------------------------------
 # evaluate
 # ----------------------------------------------------------------------------------------------
-def evaluate(store, run_dir: Path, args) -> dict:
-    """Segment- and song-level scores on the run's scored split (``--score-split`` to change it; the
+def evaluate(store, run_dir: Path, opts: SingerOptions, score_split: str | None = None) -> dict:
+    """Segment- and song-level scores on the run's scored split (``score_split`` to change it; the
     split that chose the model is refused). Unlabelled clips are left out and counted."""
     from heads import metrics
     from heads.persist import load_head
     from heads.tasks import pooled_features
 
     run_dir = Path(run_dir)
-    method = getattr(args, "aggregate", None) or "mean"
+    method = opts.aggregate or "mean"
     head = load_head(run_dir / "head.json")
-    backbone = run_backbone(store, run_dir, args)
-    plan = run_plan(store, run_dir, SPEC, backbone, getattr(args, "score_split", None))
+    backbone = store.backbone_name(run_backbone(run_dir, run_dir.name))
+    plan = run_plan(store, run_dir, SPEC, backbone, score_split)
     rows = plan.score
     classes = [str(c) for c in head.classes_]
     index = {c: i for i, c in enumerate(classes)}
@@ -359,62 +386,54 @@ def collect_inputs(folder: Path, keep_id_text: bool = False) -> tuple[list[tuple
     return items, skipped
 
 
-def predict(args) -> int:
-    """Top-3 singers per file of ``--input`` -> ``--out`` (course format)."""
+def predict(pipe, rd: Path, backbone: str, opts: SingerOptions, device: str = "cpu",
+            progress: bool = True) -> PredictRecord:
+    """Top-3 singers per file of ``opts.input`` -> ``opts.out`` (course format) with the fitted run ``rd``."""
     from dataclasses import replace
 
     from featurestore import open_store
     from featurestore.build import ExtractSettings, build
     from heads.persist import load_head
     from heads.tasks import pooled_features
+    from pipelines.task_pipeline import PipelineError
 
-    work = Path(args.workdir)
-    rd = fitted_run(args)
-    if rd is None or input_folder(args, "ID.mp3 / ID.wav files") is None:
-        return 2
-    try:
-        items, skipped = collect_inputs(Path(args.input), args.keep_id_text)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    work = Path(pipe.workdir)
+    if not opts.input or not Path(opts.input).is_dir():
+        raise PipelineError(f"input must be a folder of ID.mp3 / ID.wav files (got {opts.input!r})")
+    items, skipped = collect_inputs(Path(opts.input), opts.keep_id_text)
     for s in skipped:
         print(f"skipped [{s['reason']}] {s['message']}")
     if not items:
-        print(f"error: no audio file in {args.input}", file=sys.stderr)
-        return 2
+        raise PipelineError(f"no audio file in {opts.input}")
     head = load_head(rd / "head.json")
     pool = run_pool(rd)
     classes = [str(c) for c in head.classes_]
-    cs = training_clip_settings(SPEC, args)
-    ext = ExtractSettings(batch_s=getattr(args, "batch_seconds", None))
-    common = dict(extract=ext, model_path=getattr(args, "model_path", None), device=args.device,
-                  num_workers=args.num_workers, overwrite=True, progress=not args.no_progress,
+    cs = training_clip_settings(SPEC, work, opts, opts.demucs_repo)
+    ext = ExtractSettings(batch_s=opts.batch_seconds)
+    common = dict(extract=ext, model_path=opts.model_path, device=device,
+                  num_workers=opts.num_workers, overwrite=True, progress=progress,
                   vocals_cache=work / "predict_store.zarr.vocals")  # one cache: each file separated once
 
     def run(rows_, name, settings):
         manifest = write_manifest([{"path": str(p), "id": i} for i, p in rows_], work / f"{name}.csv")
-        rep = build(manifest, work / f"{name}.zarr", [args.backbone[0]], clip_settings=settings, **common)
+        rep = build(manifest, work / f"{name}.zarr", [backbone], clip_settings=settings, **common)
         st = open_store(work / f"{name}.zarr")
         bb = next(iter(rep.backbones))
         z = segment_logits(head, pooled_features(st, bb, pool=pool))
-        ids, sc = aggregate(z, st.clips["file_id"], args.aggregate)
+        ids, sc = aggregate(z, st.clips["file_id"], opts.aggregate)
         return dict(zip(ids, sc)), rep.skipped
 
-    try:
-        scores, skips = run(items, "predict_store", cs)
-        no_segments = {s.get("path") for s in skips if s.get("reason") == "no_segments"}
-        quiet = [(i, p) for i, p in items if i not in scores and str(p) in no_segments]
-        if quiet and cs.drop_quiet_db is not None:
-            # nothing above the RMS floor (e.g. an instrumental file): keep all its segments rather than none
-            print(f"note: {len(quiet)} file(s) had no segment above {cs.drop_quiet_db} dBFS: "
-                  "predicted from all their segments")
-            more, skips2 = run(quiet, "predict_store_all", replace(cs, drop_quiet_db=None))
-            scores.update(more)
-            done = {str(p) for i, p in quiet if i in more}
-            skips = [s for s in skips if s.get("path") not in done] + skips2
-    except Exception as e:  # noqa: BLE001 - any build failure is reported, not a traceback
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+    scores, skips = run(items, "predict_store", cs)
+    no_segments = {s.get("path") for s in skips if s.get("reason") == "no_segments"}
+    quiet = [(i, p) for i, p in items if i not in scores and str(p) in no_segments]
+    if quiet and cs.drop_quiet_db is not None:
+        # nothing above the RMS floor (e.g. an instrumental file): keep all its segments rather than none
+        print(f"note: {len(quiet)} file(s) had no segment above {cs.drop_quiet_db} dBFS: "
+              "predicted from all their segments")
+        more, skips2 = run(quiet, "predict_store_all", replace(cs, drop_quiet_db=None))
+        scores.update(more)
+        done = {str(p) for i, p in quiet if i in more}
+        skips = [s for s in skips if s.get("path") not in done] + skips2
     missing = [i for i, _ in items if i not in scores]
     if missing:
         # a row per ID is required: files with no usable audio get the training prior (most frequent first)
@@ -435,40 +454,9 @@ def predict(args) -> int:
         for i in missing:
             scores[i] = prior
     ids = [i for i, _ in items]
-    out = Path(args.out) if args.out else work / "predictions.csv"
-    write_predictions_csv(out, ids, np.stack([scores[i] for i in ids]), classes,
-                          keep_id_text=args.keep_id_text)
-    print(f"predictions for {len(ids)} file(s) written to {out}")
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------
-# options and spec
-# ----------------------------------------------------------------------------------------------
-def add_arguments(parser, command: str) -> None:
-    if command == "prepare":
-        parser.add_argument("--split", choices=["course", "paper"], default="course",
-                            help="course: last album (sorted) of each artist -> valid, rest train; "
-                                 "paper: last -> test, the one before -> valid, rest train")
-    if command in ("build", "predict"):
-        parser.add_argument("--segment-seconds", type=float, default=None,
-                            help=f"segment length (default {SEGMENT_S:g}, {DEMO_SEGMENT_S:g} for the demo)")
-        parser.add_argument("--drop-quiet-db", type=float, default=None,
-                            help=f"drop segments whose RMS is below this dBFS (default {DROP_QUIET_DB:g})")
-        parser.add_argument("--no-separate", action="store_true", help="do not separate vocals with demucs")
-        parser.add_argument("--demucs-repo", default=None, help="local folder with the demucs weights")
-    if command == "predict":
-        parser.add_argument("--input", required=True, help="folder of unlabelled ID.mp3 / ID.wav files")
-        parser.add_argument("--out", default=None, help="CSV to write (default WORKDIR/predictions.csv)")
-        parser.add_argument("--keep-id-text", action="store_true",
-                            help="write IDs as the file names spell them (0001), not as integers (1)")
-        parser.add_argument("--model-path", default=None, help="local folder of the backbone's weights")
-        parser.add_argument("--num-workers", type=int, default=2, help="audio decoding workers")
-        parser.add_argument("--batch-seconds", type=float, default=None,
-                            help="audio seconds per forward batch; not given: 10 on CPU, 80 on CUDA")
-    if command in ("evaluate", "predict"):
-        parser.add_argument("--aggregate", choices=["mean", "vote"], default="mean",
-                            help="song-level prediction: mean of segment logits, or majority vote")
+    out = Path(opts.out) if opts.out else work / "predictions.csv"
+    write_predictions_csv(out, ids, np.stack([scores[i] for i in ids]), classes, keep_id_text=opts.keep_id_text)
+    return PredictRecord(out, len(ids), list(skipped) + list(skips))
 
 
 SPEC = TaskSpec(
@@ -483,7 +471,7 @@ SPEC = TaskSpec(
     summary_keys=["segment.accuracy", "segment.top3", "segment.macro_f1", "song.accuracy", "song.top3",
                   "song.macro_f1"],
     predict=predict,
-    add_arguments=add_arguments,
+    options=SingerOptions,
 )
 
 if __name__ == "__main__":

@@ -59,10 +59,13 @@ from pathlib import Path
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from featurestore.clips import ClipSettings
 from featurestore.manifest import AUDIO_SUFFIXES, Skip
-from pipelines.runner import (DEMO_FLAG, PrepareResult, TaskSpec, is_demo, main, run_backbone, run_plan,  # noqa: F401
-                              run_label, run_pool)
+from featurestore.options import option
+from pipelines.command import main
+from pipelines.runner import DEMO_FLAG, PrepareResult, TaskSpec, run_backbone, run_label, run_plan, run_pool  # noqa: F401
 
 #: The ten techniques of Table IV, sorted.
 TECHNIQUES = ("belt", "breathy", "inhaled", "lip_trill", "spoken", "straight", "trill", "trillo", "vibrato",
@@ -158,6 +161,22 @@ def default_valid_singers(train_singers, n: int = N_VALID_SINGERS) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # adapter
 # ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TechniqueOptions:
+    """The technique pipeline's own settings (each shown by the sub-commands named in ``commands``)."""
+
+    test_singers: str | None = option(None, "comma-separated test singers (f2 = female2); not given: the archive's "
+                                            f"{TEST_SINGERS_FILE}, else " + ",".join(DEFAULT_TEST_SINGERS),
+                                      commands=("prepare",))
+    valid_singers: str | None = option(None, "comma-separated validation singers out of the training ones; not "
+                                             "given: the last female and last male training singer",
+                                       commands=("prepare",))
+    trim_db: float | None = option(None, f"trim silence below this dBFS (not given: {TRIM_DB}, demo {DEMO_TRIM_DB})",
+                                   commands=("build",))
+    segment_seconds: float | None = option(None, f"segment length (not given: {SEGMENT_S}, demo {DEMO_SEGMENT_S}; "
+                                                 "0: whole files)", commands=("build",))
+
+
 def _skip(where: str, reason: str, message: str) -> dict:
     return Skip(where, reason, message).as_dict()
 
@@ -171,9 +190,9 @@ def find_full(raw: Path) -> Path:
     return raw
 
 
-def prepare_vocalset(raw: Path, args) -> PrepareResult:
+def prepare_vocalset(raw: Path, opts: TechniqueOptions) -> PrepareResult:
     """Rows ``{path, id, split, technique, singer, context}`` of a VocalSet folder (see the module
-    docstring for the layout, the technique mapping and the split). ``args`` may carry
+    docstring for the layout, the technique mapping and the split). ``opts`` may carry
     ``test_singers`` / ``valid_singers`` (comma-separated names, ``f2``-style abbreviations allowed);
     without ``test_singers``, the archive's ``test_singers_technique.txt`` (in ``raw`` or beside
     ``FULL``) or else :data:`DEFAULT_TEST_SINGERS`."""
@@ -209,7 +228,7 @@ def prepare_vocalset(raw: Path, args) -> PrepareResult:
                              f"({n} file{'s' if n != 1 else ''} not used)"))
 
     singers = sorted({s for s, *_ in found}, key=_natural_key)
-    test, source = parse_singers(getattr(args, "test_singers", None)), "--test-singers"
+    test, source = parse_singers(opts.test_singers), "--test-singers"
     if test is None:
         files = [f for f in (Path(raw) / TEST_SINGERS_FILE, full.parent / TEST_SINGERS_FILE) if f.is_file()]
         test = read_singer_file(files[0]) if files else None
@@ -220,7 +239,7 @@ def prepare_vocalset(raw: Path, args) -> PrepareResult:
             skipped.append(_skip("--test-singers", "singer_not_found",
                                  f"test singer {s!r} has no usable file (singers found: {', '.join(singers)})"))
     train_pool = [s for s in singers if s not in test]
-    valid = parse_singers(getattr(args, "valid_singers", None))
+    valid = parse_singers(opts.valid_singers)
     if valid is None:
         valid = default_valid_singers(train_pool)
     else:
@@ -246,7 +265,7 @@ def prepare_vocalset(raw: Path, args) -> PrepareResult:
     return PrepareResult(rows, skipped)
 
 
-def prepare_demo(manifest: Path, args) -> PrepareResult:
+def prepare_demo(manifest: Path, opts: TechniqueOptions) -> PrepareResult:
     """Rows of the built-in demo corpus: its technique labels (straight / vibrato / breathy) and its
     per-singer splits. Writes ``WORKDIR/demo.flag`` so the build uses the demo settings."""
     manifest = Path(manifest)
@@ -264,18 +283,16 @@ def prepare_demo(manifest: Path, args) -> PrepareResult:
 # ---------------------------------------------------------------------------------------------
 # store settings, evaluation
 # ---------------------------------------------------------------------------------------------
-def clip_settings(args) -> ClipSettings:
+def clip_settings(opts: TechniqueOptions, demo: bool) -> ClipSettings:
     """Trimmed (-40 dBFS), 3 s segments, last segment kept if >= 1 s; demo: 1 s segments, -50 dBFS."""
-    demo = is_demo(args.workdir)
-    seg = getattr(args, "segment_seconds", None)
-    trim = getattr(args, "trim_db", None)
+    seg, trim = opts.segment_seconds, opts.trim_db
     seg = (DEMO_SEGMENT_S if demo else SEGMENT_S) if seg is None else seg
     trim = (DEMO_TRIM_DB if demo else TRIM_DB) if trim is None else trim
     return ClipSettings(segment_s=seg or None, min_segment_s=MIN_SEGMENT_S, trim_db=trim)
 
 
-def evaluate(store, run_dir: Path, args) -> dict:
-    """Clip-level scores of the fitted head on the run's scored split (``--score-split`` to change it;
+def evaluate(store, run_dir: Path, opts: TechniqueOptions, score_split: str | None = None) -> dict:
+    """Clip-level scores of the fitted head on the run's scored split (``score_split`` to change it;
     the split that chose the model is refused). Unlabelled clips are left out and counted."""
     from heads import metrics
     from heads.evaluation import score_clip_head
@@ -283,8 +300,8 @@ def evaluate(store, run_dir: Path, args) -> dict:
     from heads.tasks import pooled_features
 
     head = load_head(Path(run_dir) / "head.json")
-    bb = run_backbone(store, run_dir, args)
-    plan = run_plan(store, run_dir, SPEC, bb, getattr(args, "score_split", None))
+    bb = store.backbone_name(run_backbone(run_dir, Path(run_dir).name))
+    plan = run_plan(store, run_dir, SPEC, bb, score_split)
     rows = plan.score
     classes = [str(c) for c in head.classes_]
     X = pooled_features(store, bb, rows, run_pool(run_dir))  # the features the run was fitted on
@@ -296,7 +313,7 @@ def evaluate(store, run_dir: Path, args) -> dict:
     files = np.asarray(store.clips["file_id"]).astype(str)[rows][scores.known]
     report["ci95"] = classification_intervals(scores.y, scores.proba, groups=files)
     metrics.plot_confusion(np.array(report["confusion"]), classes, Path(run_dir) / "confusion_technique.png",
-                           title=f"{bb} / {args.head} / technique\n{run_label(plan, run_dir)}")
+                           title=f"{bb} / {head_name(run_dir)} / technique\n{run_label(plan, run_dir)}")
     print(f"technique, {run_label(plan, run_dir)}")
     report.update(split=plan.score_split, protocol=plan.describe(), n_clips=int(len(rows)))
     if getattr(head, "layer_weights_", None) is not None:
@@ -304,20 +321,12 @@ def evaluate(store, run_dir: Path, args) -> dict:
     return report
 
 
-def add_arguments(parser, command: str) -> None:
-    if command == "prepare":
-        parser.add_argument("--test-singers", default=None,
-                            help="comma-separated test singers (f2 = female2); not given: the archive's "
-                                 f"{TEST_SINGERS_FILE}, else "
-                                 + ",".join(DEFAULT_TEST_SINGERS))
-        parser.add_argument("--valid-singers", default=None,
-                            help="comma-separated validation singers out of the training ones; not given: the last "
-                                 "female and last male training singer")
-    if command == "build":
-        parser.add_argument("--trim-db", type=float, default=None,
-                            help=f"trim silence below this dBFS (not given: {TRIM_DB}, demo {DEMO_TRIM_DB})")
-        parser.add_argument("--segment-seconds", type=float, default=None,
-                            help=f"segment length (not given: {SEGMENT_S}, demo {DEMO_SEGMENT_S}; 0: whole files)")
+def head_name(run_dir: Path) -> str:
+    """The head a run was fitted with (its metrics.json), or ``?``."""
+    try:
+        return json.loads((Path(run_dir) / "metrics.json").read_text()).get("head") or "?"
+    except (OSError, ValueError):
+        return "?"
 
 
 SPEC = TaskSpec(
@@ -330,7 +339,7 @@ SPEC = TaskSpec(
     clip_settings=clip_settings,
     evaluate=evaluate,
     summary_keys=["accuracy", "balanced_accuracy", "macro_f1", "top2", "top3"],
-    add_arguments=add_arguments,
+    options=TechniqueOptions,
     default_class_weight="paper",
 )
 

@@ -95,8 +95,11 @@ from featurestore.clips import ClipSettings
 from featurestore.manifest import AUDIO_SUFFIXES, Skip
 from featurestore.names import safe_name
 from heads.notes import midi_number
-from pipelines.runner import (PrepareResult, TaskSpec, fitted_run, input_folder, is_demo, main, run_backbone,
-                              run_plan, training_clip_settings)
+from dataclasses import dataclass
+
+from featurestore.options import option
+from pipelines.command import main
+from pipelines.runner import PredictRecord, PrepareResult, TaskSpec, run_backbone, run_plan, training_clip_settings
 
 LABELS_FILE = "MIR-ST500_corrected.json"
 #: songs up to this number are train, the others test (the official MIR-ST500 split)
@@ -211,15 +214,14 @@ def load_labels(path: Path) -> dict:
     return data
 
 
-def prepare_mirst500(raw: Path, args) -> PrepareResult:
+def prepare_mirst500(raw: Path, opts: TranscriptionOptions) -> PrepareResult:
     """MIR-ST500 folder -> manifest rows ``{path, id, split, notes, uses}`` and a skip report
     (rules in the module docstring). A bad labels file gives no rows and one ``bad_labels`` entry
     (the runner then exits with status 2)."""
     raw = Path(raw)
-    mode = getattr(args, "audio", None) or "auto"
-    valid_spec = getattr(args, "valid_songs", None)
-    valid_spec = parse_valid_songs(DEFAULT_VALID_SONGS if valid_spec is None else valid_spec)
-    labels_path = Path(getattr(args, "labels", None) or raw / LABELS_FILE)
+    mode = opts.audio or "auto"
+    valid_spec = parse_valid_songs(DEFAULT_VALID_SONGS if opts.valid_songs is None else opts.valid_songs)
+    labels_path = Path(opts.labels or raw / LABELS_FILE)
     skipped: list[dict] = []
     try:
         labels = load_labels(labels_path)
@@ -354,7 +356,7 @@ def valid_song_count(spec: float | int, n_train: int) -> int:
     return k
 
 
-def prepare_demo(demo_manifest: Path, args) -> PrepareResult:
+def prepare_demo(demo_manifest: Path, opts: TranscriptionOptions) -> PrepareResult:
     """The demo corpus as rows (its notes and splits; solo synthetic voice, so ``uses`` = vocals).
     Writes ``WORKDIR/demo.flag``, by which later commands recognise a demo work folder."""
     demo_manifest = Path(demo_manifest)
@@ -365,14 +367,37 @@ def prepare_demo(demo_manifest: Path, args) -> PrepareResult:
     return PrepareResult(rows, [])
 
 
-def clip_settings(args) -> ClipSettings:
+def clip_settings(opts: TranscriptionOptions, demo: bool) -> ClipSettings:
     """Whole songs (featurestore windows long audio at extraction), optional demucs separation.
     The demo (whole 5 s files of a solo voice) is never separated."""
-    separate = getattr(args, "separate", None)
-    if separate and is_demo(args.workdir):
+    separate = opts.separate
+    if separate and demo:
         print("note: --separate ignored for the demo (a solo synthetic voice)")
         separate = None
-    return ClipSettings(segment_s=None, separate=separate, demucs_repo=getattr(args, "demucs_repo", None))
+    return ClipSettings(segment_s=None, separate=separate, demucs_repo=opts.demucs_repo)
+
+
+@dataclass(frozen=True)
+class TranscriptionOptions:
+    """The transcription pipeline's own settings (each shown by the sub-commands named in ``commands``)."""
+
+    labels: str | None = option(None, f"labels JSON; if not given, RAW/{LABELS_FILE}", commands=("prepare",))
+    audio: str = option("auto", "which audio of a song folder: auto = vocals when present, else the mixture",
+                        choices=("auto", "vocals", "mixture"), commands=("prepare",))
+    valid_songs: str = option(DEFAULT_VALID_SONGS, "validation split: the last train songs by number, a share of "
+                                                   "them (10%%) or a count (40); 0 = none (heads carve a holdout of "
+                                                   "train songs)", type=_valid_songs_option, commands=("prepare",))
+    separate: str | None = option(None, "separate vocals with demucs first (every file of the store; default model "
+                                        "htdemucs)", nargs="?", const="htdemucs", metavar="MODEL", commands=("build",))
+    demucs_repo: str | None = option(None, "local folder with the demucs weights", commands=("build", "predict"))
+    piano_roll: str | None = option(None, "song (clip file id) drawn in RUN/piano_roll.png and .svg, predicted notes "
+                                          "over the reference; not given: the first scored song", metavar="SONG",
+                                    commands=("evaluate",))
+    input: str | None = option(None, "folder of audio files to transcribe", commands=("predict",))
+    out: str | None = option(None, "output folder (default: WORKDIR/predictions)", commands=("predict",))
+    model_path: str | None = option(None, "local folder of the backbone's weights (as given to build)",
+                                    commands=("predict",))
+    num_workers: int | None = option(None, "audio decoding workers; not given: 2", commands=("predict",))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -453,8 +478,8 @@ def _write_song(notes, folder_txt: Path, folder_mid: Path, name: str) -> None:
     write_midi(notes, folder_mid / f"{name}.mid")
 
 
-def evaluate(store, run_dir: Path, args) -> dict:
-    """Decode every song of the run's scored split (``--score-split`` to change it; the split that chose
+def evaluate(store, run_dir: Path, opts: TranscriptionOptions, score_split: str | None = None) -> dict:
+    """Decode every song of the run's scored split (``score_split`` to change it; the split that chose
     the model is refused), score each song with mir_eval and average over songs; write
     ``notes/<song>.txt`` and ``midi/<song>.mid`` in the run folder."""
     from heads.metrics import transcription_report
@@ -462,9 +487,9 @@ def evaluate(store, run_dir: Path, args) -> dict:
     from heads.persist import load_head
     from heads.tasks import notes_in_span
 
-    backbone = run_backbone(store, run_dir, args)
+    backbone = store.backbone_name(run_backbone(run_dir, Path(run_dir).name))
     head = load_head(Path(run_dir) / "head.json")
-    plan = run_plan(store, run_dir, SPEC, backbone, getattr(args, "score_split", None))
+    plan = run_plan(store, run_dir, SPEC, backbone, score_split)
     labels = store.labels("notes")
     songs = decode_songs(store, backbone, head, plan.score)
     pairs, counts = {}, {}
@@ -481,7 +506,7 @@ def evaluate(store, run_dir: Path, args) -> dict:
     from heads.intervals import mean_intervals
     from heads.run_plots import plot_piano_roll
 
-    chosen = getattr(args, "piano_roll", None) or (sorted(songs)[0] if songs else None)
+    chosen = opts.piano_roll or (sorted(songs)[0] if songs else None)
     if chosen is not None and chosen not in songs:
         raise ValueError(f"--piano-roll {chosen!r}: no such song on the scored split ({plan.score_split}); songs: "
                          f"{', '.join(sorted(songs)[:10])}{' ...' if len(songs) > 10 else ''}")
@@ -497,39 +522,35 @@ def evaluate(store, run_dir: Path, args) -> dict:
             "protocol": plan.describe(), "ci95": ci}
 
 
-def predict(args) -> int:
-    """``--input FOLDER`` of audio files -> ``WORKDIR/predict_store.zarr`` (the training store's clip
+def predict(pipe, rd: Path, backbone: str, opts: TranscriptionOptions, device: str = "cpu",
+            progress: bool = True) -> PredictRecord:
+    """``opts.input`` folder of audio files -> ``WORKDIR/predict_store.zarr`` (the training store's clip
     settings, the same backbone) -> ``<out>/<file id>.txt`` (mir_eval notes) and ``.mid`` per file."""
     from featurestore import open_store
-    from featurestore.build import SettingsMismatch, build
+    from featurestore.build import build
     from heads.persist import load_head
+    from pipelines.task_pipeline import PipelineError
 
-    work = Path(args.workdir)
-    rd = fitted_run(args)
-    inp = input_folder(args) if rd is not None else None
-    if inp is None:
-        return 2
-    out = Path(args.out) if args.out else work / "predictions"
+    work = Path(pipe.workdir)
+    if not opts.input or not Path(opts.input).is_dir():
+        raise PipelineError(f"input must be a folder of audio files (got {opts.input!r})")
+    inp = Path(opts.input)
+    out = Path(opts.out) if opts.out else work / "predictions"
     store_path = work / "predict_store.zarr"
-    try:
-        report = build(inp, store_path, [args.backbone[0]], clip_settings=training_clip_settings(SPEC, args),
-                       model_path=getattr(args, "model_path", None), device=args.device,
-                       num_workers=getattr(args, "num_workers", None) or 2, overwrite=True,
-                       progress=not args.no_progress)
-    except (SettingsMismatch, FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    report = build(inp, store_path, [backbone], clip_settings=training_clip_settings(SPEC, work, opts, opts.demucs_repo),
+                   model_path=opts.model_path, device=device, num_workers=opts.num_workers or 2, overwrite=True,
+                   progress=progress)
     for s in report.skipped:
         print(f"skipped [{s['reason']}] {s['message']}")
     store = open_store(store_path)
-    backbone = store.backbone_name(args.backbone[0])
+    backbone = store.backbone_name(backbone)
     _check_same_weights(work / "store.zarr", store, backbone)
     head = load_head(rd / "head.json")
     songs = decode_songs(store, backbone, head, range(len(store)))
     for sid, s in songs.items():  # one flat folder, file names by featurestore.names.safe_name
         _write_song(s["notes"], out, out, safe_name(sid))
     print(f"{len(songs)} file(s) transcribed -> {out} (.txt: onset offset Hz; .mid)")
-    return 0
+    return PredictRecord(out, len(songs), list(report.skipped))
 
 
 def _check_same_weights(train_store: Path, store, backbone: str) -> None:
@@ -545,30 +566,6 @@ def _check_same_weights(train_store: Path, store, backbone: str) -> None:
               "--model-path as for build)", file=sys.stderr)
 
 
-def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    if command == "prepare":
-        parser.add_argument("--labels", help=f"labels JSON; if not given, RAW/{LABELS_FILE}")
-        parser.add_argument("--audio", choices=["auto", "vocals", "mixture"], default="auto",
-                            help="which audio of a song folder: auto = vocals when present, else the mixture")
-        parser.add_argument("--valid-songs", default=DEFAULT_VALID_SONGS, type=_valid_songs_option,
-                            help="validation split: the last train songs by number, a share of them (10%%) or a "
-                                 "count (40); 0 = none (heads carve a holdout of train songs)")
-    if command == "build":
-        parser.add_argument("--separate", nargs="?", const="htdemucs", default=None, metavar="MODEL",
-                            help="separate vocals with demucs first (every file of the store; default model "
-                                 "htdemucs)")
-        parser.add_argument("--demucs-repo", help="local folder with the demucs weights")
-    if command == "evaluate":
-        parser.add_argument("--piano-roll", default=None, metavar="SONG",
-                            help="song (clip file id) drawn in RUN/piano_roll.png and .svg, predicted notes over the "
-                                 "reference; not given: the first scored song")
-    if command == "predict":
-        parser.add_argument("--input", help="folder of audio files to transcribe")
-        parser.add_argument("--out", help="output folder (default: WORKDIR/predictions)")
-        parser.add_argument("--model-path", help="local folder of the backbone's weights (as given to build)")
-        parser.add_argument("--num-workers", type=int, default=None, help="audio decoding workers; not given: 2")
-
-
 SPEC = TaskSpec(
     name="transcription",
     description="singing voice transcription (MIR-ST500): notes with onset, offset and pitch",
@@ -580,7 +577,7 @@ SPEC = TaskSpec(
     evaluate=evaluate,
     summary_keys=["mean.COnPOff.f1", "mean.COnP.f1", "mean.COn.f1"],
     predict=predict,
-    add_arguments=add_arguments,
+    options=TranscriptionOptions,
 )
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ def test_a_planted_run_folder_is_refused_by_evaluate_and_clustering(tmp_path, ca
     import pipelines.singer as S
     import pipelines.technique as T
     from pipelines.clustering import run_layer_weights
-    from pipelines.runner import main
+    from pipelines.command import main
 
     marker = tmp_path / "ran"
     run = tmp_path / "runs" / "crepe-tiny-linear"

@@ -14,7 +14,7 @@ import soundfile as sf
 import featurestore.build as fbuild
 from featurestore.demo import make_demo_corpus
 from pipelines import singer
-from pipelines.runner import build_parser, main
+from pipelines.command import build_parser, main
 from pipelines.singer import SPEC
 
 SR = 16000

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from pipelines import technique as T
-from pipelines.runner import main
+from pipelines.command import main
 
 SR = 16000
 

@@ -14,7 +14,7 @@ import soundfile as sf
 
 from featurestore.names import safe_name
 from heads.notes import hz_to_midi, read_notes
-from pipelines.runner import main
+from pipelines.command import main
 from pipelines.transcription import SPEC, clean_notes, prepare_mirst500, write_midi
 
 SR = 16000

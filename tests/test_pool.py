@@ -16,7 +16,7 @@ from heads import fit
 from heads.persist import load_head
 from heads.tasks import POOLS, make_task, pool_suffix, pooled_features
 from pipelines import singer, technique
-from pipelines.runner import main as pipeline_main
+from pipelines.command import main as pipeline_main
 
 #: 4 singers x 5 clips x 3 s (3 train / 1 valid / 1 test per singer); log-mel, the cheapest frontend.
 SMALL_DEMO = dict(n_singers=4, clips_per_singer=5, duration_s=3.0)

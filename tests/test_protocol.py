@@ -16,7 +16,7 @@ import soundfile as sf
 from featurestore import open_store
 from heads.protocol import HOLDOUT, plan_splits, protocol_label
 from heads.tasks import ClipLabelTask, TaskError, make_task
-from pipelines.runner import main
+from pipelines.command import main
 from pipelines.singer import SPEC
 
 SR = 16000

@@ -469,7 +469,7 @@ def test_singer_pipeline_on_a_pooled_only_store_scores_as_on_the_all_frames_stor
     import featurestore.build as fbuild
     from featurestore.demo import make_demo_corpus
     from pipelines import transcription
-    from pipelines.runner import main
+    from pipelines.command import main
     from pipelines.singer import SPEC
 
     monkeypatch.setenv("SINGFRONT_HOME", str(tmp_path / "home"))
