@@ -5,9 +5,11 @@ paper's Tables I, II and IV, with the learned layer weights.
     python -m benchmarks.frontends --workdir cmp --demo --layers each --published
     python -m benchmarks.frontends --workdir cmp --tasks singer --backbones wavlm,mert-v0 --device cuda
 
-The matrix is task x backbone x head. Every cell goes through the task pipeline's own commands
-(``pipelines.<task>`` prepare / build / fit / evaluate, called in-process), in one pipelines work folder
-per task, ``WORKDIR/<task>/``:
+The matrix is task x backbone x head. Every cell goes through the task pipeline's own steps
+(:class:`pipelines.task_pipeline.TaskPipeline` prepare / build / fit / evaluate, typed calls: no argument
+lists), in one pipelines work folder per task, ``WORKDIR/<task>/``. ``--config grid.yaml`` describes a whole
+comparison (:class:`ComparisonSpec`: tasks, backbones, heads, seeds, fit options), and every call
+records its resolved settings in ``WORKDIR/comparison.yaml``:
 
 - prepare: only with ``--demo`` (the built-in demo corpus) and only when ``WORKDIR/<task>/manifest.csv``
   is missing; for a real dataset run ``python -m pipelines.<task> prepare --workdir WORKDIR/<task> --raw
@@ -15,8 +17,8 @@ per task, ``WORKDIR/<task>/``:
   and nothing is prepared or built (backbones missing from it are marked ``not in store``);
 - build: the backbones missing from the task's store are added to it, one build per backbone (a
   failure marks that frontend ``not built`` and the others go on);
-- fit: ``pipelines.<task> fit``; a run folder fitted with the same settings is reused (the pipeline's
-  ``fit_args.json``), so a second invocation only fits what is missing or what changed;
+- fit: ``TaskPipeline.fit``; a run folder holding a fit of the same spec is reused (its ``config.yaml``,
+  :mod:`heads.runs`), so a second invocation only fits what is missing or what changed;
 - evaluate: when the run has no ``evaluation.json`` newer than its ``metrics.json``;
 - ``--layers each``: also one linear probe per stored layer (the layer sweep) for the clip tasks,
   in ``WORKDIR/<task>/layer_sweep/`` (a work folder sharing the task's store), so the main run is
@@ -58,9 +60,12 @@ import re
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from featurestore.cli import HelpFormatter
+from featurestore.options import (SpecError, add_config_options, add_options, field_names, from_namespace,
+                                  option, parse_with_config, to_yaml, write_config)
 from benchmarks import frontend_plots as plots
 from benchmarks import frontend_table as table
 from benchmarks.published import PAPER_BACKBONES
@@ -141,7 +146,7 @@ def check_backbone(name: str) -> None:
     try:
         resolve(name)
     except KeyError as e:
-        raise ValueError(f"--backbones: {e.args[0]}") from None
+        raise SpecError("backbones", e.args[0]) from None
 
 
 def finetune_provenance(store, name: str) -> dict | None:
@@ -185,39 +190,26 @@ class _Tee(io.TextIOBase):
             st.flush()
 
 
-def call(fn, argv: list[str], log) -> tuple[int, str]:
-    """``fn(argv)`` with its stdout to ``log`` and its stderr to the console and ``log`` -> (exit code,
-    the last error line or ""). Exceptions and argparse exits are turned into a code and a message."""
-    err = io.StringIO()
-    log.write(f"\n$ {' '.join(argv)}\n")
+@contextlib.contextmanager
+def logged(log, what: str):
+    """What a step prints goes to ``log`` (stdout) and to the console and ``log`` (stderr)."""
+    log.write(f"\n# {what}\n")
     log.flush()
-    try:
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(_Tee(sys.stderr, log, err)):
-            rc = fn(argv)
-    except SystemExit as e:  # argparse
-        rc = e.code if isinstance(e.code, int) else 2
-    except Exception as e:  # noqa: BLE001 - one failing cell must not stop the comparison
-        traceback.print_exc(file=log)
-        return 1, f"{type(e).__name__}: {e}"
-    lines = [l.strip() for l in err.getvalue().splitlines() if l.strip()]
-    errors = [l for l in lines if l.lower().startswith("error")] or lines[-1:]
-    return int(rc or 0), (errors[-1] if errors and rc else "")
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(_Tee(sys.stderr, log)):
+        yield
 
 
-def accepts(spec, command: str, option: str) -> bool:
-    """Does ``python -m pipelines.<task> <command>`` take ``option`` (e.g. ``--pool``) in this version?"""
-    from pipelines.runner import build_parser
-
-    p = build_parser(spec)
-    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
-    return option in sub.choices[command]._option_string_actions  # noqa: SLF001
-
-
-def run_folder(spec, fit_argv: list[str]) -> Path:
-    """The run folder the pipeline's fit writes for these arguments (``pipelines.runner.run_dir``)."""
-    from pipelines.runner import build_parser, run_dir
-
-    return run_dir(build_parser(spec).parse_args(fit_argv))
+def attempt(log, what: str, fn):
+    """``fn()`` with its output logged -> (its result or None, "" or why it failed). One failing cell
+    must not stop the comparison: an exception becomes its message (the traceback goes to the log)."""
+    with logged(log, what):
+        try:
+            return fn(), ""
+        except SpecError as e:
+            return None, f"refused: {e}"
+        except Exception as e:  # noqa: BLE001 - reported in the table's footnotes, traceback in the log
+            traceback.print_exc(file=log)
+            return None, f"{type(e).__name__}: {e}"
 
 
 def _load_status(tdir: Path) -> dict:
@@ -231,15 +223,17 @@ def _load_status(tdir: Path) -> dict:
 # one task
 # ----------------------------------------------------------------------------------------------
 class TaskRun:
-    """The cells of one task: prepare/link, build, fit, evaluate, sweep; counts what was done."""
+    """The cells of one task: prepare/link, build, fit, evaluate, sweep; counts what was done. Every step
+    is a call of the task's :class:`pipelines.task_pipeline.TaskPipeline`."""
 
-    def __init__(self, task: str, root: Path, args, backbones: list[str], heads: list[str], log, say):
-        from pipelines.runner import main
+    def __init__(self, task: str, root: Path, spec: "ComparisonSpec", backbones: list[str], heads: list[str], log,
+                 say):
+        from pipelines.task_pipeline import TaskPipeline
 
-        self.task, self.args, self.backbones, self.heads, self.log, self.say = task, args, backbones, heads, log, say
-        self.spec = importlib.import_module(f"pipelines.{task}").SPEC
-        self.pipe = lambda argv: main(self.spec, argv)
+        self.task, self.cfg, self.backbones, self.heads, self.log, self.say = task, spec, backbones, heads, log, say
         self.dir = (root / task).resolve()
+        self.pipe = TaskPipeline(task, self.dir)
+        self.spec = self.pipe.task
         self.status = _load_status(self.dir)
         self.counts = {"fitted": 0, "reused": 0, "evaluated": 0, "failed": 0, "built": 0}
         self.stored: dict[str, str] = {}      # backbone argument -> name in the store
@@ -250,8 +244,8 @@ class TaskRun:
         """None when the work folder has (or links) a store or a manifest; else why not."""
         self.dir.mkdir(parents=True, exist_ok=True)
         link = self.dir / "store.zarr"
-        if self.args.store:
-            target = Path(self.args.store).resolve()
+        if self.cfg.store:
+            target = Path(self.cfg.store).resolve()
             if link.is_symlink() and link.resolve() != target:
                 link.unlink()
             if not link.exists() and not link.is_symlink():
@@ -261,17 +255,15 @@ class TaskRun:
             return None
         if (self.dir / "manifest.csv").is_file():
             return None
-        if not self.args.demo:
+        if not self.cfg.demo:
             return (f"{self.dir / 'manifest.csv'} is missing: run python -m pipelines.{self.task} prepare "
                     f"--workdir {self.dir} --raw DATASET first, or pass --demo or --store")
-        rc, msg = call(self.pipe, ["prepare", "--workdir", str(self.dir), "--demo"], self.log)
-        return None if rc == 0 else f"prepare --demo failed: {msg}"
+        rec, why = attempt(self.log, f"{self.task}: prepare --demo", lambda: self.pipe.prepare(demo=True))
+        return None if rec is not None else f"prepare --demo failed: {why}"
 
     def open_store(self):
-        from featurestore import open_store
-
         try:
-            return open_store(self.dir / "store.zarr")
+            return self.pipe.open_store()
         except (FileNotFoundError, ValueError):
             return None
 
@@ -283,94 +275,80 @@ class TaskRun:
             if store is not None and name in store.backbones:
                 self.stored[bb] = name
                 continue
-            if self.args.store:
-                self.missing[bb] = ("not in store", f"{display_name(bb)} is not in --store {self.args.store}")
+            if self.cfg.store:
+                self.missing[bb] = ("not in store", f"{display_name(bb)} is not in --store {self.cfg.store}")
                 continue
-            if self.args.table_only:
+            if self.cfg.table_only:
                 self.missing[bb] = ("not built", "not in the task's store (--table-only: nothing built)")
                 continue
             t0 = time.perf_counter()
-            argv = ["build", "--workdir", str(self.dir), "--backbone", bb]
-            argv += ["--device", self.args.device] if self.args.device else []
-            argv += ["--num-workers", str(self.args.num_workers)] if self.args.num_workers is not None else []
-            rc, msg = call(self.pipe, argv + (["--no-progress"] if self.args.no_progress else []), self.log)
+            cfg = self.cfg
+            report, why = attempt(self.log, f"{self.task}: build {bb}", lambda: self.pipe.build(
+                [bb], device=cfg.device, num_workers=2 if cfg.num_workers is None else cfg.num_workers,
+                progress=not cfg.no_progress))
             store = self.open_store()
-            if rc == 0 and store is not None and store.backbone_name(bb) in store.backbones:
+            if report is not None and store is not None and store.backbone_name(bb) in store.backbones:
                 self.say(f"{self.task}: {display_name(bb)} built in {time.perf_counter() - t0:.1f} s")
                 self.stored[bb] = store.backbone_name(bb)
                 self.counts["built"] += 1
                 self.status.pop(f"build:{display_name(bb)}", None)
             else:
-                why = msg or f"build exited with {rc}"
+                why = why or "the backbone is not in the store after the build"
                 self.missing[bb] = ("not built", why)
                 self.status[f"build:{display_name(bb)}"] = {"status": "not built", "message": why}
                 self.counts["failed"] += 1
 
     # -- cells -----------------------------------------------------------------------------
-    def fit_argv(self, bb: str, head: str, workdir: Path, each: bool = False, seed: int = 0) -> list[str]:
-        from heads.fit import TORCH_HEADS
+    def fit_spec(self, bb: str, head: str, each: bool = False, seed: int = 0):
+        """The cell's FitSpec (SpecError when the comparison's options do not fit this head)."""
+        from heads.fit_spec import TORCH_HEADS
 
-        a = self.args
-        argv = ["fit", "--workdir", str(workdir), "--backbone", bb, "--head", head]
-        if head in TORCH_HEADS:  # logreg / lgbm have no epochs and no learning rate: heads.fit refuses them
-            argv += ["--epochs", str(a.epochs)] if a.epochs is not None else []
-            argv += ["--lr", a.lr] if a.lr is not None else []
-        argv += ["--seed", str(seed)] if seed else []
-        argv += ["--device", a.device] if a.device else []
-        argv += ["--layers", "each"] if each else []
-        argv += ["--pool", a.pool] if a.pool and self.spec.heads_task != "transcription" else []
-        return argv + (["--no-progress"] if a.no_progress else [])
+        cfg = self.cfg
+        settings = dict(backbone=bb, head=head, seed=seed, device=cfg.device or "cpu", no_progress=cfg.no_progress)
+        if head in TORCH_HEADS:  # logreg / lgbm have no epochs and no learning rate
+            settings.update({k: v for k, v in (("epochs", cfg.epochs), ("lr", cfg.lr)) if v is not None})
+        if each:
+            settings["layers"] = "each"
+        if cfg.pool and self.spec.heads_task != "transcription":
+            settings["pool"] = cfg.pool
+        return self.pipe.fit_spec(**settings)
 
-    def fit(self, bb: str, head: str, workdir: Path, each: bool = False,
+    def fit(self, bb: str, head: str, pipe=None, each: bool = False,
             seed: int = 0) -> tuple[Path | None, str, str]:
         """Fit one cell unless its run is already fitted with these settings -> (run, status, why)."""
-        if self.args.pool and self.spec.heads_task != "transcription" and not accepts(self.spec, "fit", "--pool"):
-            self.counts["failed"] += 1
-            return None, "failed", f"--pool: pipelines.{self.task} fit has no --pool option in this version"
-        argv = self.fit_argv(bb, head, workdir, each, seed)
-        err = io.StringIO()
+        pipe = pipe or self.pipe
         try:
-            with contextlib.redirect_stderr(err):
-                run = run_folder(self.spec, argv)
-        except SystemExit:
+            spec = self.fit_spec(bb, head, each, seed)
+        except SpecError as e:
             self.counts["failed"] += 1
-            refused = (err.getvalue().strip().splitlines() or ["?"])[-1]
-            return None, "failed", f"pipelines.{self.task} fit refused its arguments: {refused}"
+            return None, "failed", f"pipelines.{self.task} fit refused its settings: {e}"
+        run = pipe.run_folder(spec).path
         key = run.name + ("/each" if each else "")
-        if self.args.table_only:
+        if self.cfg.table_only:
             return run, "ok", ""
-        metrics = run / "metrics.json"
-        before = metrics.stat().st_mtime_ns if metrics.is_file() else None
         t0 = time.perf_counter()
-        rc, msg = call(self.pipe, argv, self.log)
-        if rc != 0:
-            why = msg or f"fit exited with {rc}"
+        rec, why = attempt(self.log, f"{self.task}: fit {run.name}", lambda: pipe.fit(spec))
+        if rec is None:
             self.status[key] = {"status": "failed", "stage": "fit", "message": why}
             self.counts["failed"] += 1
             return run, "failed", why
-        now = metrics.stat().st_mtime_ns if metrics.is_file() else None
-        if now != before:
-            self.counts["fitted"] += 1
-            self.say(f"{self.task}: {run.name}{' (layer sweep)' if each else ''} fitted in "
-                     f"{time.perf_counter() - t0:.1f} s")
-        else:
+        sweep = " (layer sweep)" if each else ""
+        if rec.reused:
             self.counts["reused"] += 1
-            self.say(f"{self.task}: {run.name}{' (layer sweep)' if each else ''}: reused (fitted with these settings)")
+            self.say(f"{self.task}: {run.name}{sweep}: reused (fitted with these settings)")
+        else:
+            self.counts["fitted"] += 1
+            self.say(f"{self.task}: {run.name}{sweep} fitted in {time.perf_counter() - t0:.1f} s")
         self.status.pop(key, None)
         return run, "ok", ""
 
-    def evaluate(self, bb: str, head: str, run: Path, seed: int = 0) -> tuple[str, str]:
-        if table.run_state(run) == "ok" or self.args.table_only:
+    def evaluate(self, run: Path) -> tuple[str, str]:
+        if table.run_state(run) == "ok" or self.cfg.table_only:
             return "ok", ""
-        argv = ["evaluate", "--workdir", str(self.dir), "--backbone", bb, "--head", head]
-        argv += ["--seed", str(seed)] if seed else []
-        argv += ["--device", self.args.device] if self.args.device else []
-        argv += ["--pool", self.args.pool] if self.args.pool and accepts(self.spec, "evaluate", "--pool") else []
         t0 = time.perf_counter()
-        rc, msg = call(self.pipe, argv + (["--no-progress"] if self.args.no_progress else []), self.log)
+        rec, why = attempt(self.log, f"{self.task}: evaluate {run.name}", lambda: self.pipe.evaluate(run))
         self.say(f"{self.task}: {run.name} evaluated in {time.perf_counter() - t0:.1f} s")
-        if rc != 0:
-            why = msg or f"evaluate exited with {rc}"
+        if rec is None:
             self.status[run.name] = {"status": "failed", "stage": "evaluate", "message": why}
             self.counts["failed"] += 1
             return "failed", why
@@ -404,17 +382,17 @@ class TaskRun:
                     cells.append(table.Cell(self.task, name, head, None, state, why, tags))
                     continue
                 runs, state, why = [], "ok", ""
-                for seed in self.args.seed_list:
-                    run, st, msg = self.fit(bb, head, self.dir, seed=seed)
+                for seed in self.cfg.seed_list:
+                    run, st, msg = self.fit(bb, head, seed=seed)
                     if st == "ok":
-                        st, msg = self.evaluate(bb, head, run, seed)
-                    if self.args.table_only and run is not None and run.name in self.status:
+                        st, msg = self.evaluate(run)
+                    if self.cfg.table_only and run is not None and run.name in self.status:
                         st, msg = self.status[run.name]["status"], self.status[run.name]["message"]
                     if run is not None:
                         runs.append(run)
                     if st != "ok" and state == "ok":
                         state, why = st, msg
-                if self.args.table_only and runs:  # a redraw shows every seed an earlier call fitted
+                if self.cfg.table_only and runs:  # a redraw shows every seed an earlier call fitted
                     runs = sorted(set(runs) | set(seed_siblings(runs[0])), key=run_seed)
                 cells.append(table.Cell(self.task, name, head, runs[0] if runs else None, state, why, tags,
                                         seed_runs=runs if len(runs) > 1 else []))
@@ -453,11 +431,14 @@ class TaskRun:
         link = wd / "store.zarr"
         if not link.exists() and not link.is_symlink():
             link.symlink_to(Path("..") / "store.zarr", target_is_directory=True)
+        from pipelines.task_pipeline import TaskPipeline
+
+        pipe = TaskPipeline(self.spec, wd)
         out = []
         for bb in self.backbones:
             if bb in self.missing:
                 continue
-            run, state, why = self.fit(bb, "linear", wd, each=True, seed=self.args.seed_list[0])
+            run, state, why = self.fit(bb, "linear", pipe, each=True, seed=self.cfg.seed_list[0])
             if run is not None:
                 out.append((self.stored.get(bb, display_name(bb)), run))
         return out
@@ -505,147 +486,188 @@ DESCRIPTION = ("Frontends side by side on the singing tasks, in the shape of the
                "module docstring (benchmarks/frontends.py) for the folder layout.")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from heads.fit import HEADS
-
-    p = argparse.ArgumentParser(prog="python -m benchmarks.frontends", description=DESCRIPTION,
-                                formatter_class=HelpFormatter)
-    p.add_argument("--workdir", required=True, help="comparison folder: one pipelines work folder per task inside")
-    p.add_argument("--store", default=None,
-                   help="an existing feature store to use for every task instead of building (linked as "
-                        "WORKDIR/<task>/store.zarr); backbones missing from it are marked 'not in store'")
-    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks: " + ", ".join(TASKS))
-    p.add_argument("--backbones", default=None,
-                   help="comma-separated registry names/aliases, local model folders, HF ids, or "
-                        f"'{RANDOM_TINY}'; not given: {','.join(DEMO_BACKBONES)} with --demo, else "
-                        f"{','.join(DEFAULT_BACKBONES)}")
-    p.add_argument("--heads", default=None,
-                   help=f"comma-separated heads ({', '.join(HEADS)}); each task takes those of its kind (clip "
-                        "heads for singer/technique, crf/frames for transcription); not given, or none of a "
-                        "task's kind: the task's default head (linear, crf, linear)")
-    p.add_argument("--demo", action="store_true", help="prepare the task folders from the built-in demo corpus")
-    p.add_argument("--layers", choices=["all", "each"], default="all",
-                   help="each: also fit one linear probe per stored layer (clip tasks): a per-layer table of "
-                        "scored-split scores in the comparison, and the layer-sweep plot")
-    p.add_argument("--seeds", default="0",
-                   help="comma-separated seeds (0,1,2): each cell is fitted once per seed (runs <run>, <run>-seed1, "
-                        "...) and the tables show mean ± sample sd; one seed: the score and its bootstrap 95 %% "
-                        "interval. The layer sweep uses the first seed")
-    p.add_argument("--heatmap-scale", choices=["layers", "frontend"], default="layers",
-                   help="layer-weight heatmap: layers = weight x the frontend's layer count (1 = uniform, above 1 = "
-                        "preferred); frontend = weight / the frontend's largest weight (1 = its favourite layer)")
-    p.add_argument("--published-beside-demo", action="store_true",
-                   help="draw published bars on the same axis as demo-corpus bars (by default they get their own "
-                        "figure, plots/main_metric_published.png: a demo score and a paper's score are not "
-                        "comparable)")
-    p.add_argument("--published", action="store_true",
-                   help="show the paper's published rows (Yamamoto, APSIPA 2023, Tables I/II/IV) beside the "
-                        "measured ones")
-    p.add_argument("--pool", default=None,
-                   help="passed to pipelines.<task> fit --pool for the clip tasks (mean | std | mean+std, where "
-                        "this version's pipelines take it)")
-    p.add_argument("--epochs", type=int, default=None, help="fit --epochs; not given: the pipeline's default")
-    p.add_argument("--lr", default=None, help="fit --lr (one rate or a comma-separated grid); not given: the "
-                                             "pipeline's default grid")
-    p.add_argument("--device", default=None, help="torch device for build and fit; not given: cpu")
-    p.add_argument("--num-workers", type=int, default=None, help="build --num-workers (audio decoding workers)")
-    p.add_argument("--table-only", action="store_true",
-                   help="run nothing: tables and plots from the runs already in WORKDIR")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = build_parser()
-    args = p.parse_args(argv)
-    try:
-        validate(args)
-    except ValueError as e:
-        p.error(str(e))
-    return args
+def _csv_text(value) -> str | None:
+    """A YAML list or a comma-separated string -> the comma-separated string (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v).strip() for v in value)
+    return str(value)
 
 
 def _split(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
-def validate(args) -> None:
-    """Options checked before anything runs (errors name the option)."""
-    from heads.fit import CLIP_HEADS, HEADS
+@dataclass(frozen=True)
+class ComparisonSpec:
+    """A whole comparison: tasks x backbones x heads x options, in one work folder. ``--config grid.yaml``
+    holds these settings (lists may be YAML lists: ``backbones: [crepe, pesto]``)."""
 
-    args.task_list = _split(args.tasks)
-    bad = [t for t in args.task_list if t not in TASKS]
-    if bad or not args.task_list:
-        raise ValueError(f"--tasks: unknown task(s) {bad or args.tasks!r}: choose from {', '.join(TASKS)}")
-    args.head_list = _split(args.heads)
-    bad = [h for h in args.head_list if h not in HEADS]
-    if bad:
-        raise ValueError(f"--heads: unknown head(s) {bad}: choose from {', '.join(HEADS)}")
-    if args.backbones is not None:
-        args.backbone_list = _split(args.backbones)
-        if not args.backbone_list:
-            raise ValueError("--backbones: empty list")
-        for b in args.backbone_list:
-            check_backbone(b)
-    from heads.tasks import parse_seeds
+    workdir: str | None = option(None, "comparison folder: one pipelines work folder per task inside (required, "
+                                       "on the command line or in --config)")
+    store: str | None = option(None, "an existing feature store to use for every task instead of building (linked "
+                                     "as WORKDIR/<task>/store.zarr); backbones missing from it are marked 'not in "
+                                     "store'")
+    tasks: str = option(",".join(TASKS), "comma-separated tasks: " + ", ".join(TASKS))
+    backbones: str | None = option(None, f"comma-separated registry names/aliases, local model folders, HF ids, or "
+                                         f"'{RANDOM_TINY}'; not given: {','.join(DEMO_BACKBONES)} with --demo, else "
+                                         f"{','.join(DEFAULT_BACKBONES)}")
+    heads: str | None = option(None, "comma-separated heads (linear, mlp, logreg, lgbm, crf, frames); each task "
+                                     "takes those of its kind (clip heads for singer/technique, crf/frames for "
+                                     "transcription); not given, or none of a task's kind: the task's default head "
+                                     "(linear, crf, linear)")
+    demo: bool = option(False, "prepare the task folders from the built-in demo corpus")
+    layers: str = option("all", "each: also fit one linear probe per stored layer (clip tasks): a per-layer table of "
+                                "scored-split scores in the comparison, and the layer-sweep plot",
+                         choices=("all", "each"))
+    seeds: str = option("0", "comma-separated seeds (0,1,2): each cell is fitted once per seed (runs <run>, "
+                              "<run>-seed1, ...) and the tables show mean ± sample sd; one seed: the score and its "
+                              "bootstrap 95 %% interval. The layer sweep uses the first seed")
+    heatmap_scale: str = option("layers", "layer-weight heatmap: layers = weight x the frontend's layer count (1 = "
+                                          "uniform, above 1 = preferred); frontend = weight / the frontend's largest "
+                                          "weight (1 = its favourite layer)", choices=("layers", "frontend"))
+    published_beside_demo: bool = option(False, "draw published bars on the same axis as demo-corpus bars (by "
+                                                "default they get their own figure, "
+                                                "plots/main_metric_published.png: a demo score and a paper's score "
+                                                "are not comparable)")
+    published: bool = option(False, "show the paper's published rows (Yamamoto, APSIPA 2023, Tables I/II/IV) beside "
+                                    "the measured ones")
+    pool: str | None = option(None, "clip pooling of the clip tasks' fits (mean | std | mean+std)",
+                              choices=("mean", "std", "mean+std"))
+    epochs: int | None = option(None, "fit epochs of the torch heads; not given: the pipeline's default")
+    lr: str | None = option(None, "fit learning rate (one rate or a comma-separated grid) of the torch heads; not "
+                                  "given: the pipeline's default grid")
+    device: str | None = option(None, "torch device for build and fit; not given: cpu", identity=False)
+    num_workers: int | None = option(None, "build's audio decoding workers", identity=False)
+    table_only: bool = option(False, "run nothing: tables and plots from the runs already in WORKDIR")
+    no_progress: bool = option(False, "no progress bars", identity=False)
 
-    args.seed_list = parse_seeds(args.seeds)
-    if args.epochs is not None and args.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1 (got {args.epochs})")
-    if args.store and not Path(args.store).is_dir():
-        raise ValueError(f"--store {args.store}: no such folder")
-    args.clip_heads = [h for h in args.head_list if h in CLIP_HEADS]
-    args.frame_heads = [h for h in args.head_list if h not in CLIP_HEADS]
+    def __post_init__(self):
+        from heads.fit_spec import HEADS
+        from heads.tasks import parse_seeds
+
+        for name in ("tasks", "backbones", "heads", "seeds"):
+            object.__setattr__(self, name, _csv_text(getattr(self, name)))
+        if not self.workdir:
+            raise SpecError("workdir", "required: the comparison folder")
+        bad = [t for t in self.task_list if t not in TASKS]
+        if bad or not self.task_list:
+            raise SpecError("tasks", f"unknown task(s) {bad or self.tasks!r}: choose from {', '.join(TASKS)}")
+        bad = [h for h in self.head_list if h not in HEADS]
+        if bad:
+            raise SpecError("heads", f"unknown head(s) {bad}: choose from {', '.join(HEADS)}")
+        if self.backbones is not None:
+            if not self.backbone_list:
+                raise SpecError("backbones", "empty list")
+            for b in self.backbone_list:
+                check_backbone(b)
+        try:
+            parse_seeds(self.seeds)
+        except ValueError as e:
+            raise SpecError("seeds", str(e).split(": ", 1)[-1]) from None
+        if self.epochs is not None and self.epochs < 1:
+            raise SpecError("epochs", f"must be >= 1 (got {self.epochs})")
+        if self.store and not Path(self.store).is_dir():
+            raise SpecError("store", f"{self.store}: no such folder")
+
+    @property
+    def task_list(self) -> list[str]:
+        return _split(self.tasks)
+
+    @property
+    def head_list(self) -> list[str]:
+        return _split(self.heads)
+
+    @property
+    def backbone_list(self) -> list[str] | None:
+        return _split(self.backbones) if self.backbones is not None else None
+
+    @property
+    def seed_list(self) -> list[int]:
+        from heads.tasks import parse_seeds
+
+        return parse_seeds(self.seeds)
+
+    def heads_for(self, task_spec) -> list[str]:
+        """The heads of this comparison that a task takes (its kind), else its default head."""
+        from heads.fit_spec import CLIP_HEADS
+
+        frames = task_spec.heads_task == "transcription"
+        mine = [h for h in self.head_list if (h not in CLIP_HEADS) == frames]
+        if self.head_list and not mine:
+            print(f"note: none of --heads {self.heads} is a {task_spec.name} head: {task_spec.name} uses its "
+                  f"default, {task_spec.default_head}")
+        return mine or [task_spec.default_head]
 
 
-def heads_for(task: str, args) -> list[str]:
-    spec = importlib.import_module(f"pipelines.{task}").SPEC
-    mine = args.frame_heads if spec.heads_task == "transcription" else args.clip_heads
-    if args.head_list and not mine:
-        print(f"note: none of --heads {args.heads} is a {task} head: {task} uses its default, {spec.default_head}")
-    return mine or [spec.default_head]
+@dataclass
+class ComparisonReport:
+    """What :func:`run_comparison` did: the summary (WORKDIR/comparison.md's text), the rows of every
+    task's table, the figures made, the counts per task, and the exit status (0 ok, 1 a step failed,
+    2 a task folder could not be prepared)."""
+
+    summary: str
+    rows: dict
+    figures: dict
+    counts: dict
+    code: int
+    errors: list = field(default_factory=list)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    root = Path(args.workdir).resolve()
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.frontends", description=DESCRIPTION,
+                                formatter_class=HelpFormatter)
+    add_options(p, ComparisonSpec)
+    add_config_options(p)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return parse_with_config(build_parser(), argv, names=field_names(ComparisonSpec))
+
+
+def run_comparison(spec: ComparisonSpec) -> ComparisonReport:
+    """Run the comparison's missing cells and render its tables and plots (see the module docstring)."""
+    root = Path(spec.workdir).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    backbones = args.backbone_list if args.backbones is not None else default_backbones(args.demo)
+    backbones = spec.backbone_list if spec.backbones is not None else default_backbones(spec.demo)
     if RANDOM_TINY in backbones:
         folder = make_random_tiny(root / "models" / RANDOM_TINY)
         backbones = [str(folder) if b == RANDOM_TINY else b for b in backbones]
     (root / "plots").mkdir(exist_ok=True)
     from tqdm.auto import tqdm
 
-    steps = len(args.task_list)
-    bar = tqdm(total=steps, unit="task", desc="frontends", disable=args.no_progress, file=sys.stderr)
+    bar = tqdm(total=len(spec.task_list), unit="task", desc="frontends", disable=spec.no_progress, file=sys.stderr)
 
     def say(msg: str) -> None:
         bar.write(msg, file=sys.stdout)
 
     task_cells: dict[str, list[table.Cell]] = {}
-    counts = {}
+    counts, errors = {}, []
     code = 0
     with open(root / "frontends.log", "a", encoding="utf-8") as log:
-        for task in args.task_list:
-            tr = TaskRun(task, root, args, backbones, heads_for(task, args), log, say)
-            why = None if args.table_only else tr.prepare()
+        for task in spec.task_list:
+            from pipelines.task_pipeline import load_task
+
+            tr = TaskRun(task, root, spec, backbones, spec.heads_for(load_task(task)), log, say)
+            why = None if spec.table_only else tr.prepare()
             if why:
-                print(f"error: {task}: {why}", file=sys.stderr)
+                errors.append(f"{task}: {why}")
                 code = 2
                 tr.missing = {bb: ("not built", why) for bb in backbones}
-            elif args.table_only and not (tr.dir / "store.zarr").exists():
+            elif spec.table_only and not (tr.dir / "store.zarr").exists():
                 tr.missing = {bb: ("not built", "no store in the task folder") for bb in backbones}
             else:
                 tr.build()
-            if args.table_only and args.backbones is None:
+            if spec.table_only and spec.backbones is None:
                 cells = tr.stored_cells()
             else:
                 cells = tr.cells()
                 mine = {r.name for c in cells for r in ([c.run] if c.run else []) + c.seed_runs}
                 # finished runs of earlier calls (other backbones, heads, options) stay in the table
                 cells += [c for c in tr.stored_cells(exclude=mine) if table.run_state(c.run) == "ok"]
-            if args.layers == "each" and tr.spec.heads_task != "transcription" and not args.table_only:
+            if spec.layers == "each" and tr.spec.heads_task != "transcription" and not spec.table_only:
                 tr.sweep()
             tr.save_status()
             counts[task] = tr.counts
@@ -653,36 +675,56 @@ def main(argv=None) -> int:
             bar.update(1)
         for task in TASKS:  # tasks only earlier calls ran: their finished runs are part of the comparison
             if task not in task_cells and (root / task / "runs").is_dir():
-                tr = TaskRun(task, root, args, [], [], log, say)
+                tr = TaskRun(task, root, spec, [], [], log, say)
                 cells = [c for c in tr.stored_cells() if table.run_state(c.run) == "ok"]
                 if cells:
                     task_cells[task] = cells
     bar.close()
-    all_rows = render(root, task_cells, args)
-    summary = write_summary(root, all_rows, plot_all(root, task_cells, all_rows, args), counts)
-    print(summary)
-    failed = sum(c["failed"] for c in counts.values())
-    if failed and not code:
-        print(f"error: {failed} step(s) failed (see the footnotes and {root / 'frontends.log'})", file=sys.stderr)
+    all_rows = render(root, task_cells, spec)
+    figures = plot_all(root, task_cells, all_rows, spec)
+    summary = write_summary(root, all_rows, figures, counts)
+    if sum(c["failed"] for c in counts.values()) and not code:
         code = 1
-    return code
+    write_config(spec, root / "comparison.yaml", header="this comparison's settings: python -m benchmarks.frontends "
+                                                        "--config comparison.yaml runs it again")
+    return ComparisonReport(summary, all_rows, figures, counts, code, errors)
 
 
-def render(root: Path, task_cells: dict[str, list[table.Cell]], args) -> dict[str, list[dict]]:
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        spec = from_namespace(ComparisonSpec, args)
+    except SpecError as e:
+        build_parser().error(e.as_flag())
+    if args.print_config:
+        print(to_yaml(spec, header="python -m benchmarks.frontends --config FILE"), end="")
+        return 0
+    report = run_comparison(spec)
+    for e in report.errors:
+        print(f"error: {e}", file=sys.stderr)
+    print(report.summary)
+    failed = sum(c["failed"] for c in report.counts.values())
+    if failed:
+        print(f"error: {failed} step(s) failed (see the footnotes and {Path(spec.workdir).resolve() / 'frontends.log'})",
+              file=sys.stderr)
+    return report.code
+
+
+def render(root: Path, task_cells: dict[str, list[table.Cell]], spec: ComparisonSpec) -> dict[str, list[dict]]:
     """Every task's rows; writes ``<task>/comparison.md`` / ``.csv`` (with the per-layer tables of its
     layer sweep) from all its finished runs, and returns the rows of all tasks for the summary."""
     from heads.layer_probe import to_markdown as layer_markdown
 
     all_rows = {}
     for task, cells in task_cells.items():
-        rows = table.table_rows(task, cells, published=args.published)
+        rows = table.table_rows(task, cells, published=spec.published)
         all_rows[task] = rows
         from pipelines.runner import data_label
 
-        spec = importlib.import_module(f"pipelines.{task}").SPEC
+        task_spec = importlib.import_module(f"pipelines.{task}").SPEC
         note = ("Measured on the built-in demo corpus (synthetic singers): a check that the path runs, not a "
                 "result. " if any("demo corpus" in c.tags for c in cells) else "")
-        note += f"Data: {data_label(spec, root / task)}."
+        note += f"Data: {data_label(task_spec, root / task)}."
         md = table.to_markdown(task, rows, note)
         for name, run in sweep_runs(root / task):
             lt = (plots._metrics(run) or {}).get("layer_table")  # noqa: SLF001
@@ -693,26 +735,26 @@ def render(root: Path, task_cells: dict[str, list[table.Cell]], args) -> dict[st
     return all_rows
 
 
-def plot_all(root: Path, task_cells: dict, all_rows: dict, args) -> dict:
+def plot_all(root: Path, task_cells: dict, all_rows: dict, spec: ComparisonSpec) -> dict:
     """The comparison's figures (PNG + SVG) from every task's cells and rows -> {what: path or None}."""
     weights, curves = {}, {}
     for task, cells in task_cells.items():
         multi = len({c.head for c in cells}) > 1
         weights[task] = plots.layer_weight_matrix(
             [(c.name + (f" / {c.head}" if multi else ""), c.run) for c in cells
-             if c.run is not None and table.run_state(c.run) != "not fitted"], scale=args.heatmap_scale)
+             if c.run is not None and table.run_state(c.run) != "not fitted"], scale=spec.heatmap_scale)
         curves[task] = plots.layer_curves(sweep_runs(root / task))
     panels = {t: (table.main_metric(t), r) for t, r in all_rows.items()}
     measured = {t: (m, [r for r in rows if r["source"] == "measured"]) for t, (m, rows) in panels.items()}
     published = {t: (m, [r for r in rows if r["source"] == "published"]) for t, (m, rows) in panels.items()}
     demo = any("demo corpus" in r["tags"] for _, rows in measured.values() for r in rows)
     made = {"layer weights": plots.plot_layer_weights(weights, root / "plots" / "layer_weights.png",
-                                                      scale=args.heatmap_scale),
+                                                      scale=spec.heatmap_scale),
             "layer sweep": plots.plot_layer_sweep(curves, root / "plots" / "layer_sweep.png")}
     for stale in ("main_metric", "main_metric_published"):
         for ext in ("png", "svg"):
             (root / "plots" / f"{stale}.{ext}").unlink(missing_ok=True)
-    if demo and not args.published_beside_demo:  # demo and published numbers never share an axis unasked
+    if demo and not spec.published_beside_demo:  # demo and published numbers never share an axis unasked
         made["main metric"] = plots.plot_main_metric(measured, root / "plots" / "main_metric.png")
         if any(rows for _, rows in published.values()):
             made["main metric, published"] = plots.plot_main_metric(published, root / "plots" /
