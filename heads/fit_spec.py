@@ -147,6 +147,8 @@ class FitSpec(ProtocolSettings):
             fix(name, grid_text(name, getattr(self, name)))
         fix("layers", check_layers_text(self.layers))
         fix("context", float(self.context or 0.0))
+        if self.pool == DEFAULT_POOL:
+            fix("pool", None)  # the default pooling: the same run as not naming one
         try:
             fix("seed", int(self.seed))
         except (TypeError, ValueError):

@@ -31,9 +31,9 @@ def _parser_of(module: str, entry: str):
 
 
 def _pipeline_parser(name: str):
-    from pipelines.runner import build_parser
+    from pipelines.command import build_parser
 
-    return build_parser(importlib.import_module(f"pipelines.{name}").SPEC)
+    return build_parser(importlib.import_module(f"pipelines.{name}").SPEC)[0]
 
 
 PARSERS = {

@@ -221,7 +221,7 @@ def test_fit_cli_errors(demo_home, tmp_path, capsys):
     assert "--context" in capsys.readouterr().err
     assert main(["--head", "crf", "--context", "-0.1", "--epochs", "1", "--out", str(tmp_path / "e"),
                  "--no-progress"]) == 2
-    assert "context must be >= 0" in capsys.readouterr().err
+    assert "--context: -0.1: expected seconds >= 0" in capsys.readouterr().err
 
 
 def test_score_clip_head_counts_unseen_labels_and_matches_a_manual_score():

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import soundfile as sf
 import featurestore.build as fbuild
 from featurestore.demo import make_demo_corpus
 from pipelines import singer
-from pipelines.command import build_parser, main
+from pipelines.command import main
 from pipelines.singer import SPEC
 
 SR = 16000
@@ -57,7 +56,7 @@ def artist20(tmp_path_factory) -> Path:
 
 
 def _prepare(raw, split="course", workdir="/nonexistent-workdir"):
-    return singer.prepare_artist20(Path(raw), Namespace(split=split, workdir=workdir))
+    return singer.prepare_artist20(Path(raw), singer.SingerOptions(split=split))
 
 
 def test_adapter_rows_and_course_split(artist20):
@@ -138,16 +137,24 @@ def test_album_splits_rule():
 
 
 def test_clip_settings(tmp_path):
-    p = build_parser(SPEC)
-    cs = singer.clip_settings(p.parse_args(["build", "--workdir", str(tmp_path)]))
+    """The build command's options reach the clip settings (parsed as the command line parses them)."""
+    from pipelines.command import options_from_args, parse_args
+    from pipelines.task_pipeline import TaskPipeline
+
+    pipe = TaskPipeline(SPEC, tmp_path)
+
+    def cs_of(*extra):
+        return pipe.clip_settings(options_from_args(SPEC, parse_args(SPEC, ["build", "--workdir", str(tmp_path),
+                                                                            *extra])))
+
+    cs = cs_of()
     assert (cs.segment_s, cs.separate, cs.drop_quiet_db) == (5.0, "htdemucs", -35.0)
-    cs = singer.clip_settings(p.parse_args(["build", "--workdir", str(tmp_path), "--no-separate",
-                                            "--drop-quiet-db", "-50", "--demucs-repo", "/w"]))
+    cs = cs_of("--no-separate", "--drop-quiet-db", "-50", "--demucs-repo", "/w")
     assert (cs.separate, cs.drop_quiet_db, cs.demucs_repo) == (None, -50.0, None)
-    cs = singer.clip_settings(p.parse_args(["build", "--workdir", str(tmp_path), "--demucs-repo", "/w"]))
+    cs = cs_of("--demucs-repo", "/w")
     assert cs.demucs_repo == "/w"
     (tmp_path / singer.DEMO_FLAG).write_text("demo")
-    cs = singer.clip_settings(p.parse_args(["build", "--workdir", str(tmp_path)]))
+    cs = cs_of()
     assert (cs.segment_s, cs.separate) == (1.0, None)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import soundfile as sf
 
 from pipelines import technique as T
 from pipelines.command import main
+from pipelines.task_pipeline import TaskPipeline
 
 SR = 16000
 
@@ -54,7 +54,7 @@ def vocalset(tmp_path) -> Path:
 
 
 def _args(**kw):
-    return SimpleNamespace(**{"test_singers": None, "valid_singers": None, **kw})
+    return T.TechniqueOptions(**kw)
 
 
 def test_singer_file(tmp_path):
@@ -144,12 +144,13 @@ def test_prepare_cli_and_clip_settings(vocalset, tmp_path, capsys):
     assert report["items"] == len(rows)
     assert {"bad_layout", "empty", "other_technique"} <= {s["reason"] for s in report["skipped"]}
 
-    cs = T.clip_settings(SimpleNamespace(workdir=str(work), trim_db=None, segment_seconds=None))
+    pipe = TaskPipeline(T.SPEC, work)
+    cs = pipe.clip_settings(T.TechniqueOptions())
     assert (cs.segment_s, cs.min_segment_s, cs.trim_db) == (3.0, 1.0, -40.0)
-    cs = T.clip_settings(SimpleNamespace(workdir=str(work), trim_db=-35.0, segment_seconds=None))
+    cs = pipe.clip_settings(T.TechniqueOptions(trim_db=-35.0))
     assert cs.trim_db == -35.0
-    (work / T.DEMO_FLAG).write_text("demo")
-    cs = T.clip_settings(SimpleNamespace(workdir=str(work), trim_db=None, segment_seconds=None))
+    (work / T.DEMO_FLAG).write_text("demo")  # a demo work folder gets the demo's settings
+    cs = pipe.clip_settings(T.TechniqueOptions())
     assert (cs.segment_s, cs.trim_db) == (1.0, -50.0)
 
 

@@ -1,7 +1,6 @@
 """pipelines.transcription: the MIR-ST500 adapter, MIDI writing, and the demo end to end."""
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import shutil
@@ -15,7 +14,7 @@ import soundfile as sf
 from featurestore.names import safe_name
 from heads.notes import hz_to_midi, read_notes
 from pipelines.command import main
-from pipelines.transcription import SPEC, clean_notes, prepare_mirst500, write_midi
+from pipelines.transcription import SPEC, TranscriptionOptions, clean_notes, prepare_mirst500, write_midi
 
 SR = 16000
 
@@ -53,7 +52,7 @@ def raw(tmp_path) -> Path:
 
 
 def _args(**kw):
-    return argparse.Namespace(**{"audio": "auto", "valid_songs": 1, "labels": None, **kw})
+    return TranscriptionOptions(**{"valid_songs": 1, **kw})
 
 
 def _by_reason(skipped):
@@ -294,11 +293,11 @@ def test_validation_size_is_a_share_of_the_train_songs(capsys):
 
 def test_default_prepare_takes_ten_percent_of_train_songs(raw):
     """The adapter with the CLI's default (no --valid-songs): 10 % of the 2 train songs -> 1 valid song."""
-    from pipelines.runner import build_parser
+    from pipelines.command import options_from_args, parse_args
 
-    args = build_parser(SPEC).parse_args(["prepare", "--workdir", "/nonexistent", "--raw", str(raw)])
-    assert args.valid_songs == pytest.approx(0.10)
-    res = prepare_mirst500(raw, args)
+    opts = options_from_args(SPEC, parse_args(SPEC, ["prepare", "--workdir", "/nonexistent", "--raw", str(raw)]))
+    assert opts.valid_songs == pytest.approx(0.10)
+    res = prepare_mirst500(raw, opts)
     assert sorted(r["split"] for r in res.rows if int(r["id"]) <= 400) == ["train", "valid"]
 
 

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
 
 import featurestore.build as fbuild
 from featurestore import open_store
@@ -132,7 +133,7 @@ def test_default_pool_is_mean_and_frame_heads_refuse_pool(singer_work, tmp_path,
         assert fit.main(["--store", str(singer_work / "store.zarr"), "--backbone", BACKBONE, "--head", head,
                          "--pool", "mean+std", "--out", str(tmp_path / head), "--no-progress"]) == 2
         err = capsys.readouterr().err
-        assert "--pool" in err and f"--head {head}" in err
+        assert "--pool" in err and f"head {head!r}" in err
         assert not (tmp_path / head).exists()
     with pytest.raises(SystemExit):
         fit.parse_args(["--pool", "max"])
@@ -144,14 +145,13 @@ def test_singer_pipeline_fit_evaluate_predict_with_mean_std(singer_work, demo_co
     assert pipeline_main(singer.SPEC, fit_args + ["--pool", "mean+std"]) == 0
     rd = w / "runs" / f"{BACKBONE}-linear-meanstdpool"
     assert json.loads((rd / "metrics.json").read_text())["pool"] == "mean+std"
-    marker = json.loads((rd / "fit_args.json").read_text())
-    assert marker[marker.index("--pool") + 1] == "mean+std"
+    assert yaml.safe_load((rd / "config.yaml").read_text())["pool"] == "mean+std"  # the run's recorded spec
     capsys.readouterr()
-    assert pipeline_main(singer.SPEC, fit_args + ["--pool", "mean+std"]) == 0  # the marker: not fitted again
+    assert pipeline_main(singer.SPEC, fit_args + ["--pool", "mean+std"]) == 0  # the same spec: not fitted again
     assert "already fitted" in capsys.readouterr().out
-    # the default pool leaves the plain run folder and its marker as they were (no --pool in it)
+    # the default pool leaves the plain run folder, whose recorded spec has no pool
     assert pipeline_main(singer.SPEC, fit_args) == 0
-    assert "--pool" not in json.loads((w / "runs" / f"{BACKBONE}-linear" / "fit_args.json").read_text())
+    assert yaml.safe_load((w / "runs" / f"{BACKBONE}-linear" / "config.yaml").read_text())["pool"] is None
     assert pipeline_main(singer.SPEC, fit_args + ["--pool", "mean"]) == 0
     assert "already fitted" in capsys.readouterr().out
 

@@ -162,13 +162,13 @@ def test_lgbm_grid_searches_every_combination():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--head", "logreg", "--lr", "1e-2"], "--lr does not apply to --head logreg"),
-    (["--head", "lgbm", "--epochs", "5"], "--epochs does not apply to --head lgbm"),
-    (["--head", "linear", "--C", "1"], "--C is a --head logreg hyperparameter"),
-    (["--head", "logreg", "--num-leaves", "7"], "--num-leaves is a --head lgbm hyperparameter"),
-    (["--head", "linear", "--seed", "1", "--seeds", "0,1"], "--seed and --seeds"),
+    (["--head", "logreg", "--lr", "1e-2"], "--lr: does not apply to head 'logreg'"),
+    (["--head", "lgbm", "--epochs", "5"], "--epochs: does not apply to head 'lgbm'"),
+    (["--head", "linear", "--C", "1"], "--C: is a hyperparameter of head 'logreg'"),
+    (["--head", "logreg", "--num-leaves", "7"], "--num-leaves: is a hyperparameter of head 'lgbm'"),
+    (["--head", "linear", "--seed", "1", "--seeds", "0,1"], "--seeds: give seed or seeds, not both"),
     (["--head", "linear", "--seeds", "0,0"], "distinct"),
-    (["--head", "logreg", "--C", "0.1,x"], "C="),
+    (["--head", "logreg", "--C", "0.1,x"], "--C: '0.1,x': expected a number"),
 ])
 def test_options_that_do_not_apply_are_refused(demo_home, tmp_path, capsys, argv, message):
     from heads.fit import main
@@ -222,15 +222,19 @@ def test_log_dir_writes_the_training_curve_of_every_rate(demo_home, tmp_path):
 
 def test_every_run_option_has_its_own_run_folder():
     """Pipelines: layers, seed and the logreg / lgbm grids each name their own run folder (fit and evaluate agree)."""
-    from pipelines.runner import build_parser, run_dir
+    from pipelines.command import RUN_NAMING, fit_specs_from_args, parse_args
+    from pipelines.task_pipeline import TaskPipeline
     from pipelines.technique import SPEC
 
-    p = build_parser(SPEC)
+    pipe = TaskPipeline(SPEC, "w")
     names = set()
     for extra in ([], ["--layers", "each"], ["--seed", "2"], ["--head", "logreg", "--C", "0.1,1"],
                   ["--head", "lgbm", "--n-estimators", "100,400", "--num-leaves", "7"], ["--head", "logreg"]):
-        fit = run_dir(p.parse_args(["fit", "--workdir", "w", "--backbone", "crepe", *extra]))
-        assert run_dir(p.parse_args(["evaluate", "--workdir", "w", "--backbone", "crepe", *extra])) == fit
+        fit = pipe.run_folder(fit_specs_from_args(SPEC, parse_args(SPEC, ["fit", "--workdir", "w", "--backbone",
+                                                                        "crepe", *extra]))[0]).path
+        ev = fit_specs_from_args(SPEC, parse_args(SPEC, ["evaluate", "--workdir", "w", "--backbone", "crepe", *extra]),
+                                 keep=RUN_NAMING)[0]
+        assert pipe.run_folder(ev).path == fit
         names.add(fit.name)
     assert names == {f"crepe-tiny-{n}" for n in ("linear", "linear-layers-each", "linear-seed2", "logreg-C0.1_1",
                                                   "lgbm-trees100_400-leaves7", "logreg")}
@@ -238,17 +242,18 @@ def test_every_run_option_has_its_own_run_folder():
 
 def test_heads_fit_default_run_folders_differ_per_option():
     """heads.fit's default --out: --layers each, --context, --pool and a C grid each get their own folder."""
-    from heads.fit import default_out, parse_args
+    from heads.fit import default_out, parse_args, spec_from_args
 
-    def out(*argv, pool=None):
-        args = parse_args(["--task", "singer", *argv])
-        return default_out(args, "crepe-tiny", pool).name
+    def out(*argv):
+        spec, _ = spec_from_args(parse_args(list(argv)))  # task: singer for clip heads, transcription for crf
+        return default_out(spec, "crepe-tiny").name
 
-    names = [out(), out("--layers", "each"), out("--layers", "2,4"), out("--pool", "std", pool="std"),
+    names = [out(), out("--layers", "each"), out("--layers", "2,4"), out("--pool", "std"),
              out("--head", "logreg", "--C", "0.1,1"), out("--head", "crf", "--context", "0.15")]
     assert names == ["crepe-tiny-linear-singer", "crepe-tiny-linear-singer-layers-each",
                      "crepe-tiny-linear-singer-layers-2_4", "crepe-tiny-linear-singer-stdpool",
-                     "crepe-tiny-logreg-singer-C0.1_1", "crepe-tiny-crf-singer-ctx150ms"]
+                     "crepe-tiny-logreg-singer-C0.1_1", "crepe-tiny-crf-transcription-ctx150ms"]
+    assert out("--seed", "3") == "crepe-tiny-linear-singer-seed3"  # a seed names its own folder
 
 
 def test_a_fit_that_chose_nothing_does_not_say_chosen_on_valid(demo_home, tmp_path, capsys):
