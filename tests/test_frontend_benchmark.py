@@ -13,6 +13,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from featurestore.options import SpecError
+
 from benchmarks import frontend_plots as plots
 from benchmarks import frontend_table as table
 from benchmarks import frontends, published
@@ -214,11 +216,13 @@ def test_calls_add_up_to_one_table_with_seeds(env, tmp_path):
 def test_missing_cells_are_marked(env, tmp_path, capsys):
     """A backbone absent from --store, a fit that fails, and a cell never fitted: '—' with a footnote each."""
     w = tmp_path / "w"
+    (w / "singer" / "runs").mkdir(parents=True)
+    (w / "singer" / "runs" / "logmel-linear").write_text("a file where the run folder goes")  # the fit fails
     rc = frontends.main(["--workdir", str(w), "--store", str(env.store), "--tasks", "singer",
-                         "--backbones", "logmel,wavlm", "--pool", "not-a-pooling", *FIT])
+                         "--backbones", "logmel,wavlm", *FIT])
     assert rc == 1 and "step(s) failed" in capsys.readouterr().err
     rows = {r["frontend"]: r for r in _csv(w / "singer" / "comparison.csv")}
-    assert rows["logmel"]["status"] == "failed" and "pool" in rows["logmel"]["message"]
+    assert rows["logmel"]["status"] == "failed" and "this is a file" in rows["logmel"]["message"]
     assert rows["wavlm-base-plus"]["status"] == "not in store"
     assert all(r[c] is None for r in rows.values() for c, _ in table.COLUMNS["singer"])
     md = (w / "singer" / "comparison.md").read_text()
@@ -236,9 +240,16 @@ def test_missing_cells_are_marked(env, tmp_path, capsys):
 def test_finished_runs_are_not_recomputed(env, monkeypatch, capsys):
     import heads.fit
 
-    calls = []
-    real = heads.fit.main
-    monkeypatch.setattr(heads.fit, "main", lambda argv=None: calls.append(argv) or real(argv))
+    calls = []  # the specs actually fitted (fit_run reuses a folder holding a fit of the same spec)
+    real = heads.fit.fit_run
+
+    def spy(store, spec, out=None, **kw):
+        rec = real(store, spec, out, **kw)
+        if not rec.reused:
+            calls.append(spec)
+        return rec
+
+    monkeypatch.setattr(heads.fit, "fit_run", spy)
     files = sorted(env.root.glob("*/runs/*/*.json")) + sorted(env.root.glob("*/layer_sweep/runs/*/*.json"))
     before = {f: f.stat().st_mtime_ns for f in files}
     assert frontends.main(env.argv) == 0
@@ -250,7 +261,7 @@ def test_finished_runs_are_not_recomputed(env, monkeypatch, capsys):
     # a new head: only its cells are fitted; the linear runs stay as they are
     assert frontends.main(["--workdir", str(env.root), "--store", str(env.store), "--tasks", "singer",
                            "--backbones", BACKBONES, "--heads", "linear,logreg", *FIT]) == 0
-    assert len(calls) == n and all(a[a.index("--head") + 1] == "logreg" for a in calls)
+    assert len(calls) == n and all(spec.head == "logreg" for spec in calls)
     assert {f: f.stat().st_mtime_ns for f in files} == before
     rows = _csv(env.root / "singer" / "comparison.csv")
     assert [(r["frontend"], r["head"]) for r in rows] == [(n, h) for n in NAMES for h in ("linear", "logreg")]
@@ -339,8 +350,15 @@ def test_bad_options_name_the_option(capsys):
         with pytest.raises(SystemExit) as e:
             frontends.main(["--workdir", "unused", *argv])
         assert e.value.code == 2 and word in capsys.readouterr().err
-    assert frontends.heads_for("transcription", frontends.parse_args(["--workdir", "x", "--heads", "mlp"])) == ["crf"]
-    assert frontends.heads_for("singer", frontends.parse_args(["--workdir", "x", "--heads", "mlp,crf"])) == ["mlp"]
+    with pytest.raises(SystemExit) as e:  # a pooling no clip head knows is refused before anything runs
+        frontends.main(["--workdir", "unused", "--pool", "not-a-pooling"])
+    assert e.value.code == 2 and "--pool" in capsys.readouterr().err
+    from pipelines.task_pipeline import load_task
+
+    assert frontends.ComparisonSpec(workdir="x", heads="mlp").heads_for(load_task("transcription")) == ["crf"]
+    assert frontends.ComparisonSpec(workdir="x", heads=["mlp", "crf"]).heads_for(load_task("singer")) == ["mlp"]
+    with pytest.raises(SpecError, match="^tasks: unknown task"):  # from Python: the setting, not a flag
+        frontends.ComparisonSpec(workdir="x", tasks=["singer", "karaoke"])
 
 
 def test_every_option_has_help():
