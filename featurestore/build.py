@@ -12,7 +12,6 @@ their public names are re-exported here (``from featurestore.build import build,
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from featurestore.distributed import Ranks
 from featurestore.hf_loading import ATTENTION_KINDS
 from featurestore.location import Location, is_url
 from featurestore.locking import KINDS as LOCK_KINDS
-from featurestore.options import SpecError, add_config_options, add_options, option
+from featurestore.options import SpecError, add_config_options, add_options, field_names, option
 from featurestore.registry import ALIASES, DEFAULT_BACKBONE, REGISTRY
 
 #: the build's public names: this module's command line, and what it re-exports from the modules doing the work
@@ -74,11 +73,10 @@ def format_report(report: BuildReport) -> str:
 
 _NAMES = ", ".join(sorted(REGISTRY))
 _ALIASES = ", ".join(f"{k}={v}" for k, v in sorted(ALIASES.items()))
-#: help of the two options whose command-line form add_options does not derive (repeated; optional value)
+#: help of --backbone, whose command-line form (repeated) add_options does not derive
 _BACKBONE_HELP = (f"frontend(s) to extract; repeat to add several. Registry: {_NAMES}. Aliases: {_ALIASES}. Also any "
                   f"transformers audio model id or local folder, or hear:MODULE (an installed HEAR 2021 module; "
                   f"stored as hear-MODULE). Default: {DEFAULT_BACKBONE}")
-_SEPARATE_HELP = "separate vocals with demucs first (default model htdemucs); cached per file"
 
 
 def _pair(setting: str, value) -> tuple[int, int] | None:
@@ -127,7 +125,8 @@ class BuildSpec:
     min_segment_seconds: float = option(1.0, "keep a last, shorter segment only if at least this long")
     trim_db: float | None = option(None, "trim leading/trailing audio whose 50 ms RMS is below this dBFS (e.g. -40)")
     drop_quiet_db: float | None = option(None, "drop segments whose RMS is below this dBFS (non-vocal chunks)")
-    separate_vocals: str | None = option(None, _SEPARATE_HELP, metavar="MODEL")
+    separate_vocals: str | None = option(None, "separate vocals with demucs first (default model htdemucs); "
+                                               "cached per file", metavar="MODEL", nargs="?", const="htdemucs")
     demucs_repo: str | None = option(None, "local folder with the demucs weights (default: demucs' own lookup)")
     vocals_cache: str | None = option(None, "folder for separated vocals (default: <store>.vocals)")
     # extraction
@@ -239,9 +238,10 @@ class _AppendOrReplace(argparse.Action):
         setattr(namespace, self.dest, items + [values])
 
 
-def _add_fields(group, names) -> None:
-    """The options of the fields ``names`` of :class:`BuildSpec`, in their declared order, to ``group``."""
-    add_options(group, BuildSpec, skip={f.name for f in dataclasses.fields(BuildSpec)} - set(names))
+def _add_fields(group, names, defaults: dict | None = None) -> None:
+    """The options of the fields ``names`` of :class:`BuildSpec`, in their declared order, to ``group``
+    (``defaults``: shown instead of the fields' own, as add_options takes them)."""
+    add_options(group, BuildSpec, skip=field_names(BuildSpec) - set(names), defaults=defaults)
 
 
 def parse_args(argv=None) -> BuildSpec:
@@ -258,15 +258,12 @@ def parse_args(argv=None) -> BuildSpec:
     io.add_argument("--backbone", action=_AppendOrReplace, default=None, help=_BACKBONE_HELP)
     _add_fields(io, ("model_path", "name", "local_files_only", "trust_remote_code", "attention"))
     pre = p.add_argument_group("preprocessing (store-level: every backbone sees the same clips)")
-    _add_fields(pre, ("segment_seconds", "min_segment_seconds", "trim_db", "drop_quiet_db"))
-    pre.add_argument("--separate-vocals", nargs="?", const="htdemucs", default=None, metavar="MODEL",
-                     help=_SEPARATE_HELP)
-    _add_fields(pre, ("demucs_repo", "vocals_cache"))
+    _add_fields(pre, ("segment_seconds", "min_segment_seconds", "trim_db", "drop_quiet_db", "separate_vocals",
+                      "demucs_repo", "vocals_cache"))
     ex = p.add_argument_group("extraction")
     _add_fields(ex, ("device", "batch_seconds", "window_seconds", "context_seconds", "num_workers", "dtype", "frames",
                      "layers", "chunk_frames", "shard_frames", "unit_frames"))
-    add_options(ex, BuildSpec, skip={f.name for f in dataclasses.fields(BuildSpec)} - {"shard", "rank"},
-                defaults={"shard": "0/1"})
+    _add_fields(ex, ("shard", "rank"), defaults={"shard": "0/1"})
     run = p.add_argument_group("control")
     _add_fields(run, ("plan_only", "overwrite", "strict", "fingerprint", "lock", "lock_timeout", "no_progress",
                       "json"))

@@ -31,11 +31,9 @@ def parse_spec(parser: argparse.ArgumentParser, cls, argv=None, make=None):
     :func:`featurestore.options.from_namespace`). A refused setting (:class:`~featurestore.options.SpecError`)
     exits 2 naming its flag, like a bad option; ``--print-config`` prints the spec as YAML and exits 0.
     ``parser`` must have had :func:`featurestore.options.add_config_options`."""
-    import dataclasses
-
     from featurestore import options
 
-    args = options.parse_with_config(parser, argv, names=[f.name for f in dataclasses.fields(cls)])
+    args = options.parse_with_config(parser, argv, names=options.field_names(cls))
     try:
         spec = make(args) if make is not None else options.from_namespace(cls, args)
     except options.SpecError as e:
