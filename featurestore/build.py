@@ -4,8 +4,8 @@ With no arguments it builds the built-in demo store (a synthetic sung-melody cor
 and prints a summary. Run it again with another ``--backbone`` to add that backbone to the same
 store; run it again after a crash to finish the job.
 
-This module is the command line (arguments -> :func:`build` -> a printed report) and the build's
-public face: the work is :func:`featurestore.build_run.build`, planning the clip table and each
+This module is the command line (arguments -> :class:`BuildSpec`, the settings declared once, from
+options or a ``--config`` file -> :func:`run_build` -> a printed report) and the build's public face: the work is :func:`featurestore.build_run.build`, planning the clip table and each
 backbone's layout in :mod:`featurestore.build_plan` and extraction in :mod:`featurestore.build_extract`;
 their public names are re-exported here (``from featurestore.build import build, ExtractSettings``).
 """
@@ -382,6 +382,10 @@ def extract_settings(spec: BuildSpec) -> ExtractSettings:
                            frames=spec.frames, layers=spec.layers)
 
 
+#: the errors of a build that the command line reports in one line (exit status 2)
+_BUILD_ERRORS = (SettingsMismatch, FileNotFoundError, ValueError, KeyError, RuntimeError, OSError)
+
+
 class RankFailed(RuntimeError):
     """A torchrun build failed in this process: ``rank`` of ``world_size``; the error is ``__cause__``."""
 
@@ -411,10 +415,6 @@ def run_build(spec: BuildSpec, target: BuildTarget | None = None) -> BuildReport
         raise RankFailed(ranks.rank, ranks.world_size, e) from e
     finally:
         distributed.close(ranks)
-
-
-#: the errors of a build that the command line reports in one line (exit status 2)
-_BUILD_ERRORS = (SettingsMismatch, FileNotFoundError, ValueError, KeyError, RuntimeError, OSError)
 
 
 def main(argv=None) -> int:
