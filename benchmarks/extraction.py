@@ -447,7 +447,8 @@ def read_benchmark(frames, chunks, mm: np.ndarray, offsets: np.ndarray, spec: Ex
             if kind == "random":
                 s, runs, extra = best_of(spec.repeats, lambda: time_random_reads(arr, windows, spec.batch_size))
             else:
-                s, runs, extra = best_of(spec.repeats, lambda: time_scan_copy(arr, block, min_seconds=spec.scan_seconds))
+                s, runs, extra = best_of(spec.repeats,
+                                         lambda: time_scan_copy(arr, block, min_seconds=spec.scan_seconds))
             res[name] = {"seconds": s, "runs": runs, **extra, "mb_per_s": extra["bytes"] / MB / s}
         res["ratio_zarr_over_memmap"] = res["zarr"]["mb_per_s"] / res["memmap"]["mb_per_s"]
         res["ratio_store_over_memmap"] = res["store"]["mb_per_s"] / res["memmap"]["mb_per_s"]

@@ -226,7 +226,8 @@ def clip_heads(store, backbone: str, label: str, epochs: int, lr: float) -> dict
         singles_s += s
         single_scores.append(h.score(Xv, yv))
     ls = {"layers": L, "one_pass_s": sweep_s, "separate_fits_s": singles_s, "speedup": singles_s / sweep_s,
-          "curve_one_pass": [float(v) for v in sweep.layer_scores_], "curve_separate": [float(v) for v in single_scores]}
+          "curve_one_pass": [float(v) for v in sweep.layer_scores_],
+          "curve_separate": [float(v) for v in single_scores]}
     return {"clip_heads": rows, "clip_splits": {"task": label, "scored": plan.score_split, "chosen": plan.select_split},
             "n_train": int(len(X)), "layer_sweep": ls}
 

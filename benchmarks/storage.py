@@ -163,10 +163,10 @@ def build_stores(spec: StorageSpec, workdir: Path) -> tuple[Path, dict[str, str]
     store = workdir / "store.zarr"
     base = resolve(spec.backbone).name
     names = {}
-    for option in spec.options:
-        suffix, ext = option_settings(option, spec.layers)
-        names[option] = base + suffix
-        build(manifest, store, [spec.backbone], name=names[option], extract=ext, progress=spec.progress,
+    for opt in spec.options:
+        suffix, ext = option_settings(opt, spec.layers)
+        names[opt] = base + suffix
+        build(manifest, store, [spec.backbone], name=names[opt], extract=ext, progress=spec.progress,
               num_workers=spec.num_workers, clip_settings=ClipSettings(segment_s=spec.segment_s))
     return store, names
 
@@ -318,10 +318,10 @@ def run(spec: StorageSpec) -> dict:
         reads = time_reads(store, readable, memmaps, windows, spec.repeats)
         del memmaps, files
         rows = []
-        for option, name in names.items():
-            _say(spec, f"probes on {option} ({name})")
+        for opt, name in names.items():
+            _say(spec, f"probes on {opt} ({name})")
             nbytes = backbone_bytes(path, name)
-            row = {"option": option, "backbone": name, "bytes": nbytes, "bytes_per_hour": nbytes / hours,
+            row = {"option": opt, "backbone": name, "bytes": nbytes, "bytes_per_hour": nbytes / hours,
                    "size_ratio": nbytes / ref_bytes, "layers": store.layer_ids(name),
                    "frames_bytes": backbone_bytes(path, name, frame_arrays),
                    "frames_ratio": backbone_bytes(path, name, frame_arrays) / ref_frames}

@@ -5,8 +5,9 @@ and prints a summary. Run it again with another ``--backbone`` to add that backb
 store; run it again after a crash to finish the job.
 
 This module is the command line (arguments -> :class:`BuildSpec`, the settings declared once, from
-options or a ``--config`` file -> :func:`run_build` -> a printed report) and the build's public face: the work is :func:`featurestore.build_run.build`, planning the clip table and each
-backbone's layout in :mod:`featurestore.build_plan` and extraction in :mod:`featurestore.build_extract`;
+options or a ``--config`` file -> :func:`run_build` -> a printed report) and the build's public face:
+the work is :func:`featurestore.build_run.build`, planning the clip table and each backbone's layout
+in :mod:`featurestore.build_plan` and extraction in :mod:`featurestore.build_extract`;
 their public names are re-exported here (``from featurestore.build import build, ExtractSettings``).
 """
 from __future__ import annotations

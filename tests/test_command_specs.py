@@ -148,5 +148,6 @@ def test_a_torchrun_build_refuses_a_shard_naming_it(monkeypatch, tmp_path):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "0")
     with pytest.raises(SpecError) as e:
-        run_build(BuildSpec(shard="1/2", backbone=("logmel",)), BuildTarget(tmp_path, tmp_path / "s.zarr", ClipSettings()))
+        run_build(BuildSpec(shard="1/2", backbone=("logmel",)),
+                  BuildTarget(tmp_path, tmp_path / "s.zarr", ClipSettings()))
     assert e.value.setting == "shard"
