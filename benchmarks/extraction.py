@@ -32,13 +32,14 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmarks.workdir import work_folder
-from featurestore.cli import HelpFormatter
+from featurestore.cli import HelpFormatter, parse_spec
 from featurestore import open_store
 from featurestore.audio import load_audio, segment_bounds
 from featurestore.build import ExtractSettings, build, dir_size, resolve_batch_seconds
@@ -48,6 +49,7 @@ from featurestore.extract import plan_windows, window_plan
 from featurestore.frontends import Frontend, load_frontend
 from featurestore.manifest import read_inputs
 from featurestore.names import safe_name
+from featurestore.options import SpecError, add_config_options, add_options, option, to_dict
 from featurestore.registry import DEFAULT_BACKBONE
 
 MB = 1e6  # throughputs are in MB/s with MB = 10**6 bytes
@@ -57,46 +59,58 @@ MB = 1e6  # throughputs are in MB/s with MB = 10**6 bytes
 # arguments, machine facts
 # ----------------------------------------------------------------------------------------------
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """Command-line options (see ``--help``)."""
+@dataclass(frozen=True)
+class ExtractionSpec:
+    """What one run measures (fields = the command's options, ``--config`` keys and keywords): a demo
+    corpus of ``n_singers`` x ``clips_per_singer`` files of ``corpus_seconds``, the build of it, the bare
+    forward passes in batches of ``forward_batch_seconds`` of audio, the naive loop, and
+    ``read_batches`` random batches of ``batch_size`` windows of ``window`` frames."""
+
+    backbone: str = option(DEFAULT_BACKBONE, "frontend to benchmark (registry name, transformers model folder or "
+                                             "id)")
+    model_path: str | None = option(None, "local folder to load the --backbone's weights from")
+    random_base: bool = option(False, "benchmark a randomly initialised base-size Wav2Vec2Model (12 x 768; the "
+                                      "real model's compute, no download) instead of --backbone")
+    device: str = option("cpu", "torch device of the build and the forward passes")
+    corpus_seconds: float = option(5.0, "length of each demo file in seconds (make_demo_corpus duration_s)")
+    n_singers: int = option(4, "demo singers (1..5)")
+    clips_per_singer: int = option(8, "demo files per singer (>= 3)")
+    workdir: str | None = option(None, "folder for the corpus, stores and outputs (default: a temporary folder, "
+                                       "removed at the end)", identity=False)
+    repeats: int = option(1, "runs of each timed measurement (best is reported)")
+    num_workers: int = option(2, "num_workers passed to build()")
+    forward_batch_seconds: float = option(resolve_batch_seconds(None, "cpu"),
+                                          "audio seconds per batch of the bare forward passes: the build's own "
+                                          "batch_s on CPU, so build / forward is the build's overhead")
+    read_batches: int = option(200, "random read batches")
+    window: int = option(250, "frames per read window")
+    batch_size: int = option(16, "windows per read batch")
+    scan_seconds: float = option(1.0, "repeat each full sequential scan until this long (one scan of a small "
+                                      "store is too short to time)")
+    seed: int = option(0, "seed of the random read positions")
+    json: str | None = option(None, "write the results as JSON to this file", metavar="OUT", identity=False)
+
+    def __post_init__(self):
+        for name in ("repeats", "read_batches", "window", "batch_size"):
+            if getattr(self, name) < 1:
+                raise SpecError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.random_base and (self.model_path or self.backbone != DEFAULT_BACKBONE):
+            raise SpecError("random_base", "measures its own model: leave out backbone and model_path")
+
+
+def parse_args(argv=None) -> ExtractionSpec:
+    """Command-line options (see ``--help``) -> the spec; ``--print-config`` prints it and exits."""
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.extraction",
         description="Benchmark featurestore extraction against bare forward passes and a naive per-file "
                     "loop, and Zarr reads against a raw memmap, on the built-in demo corpus.",
         formatter_class=HelpFormatter)
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                   help="frontend to benchmark (registry name, transformers model folder or id)")
-    p.add_argument("--model-path", default=None, help="local folder to load the --backbone's weights from")
-    p.add_argument("--random-base", action="store_true",
-                   help="benchmark a randomly initialised base-size Wav2Vec2Model (12 x 768; the real model's "
-                        "compute, no download) instead of --backbone")
-    p.add_argument("--device", default="cpu", help="torch device of the build and the forward passes")
-    p.add_argument("--corpus-seconds", "--clip-seconds", dest="corpus_seconds", type=float, default=5.0,
-                   help="length of each demo file in seconds (make_demo_corpus duration_s)")
-    p.add_argument("--n-singers", type=int, default=4, help="demo singers (1..5)")
-    p.add_argument("--clips-per-singer", type=int, default=8, help="demo files per singer (>= 3)")
-    p.add_argument("--workdir", default=None,
-                   help="folder for the corpus, stores and outputs (default: a temporary folder, removed "
-                        "at the end)")
-    p.add_argument("--repeats", type=int, default=1, help="runs of each timed measurement (best is reported)")
-    p.add_argument("--num-workers", type=int, default=2, help="num_workers passed to build()")
-    p.add_argument("--forward-batch-seconds", type=float, default=resolve_batch_seconds(None, "cpu"),
-                   help="audio seconds per batch of the bare forward passes: the build's own batch_s on CPU, "
-                        "so build / forward is the build's overhead")
-    p.add_argument("--read-batches", type=int, default=200, help="random read batches")
-    p.add_argument("--window", type=int, default=250, help="frames per read window")
-    p.add_argument("--batch-size", type=int, default=16, help="windows per read batch")
-    p.add_argument("--scan-seconds", type=float, default=1.0,
-                   help="repeat each full sequential scan until this long (one scan of a small store is too "
-                        "short to time)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random read positions")
-    p.add_argument("--json", metavar="OUT", default=None, help="write the results as JSON to this file")
-    args = p.parse_args(argv)
-    if args.repeats < 1 or args.read_batches < 1 or args.window < 1 or args.batch_size < 1:
-        p.error("--repeats, --read-batches, --window and --batch-size must be >= 1")
-    if args.random_base and (args.model_path or args.backbone != DEFAULT_BACKBONE):
-        p.error("--random-base measures its own model: leave out --backbone and --model-path")
-    return args
+    add_options(p, ExtractionSpec)
+    # the option's older name, still accepted
+    p.add_argument("--clip-seconds", dest="corpus_seconds", type=float, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)
+    add_config_options(p)
+    return parse_spec(p, ExtractionSpec, argv)
 
 
 def machine_facts() -> dict:
@@ -416,11 +430,11 @@ def time_scan_copy(arr, block: int, min_seconds: float = 0.0) -> tuple[float, di
     return seconds, {"bytes": nbytes, "passes": passes}
 
 
-def read_benchmark(frames, chunks, mm: np.ndarray, offsets: np.ndarray, args) -> dict:
+def read_benchmark(frames, chunks, mm: np.ndarray, offsets: np.ndarray, spec: ExtractionSpec) -> dict:
     """Random batched window reads and a full scan, warm cache -> results dict: the Zarr array
     itself, the store's reader (``FeatureStore.frames`` uses it: memory-mapped chunk files) and a
     raw memmap of the same array."""
-    windows = read_windows(offsets, args.window, args.read_batches * args.batch_size, args.seed)
+    windows = read_windows(offsets, spec.window, spec.read_batches * spec.batch_size, spec.seed)
     block = frames.chunks[0] * 8
     # warm both files into the page cache (and Zarr's metadata) before timing
     time_scan_copy(frames, block)
@@ -431,9 +445,10 @@ def read_benchmark(frames, chunks, mm: np.ndarray, offsets: np.ndarray, args) ->
         res = {}
         for name, arr in (("zarr", frames), ("store", chunks), ("memmap", mm)):
             if kind == "random":
-                s, runs, extra = best_of(args.repeats, lambda: time_random_reads(arr, windows, args.batch_size))
+                s, runs, extra = best_of(spec.repeats, lambda: time_random_reads(arr, windows, spec.batch_size))
             else:
-                s, runs, extra = best_of(args.repeats, lambda: time_scan_copy(arr, block, min_seconds=args.scan_seconds))
+                s, runs, extra = best_of(spec.repeats,
+                                         lambda: time_scan_copy(arr, block, min_seconds=spec.scan_seconds))
             res[name] = {"seconds": s, "runs": runs, **extra, "mb_per_s": extra["bytes"] / MB / s}
         res["ratio_zarr_over_memmap"] = res["zarr"]["mb_per_s"] / res["memmap"]["mb_per_s"]
         res["ratio_store_over_memmap"] = res["store"]["mb_per_s"] / res["memmap"]["mb_per_s"]
@@ -501,25 +516,32 @@ def format_table(r: dict) -> str:
 
 # ----------------------------------------------------------------------------------------------
 
-def run(args, workdir: Path) -> dict:
-    """All four measurements on one corpus -> the results dict (also what ``--json`` writes)."""
+def run_extraction(spec: ExtractionSpec) -> dict:
+    """All the measurements on one demo corpus in ``spec.workdir`` (None: a temporary folder, removed
+    afterwards) -> the results dict (also what ``--json`` writes; :func:`format_table` prints it)."""
+    with work_folder(spec.workdir, "featurestore-bench-") as workdir:
+        return run(spec, workdir)
+
+
+def run(spec: ExtractionSpec, workdir: Path) -> dict:
+    """:func:`run_extraction` in ``workdir``."""
     t_start = time.perf_counter()
-    manifest = make_demo_corpus(workdir / "corpus", n_singers=args.n_singers,
-                                clips_per_singer=args.clips_per_singer, duration_s=args.corpus_seconds)
+    manifest = make_demo_corpus(workdir / "corpus", n_singers=spec.n_singers,
+                                clips_per_singer=spec.clips_per_singer, duration_s=spec.corpus_seconds)
     settings = ClipSettings()
-    ext = ExtractSettings(batch_s=args.forward_batch_seconds)  # only window_s, context_s and batch_s are used
-    backbone, model_path = args.backbone, args.model_path
-    if args.random_base:
+    ext = ExtractSettings(batch_s=spec.forward_batch_seconds)  # only window_s, context_s and batch_s are used
+    backbone, model_path = spec.backbone, spec.model_path
+    if spec.random_base:
         from benchmarks.memory import save_model
 
         backbone = str(save_model(workdir / "wav2vec2-base-random", "base"))
-    build_kw = {"model_path": model_path, "device": args.device}
+    build_kw = {"model_path": model_path, "device": spec.device}
 
     # 2. the build: once untimed (warms the process: imports, kernels, file cache, as the other
     # measurements are warm too), then timed into a fresh store, which the others read the clips of
-    time_build(manifest, workdir / "warmup.zarr", backbone, args.num_workers, **build_kw)
+    time_build(manifest, workdir / "warmup.zarr", backbone, spec.num_workers, **build_kw)
     build_s, build_runs, summary = best_of(
-        args.repeats, lambda: time_build(manifest, workdir / "bench.zarr", backbone, args.num_workers, **build_kw))
+        spec.repeats, lambda: time_build(manifest, workdir / "bench.zarr", backbone, spec.num_workers, **build_kw))
     store = open_store(workdir / "bench.zarr")
     bb = store.backbones[0]
     offsets = store.offsets(bb)
@@ -530,23 +552,23 @@ def run(args, workdir: Path) -> dict:
 
     # 1. bare forward passes over the same clips
     t0 = time.perf_counter()
-    fe = load_frontend(backbone, path=model_path, device=args.device)
+    fe = load_frontend(backbone, path=model_path, device=spec.device)
     load_s = time.perf_counter() - t0
     batches = forward_batches(decode_clips(clips, fe), n_frames, fe, ext)
     with torch.inference_mode():  # warm-up: one row of the first batch
         fe.hidden_states(batches[0][0][:1], batches[0][1][:1])
-    fwd_s, fwd_runs, fwd_usage = best_of(args.repeats, lambda: time_forward(fe, batches))
+    fwd_s, fwd_runs, fwd_usage = best_of(spec.repeats, lambda: time_forward(fe, batches))
     fwd_rows, fwd_batches = max(len(x) for x, _, _ in batches), len(batches)
     check = check_against_store(fe, batches[-1], frames, offsets)
-    attention = attention_benchmark(backbone, model_path, batches, args.repeats, args.device)
+    attention = attention_benchmark(backbone, model_path, batches, spec.repeats, spec.device)
     batches.clear()  # free the decoded audio (the lambda above is done with it)
 
     # 3. the naive loop
-    naive_s, naive_runs, naive = best_of(args.repeats, lambda: time_naive(manifest, fe, workdir / "naive", settings))
+    naive_s, naive_runs, naive = best_of(spec.repeats, lambda: time_naive(manifest, fe, workdir / "naive", settings))
 
     # 4. reads
     mm = write_memmap(frames, workdir / "frames.npy", frames.chunks[0] * 8)
-    reads = read_benchmark(frames, store._reader(bb), mm, offsets, args)
+    reads = read_benchmark(frames, store._reader(bb), mm, offsets, spec)
     del mm
 
     def entry(seconds, runs, **extra):
@@ -555,15 +577,15 @@ def run(args, workdir: Path) -> dict:
 
     return {
         "machine": machine_facts(),
-        "config": {**{k: v for k, v in vars(args).items() if k not in ("json", "workdir")},
-                   "backbone": "random-initialised Wav2Vec2Model, base size" if args.random_base else args.backbone},
+        "config": {**{k: v for k, v in to_dict(spec).items() if k not in ("json", "workdir")},
+                   "backbone": "random-initialised Wav2Vec2Model, base size" if spec.random_base else spec.backbone},
         "corpus": {"files": len(read_inputs(manifest)[0]), "clips": len(store), "audio_seconds": audio_s,
                    "frames": int(n_frames.sum()), "frames_allocated": int(frames.shape[0]),
                    "layers": int(frames.shape[1]), "dim": int(frames.shape[2]), "dtype": str(frames.dtype),
                    "store_mb": dir_size(workdir / "bench.zarr") / MB},
         "frontend_load_seconds": load_s,
         "forward": entry(fwd_s, fwd_runs, check_max_rel_diff=check, batches=fwd_batches,
-                         max_rows=fwd_rows, batch_seconds=args.forward_batch_seconds, **fwd_usage),
+                         max_rows=fwd_rows, batch_seconds=spec.forward_batch_seconds, **fwd_usage),
         "build": entry(build_s, build_runs, **{k: summary.pop(k) for k in ("cpu_seconds", "other_load")},
                        summary=summary),
         "naive": entry(naive_s, naive_runs, **naive),
@@ -575,13 +597,12 @@ def run(args, workdir: Path) -> dict:
 
 def main(argv=None) -> int:
     """Run the benchmark, print the table, write ``--json`` if asked."""
-    args = parse_args(argv)
-    with work_folder(args.workdir, "featurestore-bench-") as workdir:
-        results = run(args, workdir)
+    spec = parse_args(argv)
+    results = run_extraction(spec)
     print(format_table(results))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if spec.json:
+        Path(spec.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(spec.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
     return 0
 
 

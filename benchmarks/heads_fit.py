@@ -33,11 +33,13 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from featurestore.cli import HelpFormatter
+from featurestore.cli import HelpFormatter, parse_spec
+from featurestore.options import SpecError, add_config_options, add_options, option
 from featurestore import open_store
 from heads import metrics
 from heads.clip_heads import LGBMHead, LinearHead, LogRegHead, MLPHead
@@ -110,59 +112,111 @@ def transcription_rows(store, backbone: str, epochs: int, lr: float, context: fl
                   "frame_rate": fr, "scored_split": plan.score_split, "selection_split": plan.select_split}
 
 
-def main(argv=None) -> int:
+@dataclass(frozen=True)
+class HeadsFitSpec:
+    """What one run fits (fields = the command's options, ``--config`` keys and keywords): every head
+    for ``epochs`` epochs at one ``lr``, on ``store`` (None: the demo store, or with ``corpus_minutes`` > 0
+    the synthetic corpus store of that many minutes)."""
+
+    store: str | None = option(None, "store (default: the demo store, or the --corpus-minutes store)")
+    corpus_minutes: float = option(0.0, "build/reuse a synthetic corpus of this many minutes of whole 20 s songs "
+                                        "(0: demo store)")
+    backbone: str = option("crepe-tiny", "backbone in the store")
+    label: str = option("singer", "clip label for the clip heads")
+    epochs: int = option(60, "epochs of every torch fit (no early stop: equal work)")
+    lr: float = option(1e-2, "one learning rate (no sweep) so times compare")
+    context: float = option(0.15, "seconds of temporal context of the third CRF")
+    skip_clip_heads: bool = option(False, "only the transcription heads")
+    json: str | None = option(None, "write the results here", identity=False)
+
+    def __post_init__(self):
+        if self.corpus_minutes < 0:
+            raise SpecError("corpus_minutes", f"must be >= 0, got {self.corpus_minutes}")
+        if self.epochs < 1:
+            raise SpecError("epochs", f"must be >= 1, got {self.epochs}")
+        if not self.context > 0:
+            raise SpecError("context", f"must be > 0 seconds, got {self.context}")
+
+
+def parse_args(argv=None) -> HeadsFitSpec:
+    """Command-line options (see ``--help``) -> the spec; ``--print-config`` prints it and exits."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.heads_fit", description=__doc__,
                                 formatter_class=HelpFormatter)
-    p.add_argument("--store", help="store (default: the demo store, or the --corpus-minutes store)")
-    p.add_argument("--corpus-minutes", type=float, default=0.0,
-                   help="build/reuse a synthetic corpus of this many minutes of whole 20 s songs (0: demo store)")
-    p.add_argument("--backbone", default="crepe-tiny", help="backbone in the store")
-    p.add_argument("--label", default="singer", help="clip label for the clip heads")
-    p.add_argument("--epochs", type=int, default=60, help="epochs of every torch fit (no early stop: equal work)")
-    p.add_argument("--lr", type=float, default=1e-2, help="one learning rate (no sweep) so times compare")
-    p.add_argument("--context", type=float, default=0.15, help="seconds of temporal context of the third CRF")
-    p.add_argument("--skip-clip-heads", action="store_true", help="only the transcription heads")
-    p.add_argument("--json", help="write the results here")
-    args = p.parse_args(argv)
-    if args.corpus_minutes < 0 or args.epochs < 1 or args.context <= 0:
-        p.error("--corpus-minutes must be >= 0, --epochs >= 1 and --context > 0")
-    path = args.store or (ensure_corpus_store(args.corpus_minutes) if args.corpus_minutes else ensure_demo_store())
+    add_options(p, HeadsFitSpec)
+    add_config_options(p)
+    return parse_spec(p, HeadsFitSpec, argv)
+
+
+def run_heads_fit(spec: HeadsFitSpec) -> dict:
+    """Fit and time every head on the spec's store -> the results dict (what ``--json`` writes;
+    :func:`format_report` prints it). The store is built first when it is the demo or corpus store
+    and missing."""
+    if spec.store:
+        path = spec.store
+    else:
+        path = ensure_corpus_store(spec.corpus_minutes) if spec.corpus_minutes else ensure_demo_store()
     store = open_store(path)
     load_before = os.getloadavg()
-    result = {"store": str(path), "backbone": args.backbone, "epochs": args.epochs, "lr": args.lr,
+    result = {"store": str(path), "backbone": spec.backbone, "epochs": spec.epochs, "lr": spec.lr,
               "cpu_count": os.cpu_count()}
-    if not args.skip_clip_heads:
-        result.update(clip_heads(store, args))
-    rows, info = transcription_rows(store, args.backbone, args.epochs, args.lr, args.context)
+    if not spec.skip_clip_heads:
+        result.update(clip_heads(store, spec.backbone, spec.label, spec.epochs, spec.lr))
+    rows, info = transcription_rows(store, spec.backbone, spec.epochs, spec.lr, spec.context)
     result.update(transcription=rows, transcription_data=info, load_average=[load_before, os.getloadavg()])
-    print(f"\ntranscription on {info['train_songs']} training clips ({info['train_frames']} frames at "
-          f"{info['frame_rate']:g} Hz), scored on {info['test_songs']} {info['scored_split']} clips, epoch chosen "
-          f"on {info['selection_split']}; {args.epochs} epochs at lr {args.lr:g}:")
-    print(metrics.format_table(rows, ["head", "fit_s", "vs_frames", "train_fps", "decode_fps", "val_share", "best_epoch",
-                                      "COnPOff", "COnP", "COn"]))
-    print(f"crf / frames fit time: {rows[1]['vs_frames']:.2f}x (same epochs, same store, this run); "
-          f"load average before/after: {load_before[0]:.1f}/{os.getloadavg()[0]:.1f}")
-    if args.json:
-        with open(args.json, "w") as f:
+    return result
+
+
+def format_report(r: dict) -> str:
+    """The printed report of :func:`run_heads_fit`'s results: clip heads and layer sweep (when run),
+    then the transcription heads."""
+    lines = []
+    if "clip_heads" in r:
+        ls, split = r["layer_sweep"], r["clip_splits"]
+        lines += [f"clip heads ({split['task']}; scored on {split['scored']}, chosen on {split['chosen']}):",
+                  metrics.format_table(r["clip_heads"], ["head", "task", "fit_s", "test accuracy"]),
+                  f"\nlayer sweep over {ls['layers']} layers: one pass {ls['one_pass_s']:.2f} s vs {ls['layers']} "
+                  f"separate fits {ls['separate_fits_s']:.2f} s -> {ls['speedup']:.1f}x",
+                  f"valid accuracy per layer (one pass): {np.round(ls['curve_one_pass'], 3).tolist()}",
+                  f"valid accuracy per layer (separate): {np.round(ls['curve_separate'], 3).tolist()}"]
+    info, rows = r["transcription_data"], r["transcription"]
+    lines += [f"\ntranscription on {info['train_songs']} training clips ({info['train_frames']} frames at "
+              f"{info['frame_rate']:g} Hz), scored on {info['test_songs']} {info['scored_split']} clips, epoch "
+              f"chosen on {info['selection_split']}; {r['epochs']} epochs at lr {r['lr']:g}:",
+              metrics.format_table(rows, ["head", "fit_s", "vs_frames", "train_fps", "decode_fps", "val_share",
+                                          "best_epoch", "COnPOff", "COnP", "COn"]),
+              f"crf / frames fit time: {rows[1]['vs_frames']:.2f}x (same epochs, same store, this run); "
+              f"load average before/after: {r['load_average'][0][0]:.1f}/{r['load_average'][1][0]:.1f}"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """Run the benchmark, print the report, write ``--json`` if asked."""
+    spec = parse_args(argv)
+    result = run_heads_fit(spec)
+    print(format_report(result))
+    if spec.json:
+        with open(spec.json, "w") as f:
             json.dump(result, f, indent=2)
     return 0
 
 
-def clip_heads(store, args) -> dict:
-    """Clip heads on pooled features and the layer sweep (one pass vs separate fits)."""
-    task = make_task(args.label)
-    plan = task.plan(store, args.backbone, score="test")
-    X, y, _ = task.data(store, args.backbone, plan.train)
-    Xv, yv, _ = task.data(store, args.backbone, plan.select)
-    Xt, yt, _ = task.data(store, args.backbone, plan.score)
-    torch_kw = dict(epochs=args.epochs, lr=args.lr, patience=args.epochs)  # no early stop: equal work per fit
+def clip_heads(store, backbone: str, label: str, epochs: int, lr: float) -> dict:
+    """Clip heads on pooled features of ``backbone`` for the clip label ``label`` (every torch fit
+    ``epochs`` epochs at ``lr``) and the layer sweep (one pass vs separate fits) -> {clip_heads: rows,
+    clip_splits, n_train, layer_sweep}."""
+    task = make_task(label)
+    plan = task.plan(store, backbone, score="test")
+    X, y, _ = task.data(store, backbone, plan.train)
+    Xv, yv, _ = task.data(store, backbone, plan.select)
+    Xt, yt, _ = task.data(store, backbone, plan.score)
+    torch_kw = dict(epochs=epochs, lr=lr, patience=epochs)  # no early stop: equal work per fit
     rows = []
     LinearHead(epochs=2).fit(X, y, eval_set=(Xv, yv))  # warm-up: torch's first optimiser/kernels are slow
     heads = {"linear": LinearHead(**torch_kw), "mlp": MLPHead(**torch_kw), "logreg": LogRegHead(),
              "lgbm": LGBMHead()}
     for name, head in heads.items():
         _, s = timed(lambda: head.fit(X, y, eval_set=(Xv, yv)))
-        rows.append({"head": name, "task": args.label, "fit_s": s, "test accuracy": head.score(Xt, yt)})
+        rows.append({"head": name, "task": label, "fit_s": s, "test accuracy": head.score(Xt, yt)})
     L = X.shape[1]
     sweep, sweep_s = timed(lambda: LinearHead(layers="each", **torch_kw).fit(X, y, eval_set=(Xv, yv)))
     singles_s = 0.0
@@ -171,15 +225,11 @@ def clip_heads(store, args) -> dict:
         h, s = timed(lambda: LinearHead(layers=[layer], **torch_kw).fit(X, y, eval_set=(Xv, yv)))
         singles_s += s
         single_scores.append(h.score(Xv, yv))
-    print(f"clip heads ({args.label}; scored on {plan.score_split}, chosen on {plan.select_split}):")
-    print(metrics.format_table(rows, ["head", "task", "fit_s", "test accuracy"]))
     ls = {"layers": L, "one_pass_s": sweep_s, "separate_fits_s": singles_s, "speedup": singles_s / sweep_s,
-          "curve_one_pass": [float(v) for v in sweep.layer_scores_], "curve_separate": [float(v) for v in single_scores]}
-    print(f"\nlayer sweep over {L} layers: one pass {ls['one_pass_s']:.2f} s vs {L} separate fits "
-          f"{ls['separate_fits_s']:.2f} s -> {ls['speedup']:.1f}x")
-    print("valid accuracy per layer (one pass):", np.round(ls["curve_one_pass"], 3).tolist())
-    print("valid accuracy per layer (separate):", np.round(ls["curve_separate"], 3).tolist())
-    return {"clip_heads": rows, "n_train": int(len(X)), "layer_sweep": ls}
+          "curve_one_pass": [float(v) for v in sweep.layer_scores_],
+          "curve_separate": [float(v) for v in single_scores]}
+    return {"clip_heads": rows, "clip_splits": {"task": label, "scored": plan.score_split, "chosen": plan.select_split},
+            "n_train": int(len(X)), "layer_sweep": ls}
 
 
 if __name__ == "__main__":

@@ -34,12 +34,14 @@ import resource
 import shutil
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.workdir import run_child as fresh_process, work_folder
-from featurestore.cli import HelpFormatter
+from featurestore.cli import HelpFormatter, parse_spec
+from featurestore.options import SpecError, add_config_options, add_options, option, write_config
 
 MODELS = {
     "base": {},  # Wav2Vec2Config() defaults: 12 layers x 768
@@ -49,44 +51,68 @@ MODELS = {
 SR = 16000
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def _minutes(value) -> tuple[float, ...]:
+    """``"10,40,120"`` (or a list) -> (10.0, 40.0, 120.0); SpecError naming ``minutes`` otherwise."""
+    items = str(value).split(",") if isinstance(value, (str, int, float)) else list(value)
+    try:
+        minutes = tuple(float(m) for m in items if str(m).strip())
+    except (TypeError, ValueError):
+        raise SpecError("minutes", f"expects numbers separated by commas, got {value!r}") from None
+    if not minutes or any(not m > 0 for m in minutes):
+        raise SpecError("minutes", f"must be positive, got {value!r}")
+    return minutes
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    """What one run measures (fields = the command's options, ``--config`` keys and keywords): builds
+    of one recording of each of ``minutes`` (minutes, as a comma-separated string on the command line),
+    each in a fresh process. ``child``, ``input`` and ``store``: set only in that measured process."""
+
+    minutes: tuple[float, ...] = option((10.0, 40.0, 120.0), "recording lengths in minutes, comma-separated")
+    model: str = option("base", "random Wav2Vec2 model saved to a folder and loaded as a user's model: base "
+                                "(12 x 768) or tiny (2 x 32)", choices=sorted(MODELS))
+    backbone: str | None = option(None, "measure this registry frontend or model folder instead of a random "
+                                        "--model")
+    units: int = option(2, "extract only the first K units (pieces) of each recording, then stop; 0: everything")
+    unit_frames: int = option(8192, "--unit-frames of the build (frames per piece)")
+    window_seconds: float = option(30.0, "--window-seconds of the build")
+    num_workers: int = option(2, "decoding worker processes of the build")
+    device: str = option("cpu", "device of the build (cpu, cuda)")
+    tolerance: float = option(0.15, "largest allowed (max - min) / min of the builds' peak RSS")
+    workdir: str | None = option(None, "folder for the recordings, model and stores (default: a temporary "
+                                       "folder, removed at the end; a 120 min recording is 230 MB)", identity=False)
+    json: str | None = option(None, "write the results as JSON to this file", metavar="OUT", identity=False)
+    child: str | None = option(None, "the measured process: build or model", choices=("build", "model"))
+    input: str | None = option(None, "the measured build's input folder")
+    store: str | None = option(None, "the measured build's store")
+
+    def __post_init__(self):
+        object.__setattr__(self, "minutes", _minutes(self.minutes))
+        for name in ("units", "num_workers"):
+            if getattr(self, name) < 0:
+                raise SpecError(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.unit_frames < 1:
+            raise SpecError("unit_frames", f"must be >= 1, got {self.unit_frames}")
+        if not self.tolerance > 0:
+            raise SpecError("tolerance", f"must be > 0, got {self.tolerance}")
+
+
+#: the options of the measured process only (not shown by --help)
+_HIDDEN = {"child": argparse.SUPPRESS, "input": argparse.SUPPRESS, "store": argparse.SUPPRESS}
+
+
+def parse_args(argv=None) -> MemorySpec:
+    """Command-line options (see ``--help``) -> the spec; ``--print-config`` prints it and exits."""
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.memory",
         description="Peak RSS of featurestore.build on one long recording of several lengths (default 10, 40 "
                     "and 120 minutes), each build in a fresh process; checks that the peaks agree within "
                     "--tolerance (memory does not grow with the recording's length).",
         formatter_class=HelpFormatter)
-    p.add_argument("--minutes", default="10,40,120", help="recording lengths in minutes, comma-separated")
-    p.add_argument("--model", choices=sorted(MODELS), default="base",
-                   help="random Wav2Vec2 model saved to a folder and loaded as a user's model: base (12 x 768) "
-                        "or tiny (2 x 32)")
-    p.add_argument("--backbone", default=None,
-                   help="measure this registry frontend or model folder instead of a random --model")
-    p.add_argument("--units", type=int, default=2,
-                   help="extract only the first K units (pieces) of each recording, then stop; 0: everything")
-    p.add_argument("--unit-frames", type=int, default=8192, help="--unit-frames of the build (frames per piece)")
-    p.add_argument("--window-seconds", type=float, default=30.0, help="--window-seconds of the build")
-    p.add_argument("--num-workers", type=int, default=2, help="decoding worker processes of the build")
-    p.add_argument("--device", default="cpu", help="device of the build (cpu, cuda)")
-    p.add_argument("--tolerance", type=float, default=0.15,
-                   help="largest allowed (max - min) / min of the builds' peak RSS")
-    p.add_argument("--workdir", default=None,
-                   help="folder for the recordings, model and stores (default: a temporary folder, removed at "
-                        "the end; a 120 min recording is 230 MB)")
-    p.add_argument("--json", metavar="OUT", default=None, help="write the results as JSON to this file")
-    p.add_argument("--child", choices=("build", "model"), default=None, help=argparse.SUPPRESS)
-    p.add_argument("--input", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--store", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    try:
-        args.minutes = [float(m) for m in str(args.minutes).split(",") if m.strip()]
-    except ValueError:
-        p.error(f"--minutes expects numbers separated by commas, got {args.minutes!r}")
-    if not args.minutes or any(not m > 0 for m in args.minutes):
-        p.error("--minutes must be positive")
-    if args.units < 0 or args.unit_frames < 1 or args.num_workers < 0 or not args.tolerance > 0:
-        p.error("--units and --num-workers must be >= 0, --unit-frames >= 1 and --tolerance > 0")
-    return args
+    add_options(p, MemorySpec, defaults={"minutes": "10,40,120"}, help=_HIDDEN)
+    add_config_options(p)
+    return parse_spec(p, MemorySpec, argv)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,9 +166,10 @@ def peak_rss() -> dict:
     return {"self_mib": own, "workers_mib": kids}
 
 
-def child(args) -> dict:
-    """The measured process: a build (``--child build``) or loading the model and one forward pass of
-    ``--window-seconds`` (``--child model``). Returns its peak RSS and what it did."""
+def child(spec: MemorySpec) -> dict:
+    """The measured process: a build (``spec.child == "build"``, of ``spec.input`` into ``spec.store``) or
+    loading the model and one forward pass of ``window_seconds`` (``"model"``). Returns its peak RSS
+    and what it did."""
     import torch
 
     import featurestore.build as fb
@@ -151,65 +178,74 @@ def child(args) -> dict:
 
     t0 = time.perf_counter()
     out = {}
-    if args.child == "model":
-        fe = load_frontend(args.backbone, device=args.device)
-        fe.to(args.device).eval()
-        x = torch.zeros(1, int(args.window_seconds * fe.sample_rate))
+    if spec.child == "model":
+        fe = load_frontend(spec.backbone, device=spec.device)
+        fe.to(spec.device).eval()
+        x = torch.zeros(1, int(spec.window_seconds * fe.sample_rate))
         x[0].normal_(0, 0.1)
         with torch.inference_mode():
-            fe.hidden_states(x.to(args.device), torch.tensor([x.shape[1]], device=args.device))
+            fe.hidden_states(x.to(spec.device), torch.tensor([x.shape[1]], device=spec.device))
     else:
-        if args.units:  # stop after the first K units: the build extracts only these (rotation off)
+        if spec.units:  # stop after the first K units: the build extracts only these (rotation off)
             import featurestore.build_extract as fx  # the extraction loop looks its work order up there
 
-            fx._work_order = lambda todo, k=args.units: list(todo)[:k]
-        report = fb.build(args.input, args.store, [args.backbone], name="bench",
+            fx._work_order = lambda todo, k=spec.units: list(todo)[:k]
+        report = fb.build(spec.input, spec.store, [spec.backbone], name="bench",
                           clip_settings=ClipSettings(segment_s=None, min_segment_s=0.0),
-                          extract=fb.ExtractSettings(target_unit_frames=args.unit_frames,
-                                                     window_s=args.window_seconds),
-                          device=args.device, num_workers=args.num_workers, progress=False)
+                          extract=fb.ExtractSettings(target_unit_frames=spec.unit_frames,
+                                                     window_s=spec.window_seconds),
+                          device=spec.device, num_workers=spec.num_workers, progress=False)
         s = report.backbones["bench"]
         out = {"units": s["units"], "units_done": s["units_done"], "audio_seconds": s["audio_seconds"],
                "extract_seconds": s["seconds"]}
     return {**out, **peak_rss(), "seconds": time.perf_counter() - t0}
 
 
-def run_child(args, kind: str, **extra) -> dict:
-    """Run :func:`child` in a fresh Python process and return what it printed (JSON)."""
-    argv = ["--child", kind, "--backbone", args.backbone, "--units", args.units, "--unit-frames", args.unit_frames,
-            "--window-seconds", args.window_seconds, "--num-workers", args.num_workers, "--device", args.device]
-    for k, v in extra.items():
-        argv += [f"--{k}", v]
-    return fresh_process("benchmarks.memory", argv)
+def run_child(spec: MemorySpec, workdir: Path, kind: str, input: Path | None = None,
+              store: Path | None = None) -> dict:
+    """Run :func:`child` of ``kind`` (build: of ``input`` into ``store``) in a fresh Python process, given
+    its spec as a config file in ``workdir``, and return what it printed (JSON)."""
+    spec = replace(spec, child=kind, input=None if input is None else str(input),
+                   store=None if store is None else str(store), workdir=None, json=None)
+    config = write_config(spec, workdir / f"child-{kind}.yaml", "the spec of a process benchmarks.memory measures")
+    return fresh_process("benchmarks.memory", ["--config", config])
 
 
 # ----------------------------------------------------------------------------------------------
 # the benchmark
 # ----------------------------------------------------------------------------------------------
 
-def run(args, workdir: Path) -> dict:
-    if args.backbone is None:
-        args.backbone = str(save_model(workdir / f"wav2vec2-{args.model}-random", args.model))
-        label = f"random Wav2Vec2 {args.model} (saved and loaded as a model folder)"
+def run_memory(spec: MemorySpec) -> dict:
+    """Every build of the benchmark in ``spec.workdir`` (None: a temporary folder, removed afterwards)
+    -> the results dict (what ``--json`` writes; :func:`format_table` prints it)."""
+    with work_folder(spec.workdir, "singfront-memory-") as workdir:
+        return run(spec, workdir)
+
+
+def run(spec: MemorySpec, workdir: Path) -> dict:
+    """:func:`run_memory` in ``workdir``."""
+    if spec.backbone is None:
+        spec = replace(spec, backbone=str(save_model(workdir / f"wav2vec2-{spec.model}-random", spec.model)))
+        label = f"random Wav2Vec2 {spec.model} (saved and loaded as a model folder)"
     else:
-        label = args.backbone
-    result = {"backbone": label, "unit_frames": args.unit_frames, "units_per_build": args.units or "all",
-              "window_seconds": args.window_seconds, "num_workers": args.num_workers, "device": args.device,
+        label = spec.backbone
+    result = {"backbone": label, "unit_frames": spec.unit_frames, "units_per_build": spec.units or "all",
+              "window_seconds": spec.window_seconds, "num_workers": spec.num_workers, "device": spec.device,
               "machine": {"nproc": os.cpu_count(), "platform": platform.platform(),
                           "loadavg_start": list(os.getloadavg())},
-              "model_only": run_child(args, "model"), "builds": []}
-    for minutes in args.minutes:
+              "model_only": run_child(spec, workdir, "model"), "builds": []}
+    for minutes in spec.minutes:
         wav = write_recording(workdir / f"rec-{minutes:g}min" / "rec.wav", minutes)
         store = workdir / f"rec-{minutes:g}min.zarr"
         shutil.rmtree(store, ignore_errors=True)
-        r = run_child(args, "build", input=wav.parent, store=store)
+        r = run_child(spec, workdir, "build", input=wav.parent, store=store)
         result["builds"].append({"minutes": minutes, "file_mb": wav.stat().st_size / 1e6, **r})
         shutil.rmtree(store, ignore_errors=True)
         wav.unlink()
     peaks = [b["self_mib"] for b in result["builds"]]
     result["spread"] = (max(peaks) - min(peaks)) / min(peaks)
-    result["within_tolerance"] = bool(result["spread"] <= args.tolerance)
-    result["tolerance"] = args.tolerance
+    result["within_tolerance"] = bool(result["spread"] <= spec.tolerance)
+    result["tolerance"] = spec.tolerance
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     return result
 
@@ -233,15 +269,14 @@ def format_table(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.child:
-        print(json.dumps(child(args)))
+    spec = parse_args(argv)
+    if spec.child:
+        print(json.dumps(child(spec)))
         return 0
-    with work_folder(args.workdir, "singfront-memory-") as workdir:
-        result = run(args, workdir)
+    result = run_memory(spec)
     print(format_table(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    if spec.json:
+        Path(spec.json).write_text(json.dumps(result, indent=2))
     return 0 if result["within_tolerance"] else 1
 
 

@@ -43,6 +43,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,11 +56,12 @@ from benchmarks.memory import peak_rss, save_model
 from benchmarks.workdir import work_folder
 from featurestore import open_store
 from featurestore.build import ExtractSettings, resolve_batch_seconds
-from featurestore.cli import HelpFormatter
+from featurestore.cli import HelpFormatter, parse_spec
 from featurestore.clips import ClipSettings
 from featurestore.datasets import FrameWindowDataset
 from featurestore.demo import make_demo_corpus
 from featurestore.frontends import load_frontend
+from featurestore.options import SpecError, add_config_options, add_options, option, to_dict
 from featurestore.registry import DEFAULT_BACKBONE
 from heads.finetune_model import masked_mean
 from heads.modules import SumThenHead
@@ -72,8 +74,64 @@ N_SINGERS = 4
 # arguments
 # ----------------------------------------------------------------------------------------------
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """Command-line options (see ``--help``)."""
+@dataclass(frozen=True)
+class SpeedSpec:
+    """What one run of the speed table measures (fields = the command's options, ``--config`` keys
+    and keywords). Durations in seconds unless named minutes; ``device`` None: cuda when available."""
+
+    backbone: str | None = option(None, f"registry name of the frontend (default {DEFAULT_BACKBONE}; with "
+                                        "--model-path alone, the model in that folder)")
+    model_path: str | None = option(None, "a local Hugging Face model folder: the model to measure, or the "
+                                          "weights of --backbone")
+    random_base: bool = option(False, "measure a randomly initialised base-size Wav2Vec2Model (12 layers x 768) "
+                                      "saved to a folder and loaded from it (for GPU runs)")
+    device: str | None = option(None, "cpu or cuda (default: cuda when available)", identity=False)
+    minutes: float = option(3.0, "minutes of demo audio (4 singers, files of --file-seconds, at least 3 files "
+                                 "each)")
+    file_seconds: float = option(15.0, "length of each demo file; the build cuts it into 5 s clips")
+    num_workers: int = option(2, "worker processes of the build's decoding and of the DataLoaders")
+    batch_size: int = option(8, "clips (windows) per batch, reads and training")
+    epochs: int = option(10, "training epochs of the head")
+    recompute_epochs: int = option(2, "epochs of the recompute baseline actually run; fewer than --epochs are "
+                                      "extrapolated, and the table says so")
+    read_seconds: float = option(2.0, "time each DataLoader read for at least this long (best epoch reported)")
+    lr: float = option(3e-3, "Adam learning rate of the head (the paper's stage 1)")
+    seed: int = option(0, "seed of the head, the epoch orders and read positions")
+    workdir: str | None = option(None, "folder for the corpus, stores and outputs (default: a temporary folder, "
+                                       "removed at the end)", identity=False)
+    json: str | None = option(None, "write all results as JSON to this file", metavar="OUT", identity=False)
+    out: str | None = option(None, "write the table as markdown to this file", metavar="MD", identity=False)
+    no_warmup: bool = option(False, "skip the small untimed build that warms up imports, kernels and worker "
+                                    "start-up (the timed build then pays for them)")
+    quiet: bool = option(False, "no progress lines on stderr", identity=False)
+
+    def __post_init__(self):
+        if self.random_base and (self.backbone or self.model_path):
+            raise SpecError("random_base", "measures its own model: leave out backbone and model_path")
+        if not self.minutes > 0:
+            raise SpecError("minutes", f"must be > 0, got {self.minutes}")
+        if not self.file_seconds >= 1.0:
+            raise SpecError("file_seconds", f"must be >= 1, got {self.file_seconds}")
+        for name in ("batch_size", "epochs", "recompute_epochs"):
+            if getattr(self, name) < 1:
+                raise SpecError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise SpecError("num_workers", f"must be >= 0, got {self.num_workers}")
+        if self.recompute_epochs > self.epochs:
+            raise SpecError("recompute_epochs", f"{self.recompute_epochs} must not exceed epochs ({self.epochs})")
+        for name in ("read_seconds", "lr"):
+            if not getattr(self, name) > 0:
+                raise SpecError(name, f"must be > 0, got {getattr(self, name)}")
+        if self.device is not None and self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise SpecError("device", f"{self.device}: torch sees no CUDA device here")
+
+    def resolved_device(self) -> str:
+        """``device``, or cuda when torch sees one, else cpu."""
+        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def parse_args(argv=None) -> SpeedSpec:
+    """Command-line options (see ``--help``) -> the spec; ``--print-config`` prints it and exits."""
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.speed",
         description="The speed table: build vs bare forward passes and vs a naive loop, store window reads "
@@ -81,58 +139,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "the frontend every epoch, and peak RSS; one run on one demo corpus, each speed a ratio "
                     "against a baseline measured in the same run.",
         formatter_class=HelpFormatter)
-    p.add_argument("--backbone", default=None,
-                   help=f"registry name of the frontend (default {DEFAULT_BACKBONE}; with --model-path alone, the "
-                        "model in that folder)")
-    p.add_argument("--model-path", default=None,
-                   help="a local Hugging Face model folder: the model to measure, or the weights of --backbone")
-    p.add_argument("--random-base", action="store_true",
-                   help="measure a randomly initialised base-size Wav2Vec2Model (12 layers x 768) saved to a "
-                        "folder and loaded from it (for GPU runs)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--minutes", type=float, default=3.0,
-                   help="minutes of demo audio (4 singers, files of --file-seconds, at least 3 files each)")
-    p.add_argument("--file-seconds", type=float, default=15.0,
-                   help="length of each demo file; the build cuts it into 5 s clips")
-    p.add_argument("--num-workers", type=int, default=2,
-                   help="worker processes of the build's decoding and of the DataLoaders")
-    p.add_argument("--batch-size", type=int, default=8, help="clips (windows) per batch, reads and training")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs of the head")
-    p.add_argument("--recompute-epochs", type=int, default=2,
-                   help="epochs of the recompute baseline actually run; fewer than --epochs are extrapolated, "
-                        "and the table says so")
-    p.add_argument("--read-seconds", type=float, default=2.0,
-                   help="time each DataLoader read for at least this long (best epoch reported)")
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of the head (the paper's stage 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the head, the epoch orders and read positions")
-    p.add_argument("--workdir", default=None,
-                   help="folder for the corpus, stores and outputs (default: a temporary folder, removed at the end)")
-    p.add_argument("--json", metavar="OUT", default=None, help="write all results as JSON to this file")
-    p.add_argument("--out", metavar="MD", default=None, help="write the table as markdown to this file")
-    p.add_argument("--no-warmup", action="store_true",
-                   help="skip the small untimed build that warms up imports, kernels and worker start-up (the timed "
-                        "build then pays for them)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    args = p.parse_args(argv)
-    if args.random_base and (args.backbone or args.model_path):
-        p.error("--random-base measures its own model: leave out --backbone and --model-path")
-    if not args.minutes > 0 or not args.file_seconds >= 1.0:
-        p.error("--minutes must be > 0 and --file-seconds >= 1")
-    if min(args.batch_size, args.epochs, args.recompute_epochs) < 1 or args.num_workers < 0:
-        p.error("--batch-size, --epochs and --recompute-epochs must be >= 1, --num-workers >= 0")
-    if args.recompute_epochs > args.epochs:
-        p.error(f"--recompute-epochs ({args.recompute_epochs}) must not exceed --epochs ({args.epochs})")
-    if not args.read_seconds > 0 or not args.lr > 0:
-        p.error("--read-seconds and --lr must be > 0")
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error(f"--device {args.device}: torch sees no CUDA device here")
-    return args
+    add_options(p, SpeedSpec)
+    add_config_options(p)
+    return parse_spec(p, SpeedSpec, argv)
 
 
-def say(args, msg: str) -> None:
-    """A progress line on stderr (the table goes to stdout)."""
-    if not args.quiet:
+def say(quiet: bool, msg: str) -> None:
+    """A progress line on stderr (the table goes to stdout) unless ``quiet``."""
+    if not quiet:
         print(f"[speed {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
@@ -269,10 +283,10 @@ class EpochOrders(torch.utils.data.Sampler):
         return iter(order)
 
 
-def make_loader(ds, args, sampler) -> torch.utils.data.DataLoader:
-    """The loader a head trains with: ``--batch-size``, ``--num-workers`` persistent workers."""
-    return torch.utils.data.DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
-                                       persistent_workers=args.num_workers > 0)
+def make_loader(ds, sampler, batch_size: int, num_workers: int) -> torch.utils.data.DataLoader:
+    """The loader a head trains with: ``batch_size`` items per batch, ``num_workers`` persistent workers."""
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                                       persistent_workers=num_workers > 0)
 
 
 def time_epoch(loader) -> tuple[float, int]:
@@ -284,21 +298,21 @@ def time_epoch(loader) -> tuple[float, int]:
     return time.perf_counter() - t0, n
 
 
-def loader_reads(ds_store, ds_mm, args, shuffle: bool) -> dict:
+def loader_reads(ds_store, ds_mm, spec: SpeedSpec, shuffle: bool) -> dict:
     """Best epoch of the store's and the memmap's loaders, alternated epoch by epoch until each has
     run ``--read-seconds``, after one untimed warm-up epoch each (workers started, pages cached)."""
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(spec.seed)
     n = len(ds_store)
     orders = [rng.permutation(n).tolist() if shuffle else list(range(n)) for _ in range(64)]
-    loaders = {"store": make_loader(ds_store, args, EpochOrders(orders)),
-               "memmap": make_loader(ds_mm, args, EpochOrders(orders))}
+    loaders = {"store": make_loader(ds_store, EpochOrders(orders), spec.batch_size, spec.num_workers),
+               "memmap": make_loader(ds_mm, EpochOrders(orders), spec.batch_size, spec.num_workers)}
     res, pids = {}, {}
     for name, loader in loaders.items():
         before = set(children_peak_mib())
         time_epoch(loader)  # warm-up epoch: workers started, pages cached
         pids[name] = set(children_peak_mib()) - before
         res[name] = {"epochs": [], "bytes": 0}
-    while min(sum(r["epochs"]) for r in res.values()) < args.read_seconds or min(len(r["epochs"]) for r in res.values()) < 3:
+    while min(sum(r["epochs"]) for r in res.values()) < spec.read_seconds or min(len(r["epochs"]) for r in res.values()) < 3:
         for name, loader in loaders.items():
             s, nbytes = time_epoch(loader)
             res[name]["epochs"].append(s)
@@ -327,13 +341,13 @@ def same_items(ds_store, ds_mm, k: int = 4) -> bool:
 # head training: from the store vs recomputing the frontend every epoch
 # ----------------------------------------------------------------------------------------------
 
-def new_head(L: int, D: int, C: int, args, device) -> tuple[SumThenHead, torch.optim.Optimizer]:
+def new_head(L: int, D: int, C: int, seed: int, lr: float, device) -> tuple[SumThenHead, torch.optim.Optimizer]:
     """The paper's clip head (softmax-weighted layer sum, mean over each clip's valid frames, linear:
-    :class:`heads.modules.SumThenHead` on :func:`heads.finetune_model.masked_mean`), initialised from
-    ``--seed`` (the same weights for both paths), and its Adam."""
-    torch.manual_seed(args.seed)
+    :class:`heads.modules.SumThenHead` on :func:`heads.finetune_model.masked_mean`) for ``L`` layers x ``D``
+    dims and ``C`` classes, initialised from ``seed`` (the same weights for both paths), and its Adam at ``lr``."""
+    torch.manual_seed(seed)
     head = SumThenHead(L, D, torch.nn.Linear(D, C)).to(device)
-    return head, torch.optim.Adam(head.parameters(), lr=args.lr)
+    return head, torch.optim.Adam(head.parameters(), lr=lr)
 
 
 def step(head, opt, x, lengths, y) -> float:
@@ -347,15 +361,15 @@ def step(head, opt, x, lengths, y) -> float:
     return float(loss.detach())
 
 
-def train_from_store(ds, labels: torch.Tensor, orders, shape, n_classes, args) -> dict:
+def train_from_store(ds, labels: torch.Tensor, orders, shape, n_classes, spec: SpeedSpec) -> dict:
     """``--epochs`` epochs of the head, batches from the store through the DataLoader (worker start
     included in the time) -> {seconds, epoch_seconds, losses (mean per epoch)}."""
-    dev = torch.device(args.device)
-    head, opt = new_head(*shape, n_classes, args, dev)
-    loader = make_loader(ds, args, EpochOrders(orders))
+    dev = torch.device(spec.device)
+    head, opt = new_head(*shape, n_classes, spec.seed, spec.lr, dev)
+    loader = make_loader(ds, EpochOrders(orders), spec.batch_size, spec.num_workers)
     t0 = time.perf_counter()
     epochs, losses = [], []
-    for _ in range(args.epochs):
+    for _ in range(spec.epochs):
         e0, tot, nb = time.perf_counter(), 0.0, 0
         for batch in loader:
             x = batch["x"].to(dev, non_blocking=True)
@@ -371,20 +385,20 @@ def train_from_store(ds, labels: torch.Tensor, orders, shape, n_classes, args) -
 
 
 def train_recompute(fe, waves: list[np.ndarray], index: list[tuple[int, int]], n_frames: np.ndarray,
-                    labels: torch.Tensor, orders, shape, n_classes, args) -> dict:
+                    labels: torch.Tensor, orders, shape, n_classes, spec: SpeedSpec) -> dict:
     """``--recompute-epochs`` epochs of the same head on the same clips in the same order, each batch's
     audio run through the frontend again (no grad), as s3prl and MARBLE v2 train -> {seconds (of the
     epochs run), epoch_seconds, losses}. ``waves``: each clip's audio, decoded once, padded by
     ``fe.pad``; ``index``: the dataset's (row, start) items (whole clips)."""
     dev = frontend_device(fe)
-    head, opt = new_head(*shape, n_classes, args, dev)
+    head, opt = new_head(*shape, n_classes, spec.seed, spec.lr, dev)
     epochs, losses = [], []
     t0 = time.perf_counter()
-    for e in range(args.recompute_epochs):
+    for e in range(spec.recompute_epochs):
         e0, tot, nb = time.perf_counter(), 0.0, 0
         order = orders[e % len(orders)]
-        for i in range(0, len(order), args.batch_size):
-            rows = [index[j][0] for j in order[i:i + args.batch_size]]
+        for i in range(0, len(order), spec.batch_size):
+            rows = [index[j][0] for j in order[i:i + spec.batch_size]]
             longest = max(len(waves[r]) for r in rows)
             x = torch.zeros(len(rows), longest)
             for k, r in enumerate(rows):
@@ -406,48 +420,57 @@ def train_recompute(fe, waves: list[np.ndarray], index: list[tuple[int, int]], n
 # the run
 # ----------------------------------------------------------------------------------------------
 
-def resolve_backbone(args, workdir: Path) -> tuple[str, str | None, str]:
+def resolve_backbone(spec: SpeedSpec, workdir: Path) -> tuple[str, str | None, str]:
     """(backbone argument of build/load_frontend, model_path or None, label for the table)."""
-    if args.random_base:
+    if spec.random_base:
         folder = workdir / "wav2vec2-base-random"
         if not (folder / "config.json").exists():
             save_model(folder, "base")
         return str(folder), None, "random-initialised Wav2Vec2Model, base size (12 x 768)"
-    if args.model_path and not args.backbone:
-        return str(args.model_path), None, f"model folder {args.model_path}"
-    bb = args.backbone or DEFAULT_BACKBONE
-    return bb, args.model_path, bb + (f" (weights from {args.model_path})" if args.model_path else "")
+    if spec.model_path and not spec.backbone:
+        return str(spec.model_path), None, f"model folder {spec.model_path}"
+    bb = spec.backbone or DEFAULT_BACKBONE
+    return bb, spec.model_path, bb + (f" (weights from {spec.model_path})" if spec.model_path else "")
 
 
-def corpus_files(args) -> int:
-    """Demo files per singer for ``--minutes`` of audio (at least 3: train, valid, test)."""
-    return max(3, round(args.minutes * 60 / (N_SINGERS * args.file_seconds)))
+def corpus_files(minutes: float, file_seconds: float) -> int:
+    """Demo files per singer for ``minutes`` of audio in files of ``file_seconds`` (at least 3: train,
+    valid, test)."""
+    return max(3, round(minutes * 60 / (N_SINGERS * file_seconds)))
 
 
-def run(args, workdir: Path) -> dict:
-    """Every measurement on one corpus -> the results dict (what ``--json`` writes)."""
+def run_speed(spec: SpeedSpec) -> dict:
+    """Every measurement of the speed table on one demo corpus, in ``spec.workdir`` (None: a temporary
+    folder, removed afterwards) -> the results dict (what ``--json`` writes; :func:`format_table` prints it)."""
+    spec = replace(spec, device=spec.resolved_device())
+    with work_folder(spec.workdir, "singfront-speed-") as workdir:
+        return run(spec, workdir)
+
+
+def run(spec: SpeedSpec, workdir: Path) -> dict:
+    """:func:`run_speed` in ``workdir``; ``spec.device`` must be resolved (not None)."""
     t_start = time.perf_counter()
     load_start = list(os.getloadavg())
     mem: dict = {}
-    backbone, model_path, label = resolve_backbone(args, workdir)
-    build_kw = {"device": args.device, "model_path": model_path}
-    per_singer = corpus_files(args)
-    say(args, f"demo corpus: {N_SINGERS} singers x {per_singer} files x {args.file_seconds:g} s")
+    backbone, model_path, label = resolve_backbone(spec, workdir)
+    build_kw = {"device": spec.device, "model_path": model_path}
+    per_singer = corpus_files(spec.minutes, spec.file_seconds)
+    say(spec.quiet, f"demo corpus: {N_SINGERS} singers x {per_singer} files x {spec.file_seconds:g} s")
     manifest = make_demo_corpus(workdir / "corpus", n_singers=N_SINGERS, clips_per_singer=per_singer,
-                                duration_s=args.file_seconds)
+                                duration_s=spec.file_seconds)
     # the build: a small untimed build first (imports, kernels, worker start-up paths), then the timed one
-    if not args.no_warmup:
-        say(args, f"warm-up build ({label}, {args.device})")
+    if not spec.no_warmup:
+        say(spec.quiet, f"warm-up build ({label}, {spec.device})")
         warm = make_demo_corpus(workdir / "warm-corpus", n_singers=1, clips_per_singer=3, duration_s=2.0)
-        time_build(warm, workdir / "warm.zarr", backbone, args.num_workers, **build_kw)
-    say(args, "build")
-    gpu = GpuSampler(args.device) if args.device.startswith("cuda") else None
+        time_build(warm, workdir / "warm.zarr", backbone, spec.num_workers, **build_kw)
+    say(spec.quiet, "build")
+    gpu = GpuSampler(spec.device) if spec.device.startswith("cuda") else None
     with Stage(mem, "build"):
         if gpu:
             with gpu:
-                build_s, summary = time_build(manifest, workdir / "bench.zarr", backbone, args.num_workers, **build_kw)
+                build_s, summary = time_build(manifest, workdir / "bench.zarr", backbone, spec.num_workers, **build_kw)
         else:
-            build_s, summary = time_build(manifest, workdir / "bench.zarr", backbone, args.num_workers, **build_kw)
+            build_s, summary = time_build(manifest, workdir / "bench.zarr", backbone, spec.num_workers, **build_kw)
     store = open_store(workdir / "bench.zarr")
     bb = store.backbones[0]
     offsets = store.offsets(bb)
@@ -458,10 +481,10 @@ def run(args, workdir: Path) -> dict:
     audio_s = float(np.sum(np.asarray(clips["end_s"]) - np.asarray(clips["start_s"])))
 
     # bare forward passes over the same clips, the build's batch size for this device
-    say(args, "bare forward passes")
-    fe = load_frontend(backbone, path=model_path, device=args.device)
+    say(spec.quiet, "bare forward passes")
+    fe = load_frontend(backbone, path=model_path, device=spec.device)
     waves = decode_clips(clips, fe)
-    ext = ExtractSettings(batch_s=resolve_batch_seconds(None, args.device))
+    ext = ExtractSettings(batch_s=resolve_batch_seconds(None, spec.device))
     batches = forward_batches(waves, n_frames, fe, ext)
     with torch.inference_mode():  # warm-up: one row of the first batch
         dev = frontend_device(fe)
@@ -472,12 +495,12 @@ def run(args, workdir: Path) -> dict:
     del batches
 
     # the naive loop
-    say(args, "naive per-file loop")
+    say(spec.quiet, "naive per-file loop")
     with Stage(mem, "naive"):
         naive_s, naive = time_naive(manifest, fe, workdir / "naive", ClipSettings())
 
     # reads: the store vs a raw memmap of the same frames, warm cache
-    say(args, "reads: store vs raw memmap")
+    say(spec.quiet, "reads: store vs raw memmap")
     mm = write_memmap(frames, workdir / "frames.npy", frames.chunks[0] * 8)
     window = int(n_frames.max())  # one window = one whole clip, as the head below trains
     ds_store = FrameWindowDataset(store, bb, window=window)
@@ -486,9 +509,9 @@ def run(args, workdir: Path) -> dict:
     reads = {}
     for kind, shuffle in (("random", True), ("scan", False)):
         with Stage(mem, f"reads_{kind}"):
-            reads[kind] = loader_reads(ds_store, ds_mm, args, shuffle)
+            reads[kind] = loader_reads(ds_store, ds_mm, spec, shuffle)
     reader = store._reader(bb)
-    windows = read_windows(offsets, window, max(1000, 4 * len(ds_store)), args.seed)
+    windows = read_windows(offsets, window, max(1000, 4 * len(ds_store)), spec.seed)
     block = frames.chunks[0] * 8
     time_scan_copy(reader, block)
     time_scan_copy(mm, block)
@@ -499,9 +522,9 @@ def run(args, workdir: Path) -> dict:
             best = math.inf
             for _ in range(3):
                 if kind == "random":
-                    s, extra = time_random_reads(arr, windows, args.batch_size)
+                    s, extra = time_random_reads(arr, windows, spec.batch_size)
                 else:
-                    s, extra = time_scan_copy(arr, block, min_seconds=args.read_seconds / 4)
+                    s, extra = time_scan_copy(arr, block, min_seconds=spec.read_seconds / 4)
                 s = s / extra.get("passes", 1)
                 best = min(best, s)
             r[name] = {"seconds": best, "mb_per_s": extra["bytes"] / extra.get("passes", 1) / MB / best}
@@ -510,30 +533,30 @@ def run(args, workdir: Path) -> dict:
     del mm
 
     # head training: 10 epochs from the store vs the frontend recomputed every epoch
-    say(args, f"head training: {args.epochs} epochs from the store")
+    say(spec.quiet, f"head training: {spec.epochs} epochs from the store")
     singers = store.labels("singer")
     classes = sorted(set(singers.tolist()))
     labels = torch.tensor([classes.index(v) for v in singers.tolist()])
-    rng = np.random.default_rng(args.seed + 1)
-    orders = [rng.permutation(len(ds_store)).tolist() for _ in range(args.epochs)]
+    rng = np.random.default_rng(spec.seed + 1)
+    orders = [rng.permutation(len(ds_store)).tolist() for _ in range(spec.epochs)]
     with Stage(mem, "train_store"):
-        tr_store = train_from_store(ds_store, labels, orders, (L, D), len(classes), args)
-    say(args, f"head training: {args.recompute_epochs} epoch(s) recomputing the frontend")
+        tr_store = train_from_store(ds_store, labels, orders, (L, D), len(classes), spec)
+    say(spec.quiet, f"head training: {spec.recompute_epochs} epoch(s) recomputing the frontend")
     with Stage(mem, "train_recompute"):
-        tr_re = train_recompute(fe, waves, ds_store.index, n_frames, labels, orders, (L, D), len(classes), args)
-    per_epoch = tr_re["seconds"] / args.recompute_epochs
-    recompute_total = per_epoch * args.epochs
-    k = args.recompute_epochs
+        tr_re = train_recompute(fe, waves, ds_store.index, n_frames, labels, orders, (L, D), len(classes), spec)
+    per_epoch = tr_re["seconds"] / spec.recompute_epochs
+    recompute_total = per_epoch * spec.epochs
+    k = spec.recompute_epochs
     loss_diff = max(abs(a - b) for a, b in zip(tr_store["losses"][:k], tr_re["losses"]))
 
     def row(name, baseline, seconds, base_seconds, mem_keys, note=""):
         return {"name": name, "baseline": baseline, "seconds": seconds, "baseline_seconds": base_seconds,
                 "speed": base_seconds / seconds, "mem": [mem[m]["self_peak_mib"] for m in mem_keys], "note": note}
 
-    dl = f"DataLoader, {args.num_workers} workers, batch {args.batch_size}"
-    extrapolated = k < args.epochs
-    re_note = (f"measured {k} of {args.epochs} epochs ({per_epoch:.2f} s each), extrapolated x {args.epochs}/{k}"
-               if extrapolated else f"all {args.epochs} epochs measured")
+    dl = f"DataLoader, {spec.num_workers} workers, batch {spec.batch_size}"
+    extrapolated = k < spec.epochs
+    re_note = (f"measured {k} of {spec.epochs} epochs ({per_epoch:.2f} s each), extrapolated x {spec.epochs}/{k}"
+               if extrapolated else f"all {spec.epochs} epochs measured")
     rows = [
         row("featurestore build", "bare forward passes of the frontend", build_s, fwd_s, ["build", "forward"]),
         row("featurestore build", "naive per-file loop (load, model per 5 s segment, np.save per layer)",
@@ -549,19 +572,19 @@ def run(args, workdir: Path) -> dict:
             f"{len(windows)} windows"),
         row("store reader, full sequential scan (no loader)", "raw np.memmap",
             inproc["scan"]["store"]["seconds"], inproc["scan"]["memmap"]["seconds"], [], "seconds per scan"),
-        row(f"head training, {args.epochs} epochs from the store, build included",
+        row(f"head training, {spec.epochs} epochs from the store, build included",
             "recomputing the frontend every epoch", build_s + tr_store["seconds"], recompute_total,
             ["train_store", "train_recompute"], re_note),
-        row(f"head training, {args.epochs} epochs from the store (already built)",
+        row(f"head training, {spec.epochs} epochs from the store (already built)",
             "recomputing the frontend every epoch", tr_store["seconds"], recompute_total,
             ["train_store", "train_recompute"], re_note),
     ]
     facts = machine_facts()
-    if args.device.startswith("cuda"):
-        facts["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
+    if spec.device.startswith("cuda"):
+        facts["gpu"] = torch.cuda.get_device_name(torch.device(spec.device))
     return {
-        "machine": {**facts, "device": args.device, "loadavg_start": load_start, "loadavg_end": list(os.getloadavg())},
-        "config": {k_: v for k_, v in vars(args).items() if k_ not in ("json", "out", "workdir", "quiet")},
+        "machine": {**facts, "device": spec.device, "loadavg_start": load_start, "loadavg_end": list(os.getloadavg())},
+        "config": {k_: v for k_, v in to_dict(spec).items() if k_ not in ("json", "out", "workdir", "quiet")},
         "backbone": label,
         "corpus": {"files": N_SINGERS * per_singer, "clips": len(store), "audio_seconds": audio_s,
                    "frames": int(n_frames.sum()), "layers": L, "dim": D, "dtype": str(frames.dtype),
@@ -631,17 +654,16 @@ def format_table(r: dict) -> str:
 
 def main(argv=None) -> int:
     """Run the benchmark, print the table, write ``--json`` / ``--out`` if asked."""
-    args = parse_args(argv)
-    with work_folder(args.workdir, "singfront-speed-") as workdir:
-        results = run(args, workdir)
+    spec = parse_args(argv)
+    results = run_speed(spec)
     table = format_table(results)
     print(table)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table + "\n")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if spec.out:
+        Path(spec.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(spec.out).write_text(table + "\n")
+    if spec.json:
+        Path(spec.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(spec.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
     return 0
 
 

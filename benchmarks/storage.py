@@ -27,41 +27,94 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.workdir import work_folder, write_outputs
-from featurestore.cli import HelpFormatter
+from featurestore.cli import HelpFormatter, parse_spec
+from featurestore.options import SpecError, add_config_options, add_options, option
 
 #: chunk frames and the bytes of one (offset, step) pair per layer and channel per chunk
 _CHUNK, _QBYTES = 256, 8
 
 
-@dataclass
+@dataclass(frozen=True)
 class StorageSpec:
-    """What one run measures. workdir: corpus and store (None: a temporary folder); corpus:
-    n_singers x clips_per_singer demo clips of duration_s; segment_s: clip length in the store;
-    layers: the subset the ``layers`` option keeps (model indices); windows / window_frames /
-    repeats: the read measurement; epochs / lr: every probe's; seed: heads and read positions."""
+    """What one run measures (fields = the command's options, ``--config`` keys and keywords). corpus:
+    n_singers x clips_per_singer demo clips of duration_s seconds; segment_s: clip length in the store
+    (s); layers: the subset the ``layers`` option keeps (model indices; "0,2,4" on the command line);
+    windows / window_frames / repeats: the read measurement; epochs / lr: every probe's (lr: one rate
+    or a comma-separated grid); seed: corpus, heads and read positions; workdir: corpus and store
+    (None: a temporary folder); options: the store options compared."""
 
-    workdir: str | None = None
-    backbone: str = "crepe-tiny"
-    n_singers: int = 4
-    clips_per_singer: int = 8
-    duration_s: float = 5.0
-    segment_s: float = 5.0
-    layers: tuple[int, ...] = (0, 2, 4)
-    windows: int = 300
-    window_frames: int = 100
-    repeats: int = 5
-    epochs: int = 40
-    lr: str = "3e-3,1e-2"
-    seed: int = 0
-    num_workers: int = 0
-    progress: bool = True
-    options: list[str] = field(default_factory=lambda: ["float16", "int8", "frames none", "layers"])
+    backbone: str = option("crepe-tiny", "registry name of the frontend (weights needed locally)")
+    n_singers: int = option(4, "demo singers", cli=False)
+    clips_per_singer: int = option(8, "demo clips per singer (4 singers, >= 3)")
+    duration_s: float = option(5.0, "length of each demo clip (s)", flag="--duration-seconds",
+                            metavar="DURATION_SECONDS")
+    segment_s: float = option(5.0, "clip length in the store (s); also the clip length of the published "
+                                   "pooled-only sizes", flag="--segment-seconds",
+                            metavar="SEGMENT_SECONDS")
+    layers: tuple[int, ...] = option((0, 2, 4), "model layer indices the 'layers' option keeps")
+    windows: int = option(300, "random windows per read measurement")
+    window_frames: int = option(100, "frames per window")
+    repeats: int = option(5, "timed passes over the windows (best kept)")
+    epochs: int = option(40, "epochs of the linear and crf probes")
+    lr: str = option("3e-3,1e-2", "learning-rate grid of the linear and crf probes (chosen on the selection "
+                                  "split)")
+    seed: int = option(0, "seed of the corpus, the heads and the read positions")
+    num_workers: int = option(0, "audio decoding workers of the builds", cli=False, identity=False)
+    options: tuple[str, ...] = option(("float16", "int8", "frames none", "layers"), "store options compared",
+                                      cli=False)
+    workdir: str | None = option(None, "folder for the corpus and store (default: temporary, removed)",
+                                 identity=False)
+    json: str | None = option(None, "write all results as JSON to this file", metavar="OUT", identity=False)
+    out: str | None = option(None, "write the tables as markdown to this file", metavar="MD", identity=False)
+    quiet: bool = option(False, "no progress lines or bars", identity=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", _layer_tuple(self.layers))
+        object.__setattr__(self, "options", tuple(self.options))
+        from heads.training import lr_grid
+
+        try:
+            lrs = lr_grid(self.lr)
+        except (TypeError, ValueError):
+            lrs = []
+        if not lrs or min(lrs) <= 0:
+            raise SpecError("lr", f"expects positive learning rates, got {self.lr!r}")
+        for name in ("windows", "window_frames", "repeats", "epochs", "n_singers"):
+            if getattr(self, name) < 1:
+                raise SpecError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.clips_per_singer < 3:
+            raise SpecError("clips_per_singer", f"must be >= 3, got {self.clips_per_singer}")
+        for name in ("duration_s", "segment_s"):
+            if not getattr(self, name) > 0:
+                raise SpecError(name, f"must be > 0 seconds, got {getattr(self, name)}")
+        for opt in self.options:
+            try:
+                option_settings(opt, self.layers)
+            except ValueError as e:
+                raise SpecError("options", str(e)) from None
+
+    @property
+    def progress(self) -> bool:
+        """Progress lines and bars (not ``quiet``)."""
+        return not self.quiet
+
+
+def _layer_tuple(value) -> tuple[int, ...]:
+    """``"0,2,4"`` or a list of layer indices -> (0, 2, 4) sorted and distinct; SpecError naming ``layers``."""
+    text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+    try:
+        layers = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        layers = []
+    if not layers or layers[0] < 0:
+        raise SpecError("layers", f"expects layer indices >= 0 such as 0,2,4, got {value!r}")
+    return tuple(layers)
 
 
 # ---- published sizes -----------------------------------------------------------------------------
@@ -110,10 +163,10 @@ def build_stores(spec: StorageSpec, workdir: Path) -> tuple[Path, dict[str, str]
     store = workdir / "store.zarr"
     base = resolve(spec.backbone).name
     names = {}
-    for option in spec.options:
-        suffix, ext = option_settings(option, spec.layers)
-        names[option] = base + suffix
-        build(manifest, store, [spec.backbone], name=names[option], extract=ext, progress=spec.progress,
+    for opt in spec.options:
+        suffix, ext = option_settings(opt, spec.layers)
+        names[opt] = base + suffix
+        build(manifest, store, [spec.backbone], name=names[opt], extract=ext, progress=spec.progress,
               num_workers=spec.num_workers, clip_settings=ClipSettings(segment_s=spec.segment_s))
     return store, names
 
@@ -265,10 +318,10 @@ def run(spec: StorageSpec) -> dict:
         reads = time_reads(store, readable, memmaps, windows, spec.repeats)
         del memmaps, files
         rows = []
-        for option, name in names.items():
-            _say(spec, f"probes on {option} ({name})")
+        for opt, name in names.items():
+            _say(spec, f"probes on {opt} ({name})")
             nbytes = backbone_bytes(path, name)
-            row = {"option": option, "backbone": name, "bytes": nbytes, "bytes_per_hour": nbytes / hours,
+            row = {"option": opt, "backbone": name, "bytes": nbytes, "bytes_per_hour": nbytes / hours,
                    "size_ratio": nbytes / ref_bytes, "layers": store.layer_ids(name),
                    "frames_bytes": backbone_bytes(path, name, frame_arrays),
                    "frames_ratio": backbone_bytes(path, name, frame_arrays) / ref_frames}
@@ -338,7 +391,8 @@ def format_tables(r: dict) -> str:
 
 # ---- command line ------------------------------------------------------------------------------------
 
-def parse_args(argv=None) -> tuple[StorageSpec, argparse.Namespace]:
+def parse_args(argv=None) -> StorageSpec:
+    """Command-line options (see ``--help``) -> the spec; ``--print-config`` prints it and exits."""
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.storage",
         description="Store options against float16 on one demo corpus: bytes per audio-hour (published sizes of "
@@ -346,50 +400,13 @@ def parse_args(argv=None) -> tuple[StorageSpec, argparse.Namespace]:
                     "the probe results of the same heads on the same splits (singer macro-F1 with linear and "
                     "logreg, COnP with crf).",
         formatter_class=HelpFormatter)
-    d = StorageSpec()
-    p.add_argument("--backbone", default=d.backbone, help="registry name of the frontend (weights needed locally)")
-    p.add_argument("--clips-per-singer", type=int, default=d.clips_per_singer,
-                   help=f"demo clips per singer ({d.n_singers} singers, >= 3)")
-    p.add_argument("--duration-seconds", type=float, default=d.duration_s, help="length of each demo clip (s)")
-    p.add_argument("--segment-seconds", type=float, default=d.segment_s,
-                   help="clip length in the store (s); also the clip length of the published pooled-only sizes")
-    p.add_argument("--layers", default=",".join(map(str, d.layers)),
-                   help="model layer indices the 'layers' option keeps")
-    p.add_argument("--windows", type=int, default=d.windows, help="random windows per read measurement")
-    p.add_argument("--window-frames", type=int, default=d.window_frames, help="frames per window")
-    p.add_argument("--repeats", type=int, default=d.repeats, help="timed passes over the windows (best kept)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs of the linear and crf probes")
-    p.add_argument("--lr", default=d.lr, help="learning-rate grid of the linear and crf probes (chosen on the "
-                                              "selection split)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the corpus, the heads and the read positions")
-    p.add_argument("--workdir", default=None, help="folder for the corpus and store (default: temporary, removed)")
-    p.add_argument("--json", metavar="OUT", default=None, help="write all results as JSON to this file")
-    p.add_argument("--out", metavar="MD", default=None, help="write the tables as markdown to this file")
-    p.add_argument("--quiet", action="store_true", help="no progress lines or bars")
-    args = p.parse_args(argv)
-    from featurestore.build import parse_layer_list
-
-    try:
-        layers = parse_layer_list(args.layers)
-        from heads.training import lr_grid
-
-        if not lr_grid(args.lr) or min(lr_grid(args.lr)) <= 0:
-            raise ValueError(f"--lr expects positive learning rates, got {args.lr!r}")
-    except ValueError as e:
-        p.error(str(e))
-    if min(args.windows, args.window_frames, args.repeats, args.epochs) < 1 or args.clips_per_singer < 3:
-        p.error("--windows, --window-frames, --repeats and --epochs must be >= 1, --clips-per-singer >= 3")
-    if not args.duration_seconds > 0 or not args.segment_seconds > 0:
-        p.error("--duration-seconds and --segment-seconds must be > 0")
-    spec = StorageSpec(workdir=args.workdir, backbone=args.backbone, clips_per_singer=args.clips_per_singer,
-                       duration_s=args.duration_seconds, segment_s=args.segment_seconds, layers=layers,
-                       windows=args.windows, window_frames=args.window_frames, repeats=args.repeats,
-                       epochs=args.epochs, lr=args.lr, seed=args.seed, progress=not args.quiet)
-    return spec, args
+    add_options(p, StorageSpec, defaults={"layers": ",".join(map(str, StorageSpec.layers))})
+    add_config_options(p)
+    return parse_spec(p, StorageSpec, argv)
 
 
 def main(argv=None) -> int:
-    spec, args = parse_args(argv)
+    spec = parse_args(argv)
     try:
         result = run(spec)
     except (ValueError, KeyError, RuntimeError, OSError) as e:
@@ -397,7 +414,7 @@ def main(argv=None) -> int:
         return 2
     text = format_tables(result)
     print(text)
-    write_outputs(text, result, args.out, args.json)
+    write_outputs(text, result, spec.out, spec.json)
     return 0
 
 

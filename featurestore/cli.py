@@ -22,3 +22,23 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
                 or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
             return text
         return text + " (default: %(default)s)"
+
+
+def parse_spec(parser: argparse.ArgumentParser, cls, argv=None, make=None):
+    """Parse ``argv`` into a spec of dataclass ``cls`` (declared with :func:`featurestore.options.option`):
+    ``--config FILE`` values first (keys: the fields of ``cls``; any other key exits 2 naming it),
+    options given on the command line over them, then ``make(args)`` (default
+    :func:`featurestore.options.from_namespace`). A refused setting (:class:`~featurestore.options.SpecError`)
+    exits 2 naming its flag, like a bad option; ``--print-config`` prints the spec as YAML and exits 0.
+    ``parser`` must have had :func:`featurestore.options.add_config_options`."""
+    from featurestore import options
+
+    args = options.parse_with_config(parser, argv, names=options.field_names(cls))
+    try:
+        spec = make(args) if make is not None else options.from_namespace(cls, args)
+    except options.SpecError as e:
+        parser.error(e.as_flag())
+    if args.print_config:
+        print(options.to_yaml(spec), end="")
+        parser.exit(0)
+    return spec

@@ -318,8 +318,8 @@ def test_build_options_are_checked_before_anything_is_extracted(tmp_path, capsys
     inp = tmp_path / "audio"
     noise_clips(inp, 16000, [1.0])
     base = ["--input", str(inp), "--store", str(tmp_path / "s.zarr"), "--num-workers", "0", "--no-progress"]
-    for extra, msg in ((["--layers", "1,x"], "--layers expects"), (["--dtype", "int8", "--frames", "none"],
-                                                                   "--frames none")):
+    for extra, msg in ((["--layers", "1,x"], "--layers: expects"), (["--dtype", "int8", "--frames", "none"],
+                                                                    "--dtype: int8 quantises frames and frames none")):
         with pytest.raises(SystemExit):
             main(base + extra)
         assert msg in capsys.readouterr().err
