@@ -36,6 +36,8 @@ def add_field(parser, cls, name: str, *, positional: bool = False, **kw) -> argp
     f, kind = next((f, kind) for f, kind in fields_of(cls) if f.name == name)
     m = _meta(f)
     args = dict(help=m["help"], **kw)
+    if m.get("nargs") is not None:
+        args.setdefault("nargs", m["nargs"])
     if m["metavar"]:
         args["metavar"] = m["metavar"]
     if m["choices"] is not None:

@@ -34,7 +34,7 @@ class Migrated:
 class MigrateSpec:
     """The run folders to convert, and the caller's statement that their pickles are trusted."""
 
-    runs: tuple[str, ...] = option((), "run folders (each holding head.joblib)")
+    runs: tuple[str, ...] = option((), "run folders (each holding head.joblib)", nargs="+")
     trust_pickle: bool = option(False, "required: you trust the origin of these folders (loading a pickle can run "
                                        "its code)")
     overwrite: bool = option(False, "convert again where head.json already exists")
@@ -97,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m heads.migrate", formatter_class=HelpFormatter,
                                 description="Convert run folders holding a pickled head.joblib (earlier versions) "
                                             "to head.json + head.safetensors, which load without running code.")
-    add_field(p, MigrateSpec, "runs", positional=True, nargs="+", type=str)
+    add_field(p, MigrateSpec, "runs", positional=True)
     add_options(p, MigrateSpec, skip=("runs",))
     return p.parse_args(argv)
 
