@@ -30,8 +30,11 @@ Steps:
    (left) and by KMeans cluster (right; each cluster coloured like the pitch class it matches best, by
    Hungarian matching), saved as ``out/tsne.png``.
 
-From code: :func:`pitch_class_frames`, :func:`cluster_assignments`, :func:`cluster_scores`,
-:func:`plot_tsne`, :func:`frame_pitch_classes`.
+From code, the whole analysis: ``run_clustering(ClusteringSpec(demo=True, per_class=100, out="clus"))``
+returns a :class:`ClusteringReport` (without ``out`` nothing is written and no t-SNE computed); the
+command line is the same spec (``--print-config`` writes it as YAML, ``--config FILE`` reads it back,
+flags beside it win). Its steps: :func:`pitch_class_frames`, :func:`cluster_assignments`,
+:func:`cluster_scores`, :func:`plot_tsne`, :func:`frame_pitch_classes`.
 """
 from __future__ import annotations
 
