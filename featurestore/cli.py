@@ -42,3 +42,28 @@ def parse_spec(parser: argparse.ArgumentParser, cls, argv=None, make=None):
         print(options.to_yaml(spec), end="")
         parser.exit(0)
     return spec
+
+
+def add_field(parser, cls, name: str, *, positional: bool = False, **kw) -> argparse.Action:
+    """One field of the spec class ``cls`` (declared with :func:`featurestore.options.option`) as an
+    argument that :func:`featurestore.options.add_options` does not make: a positional argument
+    (``positional=True``, named like the field, its ``metavar`` shown) or an option with an argparse
+    ``action``/``nargs`` of its own (``kw``, e.g. ``action="append"``). Help, choices, metavar and the
+    default come from the field's declaration, so the setting is still declared once; leave the field
+    out of ``add_options`` with ``skip``."""
+    from featurestore.options import _meta, fields_of, flag_of
+
+    f, kind = next((f, kind) for f, kind in fields_of(cls) if f.name == name)
+    m = _meta(f)
+    args = dict(help=m["help"], **kw)
+    if m.get("nargs") is not None:
+        args.setdefault("nargs", m["nargs"])
+    if m["metavar"]:
+        args["metavar"] = m["metavar"]
+    if m["choices"] is not None:
+        args["choices"] = m["choices"]
+    if kind is not bool and kw.get("action") not in ("store_true", "store_false"):
+        args.setdefault("type", m["type"] or kind)
+    if positional:
+        return parser.add_argument(name, **args)
+    return parser.add_argument(m["flag"] or flag_of(name), dest=name, default=f.default, **args)

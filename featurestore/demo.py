@@ -20,12 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 from scipy.ndimage import uniform_filter1d
 from scipy.signal import lfilter
+
+from featurestore.cli import add_field
+from featurestore.options import SpecError, add_options, from_namespace, option
 
 __all__ = [
     "DEMO_SAMPLE_RATE",
@@ -34,6 +38,8 @@ __all__ = [
     "synth_melody",
     "random_notes",
     "make_demo_corpus",
+    "DemoCorpusSpec",
+    "write_demo_corpus",
     "main",
 ]
 
@@ -501,6 +507,37 @@ def _corpus_complete(root: Path, manifest_path: Path) -> bool:
         isinstance(r, dict) and (root / r.get("path", "")).is_file() for r in records)
 
 
+@dataclass(frozen=True)
+class DemoCorpusSpec:
+    """The settings of the demo corpus (:func:`make_demo_corpus`), validated when made. ``duration``
+    is ``make_demo_corpus``'s ``duration_s`` (s)."""
+
+    out_dir: str | None = option(None, "output folder", metavar="OUT_DIR")
+    n_singers: int = option(4, f"number of singers, 1..{len(SINGERS)} (default: 4)")
+    clips_per_singer: int = option(8, "clips per singer, >= 3 (default: 8)")
+    duration: float = option(5.0, "clip length in seconds (default: 5.0)")
+    seed: int = option(0, "random seed (default: 0)")
+    sr: int = option(DEMO_SAMPLE_RATE, f"sample rate in Hz (default: {DEMO_SAMPLE_RATE})")
+
+    def __post_init__(self):
+        if not self.out_dir:
+            raise SpecError("out_dir", "give the output folder")
+        try:
+            for name, kind in (("n_singers", int), ("clips_per_singer", int), ("duration", float), ("seed", int),
+                               ("sr", int)):
+                object.__setattr__(self, name, kind(getattr(self, name)))
+        except (TypeError, ValueError):
+            raise SpecError(name, f"expected a number, got {getattr(self, name)!r}") from None
+        if self.clips_per_singer < 3:
+            raise SpecError("clips_per_singer", f"must be >= 3 (train/valid/test), got {self.clips_per_singer}")
+        if not 1 <= self.n_singers <= len(SINGERS):
+            raise SpecError("n_singers", f"must be in 1..{len(SINGERS)}, got {self.n_singers}")
+        if self.duration < 0.35:
+            raise SpecError("duration", f"must be >= 0.35 s, got {self.duration}")
+        if self.sr <= 0:
+            raise SpecError("sr", f"must be positive, got {self.sr}")
+
+
 def make_demo_corpus(root, *, n_singers: int = 4, clips_per_singer: int = 8, duration_s: float = 5.0,
                      seed: int = 0, sr: int = DEMO_SAMPLE_RATE) -> Path:
     """Write the synthetic demo corpus under ``root`` and return ``root / 'manifest.json'``.
@@ -536,19 +573,13 @@ def make_demo_corpus(root, *, n_singers: int = 4, clips_per_singer: int = 8, dur
     one are removed.
 
     Raises:
-        ValueError: ``clips_per_singer < 3``, ``n_singers`` out of range, ``duration_s < 0.35``
-        or ``sr <= 0``.
+        SpecError (a ValueError) naming the setting: ``clips_per_singer < 3``, ``n_singers`` out of
+        range, ``duration_s < 0.35`` (named ``duration``) or ``sr <= 0``.
     """
-    n_singers, clips_per_singer, seed, sr = int(n_singers), int(clips_per_singer), int(seed), int(sr)
-    duration_s = float(duration_s)
-    if clips_per_singer < 3:
-        raise ValueError(f"clips_per_singer must be >= 3 (train/valid/test), got {clips_per_singer}")
-    if not 1 <= n_singers <= len(SINGERS):
-        raise ValueError(f"n_singers must be in 1..{len(SINGERS)}, got {n_singers}")
-    if duration_s < 0.35:
-        raise ValueError(f"duration_s must be >= 0.35 s, got {duration_s}")
-    if sr <= 0:
-        raise ValueError(f"sr must be positive, got {sr}")
+    spec = DemoCorpusSpec(out_dir=str(root), n_singers=n_singers, clips_per_singer=clips_per_singer,
+                          duration=duration_s, seed=seed, sr=sr)  # validates (SpecError, a ValueError)
+    n_singers, clips_per_singer, seed, sr = spec.n_singers, spec.clips_per_singer, spec.seed, spec.sr
+    duration_s = spec.duration
 
     root = Path(root)
     manifest_path = root / "manifest.json"
@@ -610,28 +641,24 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_demo_corpus(spec: DemoCorpusSpec) -> Path:
+    """:func:`make_demo_corpus` with the settings of ``spec``; returns the manifest path."""
+    return make_demo_corpus(spec.out_dir, n_singers=spec.n_singers, clips_per_singer=spec.clips_per_singer,
+                            duration_s=spec.duration, seed=spec.seed, sr=spec.sr)
+
+
 def main(argv=None) -> int:
     """CLI: ``python -m featurestore.demo OUT_DIR [--n-singers N] ...``; prints the manifest path."""
     parser = argparse.ArgumentParser(
         prog="python -m featurestore.demo",
         description="Generate the synthetic singing demo corpus (WAV files + manifest.json).")
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
-    parser.add_argument("--n-singers", type=int, default=4,
-                        help=f"number of singers, 1..{len(SINGERS)} (default: 4)")
-    parser.add_argument("--clips-per-singer", type=int, default=8,
-                        help="clips per singer, >= 3 (default: 8)")
-    parser.add_argument("--duration", type=float, default=5.0,
-                        help="clip length in seconds (default: 5.0)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--sr", type=int, default=DEMO_SAMPLE_RATE,
-                        help=f"sample rate in Hz (default: {DEMO_SAMPLE_RATE})")
+    add_field(parser, DemoCorpusSpec, "out_dir", positional=True)
+    add_options(parser, DemoCorpusSpec, skip=("out_dir",))
     args = parser.parse_args(argv)
     try:
-        path = make_demo_corpus(args.out_dir, n_singers=args.n_singers,
-                                clips_per_singer=args.clips_per_singer, duration_s=args.duration,
-                                seed=args.seed, sr=args.sr)
-    except ValueError as e:
-        parser.error(str(e))
+        path = write_demo_corpus(from_namespace(DemoCorpusSpec, args))
+    except SpecError as e:
+        parser.error(e.as_flag())
     print(path)
     return 0
 

@@ -22,12 +22,14 @@ import argparse
 import csv
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 
-from featurestore.cli import HelpFormatter
+from featurestore.cli import HelpFormatter, add_field
 from featurestore.manifest import RESERVED
 from featurestore.names import MAX_NAME, safe_name  # noqa: F401  (re-exported)
+from featurestore.options import SpecError, add_options, from_namespace, option
 from featurestore.store import FeatureStore, open_store
 
 FORMATS = ("hdf5", "npy")
@@ -153,6 +155,34 @@ def export(store_path, backbone: str, fmt: str, out, *, overwrite: bool = False,
             bar.close()
 
 
+@dataclass(frozen=True)
+class ExportSpec:
+    """What :func:`export_store` writes: one backbone of a store, in one format, to ``out``."""
+
+    store: str | None = option(None, "the feature store (a .zarr folder)")
+    out: str | None = option(None, "output: the HDF5 file (--format hdf5) or a folder (--format npy)")
+    backbone: str | None = option(None, "backbone to export (registry aliases accepted)")
+    format: str | None = option(None, "hdf5: OUT is one file, group per clip (frames, pooled_mean, pooled_std; attrs "
+                                      "id, split, start_s, end_s, labels); npy: OUT/<clip>/layer_<k>.npy [T, D], "
+                                      "pooled_mean.npy, pooled_std.npy [L, D], OUT/manifest.csv and OUT/frontend.json",
+                                choices=FORMATS)
+    overwrite: bool = option(False, "replace an existing OUT")
+    no_progress: bool = option(False, "no progress bar", identity=False)
+
+    def __post_init__(self):
+        for name in ("store", "out", "backbone"):
+            if not getattr(self, name):
+                raise SpecError(name, "required")
+        if self.format not in FORMATS:
+            raise SpecError("format", f"must be one of {', '.join(FORMATS)}, got {self.format!r}")
+
+
+def export_store(spec: ExportSpec) -> int:
+    """:func:`export` with the settings of ``spec``; returns the clips written."""
+    return export(spec.store, spec.backbone, spec.format, spec.out, overwrite=spec.overwrite,
+                  progress=not spec.no_progress)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m featurestore.export", formatter_class=HelpFormatter,
@@ -161,27 +191,26 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "with a manifest.csv. Clip ids are percent-encoded into file/group names ('/' -> %2F); the "
                     "HDF5 file's clip_ids/clip_groups datasets and the manifest's id/path columns record the "
                     "mapping. Streams one clip at a time.")
-    p.add_argument("store", help="the feature store (a .zarr folder)")
-    p.add_argument("out", help="output: the HDF5 file (--format hdf5) or a folder (--format npy)")
-    p.add_argument("--backbone", required=True, help="backbone to export (registry aliases accepted)")
-    p.add_argument("--format", required=True, choices=FORMATS,
-                   help="hdf5: OUT is one file, group per clip (frames, pooled_mean, pooled_std; attrs id, split, "
-                        "start_s, end_s, labels); npy: OUT/<clip>/layer_<k>.npy [T, D], pooled_mean.npy, "
-                        "pooled_std.npy [L, D], OUT/manifest.csv and OUT/frontend.json")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_field(p, ExportSpec, "store", positional=True)
+    add_field(p, ExportSpec, "out", positional=True)
+    add_field(p, ExportSpec, "backbone", required=True)
+    add_field(p, ExportSpec, "format", required=True)
+    add_options(p, ExportSpec, skip=("store", "out", "backbone", "format"))
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        n = export(args.store, args.backbone, args.format, args.out, overwrite=args.overwrite,
-                   progress=not args.no_progress)
+        spec = from_namespace(ExportSpec, args)
+        n = export_store(spec)
+    except SpecError as e:
+        print(f"error: {e.as_flag()}", file=sys.stderr)
+        return 2
     except (OSError, KeyError, ValueError) as e:  # OSError: an --out that cannot be written, named by the error
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"exported {n} clips of {args.backbone} to {args.out} ({args.format})")
+    print(f"exported {n} clips of {spec.backbone} to {spec.out} ({spec.format})")
     return 0
 
 

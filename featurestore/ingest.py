@@ -52,10 +52,11 @@ import numpy as np
 import featurestore
 from featurestore import backbone_plan, layout
 from featurestore.backbone_plan import BackbonePlan
-from featurestore.cli import HelpFormatter
+from featurestore.cli import HelpFormatter, add_field
 from featurestore.clips import clip_samples
 from featurestore.geometry import FrameGeometry
 from featurestore.manifest import read_inputs
+from featurestore.options import SpecError, add_options, from_namespace, option
 from featurestore.writer import (UnitResult, create_backbone, open_root, pooled_stats,
                                  write_clip_table, write_unit)
 
@@ -613,6 +614,53 @@ def _write_store(src: Path, store: Path, backbone, frame_rate, sample_rate, hop,
             "dim": int(D), "frame_rate": geo.frame_rate, "_files": {c.id: str(c.arrays) for c in clips}}
 
 
+@dataclass(frozen=True)
+class IngestSpec:
+    """What :func:`ingest_store` builds: a store at ``store`` from the features at ``input``, with the
+    frame geometry given here (over the input's metadata) and the store's layout settings."""
+
+    input: str | None = option(None, "an .h5/.hdf5 file, or a .csv/.json manifest")
+    store: str | None = option(None, "the store to create (a .zarr folder)")
+    backbone: str | None = option(None, "name of the backbone in the store (default: the export's backbone name)")
+    frame_rate: float | None = option(None, "frames per second (Hz); alone it must be whole, frames then count single "
+                                            "samples at that rate. Default: from the export's metadata")
+    sample_rate: int | None = option(None, "audio sample rate (Hz) the features were computed at")
+    hop: int | None = option(None, "samples between frames (with --sample-rate)")
+    receptive: int | None = option(None, "samples one frame covers (default: the hop, or the metadata's)")
+    pad: int | None = option(None, "samples of padding before the first frame (default: 0, or the metadata's)")
+    dtype: str = option("float16", "store dtype of frames and pooled rows", choices=("float16", "float32"))
+    chunk_frames: int = option(256, "frames per Zarr chunk")
+    unit_frames: int = option(8192, "frames per unit of writing (bounds memory; longer clips are split into pieces)")
+    recompute_pooled: bool = option(False, "compute pooled mean/std from the frames even where the input stores "
+                                           "them")
+    overwrite: bool = option(False, "replace an existing store at --store")
+    no_progress: bool = option(False, "no progress bar", identity=False)
+
+    def __post_init__(self):
+        for name in ("input", "store"):
+            if not getattr(self, name):
+                raise SpecError(name, "required")
+        if self.dtype not in ("float16", "float32"):
+            raise SpecError("dtype", f"must be float16 or float32, got {self.dtype!r}")
+        for name in ("chunk_frames", "unit_frames", "sample_rate", "hop", "receptive"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SpecError(name, f"must be >= 1, got {value}")
+        if self.frame_rate is not None and not self.frame_rate > 0:
+            raise SpecError("frame_rate", f"must be > 0 Hz, got {self.frame_rate}")
+        if self.pad is not None and self.pad < 0:
+            raise SpecError("pad", f"must be >= 0 samples, got {self.pad}")
+
+
+def ingest_store(spec: IngestSpec) -> dict:
+    """:func:`ingest` with the settings of ``spec``; returns its summary (clips, frames, layers, dim,
+    frame_rate, backbone, store, leftovers)."""
+    return ingest(spec.input, spec.store, spec.backbone, frame_rate=spec.frame_rate, sample_rate=spec.sample_rate,
+                  hop=spec.hop, receptive=spec.receptive, pad=spec.pad, dtype=spec.dtype,
+                  chunk_frames=spec.chunk_frames, target_unit_frames=spec.unit_frames,
+                  recompute_pooled=spec.recompute_pooled, overwrite=spec.overwrite, progress=not spec.no_progress)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m featurestore.ingest", formatter_class=HelpFormatter,
@@ -621,35 +669,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "start, end, labels: the format of featurestore.build's inputs) whose path names per clip a "
                     "folder of layer_<k>.npy [T, D], a .npy [T, L, D] or [T, D], or file.h5#group. The result "
                     "reads, verifies and trains heads like a built store.")
-    p.add_argument("input", help="an .h5/.hdf5 file, or a .csv/.json manifest")
-    p.add_argument("--store", required=True, help="the store to create (a .zarr folder)")
-    p.add_argument("--backbone", help="name of the backbone in the store (default: the export's backbone name)")
-    p.add_argument("--frame-rate", type=float,
-                   help="frames per second (Hz); alone it must be whole, frames then count single samples at that "
-                        "rate. Default: from the export's metadata")
-    p.add_argument("--sample-rate", type=int, help="audio sample rate (Hz) the features were computed at")
-    p.add_argument("--hop", type=int, help="samples between frames (with --sample-rate)")
-    p.add_argument("--receptive", type=int, help="samples one frame covers (default: the hop, or the metadata's)")
-    p.add_argument("--pad", type=int, help="samples of padding before the first frame (default: 0, or the metadata's)")
-    p.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="store dtype of frames and pooled rows")
-    p.add_argument("--chunk-frames", type=int, default=256, help="frames per Zarr chunk")
-    p.add_argument("--unit-frames", type=int, default=8192,
-                   help="frames per unit of writing (bounds memory; longer clips are split into pieces)")
-    p.add_argument("--recompute-pooled", action="store_true",
-                   help="compute pooled mean/std from the frames even where the input stores them")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store at --store")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_field(p, IngestSpec, "input", positional=True)
+    add_field(p, IngestSpec, "store", required=True)
+    add_options(p, IngestSpec, skip=("input", "store"))
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        out = ingest(args.input, args.store, args.backbone, frame_rate=args.frame_rate, sample_rate=args.sample_rate,
-                     hop=args.hop, receptive=args.receptive, pad=args.pad, dtype=args.dtype,
-                     chunk_frames=args.chunk_frames, target_unit_frames=args.unit_frames,
-                     recompute_pooled=args.recompute_pooled, overwrite=args.overwrite,
-                     progress=not args.no_progress)
+        spec = from_namespace(IngestSpec, args)
+        out = ingest_store(spec)
+    except SpecError as e:
+        print(f"error: {e.as_flag()}", file=sys.stderr)
+        return 2
     except (IngestError, OSError) as e:  # OSError: a file system refusal, named by the error
         print(f"error: {e}", file=sys.stderr)
         return 2

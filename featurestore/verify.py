@@ -48,11 +48,12 @@ import numpy as np
 import zarr
 
 from featurestore import layout, quantize
-from featurestore.cli import HelpFormatter
+from featurestore.cli import HelpFormatter, add_field
 from featurestore.clips import COLUMNS
 from featurestore.location import Location
 from featurestore.locking import KINDS, StoreLock
 from featurestore.metadata_check import _listing, damaged_metadata
+from featurestore.options import SpecError, add_options, from_namespace, option
 from featurestore.quantize import dequantize, error_bound
 from featurestore.store import ChunkFiles, frame_spans_to_chunks, frame_spans_to_rows, stored_backbone_name
 from featurestore.backbone_plan import BackbonePlan, plan_backbone
@@ -591,7 +592,12 @@ def verify(path, backbones=None, quick: bool = False) -> Report:
 
 
 class NotRepairable(ValueError):
-    """``--repair`` on a store whose data no build can re-extract (an ingested store)."""
+    """``--repair`` on a store whose data no build can re-extract (an ingested store). ``report``: the
+    report of the check that found the damage (left unrepaired)."""
+
+    def __init__(self, message: str, report: Report | None = None):
+        super().__init__(message)
+        self.report = report
 
 
 def repair(path, report: Report, lock: StoreLock | None = None) -> dict[str, list[int]]:
@@ -604,11 +610,11 @@ def repair(path, report: Report, lock: StoreLock | None = None) -> dict[str, lis
     unmarking would only hide data; it is mended by ingesting it again (:func:`advice`)."""
     if report.ingested_from:
         raise NotRepairable(f"{report.store} was ingested (featurestore.ingest), so no build can re-extract what "
-                            f"--repair would unmark; left unchanged. {advice(report)}")
+                            f"--repair would unmark; left unchanged. {advice(report)}", report)
     files = [p for p in report.problems if p.check == "metadata_file"]
     if any(p.backbone is None for p in files):
         raise NotRepairable(f"{report.store}: {files[0].message}; --repair cannot mark anything in a store whose "
-                            f"metadata cannot be read, left unchanged. {advice(report)}")
+                            f"metadata cannot be read, left unchanged. {advice(report)}", report)
     loc = Location(path)
     lock = lock or StoreLock(loc.url if loc.is_url else loc.path)
     done: dict[str, list] = {}
@@ -636,6 +642,47 @@ def repair(path, report: Report, lock: StoreLock | None = None) -> dict[str, lis
             done["clips"] = ["table"]
     report.repaired = done
     return done
+
+
+@dataclass(frozen=True)
+class VerifySpec:
+    """What to check (:func:`verify`) and whether to :func:`repair` what is found damaged."""
+
+    store: str | None = option(None, "the store folder (e.g. songs.zarr)")
+    backbone: tuple[str, ...] | None = option(None, "check only this backbone (name or registry alias); repeat for "
+                                                    "several. Default: all")
+    quick: bool = option(False, "metadata, offsets and chunk files only: do not read values (no checksums, NaN or "
+                                "pooled checks)")
+    repair: bool = option(False, "unmark damaged units (and damaged plans or clip table) so that running the build "
+                                 "again re-extracts exactly those")
+    json: bool = option(False, "print the report as JSON", identity=False)
+    lock: str = option("auto", "how --repair locks the store: auto, flock (OS lock) or lease (lease file); the same "
+                               "as the builds of this store use", choices=KINDS, identity=False)
+    lock_timeout: float | None = option(None, "seconds --repair waits for a build's lock on the store before giving "
+                                              "up (default: wait as long as it takes)", metavar="SECONDS",
+                                        identity=False)
+
+    def __post_init__(self):
+        if not self.store:
+            raise SpecError("store", "give the store to check")
+        if self.backbone is not None:
+            names = (self.backbone,) if isinstance(self.backbone, str) else tuple(self.backbone)
+            object.__setattr__(self, "backbone", names or None)
+        if self.lock not in KINDS:
+            raise SpecError("lock", f"must be one of {', '.join(KINDS)}, got {self.lock!r}")
+        if self.lock_timeout is not None and not self.lock_timeout >= 0:
+            raise SpecError("lock_timeout", f"must be >= 0 seconds, got {self.lock_timeout}")
+
+
+def check_store(spec: VerifySpec) -> Report:
+    """:func:`verify` the store, then, with ``spec.repair`` and problems found, :func:`repair` it under
+    its lock (``report.repaired`` says what was unmarked). Raises FileNotFoundError (not a store),
+    NotRepairable (an ingested store or unreadable metadata; ``.report`` holds the check), and the
+    lock's RuntimeError/OSError (a build holds the store past ``lock_timeout``)."""
+    report = verify(spec.store, list(spec.backbone) if spec.backbone else None, quick=spec.quick)
+    if spec.repair and not report.ok:
+        repair(spec.store, report, StoreLock(spec.store, spec.lock, spec.lock_timeout))
+    return report
 
 
 # --------------------------------------------------------------------------------------------
@@ -700,42 +747,28 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "unit, clip and file; exit status 0 when sound, 1 when something is wrong, 2 when the store "
                     "cannot be read.",
         formatter_class=HelpFormatter)
-    p.add_argument("store", help="the store folder (e.g. songs.zarr)")
-    p.add_argument("--backbone", action="append",
-                   help="check only this backbone (name or registry alias); repeat for several. Default: all")
-    p.add_argument("--quick", action="store_true",
-                   help="metadata, offsets and chunk files only: do not read values (no checksums, NaN or pooled "
-                        "checks)")
-    p.add_argument("--repair", action="store_true",
-                   help="unmark damaged units (and damaged plans or clip table) so that running the build again "
-                        "re-extracts exactly those")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--lock", choices=KINDS, default="auto",
-                   help="how --repair locks the store: auto, flock (OS lock) or lease (lease file); the same as "
-                        "the builds of this store use")
-    p.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
-                   help="seconds --repair waits for a build's lock on the store before giving up "
-                        "(default: wait as long as it takes)")
-    args = p.parse_args(argv)
-    if args.lock_timeout is not None and not args.lock_timeout >= 0:
-        p.error(f"--lock-timeout must be >= 0 seconds, got {args.lock_timeout}")
-    return args
+    add_field(p, VerifySpec, "store", positional=True)
+    add_field(p, VerifySpec, "backbone", action="append", type=str)
+    add_options(p, VerifySpec, skip=("store", "backbone"))
+    return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        report = verify(args.store, args.backbone, quick=args.quick)
-        if args.repair and not report.ok:
-            repair(args.store, report, StoreLock(args.store, args.lock, args.lock_timeout))
+        spec = from_namespace(VerifySpec, args)
+        report = check_store(spec)
+    except SpecError as e:
+        print(f"error: {e.as_flag()}", file=sys.stderr)
+        return 2
     except NotRepairable as e:
-        print(format_report(report).split("\nto mend:")[0], file=sys.stdout)
+        print(format_report(e.report).split("\nto mend:")[0], file=sys.stdout)
         print(f"error: {e}", file=sys.stderr)
         return 1
     except (FileNotFoundError, RuntimeError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(report.as_dict(), indent=2, default=str) if args.json else format_report(report))
+    print(json.dumps(report.as_dict(), indent=2, default=str) if spec.json else format_report(report))
     return 0 if report.ok else 1
 
 

@@ -17,7 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from featurestore.cli import HelpFormatter
+from featurestore.cli import HelpFormatter, add_field
+from featurestore.options import SpecError, add_options, from_namespace, option
 from heads.persist import HEAD_FILE, LEGACY_FILE, load_head, save_head
 
 
@@ -26,6 +27,26 @@ class Migrated:
     run: Path
     status: str   # "converted" | "already converted" | error message
     head: str = ""
+    failed: bool = False  # status is the error message
+
+
+@dataclass(frozen=True)
+class MigrateSpec:
+    """The run folders to convert, and the caller's statement that their pickles are trusted."""
+
+    runs: tuple[str, ...] = option((), "run folders (each holding head.joblib)", nargs="+")
+    trust_pickle: bool = option(False, "required: you trust the origin of these folders (loading a pickle can run "
+                                       "its code)")
+    overwrite: bool = option(False, "convert again where head.json already exists")
+
+    def __post_init__(self):
+        runs = (self.runs,) if isinstance(self.runs, (str, Path)) else tuple(self.runs)
+        object.__setattr__(self, "runs", tuple(str(r) for r in runs))
+        if not self.runs:
+            raise SpecError("runs", "give at least one run folder")
+        if not self.trust_pickle:
+            raise SpecError("trust_pickle", "loading head.joblib unpickles it, which can run code; re-run with "
+                                            "--trust-pickle only for run folders whose origin you trust")
 
 
 def migrate_run(run_dir, *, trust_pickle: bool, overwrite: bool = False) -> Migrated:
@@ -55,33 +76,46 @@ def migrate_run(run_dir, *, trust_pickle: bool, overwrite: bool = False) -> Migr
     return Migrated(run, "converted", type(head).__name__)
 
 
+#: what a head.joblib that cannot be converted raises (a damaged pickle fails in any of pickle's ways)
+MIGRATE_ERRORS = (OSError, ValueError, TypeError, RuntimeError, EOFError, ImportError, AttributeError,
+                  pickle.UnpicklingError)
+
+
+def migrate_runs(spec: MigrateSpec) -> list[Migrated]:
+    """:func:`migrate_run` on every folder of ``spec.runs``, in order; a folder that fails is recorded
+    (``failed``, its error as ``status``) and the next one is still converted."""
+    done = []
+    for run in spec.runs:
+        try:
+            done.append(migrate_run(run, trust_pickle=spec.trust_pickle, overwrite=spec.overwrite))
+        except MIGRATE_ERRORS as e:
+            done.append(Migrated(Path(run), str(e), failed=True))
+    return done
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m heads.migrate", formatter_class=HelpFormatter,
                                 description="Convert run folders holding a pickled head.joblib (earlier versions) "
                                             "to head.json + head.safetensors, which load without running code.")
-    p.add_argument("runs", nargs="+", help="run folders (each holding head.joblib)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="required: you trust the origin of these folders (loading a pickle can run its code)")
-    p.add_argument("--overwrite", action="store_true", help="convert again where head.json already exists")
+    add_field(p, MigrateSpec, "runs", positional=True)
+    add_options(p, MigrateSpec, skip=("runs",))
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not args.trust_pickle:
-        print("error: loading head.joblib unpickles it, which can run code; re-run with --trust-pickle only for "
-              "run folders whose origin you trust", file=sys.stderr)
+    try:
+        spec = from_namespace(MigrateSpec, args)
+    except SpecError as e:
+        print(f"error: {e.as_flag()}", file=sys.stderr)
         return 2
     rc = 0
-    for run in args.runs:
-        try:
-            m = migrate_run(run, trust_pickle=True, overwrite=args.overwrite)
-        except (OSError, ValueError, TypeError, RuntimeError, EOFError, ImportError, AttributeError,
-                pickle.UnpicklingError) as e:
-            print(f"error: {run}: {e}", file=sys.stderr)
+    for m in migrate_runs(spec):
+        if m.failed:
+            print(f"error: {m.run}: {m.status}", file=sys.stderr)
             rc = 2
-            continue
-        print(f"{m.run}: {m.status} ({m.head})")
+        else:
+            print(f"{m.run}: {m.status} ({m.head})")
     return rc
 
 

@@ -30,8 +30,11 @@ Steps:
    (left) and by KMeans cluster (right; each cluster coloured like the pitch class it matches best, by
    Hungarian matching), saved as ``out/tsne.png``.
 
-From code: :func:`pitch_class_frames`, :func:`cluster_assignments`, :func:`cluster_scores`,
-:func:`plot_tsne`, :func:`frame_pitch_classes`.
+From code, the whole analysis: ``run_clustering(ClusteringSpec(demo=True, per_class=100, out="clus"))``
+returns a :class:`ClusteringReport` (without ``out`` nothing is written and no t-SNE computed); the
+command line is the same spec (``--print-config`` writes it as YAML, ``--config FILE`` reads it back,
+flags beside it win). Its steps: :func:`pitch_class_frames`, :func:`cluster_assignments`,
+:func:`cluster_scores`, :func:`plot_tsne`, :func:`frame_pitch_classes`.
 """
 from __future__ import annotations
 
@@ -39,11 +42,14 @@ import argparse
 import contextlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from featurestore.cli import HelpFormatter
+from featurestore.options import (SpecError, add_config_options, add_options, from_namespace, option,
+                                  parse_with_config, to_yaml)
 from heads.notes import midi_number
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -353,107 +359,224 @@ def plot_tsne(X, y, clusters, path, *, seed: int = 0, perplexity: float = 30.0, 
 
 
 # ---------------------------------------------------------------------------------------------
+# the analysis as one typed call
+# ---------------------------------------------------------------------------------------------
+def _at_least(spec, name: str, low) -> None:
+    value = getattr(spec, name)
+    if value is None or value < low:
+        raise SpecError(name, f"must be >= {low}, got {value}")
+
+
+@dataclass(frozen=True)
+class ClusteringSpec:
+    """The settings of one clustering analysis (module docstring, steps 1-6), validated when made.
+
+    ``store`` or ``demo`` names the store; ``layer`` (a model hidden-state index; negative: counted
+    from the last stored layer) or ``run`` (a fitted head's folder) the features, neither: the last
+    stored layer. ``out``: the folder :func:`run_clustering` writes ``clustering.json`` and
+    ``tsne.png`` to (None, from Python only: nothing is written and no t-SNE is computed)."""
+
+    store: str | None = option(None, "feature store with a JSON 'notes' label column")
+    demo: bool = option(False, "use the demo store (built if missing)")
+    backbone: str | None = option(None, "backbone in the store (registry name or alias); not given: the --run's, "
+                                        "else crepe")
+    layer: int | None = option(None, "one layer, by the model's hidden-state index (negative: counted from the last "
+                                     "stored layer; not given: the last stored one)")
+    run: str | None = option(None, "run folder of a fitted head: use its softmax layer weights for a weighted sum")
+    per_class: int = option(200, "frames sampled per pitch class")
+    split: str | None = option(None, "only clips of this split (not given: all clips)")
+    notes_column: str = option("notes", "JSON notes label column")
+    k: int = option(12, "KMeans clusters")
+    min_cluster_size: int = option(10, "HDBSCAN min_cluster_size")
+    pca: int = option(50, "PCA dims after standardising (0: no PCA)")
+    perplexity: float = option(30.0, "t-SNE perplexity (capped at (N-1)/3)")
+    threads: int = option(THREADS, "OpenMP threads for KMeans/HDBSCAN/t-SNE (0: all cores, as the libraries do)",
+                          identity=False)
+    seed: int = option(0, "seed of the frame sampling, KMeans and t-SNE")
+    out: str | None = option(None, "output folder (tsne.png, clustering.json); required, here or in the --config "
+                                    "file", identity=False)
+
+    def __post_init__(self):
+        if self.store is not None and self.demo:
+            raise SpecError("store", "give a store or demo, not both")
+        if self.store is None and not self.demo:
+            raise SpecError("store", "give a store (or demo=True for the demo store)")
+        if self.layer is not None and self.run is not None:
+            raise SpecError("layer", "give a layer or a run (its layer weights), not both")
+        for name, low in (("per_class", 1), ("k", 1), ("min_cluster_size", 1), ("pca", 0), ("threads", 0),
+                          ("seed", 0)):
+            _at_least(self, name, low)
+        if not self.perplexity > 0:
+            raise SpecError("perplexity", f"must be > 0, got {self.perplexity}")
+        if not str(self.notes_column).strip():
+            raise SpecError("notes_column", "must name a label column")
+
+
+@dataclass(frozen=True)
+class ClusteringReport:
+    """What :func:`run_clustering` found and wrote.
+
+    ``result``: the record written to ``clustering.json`` (store, backbone, features, layer or layer
+    weights, class counts, settings, and the scores of :func:`cluster_scores`: ``kmeans`` / ``hdbscan``
+    ARI, NMI, n_clusters). ``json_path`` / ``plot_path``: the files written (None without ``out``)."""
+
+    result: dict
+    json_path: Path | None = None
+    plot_path: Path | None = None
+
+    @property
+    def backbone(self) -> str:
+        return self.result["backbone"]
+
+    @property
+    def features(self) -> str:
+        return self.result["features"]
+
+    def scores(self, algorithm: str) -> dict:
+        """``{"ARI", "NMI", "n_clusters"[, "noise_fraction"]}`` of ``kmeans`` or ``hdbscan``."""
+        return self.result[algorithm]
+
+
+def _open_store(spec: ClusteringSpec):
+    from featurestore import open_store
+
+    if spec.demo:
+        from heads.fit import ensure_demo_store
+
+        return open_store(ensure_demo_store())
+    return open_store(spec.store)
+
+
+def _layer_position(store, bb: str, layer: int | None) -> int:
+    """The position among the stored layers of ``layer`` (a model hidden-state index; negative:
+    counted from the last stored layer; None: the last). SpecError naming ``layer`` when not stored."""
+    L, _ = store.shape(bb)
+    ids = store.layer_ids(bb)  # the model's layers (a store built with --layers holds some)
+    if layer is None or layer < 0:
+        pos = L - 1 if layer is None else layer
+        if not -L <= pos < L:
+            raise SpecError("layer", f"{pos} out of range: {bb} has {L} stored layers (0..{L - 1})")
+        return pos % L
+    if layer in ids:
+        return ids.index(layer)
+    held = f"0..{L - 1}" if ids == list(range(L)) else f"model layers {ids} (built with --layers)"
+    raise SpecError("layer", f"{layer} out of range: {bb} holds {held}")
+
+
+def run_clustering(spec: ClusteringSpec) -> ClusteringReport:
+    """Sample, cluster and score a store's frame features by pitch class (module docstring), write
+    ``spec.out/clustering.json`` and ``spec.out/tsne.png`` (+ SVG) when ``spec.out`` is given, and
+    return the :class:`ClusteringReport`. Prints nothing (building the demo store notes it on stderr).
+
+    Raises SpecError (a layer the store does not hold), BackboneNotInStore, FileNotFoundError (no
+    fitted head in ``spec.run``), ValueError (no frame inside a note, a head without layer weights)
+    and KeyError (no such label column)."""
+    store = _open_store(spec)
+    backbone = spec.backbone
+    if backbone is None and spec.run and (Path(spec.run) / "metrics.json").is_file():
+        backbone = json.loads((Path(spec.run) / "metrics.json").read_text()).get("backbone")
+    bb = _resolve_backbone(store, backbone or "crepe")
+    L, _ = store.shape(bb)
+    weights, layer_norm, layer = None, False, None
+    if spec.run:
+        weights, layer_norm = run_layer_weights(spec.run, L)
+        features = f"weighted sum of {L} layers (weights of {spec.run})"
+    else:
+        layer = _layer_position(store, bb, spec.layer)
+        features = f"layer {store.layer_ids(bb)[layer]}"
+    X, y = pitch_class_frames(store, bb, layer=layer, weights=weights, per_class=spec.per_class, seed=spec.seed,
+                              split=spec.split, layer_norm=layer_norm, notes_column=spec.notes_column)
+    pca, threads = spec.pca or None, spec.threads or None
+    Z = preprocess(X, pca, spec.seed)
+    assign = cluster_assignments(Z, spec.seed, k=spec.k, min_cluster_size=spec.min_cluster_size, preprocessed=True,
+                                 threads=threads)
+    scores = cluster_scores(X, y, spec.seed, k=spec.k, min_cluster_size=spec.min_cluster_size, pca=pca,
+                            assignments=assign)
+    perplexity = tsne_perplexity(len(Z), spec.perplexity)
+    counts = np.bincount(y, minlength=12)
+    result = {"store": str(store.path), "backbone": bb, "features": features,
+              "layer": None if layer is None else store.layer_ids(bb)[layer], "run": spec.run,
+              "layer_weights": None if weights is None else [float(w) for w in weights], "layer_norm": layer_norm,
+              "split": spec.split, "per_class": spec.per_class, "seed": spec.seed,
+              "class_counts": {PITCH_CLASSES[k]: int(counts[k]) for k in range(12)},
+              "settings": {"standardise": True, "pca": pca, "k": spec.k, "n_init": 10,
+                           "min_cluster_size": spec.min_cluster_size, "hdbscan_noise": "kept as one cluster",
+                           "tsne_perplexity": perplexity},
+              **scores}
+    if spec.out is None:
+        return ClusteringReport(result)
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    E = tsne_2d(Z, spec.seed, perplexity, preprocessed=True, threads=threads)
+    plot = plot_tsne(X, y, assign["kmeans"], out / "tsne.png", embedding=E,
+                     title=f"{bb}, {features}: KMeans ARI {scores['kmeans']['ARI']:.2f} / "
+                           f"NMI {scores['kmeans']['NMI']:.2f}")
+    (out / "clustering.json").write_text(json.dumps(result, indent=2))
+    return ClusteringReport(result, out / "clustering.json", plot)
+
+
+def format_summary(report: ClusteringReport) -> str:
+    """The lines the command prints: what was clustered, the ARI/NMI table, the files written."""
+    from heads import metrics
+
+    r = report.result
+    rows = [{"algorithm": "kmeans", **r["kmeans"]}, {"algorithm": "hdbscan", **r["hdbscan"]}]
+    lines = [f"{r['backbone']}, {r['features']}: {r['n']} frames, {r['n_classes']} pitch classes, {r['dims']} dims",
+             metrics.format_table(rows, ["algorithm", "ARI", "NMI", "n_clusters", "noise_fraction"])]
+    if report.json_path is not None:
+        lines.append(f"wrote {report.json_path} and {report.plot_path}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
-def parse_args(argv=None) -> argparse.Namespace:
+def _only(*names: str) -> set:
+    """The spec fields other than ``names`` (to add ``names`` alone to an option group)."""
+    return set(ClusteringSpec.__dataclass_fields__) - set(names)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.clustering",
                                 description="Cluster a frontend's frame features and score the clusters against "
                                             "pitch classes (MIDI % 12): KMeans + HDBSCAN, ARI/NMI, t-SNE plot.",
                                 formatter_class=HelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--store", help="feature store with a JSON 'notes' label column")
-    src.add_argument("--demo", action="store_true", help="use the demo store (built if missing)")
-    p.add_argument("--backbone", default=None,
-                   help="backbone in the store (registry name or alias); not given: the --run's, else crepe")
-    feat = p.add_mutually_exclusive_group()
-    feat.add_argument("--layer", type=int, default=None,
-                      help="one layer, by the model's hidden-state index (negative: counted from the last stored "
-                           "layer; not given: the last stored one)")
-    feat.add_argument("--run", help="run folder of a fitted head: use its softmax layer weights for a weighted sum")
-    p.add_argument("--per-class", type=int, default=200, help="frames sampled per pitch class")
-    p.add_argument("--split", default=None, help="only clips of this split (not given: all clips)")
-    p.add_argument("--notes-column", default="notes", help="JSON notes label column")
-    p.add_argument("--k", type=int, default=12, help="KMeans clusters")
-    p.add_argument("--min-cluster-size", type=int, default=10, help="HDBSCAN min_cluster_size")
-    p.add_argument("--pca", type=int, default=50, help="PCA dims after standardising (0: no PCA)")
-    p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (capped at (N-1)/3)")
-    p.add_argument("--threads", type=int, default=THREADS,
-                   help="OpenMP threads for KMeans/HDBSCAN/t-SNE (0: all cores, as the libraries do)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the frame sampling, KMeans and t-SNE")
-    p.add_argument("--out", required=True, help="output folder (tsne.png, clustering.json)")
-    return p.parse_args(argv)
+    # the groups are not required=True: a --config file may give --store / --out (checked in parse_args)
+    add_options(p.add_mutually_exclusive_group(), ClusteringSpec, skip=_only("store", "demo"))
+    add_options(p, ClusteringSpec, skip=_only("backbone"))
+    add_options(p.add_mutually_exclusive_group(), ClusteringSpec, skip=_only("layer", "run"))
+    add_options(p, ClusteringSpec, skip=("store", "demo", "backbone", "layer", "run"))
+    add_config_options(p)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
+    args = parse_with_config(p, argv, names=ClusteringSpec.__dataclass_fields__)
+    if args.store is None and not args.demo:
+        p.error("one of the arguments --store --demo is required")
+    if args.out is None and not args.print_config:
+        p.error("the following arguments are required: --out")
+    return args
 
 
 def main(argv=None) -> int:
-    from featurestore import open_store
     from featurestore.store import BackboneNotInStore
-    from heads import metrics
 
     args = parse_args(argv)
-    out = Path(args.out)
     try:
-        if args.demo:
-            from heads.fit import ensure_demo_store
-
-            store = open_store(ensure_demo_store())
-        else:
-            store = open_store(args.store)
-        backbone = args.backbone
-        if backbone is None and args.run and (Path(args.run) / "metrics.json").is_file():
-            backbone = json.loads((Path(args.run) / "metrics.json").read_text()).get("backbone")
-        bb = _resolve_backbone(store, backbone or "crepe")
-        L, _ = store.shape(bb)
-        weights, layer_norm = None, False
-        if args.run:
-            weights, layer_norm = run_layer_weights(args.run, L)
-            features = f"weighted sum of {L} layers (weights of {args.run})"
-            layer = None
-        else:
-            ids = store.layer_ids(bb)  # --layer names the model's layer (a store built with --layers holds some)
-            if args.layer is None or args.layer < 0:
-                layer = L - 1 if args.layer is None else args.layer
-                if not -L <= layer < L:
-                    raise ValueError(f"--layer {layer} out of range: {bb} has {L} stored layers (0..{L - 1})")
-                layer %= L
-            elif args.layer in ids:
-                layer = ids.index(args.layer)
-            else:
-                held = f"0..{L - 1}" if ids == list(range(L)) else f"model layers {ids} (built with --layers)"
-                raise ValueError(f"--layer {args.layer} out of range: {bb} holds {held}")
-            features = f"layer {ids[layer]}"
-        X, y = pitch_class_frames(store, bb, layer=layer, weights=weights,
-                                  per_class=args.per_class, seed=args.seed, split=args.split,
-                                  layer_norm=layer_norm, notes_column=args.notes_column)
+        spec = from_namespace(ClusteringSpec, args)
+        if args.print_config:
+            print(to_yaml(spec, header="python -m pipelines.clustering --config FILE"), end="")
+            return 0
+        report = run_clustering(spec)
+    except SpecError as e:
+        print(f"error: {e.as_flag()}", file=sys.stderr)
+        return 2
     except (BackboneNotInStore, FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    pca, threads = args.pca or None, args.threads or None
-    Z = preprocess(X, pca, args.seed)
-    assign = cluster_assignments(Z, args.seed, k=args.k, min_cluster_size=args.min_cluster_size, preprocessed=True,
-                                 threads=threads)
-    scores = cluster_scores(X, y, args.seed, k=args.k, min_cluster_size=args.min_cluster_size, pca=pca,
-                            assignments=assign)
-    out.mkdir(parents=True, exist_ok=True)
-    perplexity = tsne_perplexity(len(Z), args.perplexity)
-    E = tsne_2d(Z, args.seed, perplexity, preprocessed=True, threads=threads)
-    plot_tsne(X, y, assign["kmeans"], out / "tsne.png", embedding=E,
-              title=f"{bb}, {features}: KMeans ARI {scores['kmeans']['ARI']:.2f} / NMI {scores['kmeans']['NMI']:.2f}")
-    counts = np.bincount(y, minlength=12)
-    result = {"store": str(store.path), "backbone": bb, "features": features,
-              "layer": None if layer is None else store.layer_ids(bb)[layer], "run": args.run,
-              "layer_weights": None if weights is None else [float(w) for w in weights], "layer_norm": layer_norm,
-              "split": args.split, "per_class": args.per_class, "seed": args.seed,
-              "class_counts": {PITCH_CLASSES[k]: int(counts[k]) for k in range(12)},
-              "settings": {"standardise": True, "pca": pca, "k": args.k, "n_init": 10,
-                           "min_cluster_size": args.min_cluster_size, "hdbscan_noise": "kept as one cluster",
-                           "tsne_perplexity": perplexity},
-              **scores}
-    (out / "clustering.json").write_text(json.dumps(result, indent=2))
-    rows = [{"algorithm": "kmeans", **scores["kmeans"]},
-            {"algorithm": "hdbscan", **scores["hdbscan"]}]
-    print(f"{bb}, {features}: {scores['n']} frames, {scores['n_classes']} pitch classes, {scores['dims']} dims")
-    print(metrics.format_table(rows, ["algorithm", "ARI", "NMI", "n_clusters", "noise_fraction"]))
-    print(f"wrote {out / 'clustering.json'} and {out / 'tsne.png'}")
+    print(format_summary(report))
     return 0
 
 

@@ -139,3 +139,69 @@ def test_cli_weighted_sum_from_a_run(demo_store, tmp_path):
     assert sum(res["layer_weights"]) == pytest.approx(1.0, abs=1e-5)
     assert (out / "tsne.png").is_file()
     assert C.main(["--store", str(demo_store.path), "--layer", "42", "--out", str(out)]) == 2
+
+
+def test_run_clustering_from_python_gives_the_scores_of_the_command_line(demo_store, tmp_path, capsys):
+    spec = C.ClusteringSpec(demo=True, backbone="crepe", per_class=20, layer=-2)
+    report = C.run_clustering(spec)  # no out: nothing written, no t-SNE
+    assert report.json_path is None and report.plot_path is None and not capsys.readouterr().out
+    out = tmp_path / "clus"
+    assert C.main(["--demo", "--backbone", "crepe", "--per-class", "20", "--layer", "-2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    written = json.loads((out / "clustering.json").read_text())
+    assert report.result == written
+    for algo in ("kmeans", "hdbscan"):
+        assert report.scores(algo)["ARI"] == written[algo]["ARI"] and report.scores(algo)["NMI"] == written[algo]["NMI"]
+        row = next(line.split() for line in printed.splitlines() if line.startswith(algo))
+        assert float(row[1]) == pytest.approx(written[algo]["ARI"], abs=1e-3)  # the table as printed
+        assert float(row[2]) == pytest.approx(written[algo]["NMI"], abs=1e-3)
+    assert report.backbone == "crepe-tiny" and written["layer"] == demo_store.layer_ids("crepe-tiny")[-2]
+    # the same spec with an out folder writes what the command wrote
+    again = C.run_clustering(C.ClusteringSpec(demo=True, backbone="crepe", per_class=20, layer=-2,
+                                              out=str(tmp_path / "py")))
+    assert again.json_path == tmp_path / "py" / "clustering.json" and again.plot_path.stat().st_size > 1000
+    assert json.loads(again.json_path.read_text()) == written
+
+
+def test_print_config_fed_back_with_config_gives_the_same_spec(tmp_path, capsys):
+    argv = ["--store", "songs.zarr", "--backbone", "mert", "--layer", "6", "--per-class", "50", "--k", "7",
+            "--pca", "0", "--perplexity", "12.5", "--split", "test", "--seed", "3", "--out", str(tmp_path / "o")]
+    assert C.main([*argv, "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("# python -m pipelines.clustering --config FILE") and "per_class: 50" in text
+    assert not (tmp_path / "o").exists()  # printing the config runs nothing
+    config = tmp_path / "clus.yaml"
+    config.write_text(text)
+    want = C.from_namespace(C.ClusteringSpec, C.parse_args(argv))
+    assert want == C.ClusteringSpec(store="songs.zarr", backbone="mert", layer=6, per_class=50, k=7, pca=0,
+                                    perplexity=12.5, split="test", seed=3, out=str(tmp_path / "o"))
+    assert C.from_namespace(C.ClusteringSpec, C.parse_args(["--config", str(config)])) == want
+    # a flag beside --config wins over the file
+    over = C.from_namespace(C.ClusteringSpec, C.parse_args(["--config", str(config), "--k", "9"]))
+    assert over.k == 9 and over.per_class == 50
+    config.write_text(text + "kk: 3\n")
+    with pytest.raises(SystemExit) as e:
+        C.parse_args(["--config", str(config)])
+    assert e.value.code == 2 and "unknown setting(s) kk" in capsys.readouterr().err
+
+
+def test_a_bad_setting_is_refused_naming_it(demo_store, tmp_path, capsys):
+    from featurestore.options import SpecError
+
+    for kw, setting in (({"demo": True, "per_class": 0}, "per_class"), ({"demo": True, "k": 0}, "k"),
+                        ({"demo": True, "pca": -1}, "pca"), ({"demo": True, "perplexity": 0.0}, "perplexity"),
+                        ({}, "store"), ({"demo": True, "store": "s.zarr"}, "store"),
+                        ({"demo": True, "layer": 1, "run": "r"}, "layer")):
+        with pytest.raises(SpecError) as e:
+            C.ClusteringSpec(**kw)
+        assert e.value.setting == setting, kw
+    with pytest.raises(SpecError) as e:  # a layer the store does not hold: known only once the store is open
+        C.run_clustering(C.ClusteringSpec(demo=True, layer=42))
+    assert e.value.setting == "layer" and "out of range" in str(e.value)
+    out = tmp_path / "o"
+    assert C.main(["--demo", "--per-class", "0", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: --per-class: must be >= 1, got 0")
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        C.main(["--demo"])  # --out is still required on the command line
+    assert "required: --out" in capsys.readouterr().err

@@ -195,3 +195,26 @@ def test_a_unit_whose_clip_has_no_frame(tmp_path):
     zarr.open_group(str(store), mode="a")[f"{layout.backbone_path(BACKBONE)}/pooled_std"][1] = 0
     problems = verify(store).problems
     assert [(p.check, p.unit, p.clips) for p in problems if p.check == "pooled"] == [("pooled", 1, ["tiny"])]
+
+
+def test_check_store_from_python_finds_and_repairs_what_the_command_does(ref, capsys):
+    from featurestore.options import SpecError
+    from featurestore.verify import VerifySpec, check_store
+
+    tmp, store = ref
+    py, cli = _copy(store, tmp, "python check"), _copy(store, tmp, "command check")
+    for copy in (py, cli):
+        _plant(copy, "missing chunk")
+    report = check_store(VerifySpec(store=str(py), backbone=BACKBONE, repair=True))
+    assert not capsys.readouterr().out  # the function prints nothing
+    assert main([str(cli), "--backbone", BACKBONE, "--repair", "--json"]) == 1
+    printed = json.loads(capsys.readouterr().out)
+    assert report.repaired == printed["repaired"] == {BACKBONE: [UNIT]}
+    assert [(p.check, p.unit) for p in report.problems] == [(p["check"], p["unit"]) for p in printed["problems"]]
+    g = zarr.open_group(str(py), mode="r")[layout.backbone_path(BACKBONE)]
+    assert g["unit_done"][UNIT] == 0 and not g.attrs["complete"]
+    with pytest.raises(SpecError) as e:
+        VerifySpec(store=str(py), lock_timeout=-1)
+    assert e.value.setting == "lock_timeout"
+    assert main([str(py), "--repair", "--lock-timeout", "-1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --lock-timeout: must be >= 0 seconds")
