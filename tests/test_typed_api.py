@@ -1,0 +1,270 @@
+"""One typed run API under every command (issue 18): the README's Python example runs as written; the
+pipelines and benchmarks reach heads and featurestore through typed functions (never another command's
+``main``, never an argparse Namespace); ``--print-config`` fed back with ``--config`` is the same spec
+and the same run folder, not refitted; a grid YAML drives the comparison; a run folder written by the
+version before this API still evaluates."""
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import pkgutil
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from featurestore.options import SpecError, identity
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("featurestore", "heads", "pipelines", "benchmarks")
+#: Run folders written by the version before this API (commit 21103e8: ``pipelines.singer fit`` on the
+#: demo corpus's log-mel store): fit_args.json, metrics.json and the head, no config.yaml.
+OLD_RUNS = Path(__file__).parent / "data" / "runs_before_typed_api"
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SINGFRONT_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# ---- the README's example ---------------------------------------------------------------------
+
+def test_readme_python_example_runs_as_written(home, capsys):
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Using singfront from Python"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "argv" not in code and "subprocess" not in code and "main(" not in code
+    scope: dict = {}
+    exec(compile(code, "README.md (Using singfront from Python)", "exec"), scope)
+    out = capsys.readouterr().out
+    scores = scope["scores"]
+    assert set(scores) == {(b, h) for b in ("logmel", "crepe") for h in ("linear", "mlp")}
+    # each printed score is the one in that run's evaluation.json, measured on test and chosen on valid
+    for (backbone, head), value in scores.items():
+        name = {"logmel": "logmel", "crepe": "crepe-tiny"}[backbone]
+        ev = json.loads((home / "work" / "singer" / "runs" / f"{name}-{head}" / "evaluation.json").read_text())
+        assert ev["song"]["accuracy"] == pytest.approx(value)
+        assert f"{backbone} / {head}: song accuracy {value:.2f} (scored on test, chosen on valid)" in out
+    assert (home / "work" / "singer" / "results.md").read_text().strip() in out
+
+
+# ---- what calls what ---------------------------------------------------------------------------
+
+def _modules():
+    for pkg in PACKAGES:
+        mod = importlib.import_module(pkg)
+        yield pkg, Path(mod.__file__)
+        for info in pkgutil.walk_packages(mod.__path__, prefix=f"{pkg}."):
+            yield info.name, Path(importlib.import_module(info.name).__file__)
+
+
+def _under_main_guard(tree: ast.Module) -> set[int]:
+    """Line numbers inside ``if __name__ == "__main__":`` blocks."""
+    lines = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+            for sub in ast.walk(node):
+                if hasattr(sub, "lineno"):
+                    lines.add(sub.lineno)
+    return lines
+
+
+def test_no_library_function_takes_an_argparse_namespace():
+    """Only a command's ``main``, ``parse_args`` and ``*_from_args`` (parsed arguments -> a typed spec) may
+    take parsed arguments; everything else takes typed values."""
+    bad = []
+    for name, path in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if node.name in ("main", "parse_args") or node.name.endswith("_from_args"):
+                continue
+            a = node.args
+            for arg in a.posonlyargs + a.args + a.kwonlyargs:
+                note = ast.unparse(arg.annotation) if arg.annotation is not None else ""
+                if arg.arg == "args" or "Namespace" in note:
+                    bad.append(f"{name}.{node.name}({arg.arg}{': ' + note if note else ''})")
+    assert bad == []
+
+
+def test_pipelines_and_benchmarks_never_call_another_commands_main():
+    """Walk the imports of every pipelines / benchmarks module: ``main`` of another module is only ever
+    imported to serve as this module's own entry point (called under ``if __name__ == "__main__"``), never
+    called as an API; no argument list is parsed by another command's parser; no subprocess fits."""
+    command_modules = {n for n, p in _modules() if re.search(r"^def main\(", p.read_text(), re.M)}
+    assert {"heads.fit", "heads.finetune", "featurestore.build", "pipelines.command"} <= command_modules
+    problems = []
+    for name, path in _modules():
+        if not name.startswith(("pipelines", "benchmarks")):
+            continue
+        tree = ast.parse(path.read_text())
+        guarded = _under_main_guard(tree)
+        imported_main, modules = set(), {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in command_modules:
+                for alias in node.names:
+                    if alias.name in ("main", "parse_args", "build_parser"):
+                        imported_main.add(alias.asname or alias.name)
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name in command_modules:
+                        modules[alias.asname or alias.name] = alias.name
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    if full in command_modules:
+                        modules[alias.asname or alias.name] = full
+            if isinstance(node, ast.Import) and any(a.name == "subprocess" for a in node.names) \
+                    and (name.startswith("pipelines") or name == "benchmarks.frontends"):
+                problems.append(f"{name} imports subprocess")
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or node.lineno in guarded:
+                continue
+            f = node.func
+            if isinstance(f, ast.Name) and f.id in imported_main:
+                problems.append(f"{name}:{node.lineno} calls {f.id}() of another command")
+            if isinstance(f, ast.Attribute) and f.attr in ("main", "parse_args") \
+                    and isinstance(f.value, ast.Name) and f.value.id in modules and modules[f.value.id] != name:
+                problems.append(f"{name}:{node.lineno} calls {modules[f.value.id]}.{f.attr}()")
+    assert problems == []
+
+
+# ---- config files: the same spec, the same run folder, no refit ----------------------------------
+
+def test_print_config_fed_back_is_the_same_spec_and_run_folder_without_refit(home, capsys):
+    from heads import fit
+    from heads.runs import RunFolder
+
+    argv = ["--backbone", "crepe", "--head", "logreg", "--C", "0.1,1", "--layers", "concat", "--seed", "2",
+            "--no-progress"]
+    assert fit.main(argv + ["--print-config"]) == 0
+    printed = capsys.readouterr().out
+    (home / "run.yaml").write_text(printed)
+    spec, _ = fit.spec_from_args(fit.parse_args(argv))
+    again, _ = fit.spec_from_args(fit.parse_args(["--config", str(home / "run.yaml")]))
+    assert again == spec and again.seed == 2 and again.C == "0.1,1"
+    assert fit.main(["--config", str(home / "run.yaml")]) == 0
+    out = capsys.readouterr().out
+    run = home / "runs" / "crepe-tiny-logreg-singer-layers-concat-C0.1_1-seed2"
+    assert f"run folder: {run.relative_to(home)}" in out
+    stamp = (run / "metrics.json").stat().st_mtime_ns
+    # the run folder's own config.yaml: the same spec, the same folder, nothing fitted again
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    assert stored["store"] == str((home / "home" / "demo" / "store.zarr").resolve())
+    assert identity(RunFolder(run).spec()) == identity(spec)
+    assert fit.main(["--config", str(run / "config.yaml")]) == 0
+    assert "already fitted with these settings" in capsys.readouterr().out
+    assert (run / "metrics.json").stat().st_mtime_ns == stamp
+    # a setting that changes the result is a new fit of the same folder name (--refit-free)
+    assert fit.main(["--config", str(run / "config.yaml"), "--holdout-fraction", "0.2"]) == 0
+    assert "already fitted" not in capsys.readouterr().out
+    assert (run / "metrics.json").stat().st_mtime_ns != stamp
+
+
+def test_pipeline_fit_config_round_trip_and_refusals(home, capsys):
+    from pipelines import singer
+    from pipelines.command import main
+
+    w = home / "w"
+    assert main(singer.SPEC, ["prepare", "--workdir", str(w), "--demo"]) == 0
+    assert main(singer.SPEC, ["build", "--workdir", str(w), "--backbone", "logmel", "--no-progress"]) == 0
+    args = ["fit", "--workdir", str(w), "--backbone", "logmel", "--head", "logreg", "--no-progress"]
+    assert main(singer.SPEC, args + ["--print-config"]) == 0
+    (home / "fit.yaml").write_text(capsys.readouterr().out)
+    assert main(singer.SPEC, ["fit", "--workdir", str(w), "--config", str(home / "fit.yaml")]) == 0
+    run = w / "runs" / "logmel-logreg"
+    stamp = (run / "metrics.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(singer.SPEC, ["fit", "--workdir", str(w), "--config", str(run / "config.yaml")]) == 0
+    assert "already fitted" in capsys.readouterr().out and (run / "metrics.json").stat().st_mtime_ns == stamp
+    # a config naming another store is refused by name, not silently ignored
+    other = yaml.safe_load((run / "config.yaml").read_text()) | {"store": str(home / "elsewhere.zarr")}
+    (home / "other.yaml").write_text(yaml.safe_dump(other))
+    assert main(singer.SPEC, ["fit", "--workdir", str(w), "--config", str(home / "other.yaml")]) == 2
+    assert "--store" in capsys.readouterr().err
+    # evaluate finds the run from its folder alone
+    assert main(singer.SPEC, ["evaluate", "--workdir", str(w), "--run", str(run)]) == 0
+    assert json.loads((run / "evaluation.json").read_text())["head"] == "logreg"
+
+
+def test_a_spec_names_the_setting_it_refuses():
+    from heads.fit_spec import FitSpec
+
+    for kw, setting in (({"head": "logreg", "lr": "1e-3"}, "lr"), ({"head": "crf", "task": "singer"}, "head"),
+                        ({"layers": "each", "head": "mlp"}, "layers"), ({"head": "linear", "context": 0.1}, "context"),
+                        ({"head": "crf", "pool": "std"}, "pool"), ({"seed": -1}, "seed"),
+                        ({"holdout_fraction": 1.5}, "holdout_fraction"), ({"task": "label:"}, "task")):
+        with pytest.raises(SpecError) as e:
+            FitSpec(**kw)
+        assert e.value.setting == setting and not str(e.value).startswith("--")
+    assert FitSpec(pool="mean") == FitSpec()  # the default pooling named is the same run
+
+
+# ---- a comparison from a grid file --------------------------------------------------------------
+
+def test_grid_yaml_drives_the_frontend_comparison(home, capsys):
+    from benchmarks import frontends
+
+    grid = {"workdir": str(home / "cmp"), "demo": True, "tasks": ["singer"], "backbones": ["logmel"],
+            "heads": ["linear", "logreg"], "epochs": 2, "no_progress": True}
+    (home / "grid.yaml").write_text(yaml.safe_dump(grid))
+    assert frontends.main(["--config", str(home / "grid.yaml")]) == 0
+    rows = [l for l in (home / "cmp" / "singer" / "comparison.md").read_text().splitlines()
+            if l.startswith("| logmel |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["linear", "logreg"]
+    assert "singer: 1 backbone(s) built, 2 run(s) fitted" in capsys.readouterr().out
+    recorded = yaml.safe_load((home / "cmp" / "comparison.yaml").read_text())
+    spec = frontends.ComparisonSpec(**recorded)
+    assert spec == frontends.ComparisonSpec(**grid) and spec.head_list == ["linear", "logreg"]
+    assert frontends.main(["--config", str(home / "cmp" / "comparison.yaml")]) == 0
+    assert "0 run(s) fitted, 2 reused" in capsys.readouterr().out
+
+
+# ---- run folders written before this API ----------------------------------------------------------
+
+def test_a_run_folder_from_before_the_typed_api_still_evaluates(home, capsys):
+    """The committed folders were written by ``pipelines.singer fit`` of commit 21103e8 (fit_args.json, no
+    config.yaml). On the same demo store they evaluate, found by their folder alone and by the options
+    that name them; their scores are the heads' own on the scored split, computed here."""
+    from featurestore import open_store
+    from heads.persist import load_head
+    from heads.runs import RunFolder
+    from heads.tasks import make_task
+    from pipelines import singer
+    from pipelines.command import main
+    from pipelines.task_pipeline import TaskPipeline
+
+    w = home / "w"
+    pipe = TaskPipeline("singer", w)
+    pipe.prepare(demo=True)
+    pipe.build(["logmel"], progress=False)
+    shutil.copytree(OLD_RUNS, w / "runs")
+    old = RunFolder(w / "runs" / "logmel-linear-seed1")
+    assert not (old.path / "config.yaml").exists() and (old.path / "fit_args.json").is_file()
+    spec = old.spec()  # rebuilt from metrics.json
+    assert (spec.backbone, spec.head, spec.seed, spec.epochs) == ("logmel", "linear", 1, 2)
+    assert not old.is_done(spec)  # an old folder is never taken for a fit of a new spec
+    assert pipe.run_folder(spec).path == old.path  # and its spec names its folder
+
+    result = pipe.evaluate(old.path)
+    assert main(singer.SPEC, ["evaluate", "--workdir", str(w), "--backbone", "logmel", "--head", "logreg"]) == 0
+    store = open_store(w / "store.zarr")
+    for name, rec in (("logmel-linear-seed1", result.result),
+                      ("logmel-logreg", json.loads((w / "runs" / "logmel-logreg" / "evaluation.json").read_text()))):
+        rd = w / "runs" / name
+        head = load_head(rd / "head.json")
+        plan = make_task("singer").replan(store, "logmel", json.loads((rd / "metrics.json").read_text())["protocol"])
+        pred = np.asarray(head.predict(store.pooled("logmel", rows=plan.score).astype(np.float32))).astype(str)
+        truth = store.labels("singer")[plan.score].astype(str)
+        assert rec["segment"]["accuracy"] == pytest.approx(np.mean(pred == truth))
+        assert rec["protocol"]["scored_split"] == "test"
+    assert result.scored_split == "test" and result.chosen_on == "valid"
+    table = (w / "results.md").read_text()
+    assert "| logmel-linear-seed1 |" in table and "| logmel-logreg |" in table
+    capsys.readouterr()
