@@ -201,6 +201,8 @@ class FitSpec(ProtocolSettings):
             raise SpecError("pool", f"{self.pool!r}: choose one of {', '.join(POOLS)}")
 
     def _check_task(self) -> None:
+        if ":" in self.task and not self.task.split(":", 1)[1].strip():
+            raise SpecError("task", f"{self.task!r} names no column (label:<column> or notes:<column>)")
         try:
             kind = make_task(self.task, pool=self.pool).kind
         except (TaskError, ValueError) as e:

@@ -41,9 +41,9 @@ DEFAULT_POOL = "mean"
 
 
 def check_pool(pool: str) -> str:
-    """``pool`` if it is one of :data:`POOLS`, else ValueError naming ``--pool``."""
+    """``pool`` if it is one of :data:`POOLS`, else ValueError naming the setting."""
     if pool not in POOLS:
-        raise ValueError(f"--pool {pool!r}: expected one of {', '.join(POOLS)}")
+        raise ValueError(f"pool {pool!r}: expected one of {', '.join(POOLS)}")
     return pool
 
 
@@ -196,7 +196,7 @@ def make_task(name: str, pool: str | None = None):
     :data:`POOLS`; a frame task given a pool is a ValueError (its heads read frames, not pooled rows)."""
     if name in ("transcription", "notes") or name.startswith("notes:"):
         if pool is not None:
-            raise ValueError(f"--pool {pool} pools clips for the clip heads; task {name!r} is frame-level "
+            raise ValueError(f"pool {pool} pools clips for the clip heads; task {name!r} is frame-level "
                              "transcription, whose heads read every frame")
         return NotesTask() if ":" not in name else NotesTask(name.split(":", 1)[1])
     pool = check_pool(DEFAULT_POOL if pool is None else pool)

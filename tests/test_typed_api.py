@@ -175,6 +175,7 @@ def test_pipeline_fit_config_round_trip_and_refusals(home, capsys):
     assert main(singer.SPEC, ["prepare", "--workdir", str(w), "--demo"]) == 0
     assert main(singer.SPEC, ["build", "--workdir", str(w), "--backbone", "logmel", "--no-progress"]) == 0
     args = ["fit", "--workdir", str(w), "--backbone", "logmel", "--head", "logreg", "--no-progress"]
+    capsys.readouterr()
     assert main(singer.SPEC, args + ["--print-config"]) == 0
     (home / "fit.yaml").write_text(capsys.readouterr().out)
     assert main(singer.SPEC, ["fit", "--workdir", str(w), "--config", str(home / "fit.yaml")]) == 0
