@@ -14,7 +14,6 @@ and SVG (:func:`heads.run_plots.save_figure`).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +37,9 @@ SCALES = {"layers": "weight x L (1 = uniform)", "frontend": "weight / its larges
 
 
 def _metrics(run: Path) -> dict | None:
-    try:
-        return json.loads((Path(run) / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
+    from heads.runs import read_metrics
+
+    return read_metrics(run)
 
 
 def layer_weight_matrix(runs: list[tuple[str, Path]], scale: str | None = None) -> tuple[list[str], np.ndarray]:

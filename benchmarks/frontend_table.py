@@ -27,6 +27,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from heads.runs import read_metrics
+
 from benchmarks import published as P
 
 #: task -> [(column, dotted key into evaluation.json)]; the first column is the task's main metric.
@@ -114,7 +116,7 @@ def measured_row(cell: Cell) -> dict:
     row["status"] = status
     evs = [_read_json(Path(r) / "evaluation.json") for r in runs] if cell.run and status == "ok" else []
     ev = evs[0] if evs else None
-    fit = _read_json(Path(cell.run) / "metrics.json") if cell.run else None
+    fit = read_metrics(cell.run) if cell.run else None
     protocol = (ev or {}).get("protocol") or (fit or {}).get("protocol")
     if protocol:
         row["scored on"], row["chosen on"] = protocol["scored_split"], selection_label(protocol, fit)

@@ -69,6 +69,7 @@ from featurestore.options import (SpecError, add_config_options, add_options, fi
 from benchmarks import frontend_plots as plots
 from benchmarks import frontend_table as table
 from benchmarks.published import PAPER_BACKBONES
+from heads.runs import read_metrics
 
 TASKS = ("singer", "transcription", "technique")
 #: Built-in backbone name: a tiny randomly initialised wav2vec2 written to ``WORKDIR/models/random-tiny``.
@@ -408,9 +409,8 @@ class TaskRun:
         for m in sorted((self.dir / "runs").glob("*/metrics.json")):
             if run_base(m.parent.name) in excluded:
                 continue
-            try:
-                meta = json.loads(m.read_text())
-            except ValueError:
+            meta = read_metrics(m.parent)
+            if meta is None:
                 continue
             groups.setdefault(run_base(m.parent.name), []).append((int(meta.get("seed") or 0), m.parent, meta))
         cells = []
@@ -468,10 +468,9 @@ def sweep_runs(tdir: Path) -> list[tuple[str, Path]]:
     """Every layer-sweep run of a task folder, labelled by the backbone of its metrics.json."""
     out = []
     for m in sorted((Path(tdir) / SWEEP_DIR / "runs").glob("*/metrics.json")):
-        try:
-            out.append((json.loads(m.read_text()).get("backbone") or m.parent.name, m.parent))
-        except ValueError:
-            continue
+        meta = read_metrics(m.parent)
+        if meta is not None:
+            out.append((meta.get("backbone") or m.parent.name, m.parent))
     return out
 
 

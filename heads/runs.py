@@ -168,6 +168,15 @@ class RunFolder:
         (self.path / CONFIG_FILE).unlink(missing_ok=True)
 
 
+def read_metrics(run) -> dict | None:
+    """A run folder's metrics.json, or None when it has none or it is unreadable (the one reader of the
+    file outside :meth:`RunFolder.metrics`, for listings that skip such folders)."""
+    try:
+        return RunFolder(run).metrics()
+    except RunError:
+        return None
+
+
 def store_path(store) -> str:
     """A store (FeatureStore or path) as the absolute path recorded in config.yaml."""
     path = getattr(store, "path", store)

@@ -154,31 +154,27 @@ def write_manifest(rows: list[dict], path: Path) -> Path:
 def run_pool(rd: Path) -> str:
     """The clip pooling a fitted run was trained on (``pool`` in its metrics.json; ``mean`` for runs
     that predate ``--pool`` or frame heads), so evaluate and predict read the same features."""
+    from heads.runs import read_metrics
     from heads.tasks import DEFAULT_POOL, check_pool
 
-    m = Path(rd) / "metrics.json"
-    try:
-        pool = json.loads(m.read_text()).get("pool") or DEFAULT_POOL
-    except (OSError, ValueError):
-        return DEFAULT_POOL
+    pool = (read_metrics(rd) or {}).get("pool") or DEFAULT_POOL
     try:
         return check_pool(pool)
     except ValueError:
-        raise ValueError(f"{m}: unknown pool {pool!r}") from None
+        raise ValueError(f"{Path(rd) / 'metrics.json'}: unknown pool {pool!r}") from None
 
 
 def run_plan(store, rd: Path, spec: TaskSpec, backbone: str, score: str | None = None):
     """The split plan a fitted run was trained under (from its metrics.json), scoring ``score`` (None: the
     run's own scored split). Scoring the split that chose the run's model is refused
     (:func:`heads.protocol.replan`)."""
+    from heads.runs import read_metrics
     from heads.tasks import TaskError, make_task
 
-    m = Path(rd) / "metrics.json"
-    try:
-        desc = json.loads(m.read_text())["protocol"]
-    except (OSError, ValueError, KeyError):
-        raise TaskError(f"{m} does not say which split chose the model (a run from an older version?): "
-                        "fit it again with --refit") from None
+    desc = (read_metrics(rd) or {}).get("protocol")
+    if not desc:
+        raise TaskError(f"{Path(rd) / 'metrics.json'} does not say which split chose the model (a run from an "
+                        "older version?): fit it again with --refit")
     return make_task(spec.heads_task).replan(store, backbone, desc, score=score)
 
 
@@ -186,26 +182,16 @@ def run_label(plan, rd: Path) -> str:
     """``scored on X, chosen on Y`` of a run's evaluation, Y told honestly for a fit that chose nothing
     (:func:`heads.protocol.selection_label`, from the run's metrics.json)."""
     from heads.protocol import protocol_label
+    from heads.runs import read_metrics
 
-    m = Path(rd) / "metrics.json"
-    try:
-        fit = json.loads(m.read_text())
-    except (OSError, ValueError):
-        fit = None
-    return protocol_label(plan.describe(), fit)
+    return protocol_label(plan.describe(), read_metrics(rd))
 
 
 def run_backbone(rd: Path, fallback: str | None = None) -> str | None:
     """The backbone a run was fitted on, as named in the store (from its metrics.json, else ``fallback``)."""
-    m = Path(rd) / "metrics.json"
-    if m.is_file():
-        try:
-            bb = json.loads(m.read_text()).get("backbone")
-            if bb:
-                return bb
-        except ValueError:
-            pass
-    return fallback
+    from heads.runs import read_metrics
+
+    return (read_metrics(rd) or {}).get("backbone") or fallback
 
 
 def training_clip_settings(spec: TaskSpec, workdir, opts, demucs_repo: str | None = None) -> ClipSettings:
@@ -259,14 +245,14 @@ def results_table(spec: TaskSpec, workdir: Path) -> str:
     the per-layer table of every ``--layers each`` run."""
     from heads import results_log
     from heads.layer_probe import to_markdown as layer_markdown
+    from heads.runs import read_metrics
 
     runs = workdir / "runs"
     logged = results_log.latest(results_log.read_results(runs), "evaluate")
     seen = {r["run"] for r in logged}
     for f in sorted(runs.glob("*/evaluation.json")):  # evaluated before the results log existed
         if f.parent.name not in seen:
-            m = f.parent / "metrics.json"
-            fit = json.loads(m.read_text()) if m.is_file() else None
+            fit = read_metrics(f.parent)
             logged.append(evaluation_row(spec, json.loads(f.read_text()), f.parent.name, fit))
     keys = [(k, k) for k in spec.summary_keys]
     cols = ["scored on", "chosen on"] + spec.summary_keys
@@ -282,8 +268,7 @@ def results_table(spec: TaskSpec, workdir: Path) -> str:
         lines += ["", results_log.to_markdown([r for g in results_log.seed_groups(logged) if len(g) > 1 for r in g],
                                               keys, "Over seeds")]
     for r in sorted(logged, key=lambda r: r["run"]):
-        m = runs / r["run"] / "metrics.json"
-        table = json.loads(m.read_text()).get("layer_table") if m.is_file() else None
+        table = (read_metrics(runs / r["run"]) or {}).get("layer_table")
         if table:
             lines += ["", layer_markdown(table, f"## {r['run']}: one linear probe per layer (per clip)")]
     return "\n".join(lines)

@@ -210,11 +210,12 @@ class TaskPipeline:
         folder is enough (see :meth:`find_run`)."""
         from heads.protocol import selection_label
         from heads.results_log import append_result
+        from heads.runs import read_metrics
 
         rd = self.find_run(run)
         store = self.open_store()
         result = self.task.evaluate(store, rd, options or self.options(), score_split)
-        fit = json.loads((rd / "metrics.json").read_text()) if (rd / "metrics.json").is_file() else {}
+        fit = read_metrics(rd) or {}
         context = (fit.get("options") or {}).get("context") or 0.0
         head = fit.get("head") or rd.name
         result.update(backbone=run_backbone(rd, rd.name), task=self.task.name,

@@ -323,10 +323,9 @@ def evaluate(store, run_dir: Path, opts: TechniqueOptions, score_split: str | No
 
 def head_name(run_dir: Path) -> str:
     """The head a run was fitted with (its metrics.json), or ``?``."""
-    try:
-        return json.loads((Path(run_dir) / "metrics.json").read_text()).get("head") or "?"
-    except (OSError, ValueError):
-        return "?"
+    from heads.runs import read_metrics
+
+    return (read_metrics(run_dir) or {}).get("head") or "?"
 
 
 SPEC = TaskSpec(
