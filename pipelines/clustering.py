@@ -473,8 +473,10 @@ def run_clustering(spec: ClusteringSpec) -> ClusteringReport:
     and KeyError (no such label column)."""
     store = _open_store(spec)
     backbone = spec.backbone
-    if backbone is None and spec.run and (Path(spec.run) / "metrics.json").is_file():
-        backbone = json.loads((Path(spec.run) / "metrics.json").read_text()).get("backbone")
+    if backbone is None and spec.run:
+        from heads.runs import read_metrics
+
+        backbone = (read_metrics(spec.run) or {}).get("backbone")
     bb = _resolve_backbone(store, backbone or "crepe")
     L, _ = store.shape(bb)
     weights, layer_norm, layer = None, False, None
