@@ -35,7 +35,6 @@ same weights as a dict).
 """
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 import torch
@@ -53,36 +52,15 @@ except ImportError:  # scikit-learn < 1.6
 
 from heads.modules import LayerSweepLinear, SumThenHead
 from heads.persist import SaveLoadMixin
-from heads.training import check_class_weight, lr_grid, per_class_weights, sweep_lr
+from heads.params import (BOOL, AnyOf, ClassWeight, Free, Grid, Int, LayerSelection, Options, Real,
+                          is_int, validate_params)
+from heads.training import lr_grid, per_class_weights, sweep_lr
 
 # X: numbers as float32, finite, dense, 2-D or 3-D (the dimension is checked by _to_3d)
 _X_CHECKS = dict(accept_sparse=False, dtype=np.float32, allow_nd=True, ensure_2d=False)
 
 
-# ---- hyperparameter checks -------------------------------------------------------------------
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and bool(np.isfinite(v))
-
-
-def _check_int(name, value, low):
-    if not _is_int(value) or value < low:
-        raise ValueError(f"{name}={value!r}: expected an integer >= {low}")
-
-
-def _check_real(name, value, low, high=None, low_inclusive=False, high_inclusive=False):
-    ok = _is_real(value) and (value >= low if low_inclusive else value > low)
-    if ok and high is not None:
-        ok = value <= high if high_inclusive else value < high
-    if not ok:
-        lo = f"{'>=' if low_inclusive else '>'} {low}"
-        hi = "" if high is None else f" and {'<=' if high_inclusive else '<'} {high}"
-        raise ValueError(f"{name}={value!r}: expected a number {lo}{hi}")
-
+# ---- hyperparameter grids (the checks: heads.params, declared per head) -------------------------------------
 
 def grid_values(name: str, value) -> list:
     """A hyperparameter's values: a scalar -> [it]; a list/tuple -> its items; a comma-separated string
@@ -206,31 +184,16 @@ class _TorchClipClassifier(_ClipInput, SaveLoadMixin, ClassifierMixin, BaseEstim
                 state["n_layers_in_"] = None
         super().__setstate__(state)
 
+    #: Every constructor parameter and what it may be (:mod:`heads.params`).
+    _parameter_constraints = {
+        "lr": Grid(Real(0.0)), "epochs": Int(1), "batch_size": Int(1), "patience": Int(1), "layer_norm": BOOL,
+        "layers": LayerSelection(("each",)), "class_weight": ClassWeight(), "validation_fraction": Real(0.0, 1.0),
+        "weight_decay": Real(0.0, low_inclusive=True), "seed": Int(0), "device": Free(), "progress": BOOL}
+
     def _validate_params(self) -> list[float]:
         """Check the hyperparameters (ValueError naming the bad one); return the lr grid."""
-        try:
-            lrs = lr_grid(self.lr)
-        except (TypeError, ValueError):
-            lrs = None
-        if not lrs or not all(np.isfinite(v) and v > 0 for v in lrs):
-            raise ValueError(f"lr={self.lr!r}: expected a positive number, a list of them or a comma-separated "
-                             "string such as '1e-4,1e-3'")
-        _check_int("epochs", self.epochs, 1)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("patience", self.patience, 1)
-        _check_real("validation_fraction", self.validation_fraction, 0.0, 1.0)
-        _check_real("weight_decay", self.weight_decay, 0.0, low_inclusive=True)
-        _check_int("seed", self.seed, 0)
-        layers = self.layers
-        if isinstance(layers, str):
-            if layers != "each":
-                raise ValueError(f"layers={layers!r}: expected None (all), 'each', a layer index or a list of them")
-        elif layers is not None:
-            idx = np.atleast_1d(np.asarray(layers, dtype=object))
-            if idx.ndim != 1 or idx.size == 0 or not all(_is_int(i) for i in idx):
-                raise ValueError(f"layers={layers!r}: expected None (all), 'each', a layer index or a list of them")
-        check_class_weight(self.class_weight)
-        return lrs
+        validate_params(self)
+        return lr_grid(self.lr)
 
     def _layer_indices(self, n_layers: int) -> list[int]:
         """The stored layers this head reads, checked against the L of X."""
@@ -407,12 +370,14 @@ class MLPHead(_TorchClipClassifier):
         return torch.nn.Sequential(torch.nn.Linear(dim, self.hidden), torch.nn.ReLU(),
                                    torch.nn.Dropout(self.dropout), torch.nn.Linear(self.hidden, n_classes))
 
+    _parameter_constraints = {**_TorchClipClassifier._parameter_constraints,
+                              "hidden": Int(1), "dropout": Real(0.0, 1.0, low_inclusive=True)}
+
     def _validate_params(self):
+        lrs = super()._validate_params()
         if self._sweep():
             raise ValueError("layers='each' is a linear-probe sweep: use LinearHead (--head linear)")
-        _check_int("hidden", self.hidden, 1)
-        _check_real("dropout", self.dropout, 0.0, 1.0, low_inclusive=True)
-        return super()._validate_params()
+        return lrs
 
 
 # ---- scikit-learn heads ----------------------------------------------------------------------
@@ -450,11 +415,11 @@ class _PooledSklearnHead(_ClipInput, SaveLoadMixin, ClassifierMixin, BaseEstimat
                                      else [int(f)])
         super().__setstate__(state)
 
+    _parameter_constraints = {"features": AnyOf((Options(("mean", "concat")), Int(0))),
+                              "class_weight": ClassWeight(), "seed": Int(0)}
+
     def _validate_params(self):
-        f = self.features
-        if not (_is_int(f) and f >= 0) and not (isinstance(f, str) and f in ("mean", "concat")):
-            raise ValueError(f"features={f!r}: expected 'mean', 'concat' or a layer index >= 0")
-        check_class_weight(self.class_weight)
+        validate_params(self)
 
     def _layer_importance(self, per_feature: np.ndarray, n_layers: int) -> np.ndarray:
         """Per-layer sums of a non-negative per-feature importance [L * D], normalised to sum 1
@@ -484,7 +449,7 @@ class _PooledSklearnHead(_ClipInput, SaveLoadMixin, ClassifierMixin, BaseEstimat
         grid = self._grid()
         X, y, classes, yi = self._check_fit_data(X, y)
         n_layers, dim = X.shape[1], X.shape[2]
-        if _is_int(self.features) and not self.features < n_layers:
+        if is_int(self.features) and not self.features < n_layers:
             raise ValueError(f"features={self.features!r}: layer out of range 0..{n_layers - 1}")
         if len(grid) > 1 and eval_set is None:
             raise ValueError(f"a grid of {', '.join(self.GRID)} ({len(grid)} combinations) is chosen on eval_set: "
@@ -514,7 +479,7 @@ class _PooledSklearnHead(_ClipInput, SaveLoadMixin, ClassifierMixin, BaseEstimat
         self.model_, self.classes_, self.class_weight_ = model, model.classes_, class_weight
         self.best_params_, self.grid_scores_ = params, scores
         self.n_layers_in_, self.n_features_in_ = n_layers, dim
-        self.layers_used_ = [int(self.features)] if _is_int(self.features) else list(range(n_layers))
+        self.layers_used_ = [int(self.features)] if is_int(self.features) else list(range(n_layers))
         if self.features == "concat":
             self.layer_importance_ = self._layer_importance(self._feature_importance(), n_layers)
         return self
@@ -544,12 +509,7 @@ class LogRegHead(_PooledSklearnHead):
         self.features, self.C, self.max_iter, self.class_weight, self.seed = features, C, max_iter, class_weight, seed
 
     GRID = ("C",)
-
-    def _validate_params(self):
-        super()._validate_params()
-        for v in grid_values("C", self.C):
-            _check_real("C", v, 0.0)
-        _check_int("max_iter", self.max_iter, 1)
+    _parameter_constraints = {**_PooledSklearnHead._parameter_constraints, "C": Grid(Real(0.0)), "max_iter": Int(1)}
 
     def _make_model(self, class_weight, params):
         from sklearn.linear_model import LogisticRegression
@@ -587,17 +547,9 @@ class LGBMHead(_PooledSklearnHead):
                                                                                class_weight, seed)
 
     GRID = ("n_estimators", "learning_rate", "num_leaves", "min_child_samples")
-
-    def _validate_params(self):
-        super()._validate_params()
-        for v in grid_values("n_estimators", self.n_estimators):
-            _check_int("n_estimators", v, 1)
-        for v in grid_values("learning_rate", self.learning_rate):
-            _check_real("learning_rate", v, 0.0)
-        for v in grid_values("num_leaves", self.num_leaves):
-            _check_int("num_leaves", v, 2)
-        for v in grid_values("min_child_samples", self.min_child_samples):
-            _check_int("min_child_samples", v, 0)
+    _parameter_constraints = {**_PooledSklearnHead._parameter_constraints, "n_estimators": Grid(Int(1)),
+                              "learning_rate": Grid(Real(0.0)), "num_leaves": Grid(Int(2)),
+                              "min_child_samples": Grid(Int(0))}
 
     def _make_model(self, class_weight, params):
         from lightgbm import LGBMClassifier

@@ -41,6 +41,7 @@ import torch
 from sklearn.base import BaseEstimator
 
 from heads import metrics
+from heads.params import BOOL, Free, Grid, Int, LayerSelection, Options, Real, validate_params
 from heads.frame_targets import N_OUTPUTS, encode_targets, frame_loss, parse_notes, probabilities
 from heads.modules import WeightedLayerSum
 from heads.note_crf import NoteChainCRF
@@ -84,13 +85,14 @@ class _FrameHead(SaveLoadMixin, BaseEstimator):
     def _layer_index(self):
         return None if self.layers is None or isinstance(self.layers, str) else list(self.layers)
 
+    #: Every constructor parameter and what it may be (:mod:`heads.params`); the subclasses add theirs.
+    _parameter_constraints = {
+        "lr": Grid(Real(0.0)), "epochs": Int(1), "window": Int(1), "batch_size": Int(1), "patience": Int(1),
+        "layer_norm": BOOL, "layers": LayerSelection(), "context": Real(0.0, low_inclusive=True),
+        "context_width": Int(1), "seed": Int(0), "device": Free(), "progress": BOOL}
+
     def _check_params(self):
-        if int(self.window) < 1:
-            raise ValueError(f"window must be >= 1 frame, got {self.window}")
-        if self.context is None or float(self.context) < 0:
-            raise ValueError(f"context must be >= 0 seconds, got {self.context}")
-        if int(self.context_width) < 1:
-            raise ValueError(f"context_width must be >= 1, got {self.context_width}")
+        validate_params(self)
 
     @staticmethod
     def _tile(n: int, window: int, phase: int) -> list[tuple[int, int]]:
@@ -383,6 +385,8 @@ class FrameClassifierHead(_FrameHead):
     ``context_frames_``, ``lr_``, ``history_``.
     """
 
+    _parameter_constraints = {**_FrameHead._parameter_constraints, "onset_pos_weight": Real(0.0)}
+
     def __init__(self, lr=3e-3, epochs=60, window=250, batch_size=16, patience=10, layer_norm=False, layers=None,
                  context=0.0, context_width=64, onset_pos_weight=15.0, seed=0, device="cpu", progress=False):
         self.lr, self.epochs, self.window, self.batch_size, self.patience = lr, epochs, window, batch_size, patience
@@ -416,6 +420,9 @@ class CRFHead(_FrameHead):
     selection ("conp": epochs chosen by decoded validation COnP; "nll": by validation NLL, see the
     module docstring). Learned additionally: the CRF's transitions inside ``module_``.
     """
+
+    _parameter_constraints = {**_FrameHead._parameter_constraints, "midi_low": Int(0, 127), "midi_high": Int(0, 127),
+                              "selection": Options(("conp", "nll"))}
 
     def __init__(self, lr=3e-3, epochs=60, window=250, batch_size=16, patience=10, layer_norm=False, layers=None,
                  context=0.0, context_width=64, midi_low=36, midi_high=83, selection="conp", seed=0, device="cpu",

@@ -269,3 +269,26 @@ def test_a_run_folder_from_before_the_typed_api_still_evaluates(home, capsys):
     table = (w / "results.md").read_text()
     assert "| logmel-linear-seed1 |" in table and "| logmel-logreg |" in table
     capsys.readouterr()
+
+
+# ---- heads: hyperparameters from one declaration ---------------------------------------------------
+
+def test_every_head_declares_every_hyperparameter_and_refuses_by_name():
+    from heads.clip_heads import LGBMHead, LinearHead, LogRegHead, MLPHead
+    from heads.frame_heads import CRFHead, FrameClassifierHead
+    from heads.params import undeclared, validate_params
+
+    bad = {"lr": "0,x", "epochs": 0, "window": 0, "batch_size": 0, "patience": 0, "layer_norm": "yes",
+           "layers": "some", "context": -0.1, "context_width": 0, "seed": -1, "hidden": 0, "dropout": 1.0,
+           "validation_fraction": 1.0, "weight_decay": -1.0, "onset_pos_weight": 0.0, "midi_low": 128,
+           "midi_high": -1, "selection": "f1", "features": "first", "C": "0.1,-1", "max_iter": 0, "n_estimators": [10, 0],
+           "learning_rate": 0.0, "num_leaves": 1, "min_child_samples": -1, "class_weight": "balance",
+           "progress": "no"}
+    for cls in (LinearHead, MLPHead, LogRegHead, LGBMHead, FrameClassifierHead, CRFHead):
+        assert undeclared(cls) == [], cls.__name__
+        validate_params(cls())  # the defaults are allowed
+        for name in cls._get_param_names():
+            if name == "device":
+                continue
+            with pytest.raises(ValueError, match=f"^{name}"):
+                validate_params(cls(**{name: bad[name]}))
