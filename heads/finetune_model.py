@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 
 from featurestore.frontends import CrepeFrontend, Frontend, HFFrontend, LogMelFrontend
+from heads.modules import masked_mean
 
 MODES = ("two-stage", "lora", "full")
 #: Attention projections of the transformers audio encoders, and the feed-forward dense layers,
@@ -138,12 +139,6 @@ def merge_lora(fe: HFFrontend) -> HFFrontend:
     if hasattr(fe.model, "merge_and_unload"):
         fe.model = fe.model.merge_and_unload()
     return fe
-
-
-def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """h [B, T, L, D], mask [B, T] (True on valid frames) -> mean over valid frames [B, L, D]."""
-    m = mask.to(h.dtype)[:, :, None, None]
-    return (h * m).sum(1) / m.sum(1).clamp(min=1)
 
 
 class FineTuneModel(torch.nn.Module):
