@@ -213,15 +213,16 @@ class _TorchClipClassifier(_ClipInput, SaveLoadMixin, ClassifierMixin, BaseEstim
         return torch.nn.functional.cross_entropy(logits, targets.to(logits.device), weight=class_weight)
 
     @classmethod
-    def from_trained_module(cls, module: torch.nn.Module, *, classes, class_weight=None, history=(),
+    def from_trained_module(cls, module: torch.nn.Module, *, classes, class_weights=None, history=(),
                             best_epoch: int = -1, **params):
         """A fitted head whose module is ``module``, trained elsewhere (a :meth:`build_module` module:
         ``heads.finetune`` trains it with the frontend). Its weights are copied into a module built by
         :meth:`build_module` (so it is checked to be one: ValueError otherwise), on the CPU in eval
         mode; ``module`` itself is not changed.
 
-        classes: the labels of the module's C outputs, in order; class_weight: the weight of each
-        class [C] its loss used (None: ones); history: per-epoch records (``{"epoch", "val", ...}``,
+        classes: the labels of the module's C outputs, in order; class_weights: the weight of each
+        class [C] its loss used (None: ones; the hyperparameter ``class_weight``, the rule that gave
+        them, is one of ``params``); history: per-epoch records (``{"epoch", "val", ...}``,
         ``val`` the selection score); best_epoch: the kept epoch (0-based); params: the head's
         hyperparameters (validated as ``fit`` does; ``lr`` is the one rate the module was trained
         with; ``layers`` must be None: the module reads every layer it is given).
@@ -249,9 +250,9 @@ class _TorchClipClassifier(_ClipInput, SaveLoadMixin, ClassifierMixin, BaseEstim
         except RuntimeError as e:
             raise ValueError(f"module does not have the shape of {cls.__name__}.build_module({L}, {D}, "
                              f"{len(classes)}) ({str(e).splitlines()[0]})") from None
-        cw = np.ones(len(classes)) if class_weight is None else np.asarray(class_weight, dtype=np.float64)
+        cw = np.ones(len(classes)) if class_weights is None else np.asarray(class_weights, dtype=np.float64)
         if cw.shape != (len(classes),):
-            raise ValueError(f"class_weight: expected one weight per class ({len(classes)}), got shape {cw.shape}")
+            raise ValueError(f"class_weights: expected one weight per class ({len(classes)}), got shape {cw.shape}")
         history = list(history)
         est.classes_, est.class_weight_ = classes, cw
         est.layers_used_, est.n_layers_in_, est.n_features_in_ = list(range(L)), L, D

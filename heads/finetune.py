@@ -512,7 +512,8 @@ def _finetune_in(store, spec: FinetuneSpec, out, device: str, ranks, on_checkpoi
 def fitted_head(est, model: FineTuneModel, kind: str, classes, class_weight, history, best_epoch):
     """A fitted head of ``est``'s class and hyperparameters whose module is the fine-tuned head
     (:meth:`from_trained_module` of the head: the attributes ``heads.fit`` gives a fitted head)."""
-    kw = {"classes": classes, "class_weight": class_weight} if kind == "clip" else {"frame_rate": model.frontend.frame_rate}
+    kw = ({"classes": classes, "class_weights": class_weight} if kind == "clip"
+          else {"frame_rate": model.frontend.frame_rate})
     return type(est).from_trained_module(model.head, history=history, best_epoch=best_epoch, **kw, **est.get_params())
 
 
