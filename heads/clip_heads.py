@@ -53,7 +53,7 @@ except ImportError:  # scikit-learn < 1.6
 
 from heads.modules import LayerSweepLinear, SumThenHead, masked_mean
 from heads.persist import SaveLoadMixin
-from heads.training import check_class_weight, lr_grid, per_class_weights, sweep_lr
+from heads.training import adopt_trained_module, check_class_weight, lr_grid, per_class_weights, sweep_lr
 
 # X: numbers as float32, finite, dense, 2-D or 3-D (the dimension is checked by _to_3d)
 _X_CHECKS = dict(accept_sparse=False, dtype=np.float32, allow_nd=True, ensure_2d=False)
@@ -231,36 +231,17 @@ class _TorchClipClassifier(_ClipInput, SaveLoadMixin, ClassifierMixin, BaseEstim
         ``n_features_in_``, ``module_``, ``lr_``, ``lr_scores_`` ({lr: best selection score}),
         ``history_``, ``best_epoch_``, ``layer_weights_``."""
         est = cls(**params)
-        lrs = est._validate_params()
-        if len(lrs) != 1:
-            raise ValueError(f"lr={est.lr!r}: a trained module was trained with one learning rate, not a grid")
-        if est.layers is not None:
-            raise ValueError(f"layers={est.layers!r}: a trained module reads every layer it is given; pass layers=None")
-        layer_sum = getattr(module, "sum", None)
-        if not isinstance(module, SumThenHead) or layer_sum is None:
-            raise ValueError(f"module: expected the module of {cls.__name__}.build_module (a SumThenHead), "
-                             f"got a {type(module).__name__}")
-        L, D = int(layer_sum.logits.shape[0]), int(layer_sum.dim)
+        est._validate_params()
         classes = np.asarray(classes)
         if len(classes) < 2:
             raise ValueError(f"classes: a classifier needs at least 2 classes, got {len(classes)}")
-        fresh = est.build_module(L, D, len(classes))
-        try:
-            fresh.load_state_dict(module.state_dict(), strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"module does not have the shape of {cls.__name__}.build_module({L}, {D}, "
-                             f"{len(classes)}) ({str(e).splitlines()[0]})") from None
         cw = np.ones(len(classes)) if class_weights is None else np.asarray(class_weights, dtype=np.float64)
         if cw.shape != (len(classes),):
             raise ValueError(f"class_weights: expected one weight per class ({len(classes)}), got shape {cw.shape}")
-        history = list(history)
+        adopt_trained_module(est, module, SumThenHead, lambda L, D: est.build_module(L, D, len(classes)),
+                             history=history, best_epoch=best_epoch,
+                             built=f"{cls.__name__}.build_module(n_classes={len(classes)})")
         est.classes_, est.class_weight_ = classes, cw
-        est.layers_used_, est.n_layers_in_, est.n_features_in_ = list(range(L)), L, D
-        est.module_ = fresh.cpu().eval()
-        est.lr_ = float(lrs[0])
-        est.lr_scores_ = {est.lr_: max((h["val"] for h in history), default=float("nan"))}
-        est.history_, est.best_epoch_ = history, int(best_epoch)
-        est.layer_weights_ = est.module_.sum.weights().detach().numpy()
         return est
 
     def _sweep(self) -> bool:

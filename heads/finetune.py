@@ -420,9 +420,10 @@ def _finetune_in(store, spec: FinetuneSpec, out, device: str, ranks, on_checkpoi
         print(f"note: {note}", file=sys.stderr)
     fe, noise = load_for_finetune(spec)
     train, select, scored = (ClipAudio(store, rows, fe.geometry) for rows in (plan.train, plan.select, plan.score))
+    # (before adapters change the weights)
     stored = stored_stage1(store, planned_on, fe, {"train": train, "select": select},
                            {"train": plan.train, "select": plan.select}, features=spec.stage1_features,
-                           stage1_epochs=spec.stage1_epochs, backbone=spec.backbone)  # (before adapters change the weights)
+                           stage1_epochs=spec.stage1_epochs, backbone=spec.backbone)
     lora = None
     if spec.mode == "lora":
         lora = add_lora(fe, rank=spec.lora_rank, alpha=spec.lora_alpha, targets=spec.lora_target_list,

@@ -48,7 +48,7 @@ from heads.note_states import NoteStates
 from heads.notes import notes_to_arrays
 from heads.persist import SaveLoadMixin
 from heads.temporal import TemporalContext, context_frames
-from heads.training import lr_grid, sweep_lr
+from heads.training import adopt_trained_module, lr_grid, sweep_lr
 
 #: Bytes of float32 frames a split may take in memory before training reads it window by window.
 IN_MEMORY_BYTES = 2e9
@@ -130,32 +130,13 @@ class _FrameHead(SaveLoadMixin, BaseEstimator):
         selection score}), ``history_``, ``best_epoch_``, ``layer_weights_``."""
         est = cls(**params)
         est._check_params()
-        lrs = lr_grid(est.lr)
-        if len(lrs) != 1:
-            raise ValueError(f"lr={est.lr!r}: a trained module was trained with one learning rate, not a grid")
-        if est.layers is not None:
-            raise ValueError(f"layers={est.layers!r}: a trained module reads every layer it is given; pass layers=None")
         if not (np.isfinite(frame_rate) and frame_rate > 0):
             raise ValueError(f"frame_rate={frame_rate!r}: expected frames per second > 0")
-        layer_sum = getattr(module, "sum", None)
-        if not isinstance(module, _Net) or layer_sum is None:
-            raise ValueError(f"module: expected the module of {cls.__name__}.build_module, got a {type(module).__name__}")
-        L, D = int(layer_sum.logits.shape[0]), int(layer_sum.dim)
-        fresh = est.build_module(L, D, frame_rate=frame_rate)
-        try:
-            fresh.load_state_dict(module.state_dict(), strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"module does not have the shape of {cls.__name__}.build_module({L}, {D}, "
-                             f"frame_rate={frame_rate}) ({str(e).splitlines()[0]})") from None
-        history = list(history)
+        adopt_trained_module(est, module, _Net, lambda L, D: est.build_module(L, D, frame_rate=frame_rate),
+                             history=history, best_epoch=best_epoch,
+                             built=f"{cls.__name__}.build_module(frame_rate={frame_rate})")
         est.frame_rate_ = float(frame_rate)
         est.context_frames_ = context_frames(est.context, est.frame_rate_)
-        est.layers_used_, est.n_layers_in_, est.n_features_in_ = list(range(L)), L, D
-        est.module_ = fresh.cpu().eval()
-        est.lr_ = float(lrs[0])
-        est.lr_scores_ = {est.lr_: max((h["val"] for h in history), default=float("nan"))}
-        est.history_, est.best_epoch_ = history, int(best_epoch)
-        est.layer_weights_ = est.module_.sum.weights().detach().numpy()
         return est
 
     def _crf(self):

@@ -91,6 +91,13 @@ def reextract_run(run: Path, store=None, device: str = "cpu", overwrite: bool = 
                            complete=bool(s["complete"]))
 
 
+def format_reextract(record: ReextractRecord) -> str:
+    """The line ``python -m heads.reextract`` prints for a record."""
+    s = record
+    return (f"backbone {s.backbone} in {s.store}: {s.units_done}/{s.units} units, {s.frames} frames "
+            f"x {s.layers} layers x {s.dim} ({'complete' if s.complete else 'incomplete'})")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m heads.reextract",
                                 description="Write a fine-tuned frontend (a heads.finetune run folder) into the store "
@@ -122,8 +129,7 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, KeyError, SettingsMismatch) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"backbone {s.backbone} in {s.store}: {s.units_done}/{s.units} units, {s.frames} frames "
-          f"x {s.layers} layers x {s.dim} ({'complete' if s.complete else 'incomplete'})")
+    print(format_reextract(s))
     return 0
 
 

@@ -140,3 +140,23 @@ def test_a_record_written_before_the_spec_existed_is_still_done(finished, crepe_
             FT.finetune_run(crepe_store, spec, out)
     finally:
         marker.write_text(json.dumps(written, indent=2))
+
+
+def test_reextract_run_returns_its_record_and_main_prints_it(finished, crepe_store, tmp_path, capsys):
+    from featurestore import open_store
+    from heads import reextract as RX
+
+    out, _ = finished
+    with pytest.raises(FileNotFoundError, match="no finished fine-tune"):
+        RX.reextract_run(tmp_path)
+    with pytest.raises(ValueError, match="name 'a/b'"):
+        RX.reextract_run(out, name="a/b")
+    assert RX.main(["--run", str(out), "--num-workers", "0", "--no-progress"]) == 0
+    printed = capsys.readouterr().out.strip()
+    rec = RX.reextract_run(out, crepe_store, num_workers=0, progress=False)   # already there: resumes, nothing to do
+    assert printed == RX.format_reextract(rec)
+    st = open_store(crepe_store)
+    assert rec.backbone == "crepe-tiny@sid-ft" and rec.backbone in st.backbones and rec.complete
+    assert rec.units_done == rec.units
+    assert (rec.layers, rec.dim) == (len(st.layer_ids(rec.backbone)), st.shape(rec.backbone)[-1])
+    assert rec.frames == int(st.n_frames(rec.backbone).sum()) and rec.store == str(crepe_store)
