@@ -57,8 +57,8 @@ from featurestore.store import BackboneNotInStore
 from heads.evaluation import score_clip_head, score_notes
 from heads.finetune_data import ClipAudio
 from heads.finetune_loop import Loop, Task, autocast_dtype
-from heads.finetune_model import (FineTuneError, FineTuneModel, add_lora, check_mode, enable_gradient_checkpointing,
-                                  merge_lora, skip_cnn_backward, trainable_parts)
+from heads.finetune_model import (FineTuneError, FineTuneModel, FineTuneSettingError, add_lora, check_mode,
+                                  enable_gradient_checkpointing, merge_lora, skip_cnn_backward, trainable_parts)
 from heads.finetune_spec import FinetuneSpec
 from heads.fit import CLIP_HEADS, check_device, ensure_demo_store, frame_head_class, plot_layer_weights, summary_table
 from heads.frame_heads import conp_f1
@@ -234,7 +234,7 @@ def stored_stage1(store, planned_on, fe, data: dict[str, ClipAudio], rows: dict[
     if why is None:
         return {k: StoredFrames(store, planned_on, rows[k]) for k in rows}
     if features == "store":
-        raise FineTuneError(f"stage1_features store: {why}")
+        raise FineTuneSettingError("stage1_features", f"store: {why}")
     return None
 
 

@@ -92,7 +92,9 @@ def autocast_dtype(precision: str, device: torch.device):
     """The autocast dtype (None: float32). Autocast is for CUDA: on CPU only fp32/auto are accepted."""
     if device.type != "cuda":
         if precision in ("bf16", "fp16"):
-            raise ValueError(f"--precision {precision} is CUDA autocast; on {device} use fp32 (or auto)")
+            from featurestore.options import SpecError
+
+            raise SpecError("precision", f"{precision} is CUDA autocast; on {device} use fp32 (or auto)")
         return None
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -223,7 +223,7 @@ def test_refusals(store, tiny_hubert, tmp_path, capsys):
         check_mode(load_frontend("logmel"), "two-stage")
     with pytest.raises(FineTuneError, match="attention"):
         check_mode(load_frontend("crepe"), "lora")
-    with pytest.raises(FineTuneError, match="gradient-checkpointing"):
+    with pytest.raises(FineTuneError, match="gradient_checkpointing"):
         check_mode(load_frontend("crepe"), "full", gradient_checkpointing=True)
     base = ["--store", str(store), "--backbone", str(tiny_hubert), "--out", str(tmp_path / "x"), "--no-progress",
             "--num-workers", "0"]

@@ -384,7 +384,7 @@ def test_finetune_stage1_reuse_refuses_pooled_only_and_layer_subset_backbones(st
     fe = load_frontend(BB, device="cpu")
     s = open_store(stores)
     for name, why in (("crepe-none", "--frames none"), ("crepe-sub", r"only model layers \[1, 3, 5\]")):
-        with pytest.raises(FineTuneError, match=f"stage1_features store: .*{why}"):
+        with pytest.raises(FineTuneError, match=f"stage1_features: store: .*{why}"):
             stored_stage1(s, name, fe, {}, {}, features="store", stage1_epochs=1, backbone=name)
         assert stored_stage1(s, name, fe, {}, {}, features="auto", stage1_epochs=1, backbone=name) is None
 
