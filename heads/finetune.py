@@ -6,7 +6,7 @@
     python -m heads.finetune ... --mode lora --lora-rank 8 --lora-targets q_proj,v_proj
     torchrun --nproc-per-node 4 -m heads.finetune ...                         # DDP, one GPU per rank
     python -m heads.finetune ... --resume                                     # continue a killed run
-    python -m heads.finetune --config runs/x/config.yaml --out runs/x         # the settings of a run again
+    python -m heads.finetune --config runs/x/config.yaml --store w/store.zarr --out runs/x  # a run's settings again
 
 From Python, the same run is :func:`finetune_run` of a :class:`heads.finetune_spec.FinetuneSpec`:
 
