@@ -52,7 +52,7 @@ except ImportError:  # scikit-learn < 1.6
         return _estimator._validate_data(X, y, reset=reset, **check_params)
 
 from heads.modules import LayerSweepLinear, SumThenHead, masked_mean
-from heads.persist import SaveLoadMixin
+from heads.head_codec import SaveLoadMixin
 from heads.training import adopt_trained_module, check_class_weight, lr_grid, per_class_weights, sweep_lr
 
 # X: numbers as float32, finite, dense, 2-D or 3-D (the dimension is checked by _to_3d)

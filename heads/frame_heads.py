@@ -46,7 +46,7 @@ from heads.modules import WeightedLayerSum
 from heads.note_crf import NoteChainCRF
 from heads.note_states import NoteStates
 from heads.notes import notes_to_arrays
-from heads.persist import SaveLoadMixin
+from heads.head_codec import SaveLoadMixin
 from heads.temporal import TemporalContext, context_frames
 from heads.training import adopt_trained_module, lr_grid, sweep_lr
 

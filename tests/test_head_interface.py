@@ -139,3 +139,29 @@ def test_no_module_reaches_into_the_heads_private_methods():
                 if isinstance(node, ast.Attribute) and node.attr in PRIVATE:
                     hits.append(f"{rel}:{node.lineno}: .{node.attr}")
     assert not hits, "private head methods used outside the heads: " + "; ".join(hits)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, at its top or inside a function."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+    return out
+
+
+def test_head_files_import_one_way_and_load_checks_the_class(tmp_path):
+    """heads.persist imports the heads; the heads and the file format (heads.head_codec) import
+    neither heads.persist nor each other's way back, not even inside a function."""
+    for f in ("heads/clip_heads.py", "heads/frame_heads.py", "heads/head_codec.py"):
+        assert "heads.persist" not in _imports(ROOT / f), f
+    assert not _imports(ROOT / "heads/head_codec.py") & {"heads.clip_heads", "heads.frame_heads"}
+    X = np.random.default_rng(0).standard_normal((12, 2, 4)).astype(np.float32)
+    y = np.array(["a", "b"] * 6)
+    MLPHead(hidden=4, epochs=2).fit(X, y).save(tmp_path / "head.json")
+    with pytest.raises(TypeError, match="holds a MLPHead, not a LinearHead"):
+        LinearHead.load(tmp_path / "head.json")
+    np.testing.assert_allclose(MLPHead.load(tmp_path / "head.json").predict_proba(X),
+                               load_head(tmp_path / "head.json").predict_proba(X))
