@@ -252,7 +252,7 @@ def resolved_settings(settings: dict) -> dict:
     local model (``crepe`` = ``CREPE`` = ``crepe-full``), so that equivalent spellings compare equal."""
     out = dict(settings)
     for k in PATH_ARGS:
-        if isinstance(out.get(k), str) and out[k]:
+        if isinstance(out.get(k), str) and out[k] and "://" not in out[k]:  # (a store URL is left as it is)
             out[k] = str(Path(out[k]).expanduser().resolve())
     if isinstance(out.get("backbone"), str):
         try:

@@ -5,6 +5,7 @@ existed is still recognised."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +161,11 @@ def test_reextract_run_returns_its_record_and_main_prints_it(finished, crepe_sto
     assert rec.units_done == rec.units
     assert (rec.layers, rec.dim) == (len(st.layer_ids(rec.backbone)), st.shape(rec.backbone)[-1])
     assert rec.frames == int(st.n_frames(rec.backbone).sum()) and rec.store == str(crepe_store)
+
+
+def test_recorded_paths_are_resolved_but_store_urls_are_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    got = FT.resolved_settings({"store": "memory://songs.zarr", "out": "runs/./x/", "model_path": "~/m",
+                                "backbone": "CREPE"})
+    assert got["store"] == "memory://songs.zarr" and got["out"] == str(tmp_path / "runs" / "x")
+    assert got["model_path"] == str(Path("~/m").expanduser().resolve()) and got["backbone"] == FT.resolve("crepe").name
