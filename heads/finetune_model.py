@@ -54,20 +54,35 @@ class FineTuneSettingError(SpecError, FineTuneError):
     the command line) that this frontend cannot take: found once the model is loaded."""
 
 
-def check_mode(fe: Frontend, mode: str, *, gradient_checkpointing: bool = False) -> None:
-    """Refuse what a loaded frontend cannot do (FineTuneSettingError naming the setting)."""
+def check_mode_for(kind: str, name: str, mode: str, *, gradient_checkpointing: bool = False) -> None:
+    """Refuse what a frontend of ``kind`` (a registry kind: "hf", "crepe", "logmel", "hear") named
+    ``name`` cannot do in ``mode`` (FineTuneSettingError naming the setting). Needs no weights:
+    :class:`heads.finetune_spec.FinetuneSpec` calls it when it is made."""
     if mode not in MODES:
         raise FineTuneSettingError("mode", f"{mode!r}: expected one of {', '.join(MODES)}")
-    if isinstance(fe, LogMelFrontend) or not any(True for _ in fe.parameters()):
-        raise FineTuneSettingError("backbone", f"{fe.name} is not learned (a fixed log-mel transform): there is "
+    if kind == "hear":
+        raise FineTuneSettingError("backbone", f"{name}: a HEAR module only serves embeddings (the HEAR API has no "
+                                               "training entry point), so it cannot be fine-tuned. Fit a probe on "
+                                               "its stored features with heads.fit instead")
+    if kind == "logmel":
+        raise FineTuneSettingError("backbone", f"{name} is not learned (a fixed log-mel transform): there is "
                                                "nothing to fine-tune. Fit a probe on its stored features with "
                                                "heads.fit instead")
-    if isinstance(fe, CrepeFrontend) and mode == "lora":
-        raise FineTuneSettingError("mode", f"lora puts adapters on attention projections; {fe.name} is a conv net "
+    if kind == "crepe" and mode == "lora":
+        raise FineTuneSettingError("mode", f"lora puts adapters on attention projections; {name} is a conv net "
                                            "without attention. Use mode two-stage (blocks 5-6 unfrozen in stage 2) "
                                            "or full")
-    if gradient_checkpointing and not isinstance(fe, HFFrontend):
-        raise FineTuneSettingError("gradient_checkpointing", f"is for transformers models; {fe.name} has none")
+    if gradient_checkpointing and kind != "hf":
+        raise FineTuneSettingError("gradient_checkpointing", f"is for transformers models; {name} has none")
+
+
+def check_mode(fe: Frontend, mode: str, *, gradient_checkpointing: bool = False) -> None:
+    """:func:`check_mode_for` of a loaded frontend (a frontend without parameters is not learned)."""
+    if isinstance(fe, LogMelFrontend) or not any(True for _ in fe.parameters()):
+        kind = "logmel"
+    else:
+        kind = "crepe" if isinstance(fe, CrepeFrontend) else "hf" if isinstance(fe, HFFrontend) else "other"
+    check_mode_for(kind, fe.name, mode, gradient_checkpointing=gradient_checkpointing)
 
 
 def _crepe_block(name: str) -> int | None:

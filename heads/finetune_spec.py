@@ -23,7 +23,7 @@ from featurestore.names import check_backbone_name
 from featurestore.options import SpecError, option
 from featurestore.registry import resolve
 from heads.finetune_loop import PRECISIONS, LoopSettings
-from heads.finetune_model import LORA_TARGETS, MODES
+from heads.finetune_model import LORA_TARGETS, MODES, check_mode_for
 from heads.fit import CLIP_HEADS, FRAME_HEADS, HEADS
 from heads.protocol import FILE, SCORE_CHOICES, SELECT_CHOICES
 from heads.tasks import TaskError, make_task
@@ -155,19 +155,7 @@ class FinetuneSpec:
             kind = resolve(self.backbone).kind
         except KeyError as e:
             raise SpecError("backbone", e.args[0] if e.args else str(e)) from None
-        if kind == "hear":
-            raise SpecError("backbone", f"{self.backbone}: a HEAR module only serves embeddings (the HEAR API has no "
-                                        "training entry point), so it cannot be fine-tuned. Fit a probe on its "
-                                        "stored features with heads.fit instead")
-        if kind == "logmel":
-            raise SpecError("backbone", f"{self.backbone} is not learned (a fixed log-mel transform): there is "
-                                        "nothing to fine-tune. Fit a probe on its stored features with heads.fit "
-                                        "instead")
-        if kind == "crepe" and self.mode == "lora":
-            raise SpecError("mode", f"lora puts adapters on attention projections; {self.backbone} is a conv net "
-                                    "without attention. Use mode two-stage (blocks 5-6 unfrozen in stage 2) or full")
-        if self.gradient_checkpointing and kind != "hf":
-            raise SpecError("gradient_checkpointing", f"is for transformers models; {self.backbone} has none")
+        check_mode_for(kind, self.backbone, self.mode, gradient_checkpointing=self.gradient_checkpointing)
 
     def _check_task(self) -> None:
         try:
