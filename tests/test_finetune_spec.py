@@ -12,7 +12,7 @@ import pytest
 from featurestore.build import build
 from featurestore.clips import ClipSettings
 from featurestore.demo import make_demo_corpus
-from featurestore.options import SpecError, identity
+from featurestore.options import SpecError, identity, to_dict
 from heads import finetune as FT
 from heads.finetune import FinetuneSpec
 from heads.finetune_model import FineTuneError
@@ -169,3 +169,26 @@ def test_recorded_paths_are_resolved_but_store_urls_are_kept(tmp_path, monkeypat
                                 "backbone": "CREPE"})
     assert got["store"] == "memory://songs.zarr" and got["out"] == str(tmp_path / "runs" / "x")
     assert got["model_path"] == str(Path("~/m").expanduser().resolve()) and got["backbone"] == FT.resolve("crepe").name
+
+
+def test_finetune_run_prints_nothing_and_says_what_it_did(crepe_store, tmp_path, capsys):
+    spec = FinetuneSpec(backbone="crepe-tiny", epochs=2, stage1_epochs=1, seed=1, batch_size=2, num_workers=0,
+                        no_progress=True)
+    out = tmp_path / "quiet"
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch):
+        raise Killed
+
+    with pytest.raises(Killed):
+        FT.finetune_run(crepe_store, spec, out, on_checkpoint=kill)
+    resumed = FinetuneSpec(**{**to_dict(spec), "resume": True})
+    rec = FT.finetune_run(crepe_store, resumed, out)
+    io = capsys.readouterr()
+    assert io.out == "" and "resuming" in io.err and "epoch 2/2" in io.err
+    report = json.loads((out / "metrics.json").read_text())
+    assert rec.state == "resumed" and rec.run == out and rec.backbone == report["backbone"] == "crepe-tiny@sid-ft"
+    assert rec.report == report and rec.train_seconds == report["finetune"]["train_seconds"] > 0
+    assert report["scored_split"] == "test" and report["selection_split"] == "valid"
