@@ -192,3 +192,26 @@ def test_finetune_run_prints_nothing_and_says_what_it_did(crepe_store, tmp_path,
     assert rec.state == "resumed" and rec.run == out and rec.backbone == report["backbone"] == "crepe-tiny@sid-ft"
     assert rec.report == report and rec.train_seconds == report["finetune"]["train_seconds"] > 0
     assert report["scored_split"] == "test" and report["selection_split"] == "valid"
+
+
+def test_the_readme_python_example_runs(corpus_for_readme, tmp_path, monkeypatch, capsys):
+    """The README's fine-tuning example from Python, run as written in a folder whose w/store.zarr
+    is a small crepe-tiny store: no argument list, no subprocess."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```python\n(from heads\.finetune import FinetuneSpec.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    build(corpus_for_readme, tmp_path / "w" / "store.zarr", ["crepe-tiny"], clip_settings=ClipSettings(segment_s=None),
+          num_workers=0, progress=False)
+    scope = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    rec, new = scope["rec"], scope["new"]
+    assert rec.state == "fitted" and rec.run == Path("runs/ft") and new.backbone == "crepe-tiny@sid-ft" and new.complete
+    assert capsys.readouterr().out.startswith(f"fitted {rec.report['accuracy']} crepe-tiny@sid-ft")
+
+
+@pytest.fixture
+def corpus_for_readme(tmp_path_factory):
+    return make_demo_corpus(tmp_path_factory.mktemp("readme") / "corpus", n_singers=2, clips_per_singer=4,
+                            duration_s=2.0)
