@@ -53,7 +53,8 @@ except ImportError:  # scikit-learn < 1.6
 
 from heads.modules import LayerSweepLinear, SumThenHead, masked_mean
 from heads.head_codec import SaveLoadMixin
-from heads.training import adopt_trained_module, check_class_weight, lr_grid, per_class_weights, sweep_lr
+from heads.trained_module import adopt_trained_module
+from heads.training import check_class_weight, lr_grid, per_class_weights, sweep_lr
 
 # X: numbers as float32, finite, dense, 2-D or 3-D (the dimension is checked by _to_3d)
 _X_CHECKS = dict(accept_sparse=False, dtype=np.float32, allow_nd=True, ensure_2d=False)

@@ -48,7 +48,8 @@ from heads.note_states import NoteStates
 from heads.notes import notes_to_arrays
 from heads.head_codec import SaveLoadMixin
 from heads.temporal import TemporalContext, context_frames
-from heads.training import adopt_trained_module, lr_grid, sweep_lr
+from heads.trained_module import adopt_trained_module
+from heads.training import lr_grid, sweep_lr
 
 #: Bytes of float32 frames a split may take in memory before training reads it window by window.
 IN_MEMORY_BYTES = 2e9
