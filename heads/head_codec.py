@@ -216,7 +216,8 @@ def read_head(path, allowed: dict, expect: type | None = None):
     except (ValueError, UnicodeDecodeError) as e:
         raise HeadFileError(f"{path}: not a readable head file ({e})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise HeadFileError(f"{path}: not a singfront head file (format {doc.get('format') if isinstance(doc, dict) else None!r})")
+        found = doc.get("format") if isinstance(doc, dict) else None
+        raise HeadFileError(f"{path}: not a singfront head file (format {found!r})")
     if doc.get("version") != VERSION:
         raise HeadFileError(f"{path}: head file version {doc.get('version')!r}; this version reads {VERSION}")
     weights = path.with_suffix(".safetensors")

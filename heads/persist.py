@@ -11,9 +11,10 @@ A saved head is two files side by side (``head.save(run / "head.json")``):
 
 Loading (:func:`load_head`) builds objects only of the classes in :data:`ALLOWED` (the project's
 heads and the scikit-learn / LightGBM pieces inside them), looked up by name in that table, never
-imported by name (the format itself is :mod:`heads.head_codec`): an unknown class is refused (:class:`HeadFileError`, naming the file and the
+imported by name: an unknown class is refused (:class:`HeadFileError`, naming the file and the
 class). The torch module is rebuilt empty by the head (``_module_skeleton``) and its weights
-loaded with ``strict=True``.
+loaded with ``strict=True``. The format itself is :mod:`heads.head_codec`, which knows no head
+class: the heads import it, and this module imports the heads.
 
 Heads written by earlier versions are joblib pickles (``head.joblib``), which run code when loaded.
 They are never loaded implicitly: :func:`load_head` refuses them and names the explicit migration,
