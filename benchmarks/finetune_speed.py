@@ -20,18 +20,38 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.extraction import machine_facts
-from benchmarks.memory import peak_rss, save_model
+from benchmarks.memory import MODELS, peak_rss, save_model
 from benchmarks.workdir import run_child as fresh_process, work_folder
 from featurestore.cli import HelpFormatter
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """One invocation: ``model`` ("base" or "tiny" random Wav2Vec2), torch ``device``, ``batch_size``
+    clips of ``clip_seconds`` s per step, ``steps`` timed optimiser steps per configuration."""
+
+    model: str = "base"
+    device: str = "cpu"
+    batch_size: int = 8
+    clip_seconds: float = 5.0
+    steps: int = 10
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"model {self.model!r}: expected one of {', '.join(sorted(MODELS))}")
+        if self.batch_size < 1 or self.steps < 1 or not self.clip_seconds > 0:
+            raise ValueError(f"batch_size ({self.batch_size}) and steps ({self.steps}) must be >= 1 and clip_seconds "
+                             f"({self.clip_seconds}) > 0")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.finetune_speed", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
-    p.add_argument("--model", choices=["base", "tiny"], default="base", help="random Wav2Vec2 size")
+    p.add_argument("--model", choices=sorted(MODELS), default="base", help="random Wav2Vec2 size")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--batch-size", type=int, default=8, help="clips per step")
     p.add_argument("--clip-seconds", type=float, default=5.0, help="length of each clip (s)")
@@ -41,13 +61,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.batch_size < 1 or args.steps < 1 or not args.clip_seconds > 0:
-        p.error("--batch-size and --steps must be >= 1 and --clip-seconds > 0")
+    try:
+        settings_from_args(args)
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 
-def child(args) -> dict:
-    """One configuration (``--child precision,checkpointing``) in this process -> its figures."""
+def settings_from_args(args: argparse.Namespace) -> SpeedSettings:
+    return SpeedSettings(model=args.model, device=args.device, batch_size=args.batch_size,
+                         clip_seconds=args.clip_seconds, steps=args.steps)
+
+
+def measure(model_dir, s: SpeedSettings, precision: str, checkpointing: str) -> dict:
+    """One configuration (``precision`` fp32/bf16/fp16, ``checkpointing`` "off"/"on") in this process
+    -> its figures: seconds of the timed steps, samples (clips) per second, peak RSS (MiB) and on CUDA
+    the peak allocated memory (MiB)."""
     import numpy as np
     import torch
 
@@ -57,33 +86,31 @@ def child(args) -> dict:
     from heads.finetune_loop import LossStep, autocast_dtype
     from heads.finetune_model import (FineTuneModel, enable_gradient_checkpointing, set_train_mode,
                                       skip_cnn_backward, trainable_parts)
-    from heads.modules import SumThenHead
 
-    precision, ckpt = args.child.split(",")
-    device = torch.device(args.device)
+    device = torch.device(s.device)
     torch.manual_seed(0)
-    fe = load_frontend(args.model_dir, noise={"layerdrop": 0.0, "mask_time_prob": 0.0, "dropout": None})
+    fe = load_frontend(str(model_dir), noise={"layerdrop": 0.0, "mask_time_prob": 0.0, "dropout": None})
     skip_cnn_backward(fe, "two-stage")
-    if ckpt == "on":
+    if checkpointing == "on":
         enable_gradient_checkpointing(fe)
     n_classes = 20
     est = LinearHead()
-    model = FineTuneModel(fe, SumThenHead(fe.num_layers, fe.dim, est._make_head(fe.dim, n_classes)), "clip").to(device)
+    model = FineTuneModel(fe, est.build_module(fe.num_layers, fe.dim, n_classes), "clip").to(device)
     for p in model.frontend.parameters():
         p.requires_grad_(False)
     parts = [p for _, p in trainable_parts(fe, "two-stage")]
     for p in parts:
         p.requires_grad_(True)
     set_train_mode(model, True)
-    labels = np.arange(args.batch_size) % n_classes
+    labels = np.arange(s.batch_size) % n_classes
     task = ClipTask(est, labels, labels, np.arange(n_classes), device)
     opt = torch.optim.Adam([{"params": list(model.head.parameters()), "lr": 3e-3}, {"params": parts, "lr": 5e-5}])
     step = LossStep(model, task, autocast_dtype(precision, device), True)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    n = int(args.clip_seconds * fe.sample_rate)
+    n = int(s.clip_seconds * fe.sample_rate)
     g = torch.Generator().manual_seed(0)
-    waves = [0.1 * torch.randn(n, generator=g).to(device) for _ in range(args.batch_size)]
-    batch = {"i": list(range(args.batch_size)), "first": [0] * args.batch_size}
+    waves = [0.1 * torch.randn(n, generator=g).to(device) for _ in range(s.batch_size)]
+    batch = {"i": list(range(s.batch_size)), "first": [0] * s.batch_size}
 
     def one():
         opt.zero_grad(set_to_none=True)
@@ -101,22 +128,23 @@ def child(args) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    for _ in range(args.steps):
+    for _ in range(s.steps):
         one()
     sync()
     seconds = time.perf_counter() - t0
-    out = {"precision": precision, "checkpointing": ckpt, "seconds": seconds,
-           "samples_per_s": args.steps * args.batch_size / seconds, **peak_rss()}
+    out = {"precision": precision, "checkpointing": checkpointing, "seconds": seconds,
+           "samples_per_s": s.steps * s.batch_size / seconds, **peak_rss()}
     if device.type == "cuda":
         out["cuda_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     return out
 
 
-def run_child(args, config: str) -> dict:
-    """Measure one configuration in a fresh process (:func:`child`)."""
+def measure_in_fresh_process(model_dir, s: SpeedSettings, config: str) -> dict:
+    """:func:`measure` of one configuration (``"fp32,off"``) in a fresh process of this command, so
+    its memory peaks are its own."""
     return fresh_process("benchmarks.finetune_speed", [
-        "--child", config, "--model-dir", args.model_dir, "--device", args.device, "--batch-size", args.batch_size,
-        "--clip-seconds", args.clip_seconds, "--steps", args.steps])
+        "--child", config, "--model-dir", model_dir, "--model", s.model, "--device", s.device,
+        "--batch-size", s.batch_size, "--clip-seconds", s.clip_seconds, "--steps", s.steps])
 
 
 def configs(device: str) -> list[str]:
@@ -147,16 +175,24 @@ def format_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def run(s: SpeedSettings, workdir=None) -> dict:
+    """Every configuration of :func:`configs`, each in its own process, on one random model saved
+    under ``workdir`` (default: a temporary folder) -> {machine, settings, rows}."""
+    with work_folder(workdir, "finetune-speed-") as work:
+        model_dir = save_model(Path(work) / f"w2v2-{s.model}", s.model)
+        rows = [measure_in_fresh_process(model_dir, s, c) for c in configs(s.device)]
+    return {"machine": machine_facts(), "device": s.device, "model": s.model, "batch_size": s.batch_size,
+            "clip_seconds": s.clip_seconds, "steps": s.steps, "rows": rows}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    s = settings_from_args(args)
     if args.child:
-        print(json.dumps(child(args)))
+        precision, checkpointing = args.child.split(",")
+        print(json.dumps(measure(args.model_dir, s, precision, checkpointing)))
         return 0
-    with work_folder(args.workdir, "finetune-speed-") as work:
-        args.model_dir = save_model(Path(work) / f"w2v2-{args.model}", args.model)
-        rows = [run_child(args, c) for c in configs(args.device)]
-    r = {"machine": machine_facts(), "device": args.device, "model": args.model, "batch_size": args.batch_size,
-         "clip_seconds": args.clip_seconds, "steps": args.steps, "rows": rows}
+    r = run(s, args.workdir)
     print(json.dumps(r, indent=2) if args.json else format_table(r))
     return 0
 

@@ -50,10 +50,11 @@ except ImportError:  # scikit-learn < 1.6
     def validate_data(_estimator, X="no_validation", y="no_validation", reset=True, **check_params):
         return _estimator._validate_data(X, y, reset=reset, **check_params)
 
-from heads.modules import LayerSweepLinear, SumThenHead
-from heads.persist import SaveLoadMixin
+from heads.head_codec import SaveLoadMixin
+from heads.modules import LayerSweepLinear, SumThenHead, masked_mean
 from heads.params import (BOOL, AnyOf, ClassWeight, Free, Grid, Int, LayerSelection, Options, Real,
                           is_int, validate_params)
+from heads.trained_module import adopt_trained_module
 from heads.training import lr_grid, per_class_weights, sweep_lr
 
 # X: numbers as float32, finite, dense, 2-D or 3-D (the dimension is checked by _to_3d)
@@ -156,10 +157,71 @@ class _ClipInput:
 # ---- torch heads -----------------------------------------------------------------------------
 
 class _TorchClipClassifier(_ClipInput, SaveLoadMixin, ClassifierMixin, BaseEstimator):
-    """Shared fit/predict of the torch clip heads. Subclasses build the module in ``_make_head``."""
+    """Shared fit/predict of the torch clip heads. Subclasses build the layers after the layer sum in
+    ``_make_head``.
+
+    The public interface a trainer outside this module uses (``heads.finetune`` trains the module
+    together with a frontend), and that :meth:`fit` uses itself:
+
+    - :meth:`build_module` ``(n_layers, dim, n_classes)``: the untrained module, [B, L, D] -> [B, C];
+    - :meth:`module_loss` ``(module, x, targets, mask=None, class_weight=None)``: its training loss;
+    - :meth:`from_trained_module`: a fitted head around a module trained elsewhere.
+    """
 
     def _make_head(self, dim: int, n_classes: int) -> torch.nn.Module:
         raise NotImplementedError
+
+    def build_module(self, n_layers: int, dim: int, n_classes: int) -> torch.nn.Module:
+        """The untrained module this head trains: x [B, L, D] (pooled hidden states of ``n_layers``
+        layers of ``dim`` features) -> logits [B, ``n_classes``]: softmax layer weights (``.sum``, a
+        :class:`heads.modules.WeightedLayerSum`; per-layer LayerNorm with ``layer_norm``), then the
+        head's own layers (``.head``)."""
+        return SumThenHead(int(n_layers), int(dim), self._make_head(int(dim), int(n_classes)), self.layer_norm)
+
+    @staticmethod
+    def module_loss(module: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None,
+                    class_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean cross-entropy (a scalar tensor) of ``module``'s logits [B, C] against ``targets``
+        [B] (class indices into ``classes_``, long). ``x``: pooled features [B, L, D]; with ``mask``
+        [B, T] (True on valid frames), hidden states [B, T, L, D], mean-pooled over each row's valid
+        frames first (mean pooling commutes with the layer sum and an affine layer). ``class_weight``:
+        the weight of each class [C] (None: unweighted)."""
+        if mask is not None:
+            x = masked_mean(x, mask)
+        logits = module(x)
+        return torch.nn.functional.cross_entropy(logits, targets.to(logits.device), weight=class_weight)
+
+    @classmethod
+    def from_trained_module(cls, module: torch.nn.Module, *, classes, class_weights=None, history=(),
+                            best_epoch: int = -1, **params):
+        """A fitted head whose module is ``module``, trained elsewhere (a :meth:`build_module` module:
+        ``heads.finetune`` trains it with the frontend). Its weights are copied into a module built by
+        :meth:`build_module` (so it is checked to be one: ValueError otherwise), on the CPU in eval
+        mode; ``module`` itself is not changed.
+
+        classes: the labels of the module's C outputs, in order; class_weights: the weight of each
+        class [C] its loss used (None: ones; the hyperparameter ``class_weight``, the rule that gave
+        them, is one of ``params``); history: per-epoch records (``{"epoch", "val", ...}``,
+        ``val`` the selection score); best_epoch: the kept epoch (0-based); params: the head's
+        hyperparameters (validated as ``fit`` does; ``lr`` is the one rate the module was trained
+        with; ``layers`` must be None: the module reads every layer it is given).
+
+        Sets what ``fit`` sets: ``classes_``, ``class_weight_``, ``layers_used_``, ``n_layers_in_``,
+        ``n_features_in_``, ``module_``, ``lr_``, ``lr_scores_`` ({lr: best selection score}),
+        ``history_``, ``best_epoch_``, ``layer_weights_``."""
+        est = cls(**params)
+        est._validate_params()
+        classes = np.asarray(classes)
+        if len(classes) < 2:
+            raise ValueError(f"classes: a classifier needs at least 2 classes, got {len(classes)}")
+        cw = np.ones(len(classes)) if class_weights is None else np.asarray(class_weights, dtype=np.float64)
+        if cw.shape != (len(classes),):
+            raise ValueError(f"class_weights: expected one weight per class ({len(classes)}), got shape {cw.shape}")
+        adopt_trained_module(est, module, SumThenHead, lambda L, D: est.build_module(L, D, len(classes)),
+                             history=history, best_epoch=best_epoch,
+                             built=f"{cls.__name__}.build_module(n_classes={len(classes)})")
+        est.classes_, est.class_weight_ = classes, cw
+        return est
 
     def _sweep(self) -> bool:
         return isinstance(self.layers, str) and self.layers == "each"
@@ -169,7 +231,7 @@ class _TorchClipClassifier(_ClipInput, SaveLoadMixin, ClassifierMixin, BaseEstim
         L, D, C = len(self.layers_used_), self.n_features_in_, len(self.classes_)
         if getattr(self, "layer_scores_", None) is not None:  # a layers="each" sweep
             return LayerSweepLinear(L, D, C)
-        return SumThenHead(L, D, self._make_head(D, C), self.layer_norm)
+        return self.build_module(L, D, C)
 
     def __setstate__(self, state):
         """Heads pickled before ``layers_used_`` existed: derive it. Their ``n_layers_in_`` counted
@@ -245,11 +307,11 @@ class _TorchClipClassifier(_ClipInput, SaveLoadMixin, ClassifierMixin, BaseEstim
             return correct.mean(0) if vw is None else (vw @ correct) / vw.sum()
 
         def loss_fn(module, idx):
-            out = module(xt[idx])
             if sweep:  # [B, L, C]: one loss per probe, summed
+                out = module(xt[idx])
                 return sum(torch.nn.functional.cross_entropy(out[:, l], ytt[idx], weight=w)
                            for l in range(out.shape[1]))
-            return torch.nn.functional.cross_entropy(out, ytt[idx], weight=w)
+            return self.module_loss(module, xt[idx], ytt[idx], class_weight=w)
 
         def batches(gen):
             perm = torch.randperm(len(xt), generator=gen)
@@ -274,7 +336,7 @@ class _TorchClipClassifier(_ClipInput, SaveLoadMixin, ClassifierMixin, BaseEstim
         def make_module():
             if sweep:
                 return LayerSweepLinear(Xt.shape[1], dim, C).to(dev)
-            return SumThenHead(Xt.shape[1], dim, self._make_head(dim, C), self.layer_norm).to(dev)
+            return self.build_module(Xt.shape[1], dim, C).to(dev)
 
         module, lr, scores, res = sweep_lr(make_module, lrs, self.seed, loss_fn=loss_fn,
                                            batches=batches, evaluate=evaluate, epochs=self.epochs,

@@ -64,30 +64,37 @@ class LoopSettings:
     seed: int = 0
 
     def check(self) -> None:
-        """ValueError naming the option of a bad value."""
-        if self.epochs < 1 or not 0 <= self.stage1_epochs <= self.epochs:
-            raise ValueError(f"--epochs must be >= 1 and --stage1-epochs in 0..epochs, got {self.epochs} and "
-                             f"{self.stage1_epochs}")
-        options = {"head_lr": "--head-lr", "frontend_lr": "--frontend-lr", "crop_s": "--crop-seconds",
-                   "eval_window_s": "--eval-window-seconds"}
-        for name, option in options.items():
-            if not (np.isfinite(getattr(self, name)) and getattr(self, name) > 0):
-                raise ValueError(f"{option} must be > 0, got {getattr(self, name)}")
+        """:class:`featurestore.options.SpecError` (a ValueError) naming the setting of a bad value, as
+        :class:`heads.finetune_spec.FinetuneSpec` calls it (``crop_seconds`` for ``crop_s``...)."""
+        from featurestore.options import SpecError
+
+        if self.epochs < 1:
+            raise SpecError("epochs", f"must be >= 1, got {self.epochs}")
+        if not 0 <= self.stage1_epochs <= self.epochs:
+            raise SpecError("stage1_epochs", f"must be in 0..epochs ({self.epochs}), got {self.stage1_epochs}")
+        names = {"head_lr": "head_lr", "frontend_lr": "frontend_lr", "crop_s": "crop_seconds",
+                 "eval_window_s": "eval_window_seconds"}
+        for field, setting in names.items():
+            if not (np.isfinite(getattr(self, field)) and getattr(self, field) > 0):
+                raise SpecError(setting, f"must be > 0, got {getattr(self, field)}")
         if not (np.isfinite(self.eval_context_s) and self.eval_context_s >= 0):
-            raise ValueError(f"--eval-context-seconds must be >= 0, got {self.eval_context_s}")
-        if self.batch_size < 1 or self.accumulate < 1 or self.num_workers < 0:
-            raise ValueError("--batch-size and --accumulate must be >= 1, --num-workers >= 0")
+            raise SpecError("eval_context_seconds", f"must be >= 0, got {self.eval_context_s}")
+        for setting, low in (("batch_size", 1), ("accumulate", 1), ("num_workers", 0)):
+            if getattr(self, setting) < low:
+                raise SpecError(setting, f"must be >= {low}, got {getattr(self, setting)}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+            raise SpecError("precision", f"{self.precision!r}: expected one of {', '.join(PRECISIONS)}")
         if self.patience is not None and self.patience < 1:
-            raise ValueError(f"--patience must be >= 1, got {self.patience}")
+            raise SpecError("patience", f"must be >= 1, got {self.patience}")
 
 
 def autocast_dtype(precision: str, device: torch.device):
     """The autocast dtype (None: float32). Autocast is for CUDA: on CPU only fp32/auto are accepted."""
     if device.type != "cuda":
         if precision in ("bf16", "fp16"):
-            raise ValueError(f"--precision {precision} is CUDA autocast; on {device} use fp32 (or auto)")
+            from featurestore.options import SpecError
+
+            raise SpecError("precision", f"{precision} is CUDA autocast; on {device} use fp32 (or auto)")
         return None
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

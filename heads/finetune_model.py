@@ -34,6 +34,8 @@ from __future__ import annotations
 import torch
 
 from featurestore.frontends import CrepeFrontend, Frontend, HFFrontend, LogMelFrontend
+from featurestore.options import SpecError
+from heads.modules import masked_mean
 
 MODES = ("two-stage", "lora", "full")
 #: Attention projections of the transformers audio encoders, and the feed-forward dense layers,
@@ -44,21 +46,43 @@ CREPE_STAGE2_BLOCKS = (5, 6)
 
 
 class FineTuneError(ValueError):
-    """A fine-tuning setting this frontend or task cannot take (said in words, naming the option)."""
+    """A fine-tuning run that cannot go on (said in words, naming the setting or the file)."""
+
+
+class FineTuneSettingError(SpecError, FineTuneError):
+    """A setting (``setting``: a :class:`heads.finetune_spec.FinetuneSpec` field, shown as its flag on
+    the command line) that this frontend cannot take: found once the model is loaded."""
+
+
+def check_mode_for(kind: str, name: str, mode: str, *, gradient_checkpointing: bool = False) -> None:
+    """Refuse what a frontend of ``kind`` (a registry kind: "hf", "crepe", "logmel", "hear") named
+    ``name`` cannot do in ``mode`` (FineTuneSettingError naming the setting). Needs no weights:
+    :class:`heads.finetune_spec.FinetuneSpec` calls it when it is made."""
+    if mode not in MODES:
+        raise FineTuneSettingError("mode", f"{mode!r}: expected one of {', '.join(MODES)}")
+    if kind == "hear":
+        raise FineTuneSettingError("backbone", f"{name}: a HEAR module only serves embeddings (the HEAR API has no "
+                                               "training entry point), so it cannot be fine-tuned. Fit a probe on "
+                                               "its stored features with heads.fit instead")
+    if kind == "logmel":
+        raise FineTuneSettingError("backbone", f"{name} is not learned (a fixed log-mel transform): there is "
+                                               "nothing to fine-tune. Fit a probe on its stored features with "
+                                               "heads.fit instead")
+    if kind == "crepe" and mode == "lora":
+        raise FineTuneSettingError("mode", f"lora puts adapters on attention projections; {name} is a conv net "
+                                           "without attention. Use mode two-stage (blocks 5-6 unfrozen in stage 2) "
+                                           "or full")
+    if gradient_checkpointing and kind != "hf":
+        raise FineTuneSettingError("gradient_checkpointing", f"is for transformers models; {name} has none")
 
 
 def check_mode(fe: Frontend, mode: str, *, gradient_checkpointing: bool = False) -> None:
-    """Refuse, with a message naming the option, what a frontend cannot do."""
-    if mode not in MODES:
-        raise FineTuneError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
+    """:func:`check_mode_for` of a loaded frontend (a frontend without parameters is not learned)."""
     if isinstance(fe, LogMelFrontend) or not any(True for _ in fe.parameters()):
-        raise FineTuneError(f"{fe.name} is not learned (a fixed log-mel transform): there is nothing to fine-tune. "
-                            "Fit a probe on its stored features with heads.fit instead")
-    if isinstance(fe, CrepeFrontend) and mode == "lora":
-        raise FineTuneError(f"--mode lora puts adapters on attention projections; {fe.name} is a conv net without "
-                            "attention. Use --mode two-stage (blocks 5-6 unfrozen in stage 2) or --mode full")
-    if gradient_checkpointing and not isinstance(fe, HFFrontend):
-        raise FineTuneError(f"--gradient-checkpointing is for transformers models; {fe.name} has none")
+        kind = "logmel"
+    else:
+        kind = "crepe" if isinstance(fe, CrepeFrontend) else "hf" if isinstance(fe, HFFrontend) else "other"
+    check_mode_for(kind, fe.name, mode, gradient_checkpointing=gradient_checkpointing)
 
 
 def _crepe_block(name: str) -> int | None:
@@ -115,17 +139,18 @@ def add_lora(fe: HFFrontend, *, rank: int, alpha: float, targets, dropout: float
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:  # pragma: no cover - peft is a dependency
-        raise FineTuneError("--mode lora needs the peft package: pip install peft") from None
+        raise FineTuneSettingError("mode", "lora needs the peft package: pip install peft") from None
     targets = [t.strip() for t in targets if t.strip()]
     bad = [t for t in targets if t not in LORA_TARGETS]
     if bad or not targets:
-        raise FineTuneError(f"--lora-targets {','.join(targets)}: expected names among {', '.join(LORA_TARGETS)}")
+        raise FineTuneSettingError("lora_targets",
+                                   f"{','.join(targets)}: expected names among {', '.join(LORA_TARGETS)}")
     if int(rank) < 1 or not float(alpha) > 0:
-        raise FineTuneError(f"--lora-rank must be >= 1 and --lora-alpha > 0, got {rank} and {alpha}")
+        raise FineTuneSettingError("lora_rank", f"must be >= 1 (and lora_alpha > 0), got {rank} and {alpha}")
     found = {n.rsplit(".", 1)[-1] for n, _ in fe.model.named_modules()}
     missing = [t for t in targets if t not in found]
     if missing:
-        raise FineTuneError(f"--lora-targets: {fe.name} has no module named {', '.join(missing)}")
+        raise FineTuneSettingError("lora_targets", f"{fe.name} has no module named {', '.join(missing)}")
     cfg = LoraConfig(r=int(rank), lora_alpha=float(alpha), lora_dropout=float(dropout), target_modules=targets,
                      bias="none")
     fe.model = get_peft_model(fe.model, cfg)
@@ -138,12 +163,6 @@ def merge_lora(fe: HFFrontend) -> HFFrontend:
     if hasattr(fe.model, "merge_and_unload"):
         fe.model = fe.model.merge_and_unload()
     return fe
-
-
-def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """h [B, T, L, D], mask [B, T] (True on valid frames) -> mean over valid frames [B, L, D]."""
-    m = mask.to(h.dtype)[:, :, None, None]
-    return (h * m).sum(1) / m.sum(1).clamp(min=1)
 
 
 class FineTuneModel(torch.nn.Module):
@@ -218,7 +237,7 @@ def enable_gradient_checkpointing(fe: HFFrontend) -> None:
     (transformers' gradient checkpointing; non-reentrant, so a frozen CNN below is fine)."""
     model = fe.model.get_base_model() if hasattr(fe.model, "get_base_model") else fe.model
     if not getattr(model, "supports_gradient_checkpointing", False):
-        raise FineTuneError(f"--gradient-checkpointing: {type(model).__name__} does not support it")
+        raise FineTuneSettingError("gradient_checkpointing", f"{type(model).__name__} does not support it")
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)

@@ -47,8 +47,9 @@ from heads.modules import WeightedLayerSum
 from heads.note_crf import NoteChainCRF
 from heads.note_states import NoteStates
 from heads.notes import notes_to_arrays
-from heads.persist import SaveLoadMixin
+from heads.head_codec import SaveLoadMixin
 from heads.temporal import TemporalContext, context_frames
+from heads.trained_module import adopt_trained_module
 from heads.training import lr_grid, sweep_lr
 
 #: Bytes of float32 frames a split may take in memory before training reads it window by window.
@@ -64,20 +65,81 @@ def conp_f1(refs, ests) -> float:
 
 
 class _FrameHead(SaveLoadMixin, BaseEstimator):
-    """Shared windowed training and batched decoding. Subclasses define targets, loss, decoding."""
+    """Shared windowed training and batched decoding. Subclasses define targets, loss, decoding.
 
-    def _targets(self, notes, n_frames: int, offset: float) -> dict:
+    The public interface a trainer outside this module uses (``heads.finetune`` trains the module
+    together with a frontend), and that :meth:`fit` uses itself:
+
+    - :meth:`build_module` ``(n_layers, dim, frame_rate=...)``: the untrained module,
+      x [B, T, L, D] (mask [B, T]) -> per-frame outputs [B, T, n_out];
+    - :meth:`frame_targets` ``(notes, n_frames, offset_s, frame_rate=...)``: one clip's training targets;
+    - :meth:`module_loss` ``(module, x, targets, mask)``: the training loss of a batch;
+    - :meth:`decode` ``(module, outputs, mask, offsets, frame_rate=...)``: outputs -> note lists;
+    - :meth:`from_trained_module`: a fitted head around a module trained elsewhere.
+
+    ``frame_rate`` (frames per second) defaults to the fitted ``frame_rate_``.
+    """
+
+    def frame_targets(self, notes, n_frames: int, offset_s: float, frame_rate: float | None = None) -> dict:
+        """One clip's training targets: notes [[onset_s, offset_s, midi], ...] (seconds of the clip's
+        file), its ``n_frames`` frames, frame 0 at ``offset_s`` -> {name: tensor [n_frames, ...]}
+        (what :meth:`module_loss` takes, batched to [B, T, ...])."""
         raise NotImplementedError
 
-    def _loss(self, module, x, targets, mask):
+    def module_loss(self, module: torch.nn.Module, x: torch.Tensor, targets: dict, mask: torch.Tensor) -> torch.Tensor:
+        """The training loss (a scalar tensor) of ``module`` on hidden states x [B, T, L, D] with
+        targets {name: [B, T, ...]} (:meth:`frame_targets`, padded) and mask [B, T] (True on valid frames)."""
         raise NotImplementedError
 
-    def _decode(self, module, out: torch.Tensor, mask: torch.Tensor, offsets: list) -> list:
-        """Module outputs [B, T, C] of a padded batch of whole clips -> a note list per row."""
+    def decode(self, module: torch.nn.Module, outputs: torch.Tensor, mask: torch.Tensor, offsets,
+               frame_rate: float | None = None) -> list:
+        """Module outputs [B, T, n_out] of a padded batch of whole clips (mask [B, T]), frame 0 of row
+        b at ``offsets[b]`` seconds -> a note list [[onset_s, offset_s, midi], ...] per row."""
         raise NotImplementedError
 
     def _n_out(self) -> int:
         raise NotImplementedError
+
+    def _rate(self, frame_rate) -> float:
+        return float(self.frame_rate_ if frame_rate is None else frame_rate)
+
+    def build_module(self, n_layers: int, dim: int, n_classes: int | None = None, *,
+                     frame_rate: float | None = None) -> torch.nn.Module:
+        """The untrained module this head trains: x [B, T, ``n_layers``, ``dim``] (mask [B, T]) ->
+        per-frame outputs [B, T, n_out] (softmax layer weights ``.sum``, the temporal context of
+        ``context`` seconds at ``frame_rate`` frames per second, a linear output; the CRF head's
+        transitions ride on it as ``.crf``). ``n_classes``: None, or the head's own output count
+        (fixed by the head: 20 for ``frames``, the note states for ``crf``)."""
+        if n_classes is not None and int(n_classes) != self._n_out():
+            raise ValueError(f"n_classes={n_classes}: {type(self).__name__} has {self._n_out()} outputs per frame")
+        radius = context_frames(self.context, self._rate(frame_rate))
+        return _Net(int(n_layers), int(dim), self._n_out(), self.layer_norm, radius, int(self.context_width),
+                    self._crf())
+
+    @classmethod
+    def from_trained_module(cls, module: torch.nn.Module, *, frame_rate: float, history=(), best_epoch: int = -1,
+                            **params):
+        """A fitted head whose module is ``module``, trained elsewhere on frames of ``frame_rate``
+        frames per second (a :meth:`build_module` module: ``heads.finetune`` trains it with the
+        frontend). Its weights are copied into a module built by :meth:`build_module` (so it is
+        checked to be one: ValueError otherwise), on the CPU in eval mode; ``module`` itself is not
+        changed. history: per-epoch records (``{"epoch", "val", ...}``, ``val`` the selection score);
+        best_epoch: the kept epoch (0-based); params: the head's hyperparameters (``lr`` the one
+        rate it was trained with; ``layers`` must be None).
+
+        Sets what ``fit`` sets: ``frame_rate_``, ``context_frames_``, ``layers_used_``,
+        ``n_layers_in_``, ``n_features_in_``, ``module_``, ``lr_``, ``lr_scores_`` ({lr: best
+        selection score}), ``history_``, ``best_epoch_``, ``layer_weights_``."""
+        est = cls(**params)
+        est._check_params()
+        if not (np.isfinite(frame_rate) and frame_rate > 0):
+            raise ValueError(f"frame_rate={frame_rate!r}: expected frames per second > 0")
+        adopt_trained_module(est, module, _Net, lambda L, D: est.build_module(L, D, frame_rate=frame_rate),
+                             history=history, best_epoch=best_epoch,
+                             built=f"{cls.__name__}.build_module(frame_rate={frame_rate})")
+        est.frame_rate_ = float(frame_rate)
+        est.context_frames_ = context_frames(est.context, est.frame_rate_)
+        return est
 
     def _crf(self):
         return None
@@ -151,16 +213,16 @@ class _FrameHead(SaveLoadMixin, BaseEstimator):
         sel = self._layer_index()
         self.layers_used_ = list(range(L_all)) if sel is None else [int(l) for l in sel]
         self.n_layers_in_, self.n_features_in_ = len(self.layers_used_), X.shape_ld[1]
-        targets = [self._targets(notes, X.n_frames(i), off) for i, (notes, off) in enumerate(zip(y, offsets))]
+        targets = [self.frame_targets(notes, X.n_frames(i), off) for i, (notes, off) in enumerate(zip(y, offsets))]
         bank = _FrameBank(X, targets, sel, self.device)                    # read once, shared by every lr
-        val_targets = [self._targets(notes, Xv.n_frames(i), off) for i, (notes, off) in enumerate(zip(yv, ov))]
+        val_targets = [self.frame_targets(notes, Xv.n_frames(i), off) for i, (notes, off) in enumerate(zip(yv, ov))]
         val = _FrameBank(Xv, val_targets, sel, self.device)
         val_batches = val.song_batches()                                    # held once for every epoch
         L, D = self.n_layers_in_, self.n_features_in_
         evaluate, select = self._selection(val, val_batches, yv, ov)
         module, lr, scores, res = sweep_lr(
-            lambda: self._make_module(L, D).to(self.device), lr_grid(self.lr), self.seed,
-            loss_fn=lambda m, batch: self._loss(m, *batch), batches=lambda g: self._windows(bank, None, g),
+            lambda: self.build_module(L, D).to(self.device), lr_grid(self.lr), self.seed,
+            loss_fn=lambda m, batch: self.module_loss(m, *batch), batches=lambda g: self._windows(bank, None, g),
             evaluate=evaluate, select=select, epochs=self.epochs, patience=self.patience, progress=self.progress)
         self.module_, self.lr_, self.lr_scores_, self.history_ = module.cpu().eval(), lr, scores, res.history
         self.best_epoch_ = res.best_epoch
@@ -175,19 +237,17 @@ class _FrameHead(SaveLoadMixin, BaseEstimator):
 
         return decoded_conp, None
 
-    def _make_module(self, L, D) -> torch.nn.Module:
-        return _Net(L, D, self._n_out(), self.layer_norm, self.context_frames_, int(self.context_width), self._crf())
-
     def _module_skeleton(self) -> torch.nn.Module:
         """An untrained module of the fitted shape (``heads.persist`` loads the weights into it)."""
-        return self._make_module(self.n_layers_in_, self.n_features_in_)
+        return _Net(self.n_layers_in_, self.n_features_in_, self._n_out(), self.layer_norm, self.context_frames_,
+                    int(self.context_width), self._crf())
 
     def _predict_batches(self, module, bank: "_FrameBank", batches, offsets) -> list:
         out = [[] for _ in range(len(bank))]          # a clip with no frame has no note
         module.eval()
         with torch.no_grad():
             for rows, x, mask, _ in batches:
-                notes = self._decode(module, module(x, mask), mask, [offsets[i] for i in rows])
+                notes = self.decode(module, module(x, mask), mask, [offsets[i] for i in rows])
                 for i, n in zip(rows, notes):
                     out[i] = n
         return out
@@ -397,17 +457,21 @@ class FrameClassifierHead(_FrameHead):
     def _n_out(self):
         return N_OUTPUTS
 
-    def _targets(self, notes, n_frames, offset):
-        t = encode_targets(notes, n_frames, self.frame_rate_, offset)
+    def frame_targets(self, notes, n_frames, offset_s, frame_rate=None):
+        """{"onset", "silence", "octave", "pitch_class": [n_frames]} (:func:`heads.frame_targets.encode_targets`)."""
+        t = encode_targets(notes, n_frames, self._rate(frame_rate), offset_s)
         return {k: torch.from_numpy(np.asarray(v)) for k, v in t.items()}
 
-    def _loss(self, module, x, targets, mask):
+    def module_loss(self, module, x, targets, mask):
+        """The four losses of :func:`heads.frame_targets.frame_loss` (onset positives weighted ``onset_pos_weight``)."""
         return frame_loss(module(x, mask), targets, mask, onset_pos_weight=self.onset_pos_weight)
 
-    def _decode(self, module, out, mask, offsets):
-        logits = out.cpu().numpy()
+    def decode(self, module, outputs, mask, offsets, frame_rate=None):
+        """The onset-peak / silence parser on each row's valid frames."""
+        rate = self._rate(frame_rate)
+        logits = outputs.float().cpu().numpy()
         n = mask.sum(1).tolist()
-        return [parse_notes(probabilities(logits[r, :n[r]]), self.frame_rate_, off) for r, off in enumerate(offsets)]
+        return [parse_notes(probabilities(logits[r, :n[r]]), rate, off) for r, off in enumerate(offsets)]
 
 
 class CRFHead(_FrameHead):
@@ -443,11 +507,13 @@ class CRFHead(_FrameHead):
         # windows may start inside a note, so any state may start a training window
         return NoteChainCRF(self.states_)
 
-    def _targets(self, notes, n_frames, offset):
-        return {"states": torch.from_numpy(np.asarray(self.states_.encode(notes, n_frames, self.frame_rate_,
-                                                                          offset), dtype=np.int64))}
+    def frame_targets(self, notes, n_frames, offset_s, frame_rate=None):
+        """{"states": [n_frames] note-state indices (long)} (:meth:`heads.note_states.NoteStates.encode`)."""
+        return {"states": torch.from_numpy(np.asarray(self.states_.encode(notes, n_frames, self._rate(frame_rate),
+                                                                          offset_s), dtype=np.int64))}
 
-    def _loss(self, module, x, targets, mask):
+    def module_loss(self, module, x, targets, mask):
+        """The CRF's negative log-likelihood per valid frame."""
         em = module(x, mask)
         return module.crf.nll(em, targets["states"], mask, reduction="sum") / mask.sum().clamp(min=1)
 
@@ -469,7 +535,9 @@ class CRFHead(_FrameHead):
 
         return (decoded_conp, None) if self.selection == "conp" else (neg_nll, decoded_conp)
 
-    def _decode(self, module, out, mask, offsets):
-        paths = module.crf.viterbi(out, mask).cpu().numpy()
+    def decode(self, module, outputs, mask, offsets, frame_rate=None):
+        """Viterbi paths of the CRF (``module.crf``), each row's valid frames -> notes."""
+        rate = self._rate(frame_rate)
+        paths = module.crf.viterbi(outputs, mask).cpu().numpy()
         n = mask.sum(1).tolist()
-        return [self.states_.decode(paths[r, :n[r]], self.frame_rate_, off) for r, off in enumerate(offsets)]
+        return [self.states_.decode(paths[r, :n[r]], rate, off) for r, off in enumerate(offsets)]

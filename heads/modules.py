@@ -2,6 +2,7 @@
 
 - :class:`WeightedLayerSum`: softmax-normalised learnable weights over L hidden states.
 - :class:`LayerSweepLinear`: L independent linear probes, one per layer, trained in one pass.
+- :func:`masked_mean`: hidden states [B, T, L, D] averaged over each row's valid frames.
 """
 from __future__ import annotations
 
@@ -55,3 +56,9 @@ class LayerSweepLinear(torch.nn.Module):
 
     def forward(self, x):
         return torch.einsum("nld,ldc->nlc", x, self.weight) + self.bias
+
+
+def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """h [B, T, L, D], mask [B, T] (True on valid frames) -> mean over valid frames [B, L, D]."""
+    m = mask.to(h.dtype)[:, :, None, None]
+    return (h * m).sum(1) / m.sum(1).clamp(min=1)

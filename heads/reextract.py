@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from featurestore import open_store
@@ -43,31 +44,58 @@ def base_settings(store, base: str | None, dtype: str | None) -> ExtractSettings
     return ExtractSettings(**kw)
 
 
-def reextract(run: Path, store_path=None, *, name: str | None = None, dtype: str | None = None, device: str = "cpu",
-              num_workers: int = 2, overwrite: bool = False, progress: bool = True,
-              trust_remote_code: bool = False) -> dict:
-    """Extract ``run/frontend`` into the store (the run's, or ``store_path``) as ``name`` (the run's
-    backbone name). The folder loads into transformers' own classes (a fine-tuned MERT is saved as
-    HuBERT); ``trust_remote_code`` is needed only for a run fine-tuned with the model's own code.
-    Returns the extraction summary with ``backbone`` and ``store`` added."""
+@dataclass(frozen=True)
+class ReextractRecord:
+    """What :func:`reextract_run` wrote: ``backbone`` (its name in the store), ``store`` (the store's
+    path), ``units`` / ``units_done`` (extraction units planned / written), ``frames`` (frames of all
+    clips), ``layers`` x ``dim`` (stored layers, features per layer), ``complete`` (every unit written)."""
+
+    backbone: str
+    store: str
+    units: int
+    units_done: int
+    frames: int
+    layers: int
+    dim: int
+    complete: bool
+
+
+def reextract_run(run: Path, store=None, device: str = "cpu", overwrite: bool = False, progress: bool = True, *,
+                  name: str | None = None, dtype: str | None = None, num_workers: int = 2,
+                  trust_remote_code: bool = False) -> ReextractRecord:
+    """Extract ``run/frontend`` into the store (``store``: a path or an open FeatureStore; None: the
+    store the run was trained on) as ``name`` (default: the run's backbone name), with the base
+    backbone's extraction settings (``dtype`` overriding its storage dtype). The folder loads into
+    transformers' own classes (a fine-tuned MERT is saved as HuBERT); ``trust_remote_code`` is
+    needed only for a run fine-tuned with the model's own code. FileNotFoundError for a run folder
+    without a finished fine-tune; ValueError naming ``name`` for a name that cannot be a backbone."""
     run = Path(run)
     if name is not None:
-        check_backbone_name(name, "--name")
+        check_backbone_name(name, "name")
     args_file, metrics_file = run / "finetune_args.json", run / "metrics.json"
     if not metrics_file.is_file() or not (run / "frontend").is_dir():
         raise FileNotFoundError(f"{run} holds no finished fine-tune (metrics.json and frontend/ are written when "
-                                "training ends): run heads.finetune first, or --resume it")
+                                "training ends): run heads.finetune first, or resume it")
     m, a = json.loads(metrics_file.read_text()), json.loads(args_file.read_text())
-    store_path = store_path or m["store"]
-    store = open_store(store_path)
+    store_path = m["store"] if store is None else str(getattr(store, "path", store))
+    opened = open_store(store_path)
     name = name or m["backbone"]
     fe = load_frontend(a["backbone"], path=run / "frontend", device=device, trust_remote_code=trust_remote_code)
     fe.name = name
-    ext = base_settings(store, m.get("base_backbone"), dtype)
+    ext = base_settings(opened, m.get("base_backbone"), dtype)
     root = open_root(store_path)
-    summary = extract_backbone(root, fe, ext, overwrite=overwrite, device=device, num_workers=num_workers,
-                               progress=progress, lock=StoreLock(store_path))
-    return {**summary, "backbone": name, "store": str(store_path)}
+    s = extract_backbone(root, fe, ext, overwrite=overwrite, device=device, num_workers=num_workers,
+                         progress=progress, lock=StoreLock(store_path))
+    return ReextractRecord(backbone=name, store=str(store_path), units=int(s["units"]), units_done=int(s["units_done"]),
+                           frames=int(s["frames"]), layers=int(s["layers"]), dim=int(s["dim"]),
+                           complete=bool(s["complete"]))
+
+
+def format_reextract(record: ReextractRecord) -> str:
+    """The line ``python -m heads.reextract`` prints for a record."""
+    s = record
+    return (f"backbone {s.backbone} in {s.store}: {s.units_done}/{s.units} units, {s.frames} frames "
+            f"x {s.layers} layers x {s.dim} ({'complete' if s.complete else 'incomplete'})")
 
 
 def parse_args(argv=None):
@@ -95,14 +123,13 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     try:
-        s = reextract(Path(args.run), args.store, name=args.name, dtype=args.dtype, device=args.device,
-                      num_workers=args.num_workers, overwrite=args.overwrite, progress=not args.no_progress,
-                      trust_remote_code=args.trust_remote_code)
+        s = reextract_run(Path(args.run), args.store, device=args.device, overwrite=args.overwrite,
+                          progress=not args.no_progress, name=args.name, dtype=args.dtype,
+                          num_workers=args.num_workers, trust_remote_code=args.trust_remote_code)
     except (FileNotFoundError, ValueError, KeyError, SettingsMismatch) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"backbone {s['backbone']} in {s['store']}: {s['units_done']}/{s['units']} units, {s['frames']} frames "
-          f"x {s['layers']} layers x {s['dim']} ({'complete' if s['complete'] else 'incomplete'})")
+    print(format_reextract(s))
     return 0
 
 

@@ -40,12 +40,8 @@ def _only(cls, keep) -> set[str]:
 def build_parser(spec: TaskSpec) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The task's parser and its sub-command parsers by name."""
     from featurestore.build import add_store_format_arguments
+    from heads.finetune_spec import FinetuneSpec
     from heads.fit_spec import FitSpec, TORCH_HEADS
-
-    try:
-        from heads.finetune_spec import FinetuneSpec
-    except ImportError:  # TODO(merge): heads.finetune_spec lands with the fine-tuning spec
-        FinetuneSpec = None
 
     p = argparse.ArgumentParser(prog=f"python -m pipelines.{spec.name}", description=spec.description,
                                 formatter_class=HelpFormatter)
@@ -95,7 +91,7 @@ def build_parser(spec: TaskSpec) -> tuple[argparse.ArgumentParser, dict[str, arg
             c.add_argument("--score-split", choices=["test", "valid"], default=None,
                            help="split to score; not given: the split the run was scored on at fit time "
                                 "(the split that chose the model is refused)")
-        if name == "finetune" and FinetuneSpec is not None:
+        if name == "finetune":
             add_options(c, FinetuneSpec, skip={"task"},
                         defaults={"head": spec.default_head, "class_weight": spec.default_class_weight})
             add_config_options(c)

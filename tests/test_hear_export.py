@@ -275,7 +275,7 @@ def test_a_finetuned_run_is_served_as_reextracted(tmp_path):
     from conftest import tiny_model
     from featurestore.demo import make_demo_corpus
     from heads import finetune as FT
-    from heads.reextract import reextract
+    from heads.reextract import reextract_run
 
     corpus = make_demo_corpus(tmp_path / "corpus", n_singers=2, clips_per_singer=3, duration_s=1.5)
     folder = tmp_path / "tiny-hubert"
@@ -284,10 +284,9 @@ def test_a_finetuned_run_is_served_as_reextracted(tmp_path):
     build(corpus, store_path, [str(folder)], clip_settings=ClipSettings(segment_s=None), num_workers=0,
           progress=False, extract=ExtractSettings(dtype="float32"))
     run = tmp_path / "run"
-    FT.finetune(FT.parse_args(["--store", str(store_path), "--backbone", str(folder), "--out", str(run),
-                               "--num-workers", "0", "--no-progress", "--batch-size", "2", "--mode", "lora",
-                               "--epochs", "1", "--frontend-lr", "1e-2"]))
-    name = reextract(run, dtype="float32", num_workers=0, progress=False)["backbone"]
+    FT.finetune_run(store_path, FT.FinetuneSpec(backbone=str(folder), num_workers=0, no_progress=True, batch_size=2,
+                                                mode="lora", epochs=1, frontend_lr=1e-2), run)
+    name = reextract_run(run, dtype="float32", num_workers=0, progress=False).backbone
     path = write_config(tmp_path / "ft.json", finetune_run="run", layers=2)  # relative to the config's folder
     model = hear.load_model(path)
     store = open_store(store_path)

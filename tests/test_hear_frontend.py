@@ -171,5 +171,5 @@ def test_finetuning_refuses_hear_frontends(hear_module, tmp_path, capsys):
     rc = main(["--backbone", f"hear:{mod}", "--head", "linear", "--store", str(store_dir), "--out",
                str(tmp_path / "run")])
     assert rc == 2
-    assert f"--backbone hear:{mod}: a HEAR module only serves embeddings" in capsys.readouterr().err
+    assert f"--backbone: hear:{mod}: a HEAR module only serves embeddings" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and not store_dir.exists()

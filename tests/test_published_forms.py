@@ -179,9 +179,9 @@ def test_no_code_path_trusts_remote_code_unless_asked(tmp_path, monkeypatch):
     for fam in (BY_NAME["mert-v1-95m"], BY_NAME["wav2vec2-base"], BY_NAME["music2vec-v1"]):
         folder = write_published(tmp_path / fam.name, fam)
         load_frontend(fam.name, path=folder)
-        from heads.finetune import load_for_finetune, parse_args
+        from heads.finetune import FinetuneSpec, load_for_finetune
 
-        load_for_finetune(parse_args(["--backbone", fam.name, "--model-path", str(folder), "--mode", "lora"]))
+        load_for_finetune(FinetuneSpec(backbone=fam.name, model_path=str(folder), mode="lora"))
     build_one(tmp_path, "mert-v1-95m", 24000, model_path=tmp_path / "mert-v1-95m")
     assert seen and not any(seen)
     load_frontend("mert-v1-95m", path=tmp_path / "mert-v1-95m", trust_remote_code=True)
@@ -226,7 +226,7 @@ def test_wavlm_has_no_sdpa_and_says_so(tmp_path):
 def test_mert_published_folder_fine_tunes_with_lora_and_re_extracts_natively(tmp_path):
     from featurestore.demo import make_demo_corpus
     from heads import finetune as FT
-    from heads.reextract import reextract
+    from heads.reextract import reextract_run
 
     fam = BY_NAME["mert-v1-95m"]
     marker = tmp_path / "REMOTE_CODE_RAN"
@@ -236,20 +236,19 @@ def test_mert_published_folder_fine_tunes_with_lora_and_re_extracts_natively(tmp
     build(corpus, store, ["mert"], model_path=folder, clip_settings=ClipSettings(segment_s=None), num_workers=0,
           progress=False)
     out = tmp_path / "run"
-    FT.finetune(FT.parse_args(["--store", str(store), "--backbone", "mert", "--model-path", str(folder), "--out",
-                               str(out), "--mode", "lora", "--epochs", "1", "--frontend-lr", "1e-2",
-                               "--num-workers", "0", "--no-progress", "--batch-size", "2"]))
+    FT.finetune_run(store, FT.FinetuneSpec(backbone="mert", model_path=str(folder), mode="lora", epochs=1,
+                                           frontend_lr=1e-2, num_workers=0, no_progress=True, batch_size=2), out)
     saved = json.loads((out / "frontend" / "config.json").read_text())
     assert saved["model_type"] == "hubert" and "auto_map" not in saved and saved["feat_proj_layer_norm"]
     assert not list((out / "frontend").glob("*.py"))
-    s = reextract(out, dtype="float32", num_workers=0, progress=False)
-    assert s["complete"] and s["backbone"] == "mert-v1-95m@sid-lora"
+    s = reextract_run(out, dtype="float32", num_workers=0, progress=False)
+    assert s.complete and s.backbone == "mert-v1-95m@sid-lora"
     st = open_store(store)
-    info = st.info(s["backbone"])["frontend"]
+    info = st.info(s.backbone)["frontend"]
     assert info["model_class"] == "HubertModel" and not info["remote_code"] and info["sample_rate"] == 24000
     assert info["provenance"]["mode"] == "lora"
     # LoRA changed the frames; the remote code never ran anywhere on the way
-    assert not np.allclose(st.frames(0, "mert-v1-95m").astype(np.float32), st.frames(0, s["backbone"]), atol=1e-3)
+    assert not np.allclose(st.frames(0, "mert-v1-95m").astype(np.float32), st.frames(0, s.backbone), atol=1e-3)
     assert not marker.exists()
 
 

@@ -377,8 +377,6 @@ def test_int8_pooled_only_and_subset_on_a_url_store_with_shards_equal_a_local_bu
 def test_finetune_stage1_reuse_refuses_pooled_only_and_layer_subset_backbones(stores):
     """Stage 1 of fine-tuning reads the frozen frontend's frames from the store only when it holds all
     of them: --stage1-features store refuses, naming the option; auto falls back to recomputing."""
-    from types import SimpleNamespace
-
     from featurestore import open_store
     from featurestore.frontends import load_frontend
     from heads.finetune import FineTuneError, stored_stage1
@@ -386,11 +384,9 @@ def test_finetune_stage1_reuse_refuses_pooled_only_and_layer_subset_backbones(st
     fe = load_frontend(BB, device="cpu")
     s = open_store(stores)
     for name, why in (("crepe-none", "--frames none"), ("crepe-sub", r"only model layers \[1, 3, 5\]")):
-        args = SimpleNamespace(stage1_features="store", stage1_epochs=1, backbone=name)
-        with pytest.raises(FineTuneError, match=why):
-            stored_stage1(args, s, name, fe, {}, {})
-        args.stage1_features = "auto"
-        assert stored_stage1(args, s, name, fe, {}, {}) is None
+        with pytest.raises(FineTuneError, match=f"stage1_features: store: .*{why}"):
+            stored_stage1(s, name, fe, {}, {}, features="store", stage1_epochs=1, backbone=name)
+        assert stored_stage1(s, name, fe, {}, {}, features="auto", stage1_epochs=1, backbone=name) is None
 
 
 def test_storage_benchmark_published_sizes_match_the_issue_arithmetic():
