@@ -295,7 +295,7 @@ def fit_run(store, spec: FitSpec, out=None, *, refit: bool = False, runs_dir="ru
     store: a FeatureStore, its path, or None (the demo store). out: the run folder (default: named from
     the spec under ``runs_dir``, :func:`heads.runs.run_name`; ``with_task`` False leaves the task out of
     the name, as the task pipelines do). A folder that already holds a finished fit of this spec is
-    reused unless ``refit``. Appends the run's row to ``out.parent/results.jsonl``. Raises SpecError
+    reused unless ``refit``; a fine-tuning run's folder is returned as it is (RunError with ``refit``). Appends the run's row to ``out.parent/results.jsonl``. Raises SpecError
     (a setting the store cannot serve), TaskError, BackboneNotInStore, FileNotFoundError."""
     check_device(spec.device)
     store = resolve_store(store)
@@ -306,9 +306,11 @@ def fit_run(store, spec: FitSpec, out=None, *, refit: bool = False, runs_dir="ru
     if out.exists() and not out.is_dir():
         raise SpecError("out", f"{out}: this is a file; give a folder for the run (it holds metrics.json, "
                                "head.json, predictions, plots)")
-    if folder.is_finetune:
-        raise RunError(f"{out} is a fine-tuning run (its head was trained with the frontend, heads.finetune): "
-                       "evaluate it as it is, or retrain it with heads.finetune --overwrite")
+    if folder.is_finetune:  # its head was trained with the frontend: fitting here would replace it
+        if refit:
+            raise RunError(f"{out} is a fine-tuning run (its head was trained with the frontend, heads.finetune): "
+                           "retrain it with finetune --overwrite, not fit --refit")
+        return folder.record(reused=True)
     if not refit and folder.is_done(spec, store):
         return folder.record(reused=True)
     task = spec.make_task()
@@ -370,6 +372,14 @@ def fit_run(store, spec: FitSpec, out=None, *, refit: bool = False, runs_dir="ru
     return RunFolder(out).record()
 
 
+def reused_message(rec: RunRecord) -> str:
+    """What a command says of a run it did not fit again."""
+    if RunFolder(rec.path).is_finetune:
+        return (f"{rec.path} is a fine-tuning run, fitted by finetune (see {rec.path / 'metrics.json'}); "
+                "evaluate it as it is")
+    return f"{rec.path} is already fitted with these settings (see {rec.path / 'metrics.json'}); --refit to train again"
+
+
 def results_row(report: dict, command: str, run: str) -> dict:
     """The results-table row (:mod:`heads.results_log`) of a metrics.json or evaluation.json report."""
     if "mean" in report:  # transcription: F1 averaged over songs
@@ -401,8 +411,7 @@ def main(argv=None) -> int:
             out = None if base is None else base.with_name(base.name + seed_suffix(seed)) if len(seeds) > 1 else base
             rec = fit_run(store, one, out, refit=args.refit)
             if rec.reused:
-                print(f"{rec.path} is already fitted with these settings (see {rec.path / 'metrics.json'}); "
-                      "--refit to train again")
+                print(reused_message(rec))
             print(summary_table(rec.report))
             if "layer_table" in rec.report:  # layers each: every layer's scored-split scores, the kept one marked
                 from heads.layer_probe import to_markdown as layer_markdown

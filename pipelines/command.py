@@ -214,7 +214,7 @@ def _check_config_store(pipe, args: argparse.Namespace) -> None:
 
 
 def cmd_fit(spec: TaskSpec, args: argparse.Namespace) -> int:
-    from heads.fit import summary_table
+    from heads.fit import reused_message, summary_table
     from heads.runs import store_path
 
     pipe = pipeline_from_args(spec, args)
@@ -227,8 +227,7 @@ def cmd_fit(spec: TaskSpec, args: argparse.Namespace) -> int:
     for one in specs:
         rec = pipe.fit(one, refit=args.refit)
         if rec.reused:
-            print(f"{rec.path} is already fitted with these settings (see {rec.path / 'metrics.json'}); "
-                  "--refit to train again")
+            print(reused_message(rec))
         else:
             print(summary_table(rec.report))
             print(f"run folder: {rec.path}")
