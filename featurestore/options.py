@@ -189,8 +189,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     """``--config FILE`` (YAML settings; flags given beside it win) and ``--print-config``."""
     parser.add_argument("--config", metavar="FILE", default=None,
                         help="YAML file of settings (keys: the option names, e.g. head: mlp, class-weight: "
-                             "balanced); options given on the command line override it. Every run folder holds "
-                             "its own config.yaml: --config of it reproduces the run")
+                             "balanced); options given on the command line override it. --print-config writes one; "
+                             "the run folders of heads.fit and heads.finetune hold theirs (config.yaml)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved settings as YAML (for --config) and exit without running")
 

@@ -393,9 +393,7 @@ def _finetune_in(store, spec: FinetuneSpec, out, device: str, ranks, on_checkpoi
         store.group(planned_on)
     except (BackboneNotInStore, KeyError):
         planned_on = None  # not extracted: clips without frames are found from the frontend below
-    plan = task.plan(store, planned_on, group=spec.group, score=spec.score_split, select=spec.select_split,
-                     holdout_fraction=spec.holdout_fraction, seed=spec.seed,
-                     allow_same=spec.allow_scoring_selection_split)
+    plan = spec.plan(task, store, planned_on, spec.seed)
     name = spec.name or finetuned_name(planned_on or base.name, spec.task, spec.mode)
     try:
         check_backbone_name(name, "name")

@@ -24,8 +24,8 @@ from featurestore.options import SpecError, option
 from featurestore.registry import resolve
 from heads.finetune_loop import PRECISIONS, LoopSettings
 from heads.finetune_model import LORA_TARGETS, MODES, check_mode_for
-from heads.fit import CLIP_HEADS, FRAME_HEADS, HEADS
-from heads.protocol import FILE, SCORE_CHOICES, SELECT_CHOICES
+from heads.fit_spec import CLIP_HEADS, FRAME_HEADS, HEADS, ProtocolSettings
+from heads.protocol import SCORE_CHOICES, SELECT_CHOICES
 from heads.tasks import TaskError, make_task
 
 FINETUNE_HEADS = HEADS[:2] + FRAME_HEADS
@@ -38,7 +38,7 @@ CHOICES = {"attention": ATTENTION_KINDS, "head": FINETUNE_HEADS, "mode": MODES, 
 
 
 @dataclass(frozen=True)
-class FinetuneSpec:
+class FinetuneSpec(ProtocolSettings):
     """The settings of one fine-tuning run (see ``python -m heads.finetune --help`` for each).
 
     Durations are seconds, rates are Adam learning rates, ``context`` is seconds of temporal context
@@ -110,18 +110,6 @@ class FinetuneSpec:
     resume: bool = option(False, "continue the unfinished run in --out from its last checkpoint", identity=False)
     overwrite: bool = option(False, "start over in a run folder that holds another run", identity=False)
     no_progress: bool = option(False, "no progress bars", identity=False)
-    score_split: str = option("auto", "split the reported scores are measured on: auto = test when the store has "
-                                      "test clips, else valid", choices=SCORE_CHOICES)
-    select_split: str = option("auto", "clips that choose the model (learning rate, stopping epoch): auto = valid "
-                                       "unless valid is the scored split, then a holdout carved out of train "
-                                       "(grouped by --group)", choices=SELECT_CHOICES)
-    group: str | None = option(None, f"label column the train holdout is grouped by, so no group is on both sides "
-                                     f"('{FILE}' = the audio file); default: album for singer, singer for technique, "
-                                     f"{FILE} otherwise")
-    holdout_fraction: float = option(0.15, "share of train groups (per class, when groups nest in classes) carved "
-                                           "out for selection")
-    allow_scoring_selection_split: bool = option(False, "allow --select-split valid while valid is scored (an "
-                                                        "optimistic score, labelled so)")
 
     def __post_init__(self):
         _check_types(self)
@@ -180,7 +168,7 @@ class FinetuneSpec:
         if self.dropout is not None:
             _in_range(self, "dropout", 0.0, 1.0, high_open=True)
         _in_range(self, "context", 0.0, None)
-        _in_range(self, "holdout_fraction", 0.0, 1.0, low_open=True, high_open=True)
+        self.check_protocol()
         targets = self.lora_target_list
         bad = [t for t in targets if t not in LORA_TARGETS]
         if bad or not targets:
