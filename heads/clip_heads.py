@@ -53,7 +53,7 @@ except ImportError:  # scikit-learn < 1.6
 from heads.head_codec import SaveLoadMixin
 from heads.modules import LayerSweepLinear, SumThenHead, masked_mean
 from heads.params import (BOOL, AnyOf, ClassWeight, Free, Grid, Int, LayerSelection, Options, Real,
-                          is_int, validate_params)
+                          grid_values, is_int, validate_params)
 from heads.trained_module import adopt_trained_module
 from heads.training import lr_grid, per_class_weights, sweep_lr
 
@@ -61,27 +61,7 @@ from heads.training import lr_grid, per_class_weights, sweep_lr
 _X_CHECKS = dict(accept_sparse=False, dtype=np.float32, allow_nd=True, ensure_2d=False)
 
 
-# ---- hyperparameter grids (the checks: heads.params, declared per head) -------------------------------------
-
-def grid_values(name: str, value) -> list:
-    """A hyperparameter's values: a scalar -> [it]; a list/tuple -> its items; a comma-separated string
-    ("0.1,1,10") -> its numbers (int where they are whole and written without a point or exponent).
-    ValueError naming the parameter for an empty grid or a string that is not numbers."""
-    if isinstance(value, str):
-        try:
-            out = [int(v) if v.strip().lstrip("-").isdigit() else float(v) for v in value.split(",") if v.strip()]
-        except ValueError:
-            raise ValueError(f"{name}={value!r}: expected a number or comma-separated numbers") from None
-    elif isinstance(value, (list, tuple, np.ndarray)):
-        out = list(value)
-    else:
-        out = [value]
-    if not out:
-        raise ValueError(f"{name}={value!r}: an empty grid")
-    return out
-
-
-# ---- data checks -----------------------------------------------------------------------------
+# ---- data checks (the hyperparameters: heads.params, declared per head) ------------------------------ -----------------------------------------------------------------------------
 
 def _to_3d(X: np.ndarray, what: str = "X") -> np.ndarray:
     """A checked array [N, D] or [N, L, D] -> [N, L, D] (a 2-D X is one layer)."""

@@ -30,6 +30,24 @@ def _is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and bool(np.isfinite(v))
 
 
+def grid_values(name: str, value) -> list:
+    """A hyperparameter's values: a scalar -> [it]; a list/tuple -> its items; a comma-separated string
+    ("0.1,1,10") -> its numbers (int where they are whole and written without a point or exponent).
+    ValueError naming the parameter for an empty grid or a string that is not numbers."""
+    if isinstance(value, str):
+        try:
+            out = [int(v) if v.strip().lstrip("-").isdigit() else float(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"{name}={value!r}: expected a number or comma-separated numbers") from None
+    elif isinstance(value, (list, tuple, np.ndarray)):
+        out = list(value)
+    else:
+        out = [value]
+    if not out:
+        raise ValueError(f"{name}={value!r}: an empty grid")
+    return out
+
+
 class Constraint:
     """One parameter's allowed values: ``check(name, value)`` raises ValueError naming it."""
 
@@ -114,8 +132,6 @@ class Grid(Constraint):
     each: Constraint
 
     def ok(self, value) -> bool:
-        from heads.clip_heads import grid_values
-
         try:
             values = grid_values("grid", value)
         except (ValueError, TypeError):
