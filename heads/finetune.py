@@ -62,6 +62,7 @@ from heads.finetune_model import (FineTuneError, FineTuneModel, FineTuneSettingE
 from heads.finetune_spec import FinetuneSpec
 from heads.fit import CLIP_HEADS, check_device, ensure_demo_store, frame_head_class, plot_layer_weights, summary_table
 from heads.frame_heads import conp_f1
+from heads.runs import finetune_run_name
 from heads.tasks import TaskError, make_task, notes_in_span
 from heads.training import per_class_weights
 
@@ -399,7 +400,7 @@ def _finetune_in(store, spec: FinetuneSpec, out, device: str, ranks, on_checkpoi
         check_backbone_name(name, "name")
     except ValueError as e:
         raise FineTuneError(str(e)) from None
-    out = Path(out) if out is not None else Path(f"runs/{name}-{spec.head}")
+    out = Path(out) if out is not None else Path("runs") / finetune_run_name(name, spec.head)
     leader = ranks is None or ranks.rank == 0
     if leader:  # one process per run folder: a second one stops at once, naming the holder
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,13 @@ def run_name(spec: FitSpec, backbone: str, with_task: bool = True) -> str:
             f"{seed_suffix(spec.seed)}")
 
 
+def finetune_run_name(name: str, head: str) -> str:
+    """The folder name of a fine-tuning run: ``<fine-tuned backbone>-<head>`` (``crepe-tiny@sid-ft-linear``),
+    which is also the name :func:`run_name` gives a fit of that head on the re-extracted backbone, so
+    ``evaluate`` finds the fine-tuned head there."""
+    return f"{name}-{head}"
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """A finished fit. ``scores``: the headline scores (clip tasks: accuracy, top-k, macro F1...;

@@ -292,8 +292,10 @@ def cmd_finetune(spec: TaskSpec, args: argparse.Namespace) -> int:
 def cmd_reextract(spec: TaskSpec, args: argparse.Namespace) -> int:
     from heads.reextract import format_reextract
 
+    from heads.runs import finetune_run_name
+
     pipe = pipeline_from_args(spec, args)
-    rd = pipe.runs_dir / f"{pipe.finetuned_backbone(args.backbone, args.mode)}-{args.head}"
+    rd = pipe.runs_dir / finetune_run_name(pipe.finetuned_backbone(args.backbone, args.mode), args.head)
     rec = pipe.reextract(rd, device=args.device or "cpu", overwrite=args.overwrite, progress=not args.no_progress)
     print(format_reextract(rec))
     return 0

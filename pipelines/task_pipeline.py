@@ -270,8 +270,10 @@ class TaskPipeline:
     def finetune_folder(self, spec) -> Path:
         """``runs/<backbone>@<task>-<mode>-<head>``: where ``evaluate`` finds it once ``reextract`` has
         written the backbone into the store."""
+        from heads.runs import finetune_run_name
+
         name = spec.name or self.finetuned_backbone(spec.backbone, spec.mode)
-        return self.runs_dir / f"{name}-{spec.head}"
+        return self.runs_dir / finetune_run_name(name, spec.head)
 
     def finetune(self, spec, on_checkpoint=None):
         """Fine-tune end to end on the task's store, clips and splits (:func:`heads.finetune.finetune_run`)."""
