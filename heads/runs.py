@@ -110,8 +110,10 @@ class RunFolder:
             m = self.path / METRICS_FILE
             try:
                 self._metrics = json.loads(m.read_text())
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 raise RunError(f"{self.path} holds no fitted run ({METRICS_FILE} is missing): fit it first") from None
+            except OSError as e:
+                raise RunError(f"{m} cannot be read ({e})") from None
             except ValueError as e:
                 raise RunError(f"{m} is not readable JSON ({e})") from None
         return self._metrics

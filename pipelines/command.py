@@ -203,11 +203,10 @@ def fit_specs_from_args(spec: TaskSpec, args: argparse.Namespace, keep=None) -> 
     return [dataclasses.replace(base, seed=s) for s in seeds]
 
 
-def _check_config_store(pipe, args: argparse.Namespace) -> None:
+def _check_config_store(pipe, given: str | None) -> None:
     """A config file naming another store than the work folder's is refused (not silently ignored)."""
     from heads.runs import store_path
 
-    given = getattr(args, "store", None)
     if given and store_path(given) != store_path(pipe.store_path):
         raise SpecError("store", f"{given}: the {pipe.task.name} pipeline reads its work folder's store "
                                  f"{pipe.store_path}; use heads.fit --config for another store")
@@ -218,7 +217,7 @@ def cmd_fit(spec: TaskSpec, args: argparse.Namespace) -> int:
     from heads.runs import store_path
 
     pipe = pipeline_from_args(spec, args)
-    _check_config_store(pipe, args)
+    _check_config_store(pipe, getattr(args, "store", None))
     specs = fit_specs_from_args(spec, args)
     if args.print_config:
         print(to_yaml(specs[0], header=f"python -m pipelines.{spec.name} fit --workdir {args.workdir} --config FILE",
@@ -271,7 +270,7 @@ def cmd_finetune(spec: TaskSpec, args: argparse.Namespace) -> int:
     from heads.fit import summary_table
 
     pipe = pipeline_from_args(spec, args)
-    _check_config_store(pipe, args)
+    _check_config_store(pipe, getattr(args, "store", None))
     ft = finetune_spec_from_args(spec, args)
     if args.print_config:
         print(to_yaml(ft, header=f"python -m pipelines.{spec.name} finetune --workdir {args.workdir} --config FILE"),

@@ -75,15 +75,21 @@ def _under_main_guard(tree: ast.Module) -> set[int]:
     return lines
 
 
+#: The command-line layer's own names: a command's ``main`` and ``parse_args``, a sub-command's main
+#: (``cmd_<name>`` of pipelines.command), and what turns parsed arguments into a spec (``*_from_args``,
+#: featurestore.options.from_namespace).
+CLI_LAYER = re.compile(r"^(main|parse_args|cmd_\w+|\w+_from_args|from_namespace)$")
+
+
 def test_no_library_function_takes_an_argparse_namespace():
-    """Only a command's ``main``, ``parse_args`` and ``*_from_args`` (parsed arguments -> a typed spec) may
-    take parsed arguments; everything else takes typed values."""
+    """Only the command-line layer (:data:`CLI_LAYER`) may take parsed arguments; every other function
+    takes typed values."""
     bad = []
     for name, path in _modules():
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
-            if node.name in ("main", "parse_args") or node.name.endswith("_from_args"):
+            if CLI_LAYER.match(node.name):
                 continue
             a = node.args
             for arg in a.posonlyargs + a.args + a.kwonlyargs:
