@@ -16,6 +16,7 @@ from pathlib import Path
 from featurestore.cli import HelpFormatter
 from featurestore.options import (SpecError, add_config_options, add_options, field_names, from_namespace,
                                   parse_with_config, to_yaml)
+from heads.fit_spec import CLIP_HEADS
 from pipelines.runner import TaskSpec
 
 #: FitSpec settings that name a fitted run's folder (evaluate and predict find the run by them).
@@ -197,8 +198,8 @@ def fit_specs_from_args(spec: TaskSpec, args: argparse.Namespace, keep=None) -> 
     seeds = parse_seeds(seeds_text) if seeds_text is not None else [args.seed or 0]
     values = {k: v for k, v in vars(args).items() if k in field_names(FitSpec) and (keep is None or k in keep)}
     values.update(task=spec.heads_task, device=getattr(args, "device", None) or "cpu")
-    if values.get("head") not in ("linear", "mlp", "logreg", "lgbm"):
-        values.pop("class_weight", None)  # the task's default weighting is for clip heads
+    if values.get("head") not in CLIP_HEADS and values.get("class_weight") == spec.default_class_weight:
+        values.pop("class_weight", None)  # the task's default weighting is for clip heads (one given is refused)
     base = FitSpec(**{**values, "seed": seeds[0]})
     return [dataclasses.replace(base, seed=s) for s in seeds]
 
@@ -260,8 +261,8 @@ def finetune_spec_from_args(spec: TaskSpec, args: argparse.Namespace):
 
     pipe = TaskPipeline(spec, args.workdir)
     values = {"task": spec.heads_task}
-    if args.head not in ("linear", "mlp", "logreg", "lgbm"):
-        values["class_weight"] = None if args.class_weight == spec.default_class_weight else args.class_weight
+    if args.head not in CLIP_HEADS and args.class_weight == spec.default_class_weight:
+        values["class_weight"] = None  # the task's default weighting is for clip heads (one given is refused)
     values["name"] = args.name or pipe.finetuned_backbone(args.backbone, args.mode)
     return from_namespace(FinetuneSpec, args, **values)
 
