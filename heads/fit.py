@@ -10,6 +10,15 @@ transcription), layer_weights.png (or layer_table.png with ``--layers each``), l
 and, for classification, confusion.png
 (every figure also as SVG); each run appends its row to results.jsonl beside the run folder
 (:mod:`heads.results_log`). ``--seeds 0,1,2`` makes one run per seed and prints mean ± sd.
+
+The run is a :class:`heads.fit_spec.FitSpec` (the options are its fields) and the work is
+:func:`fit_run`; the folder also holds ``config.yaml`` (the store and the spec, :mod:`heads.runs`), so
+``--config RUN/config.yaml`` finds the same folder and reuses the fit (``--refit`` trains again).
+
+    from heads.fit import fit_run
+    from heads.fit_spec import FitSpec
+    record = fit_run("a20.zarr", FitSpec(backbone="mert", head="mlp", lr="1e-4,1e-3"))
+    record.scores, record.scored_split, record.selection_split, record.path
 """
 from __future__ import annotations
 
