@@ -34,6 +34,7 @@ import numpy as np
 
 from featurestore.cli import HelpFormatter
 from featurestore import open_store
+from featurestore.locking import LockTimeout, StoreLock
 from featurestore.store import BackboneNotInStore
 from heads import metrics
 from heads.clip_heads import LGBMHead, LinearHead, LogRegHead, MLPHead
@@ -304,7 +305,8 @@ def fit_run(store, spec: FitSpec, out=None, *, refit: bool = False, runs_dir="ru
     store: a FeatureStore, its path, or None (the demo store). out: the run folder (default: named from
     the spec under ``runs_dir``, :func:`heads.runs.run_name`; ``with_task`` False leaves the task out of
     the name, as the task pipelines do). A folder that already holds a finished fit of this spec is
-    reused unless ``refit``; a fine-tuning run's folder is returned as it is (RunError with ``refit``). Appends the run's row to ``out.parent/results.jsonl``. Raises SpecError
+    reused unless ``refit``; a fine-tuning run's folder is returned as it is (RunError with ``refit``).
+    One process fits into a folder at a time: a second raises LockTimeout naming the first. Appends the run's row to ``out.parent/results.jsonl``. Raises SpecError
     (a setting the store cannot serve), TaskError, BackboneNotInStore, FileNotFoundError."""
     check_device(spec.device)
     store = resolve_store(store)
@@ -320,8 +322,16 @@ def fit_run(store, spec: FitSpec, out=None, *, refit: bool = False, runs_dir="ru
             raise RunError(f"{out} is a fine-tuning run (its head was trained with the frontend, heads.finetune): "
                            "retrain it with finetune --overwrite, not fit --refit")
         return folder.record(reused=True)
-    if not refit and folder.is_done(spec, store):
-        return folder.record(reused=True)
+    # one process per run folder: a second one stops at once (LockTimeout naming the holder)
+    with StoreLock(out, timeout=0, log=lambda _msg: None).hold("fitting a head into this run folder"):
+        if not refit and folder.is_done(spec, store):
+            return folder.record(reused=True)
+        return _fit_into(folder, store, spec, backbone)
+
+
+def _fit_into(folder: RunFolder, store, spec: FitSpec, backbone: str) -> RunRecord:
+    """Fit ``spec`` on ``backbone`` of ``store`` and write the run folder (its lock held)."""
+    out = folder.path
     task = spec.make_task()
     plan = spec.plan(task, store, backbone, spec.seed)
     for note in plan.notes:
@@ -431,7 +441,7 @@ def main(argv=None) -> int:
     except SpecError as e:
         print(f"error: {e.as_flag()}", file=sys.stderr)
         return 2
-    except (TaskError, BackboneNotInStore, RunError, ValueError, FileNotFoundError) as e:
+    except (TaskError, BackboneNotInStore, RunError, ValueError, FileNotFoundError, LockTimeout) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if len(records) > 1:

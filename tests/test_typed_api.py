@@ -298,3 +298,22 @@ def test_every_head_declares_every_hyperparameter_and_refuses_by_name():
                 continue
             with pytest.raises(ValueError, match=f"^{name}"):
                 validate_params(cls(**{name: bad[name]}))
+
+
+def test_two_fits_into_one_run_folder_the_second_stops_naming_the_first(home, capsys):
+    """One process fits into a run folder at a time: a second stops at once, naming the holder, and
+    leaves the folder as it was; once the first is done, the fit runs."""
+    from featurestore.locking import LockTimeout, StoreLock
+    from heads import fit
+    from heads.fit_spec import FitSpec
+
+    out = home / "runs" / "busy"
+    spec = FitSpec(backbone="crepe", head="logreg")
+    with StoreLock(out, timeout=0).hold("another fit of this folder"):
+        with pytest.raises(LockTimeout, match="another fit of this folder"):
+            fit.fit_run(None, spec, out)
+        assert fit.main(["--backbone", "crepe", "--head", "logreg", "--out", str(out), "--no-progress"]) == 2
+        assert "another fit of this folder" in capsys.readouterr().err
+        assert not (out / "metrics.json").exists()
+    rec = fit.fit_run(None, spec, out)
+    assert not rec.reused and (out / "metrics.json").is_file() and (out / "config.yaml").is_file()
