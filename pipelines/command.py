@@ -242,6 +242,8 @@ def cmd_evaluate(spec: TaskSpec, args: argparse.Namespace) -> int:
                                               for s in fit_specs_from_args(spec, args, keep=RUN_NAMING)]
     for run in runs:
         rec = pipe.evaluate(run, options=opts, score_split=args.score_split)
+        if spec.describe is not None:
+            print(spec.describe(rec.result, rec.run))
         print(rec.table)
     return 0
 
@@ -251,7 +253,7 @@ def cmd_predict(spec: TaskSpec, args: argparse.Namespace) -> int:
     run = Path(args.run) if args.run else pipe.run_folder(fit_specs_from_args(spec, args, keep=RUN_NAMING)[0]).path
     rec = pipe.predict(run, options=options_from_args(spec, args), backbone=None if args.run else args.backbone,
                        device=args.device or "cpu", progress=not args.no_progress)
-    print(f"predictions for {rec.n_files} file(s) written to {rec.out}")
+    print(f"predictions for {rec.n_files} file(s) written to {rec.out}" + (f" ({rec.what})" if rec.what else ""))
     return 0
 
 

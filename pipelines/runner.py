@@ -111,6 +111,7 @@ class TaskSpec:
         conventions, e.g. song level), on the run's scored split unless ``score_split`` is given
     predict(pipeline, run_dir: Path, backbone: str, opts, device: str, progress: bool) -> PredictRecord
         (optional)
+    describe(result: dict, run_dir: Path) -> str: what ``evaluate`` prints of a run (optional)
     summary_keys: metric keys (dotted paths into the evaluation dict) for results.md
     """
 
@@ -126,15 +127,18 @@ class TaskSpec:
     predict: Callable | None = None
     options: type = NoOptions
     default_class_weight: str | None = None
+    describe: Callable | None = None
 
 
 @dataclass(frozen=True)
 class PredictRecord:
-    """What ``predict`` wrote: ``out`` (a CSV or a folder), ``n_files`` predicted, the files skipped."""
+    """What ``predict`` wrote: ``out`` (a CSV or a folder), ``n_files`` predicted, the files skipped,
+    and what the output holds (``what``)."""
 
     out: Path
     n_files: int
     skipped: list = field(default_factory=list)
+    what: str = ""
 
 
 def write_manifest(rows: list[dict], path: Path) -> Path:

@@ -349,11 +349,6 @@ def evaluate(store, run_dir: Path, opts: SingerOptions, score_split: str | None 
         w.writerow(["song", "true", "No.1", "No.2", "No.3"])
         for s, t, names in zip(songs, song_y, top3(song_scores, classes)):
             w.writerow([s, classes[t]] + names)
-    print(f"singer, {run_label(plan, run_dir)}")
-    print(metrics.format_table(
-        [{"level": lvl, **{k: r.get(k) for k in ("n", "accuracy", "top2", "top3", "macro_f1")}}
-         for lvl, r in (("segment", seg), ("song", song))],
-        ["level", "n", "accuracy", "top2", "top3", "macro_f1"]))
     from heads.intervals import classification_intervals
 
     # intervals: segments resampled song by song (a song's segments move together), songs resampled as songs
@@ -362,6 +357,18 @@ def evaluate(store, run_dir: Path, opts: SingerOptions, score_split: str | None 
     return {"segment": seg, "song": song, "split": plan.score_split, "protocol": plan.describe(),
             "aggregate": method, "backbone_stored": backbone, "unseen_labels": int((~known).sum()), "ci95": ci,
             "items": "songs"}
+
+
+def describe_evaluation(result: dict, run_dir: Path) -> str:
+    """What ``evaluate`` prints of a run: its protocol, then the segment and song scores."""
+    from heads import metrics
+    from heads.protocol import protocol_label
+    from heads.runs import read_metrics
+
+    table = metrics.format_table(
+        [{"level": lvl, **{k: result[lvl].get(k) for k in ("n", "accuracy", "top2", "top3", "macro_f1")}}
+         for lvl in ("segment", "song")], ["level", "n", "accuracy", "top2", "top3", "macro_f1"])
+    return f"singer, {protocol_label(result['protocol'], read_metrics(run_dir))}\n{table}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -472,6 +479,7 @@ SPEC = TaskSpec(
                   "song.macro_f1"],
     predict=predict,
     options=SingerOptions,
+    describe=describe_evaluation,
 )
 
 if __name__ == "__main__":

@@ -314,11 +314,18 @@ def evaluate(store, run_dir: Path, opts: TechniqueOptions, score_split: str | No
     report["ci95"] = classification_intervals(scores.y, scores.proba, groups=files)
     metrics.plot_confusion(np.array(report["confusion"]), classes, Path(run_dir) / "confusion_technique.png",
                            title=f"{bb} / {head_name(run_dir)} / technique\n{run_label(plan, run_dir)}")
-    print(f"technique, {run_label(plan, run_dir)}")
     report.update(split=plan.score_split, protocol=plan.describe(), n_clips=int(len(rows)))
     if getattr(head, "layer_weights_", None) is not None:
         report["layer_weights"] = [float(v) for v in np.asarray(head.layer_weights_)]
     return report
+
+
+def describe_evaluation(result: dict, run_dir: Path) -> str:
+    """What ``evaluate`` prints of a run: its protocol."""
+    from heads.protocol import protocol_label
+    from heads.runs import read_metrics
+
+    return f"technique, {protocol_label(result['protocol'], read_metrics(run_dir))}"
 
 
 def head_name(run_dir: Path) -> str:
@@ -339,6 +346,7 @@ SPEC = TaskSpec(
     evaluate=evaluate,
     summary_keys=["accuracy", "balanced_accuracy", "macro_f1", "top2", "top3"],
     options=TechniqueOptions,
+    describe=describe_evaluation,
     default_class_weight="paper",
 )
 

@@ -501,8 +501,6 @@ def evaluate(store, run_dir: Path, opts: TranscriptionOptions, score_split: str 
     rep = transcription_report(pairs)
     per_song = {sid: {**{k: v for k, v in sc.items() if k != "raw"}, "n_ref": counts[sid][0],
                       "n_est": counts[sid][1]} for sid, sc in rep["per_song"].items()}
-    print(f"{len(songs)} songs decoded, {plan.label()}; notes -> {Path(run_dir) / 'notes'}, "
-          f"MIDI -> {Path(run_dir) / 'midi'}")
     from heads.intervals import mean_intervals
     from heads.run_plots import plot_piano_roll
 
@@ -520,6 +518,14 @@ def evaluate(store, run_dir: Path, opts: TranscriptionOptions, score_split: str 
     ci = mean_intervals({f"mean.{name}.f1": [sc[name]["f1"] for sc in per_song.values()] for name in rep["mean"]})
     return {"mean": rep["mean"], "per_song": per_song, "n_songs": rep["n_songs"], "split": plan.score_split,
             "protocol": plan.describe(), "ci95": ci}
+
+
+def describe_evaluation(result: dict, run_dir: Path) -> str:
+    """What ``evaluate`` prints of a run: the songs decoded, its protocol and where the notes went."""
+    from heads.protocol import protocol_label
+
+    return (f"{result['n_songs']} songs decoded, {protocol_label(result['protocol'])}; notes -> "
+            f"{Path(run_dir) / 'notes'}, MIDI -> {Path(run_dir) / 'midi'}")
 
 
 def predict(pipe, rd: Path, backbone: str, opts: TranscriptionOptions, device: str = "cpu",
@@ -549,8 +555,7 @@ def predict(pipe, rd: Path, backbone: str, opts: TranscriptionOptions, device: s
     songs = decode_songs(store, backbone, head, range(len(store)))
     for sid, s in songs.items():  # one flat folder, file names by featurestore.names.safe_name
         _write_song(s["notes"], out, out, safe_name(sid))
-    print(f"{len(songs)} file(s) transcribed -> {out} (.txt: onset offset Hz; .mid)")
-    return PredictRecord(out, len(songs), list(report.skipped))
+    return PredictRecord(out, len(songs), list(report.skipped), "one .txt (onset offset Hz) and .mid per file")
 
 
 def _check_same_weights(train_store: Path, store, backbone: str) -> None:
@@ -578,6 +583,7 @@ SPEC = TaskSpec(
     summary_keys=["mean.COnPOff.f1", "mean.COnP.f1", "mean.COn.f1"],
     predict=predict,
     options=TranscriptionOptions,
+    describe=describe_evaluation,
 )
 
 if __name__ == "__main__":
