@@ -51,10 +51,10 @@ def add_field(parser, cls, name: str, *, positional: bool = False, **kw) -> argp
     ``action``/``nargs`` of its own (``kw``, e.g. ``action="append"``). Help, choices, metavar and the
     default come from the field's declaration, so the setting is still declared once; leave the field
     out of ``add_options`` with ``skip``."""
-    from featurestore.options import _meta, fields_of, flag_of
+    from featurestore.options import field_meta, fields_of, flag_of
 
     f, kind = next((f, kind) for f, kind in fields_of(cls) if f.name == name)
-    m = _meta(f)
+    m = field_meta(f)
     args = dict(help=m["help"], **kw)
     if m.get("nargs") is not None:
         args.setdefault("nargs", m["nargs"])

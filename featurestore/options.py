@@ -72,7 +72,8 @@ def option(default, help: str = "", *, flag: str | None = None, choices=None, me
     return dataclasses.field(default=default, metadata={_META: meta})
 
 
-def _meta(f: dataclasses.Field) -> dict:
+def field_meta(f: dataclasses.Field) -> dict:
+    """A field's command-line declaration (:func:`option`'s keywords): help, flag, choices, ..."""
     return f.metadata.get(_META) or {"help": "", "flag": None, "choices": None, "metavar": None, "cli": True,
                                      "identity": True, "commands": None, "type": None, "nargs": None, "const": None}
 
@@ -100,7 +101,7 @@ def add_options(parser: argparse.ArgumentParser, cls, *, skip=(), defaults: dict
     this command (a task's own default head)."""
     defaults, help = defaults or {}, help or {}
     for f, kind in fields_of(cls):
-        m = _meta(f)
+        m = field_meta(f)
         if f.name in skip or not m["cli"]:
             continue
         if command is not None and m["commands"] is not None and command not in m["commands"]:
@@ -124,7 +125,7 @@ def add_options(parser: argparse.ArgumentParser, cls, *, skip=(), defaults: dict
 def field_names(cls, command: str | None = None) -> set[str]:
     """The names of ``cls``'s fields (those a sub-command ``command`` shows, when given)."""
     return {f.name for f in dataclasses.fields(cls)
-            if command is None or _meta(f)["commands"] is None or command in _meta(f)["commands"]}
+            if command is None or field_meta(f)["commands"] is None or command in field_meta(f)["commands"]}
 
 
 def from_namespace(cls, ns: argparse.Namespace, **overrides):
@@ -139,7 +140,7 @@ def to_dict(spec, *, identity_only: bool = False) -> dict:
     """A spec's fields as plain values (tuples as lists), in declaration order."""
     out = {}
     for f in dataclasses.fields(spec):
-        if identity_only and not _meta(f)["identity"]:
+        if identity_only and not field_meta(f)["identity"]:
             continue
         v = getattr(spec, f.name)
         out[f.name] = list(v) if isinstance(v, tuple) else v
