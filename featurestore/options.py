@@ -136,10 +136,18 @@ def from_namespace(cls, ns: argparse.Namespace, **overrides):
     return cls(**values)
 
 
+def _ordered_fields(spec) -> list[dataclasses.Field]:
+    """The spec's fields, its own class's first (declaration order), then those it inherits (a FitSpec's
+    backbone and head before the split settings it shares with fine-tuning)."""
+    own = set(type(spec).__dict__.get("__annotations__", {}))
+    fields = dataclasses.fields(spec)
+    return [f for f in fields if f.name in own] + [f for f in fields if f.name not in own]
+
+
 def to_dict(spec, *, identity_only: bool = False) -> dict:
-    """A spec's fields as plain values (tuples as lists), in declaration order."""
+    """A spec's fields as plain values (tuples as lists): its own fields first, then inherited ones."""
     out = {}
-    for f in dataclasses.fields(spec):
+    for f in _ordered_fields(spec):
         if identity_only and not field_meta(f)["identity"]:
             continue
         v = getattr(spec, f.name)
