@@ -561,10 +561,7 @@ class ComparisonSpec:
                 raise SpecError("backbones", "empty list")
             for b in self.backbone_list:
                 check_backbone(b)
-        try:
-            parse_seeds(self.seeds)
-        except ValueError as e:
-            raise SpecError("seeds", str(e).split(": ", 1)[-1]) from None
+        parse_seeds(self.seeds)  # SpecError naming seeds
         if self.epochs is not None and self.epochs < 1:
             raise SpecError("epochs", f"must be >= 1 (got {self.epochs})")
         if self.store and not Path(self.store).is_dir():

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from featurestore.datasets import ClipFrames
+from featurestore.options import SpecError
 from featurestore.store import FeatureStore
 from heads.protocol import FILE, HOLDOUT, ProtocolError, SplitPlan, plan_splits, replan
 from heads.notes import midi_number
@@ -91,9 +92,9 @@ def parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"--seeds {text!r}: expected comma-separated integers such as 0,1,2") from None
+        raise SpecError("seeds", f"{text!r}: expected comma-separated integers such as 0,1,2") from None
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds {text!r}: expected distinct integers >= 0, such as 0,1,2")
+        raise SpecError("seeds", f"{text!r}: expected distinct integers >= 0, such as 0,1,2")
     return seeds
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from featurestore.options import SpecError
+
 _ACTIVE: list = []
 
 
@@ -28,8 +30,8 @@ class TensorBoardLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # torch's writer needs the tensorboard package
-            raise ValueError("--log-dir writes TensorBoard files and needs the tensorboard package: "
-                             "pip install -e '.[tracking]'") from None
+            raise SpecError("log_dir", "writes TensorBoard files and needs the tensorboard package: "
+                                       "pip install -e '.[tracking]'") from None
         self.path = Path(log_dir)
         self.writer = SummaryWriter(log_dir=str(self.path))
 

@@ -63,7 +63,7 @@ from dataclasses import dataclass
 
 from featurestore.clips import ClipSettings
 from featurestore.manifest import AUDIO_SUFFIXES, Skip
-from featurestore.options import option
+from featurestore.options import SpecError, option
 from pipelines.command import main
 from pipelines.runner import DEMO_FLAG, PrepareResult, TaskSpec, run_backbone, run_label, run_plan, run_pool  # noqa: F401
 
@@ -245,7 +245,7 @@ def prepare_vocalset(raw: Path, opts: TechniqueOptions) -> PrepareResult:
     else:
         clash = sorted(set(valid) & set(test))
         if clash:
-            raise ValueError(f"--valid-singers {', '.join(clash)} also in --test-singers: a singer can be in one "
+            raise SpecError("valid_singers", f"{', '.join(clash)} also in test_singers: a singer can be in one "
                              "split only")
         for s in valid:
             if s not in singers:

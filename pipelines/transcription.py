@@ -97,7 +97,7 @@ from featurestore.names import safe_name
 from heads.notes import midi_number
 from dataclasses import dataclass
 
-from featurestore.options import option
+from featurestore.options import SpecError, option
 from pipelines.command import main
 from pipelines.runner import PredictRecord, PrepareResult, TaskSpec, run_backbone, run_plan, training_clip_settings
 
@@ -330,15 +330,15 @@ def parse_valid_songs(text) -> float | int:
             raise ValueError
         return n
     except ValueError:
-        raise ValueError(f"--valid-songs {text!r}: a count of songs (40) or a share of the train songs "
+        raise SpecError("valid_songs", f"{text!r}: a count of songs (40) or a share of the train songs "
                          "(10%, under 100%)") from None
 
 
 def _valid_songs_option(text: str) -> float | int:
     try:
         return parse_valid_songs(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    except SpecError as e:
+        raise argparse.ArgumentTypeError(e.reason) from None
 
 
 def valid_song_count(spec: float | int, n_train: int) -> int:
@@ -506,7 +506,7 @@ def evaluate(store, run_dir: Path, opts: TranscriptionOptions, score_split: str 
 
     chosen = opts.piano_roll or (sorted(songs)[0] if songs else None)
     if chosen is not None and chosen not in songs:
-        raise ValueError(f"--piano-roll {chosen!r}: no such song on the scored split ({plan.score_split}); songs: "
+        raise SpecError("piano_roll", f"{chosen!r}: no such song on the scored split ({plan.score_split}); songs: "
                          f"{', '.join(sorted(songs)[:10])}{' ...' if len(songs) > 10 else ''}")
     if chosen is not None:
         s = songs[chosen]
