@@ -317,3 +317,26 @@ def test_two_fits_into_one_run_folder_the_second_stops_naming_the_first(home, ca
         assert not (out / "metrics.json").exists()
     rec = fit.fit_run(None, spec, out)
     assert not rec.reused and (out / "metrics.json").is_file() and (out / "config.yaml").is_file()
+
+
+def test_a_fit_killed_midway_is_not_taken_for_a_finished_one(home, monkeypatch):
+    """config.yaml is cleared before a fit and written last: a refit killed in the middle leaves a folder
+    whose old metrics.json is not reused as this spec's result; the next call fits again."""
+    from heads import fit
+    from heads.fit_spec import FitSpec
+
+    spec, out = FitSpec(backbone="crepe", head="logreg"), home / "runs" / "r"
+    first = fit.fit_run(None, spec, out)
+    assert not first.reused and fit.fit_run(None, spec, out).reused
+    real = fit.run_clip
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt  # the process stopped half-way through the refit
+
+    monkeypatch.setattr(fit, "run_clip", killed)
+    with pytest.raises(KeyboardInterrupt):
+        fit.fit_run(None, spec, out, refit=True)
+    assert (out / "metrics.json").is_file() and not (out / "config.yaml").exists()
+    monkeypatch.setattr(fit, "run_clip", real)
+    again = fit.fit_run(None, spec, out)
+    assert not again.reused and (out / "config.yaml").is_file()
