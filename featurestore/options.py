@@ -179,10 +179,14 @@ def read_config(path, names=None) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"--config {path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"--config {path}: is a folder, not a YAML file (a run folder's is config.yaml)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--config {path}: not readable ({e.strerror if isinstance(e, OSError) else e.reason})") from None
     except yaml.YAMLError as e:
         raise ValueError(f"--config {path}: not readable YAML ({str(e).splitlines()[0]})") from None
     if data is None:
-        return {}
+        raise ValueError(f"--config {path}: holds no settings (an empty file; --print-config writes one)")
     if not isinstance(data, dict):
         raise ValueError(f"--config {path}: expected a mapping of settings (key: value), got {type(data).__name__}")
     out = {str(k).replace("-", "_"): v for k, v in data.items()}
@@ -217,10 +221,54 @@ def parse_with_config(parser: argparse.ArgumentParser, argv=None, names=None,
     if known.config:
         try:
             values = read_config(known.config, names)
+            values = {k: _config_value(target or parser, k, v, known.config) for k, v in values.items()}
         except (ValueError, FileNotFoundError) as e:
             (target or parser).error(str(e))
         (target or parser).set_defaults(**values)
     return parser.parse_args(argv)
+
+
+def _config_value(parser: argparse.ArgumentParser, name: str, value, path):
+    """A config file's ``value`` of setting ``name``, checked as its option would check it on the command
+    line (argparse leaves defaults that are not strings unconverted): ``epochs: ten``, ``epochs: 2.5``,
+    ``epochs: true``, ``no_progress: "yes"`` or a list for a number are refused naming the file and the
+    setting (ValueError); numbers for a text option become text (``store: 5`` -> ``"5"``). Lists for text
+    options (``tasks: [singer]``, ``lr: [1e-3, 1e-2]``) and ``null`` pass on to the spec, which checks them."""
+    # argparse has no public way to look an option up by its destination; ``_actions`` is the list that
+    # add_argument fills, the same on every Python this project supports
+    action = next((a for a in parser._actions if a.dest == name), None)
+    if action is None or value is None:
+        return value
+    where = f"--config {path}: {name}"
+    if action.nargs == 0:  # a switch (store_true)
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true or false, got {value!r}")
+        return value
+    kind = action.type
+    if kind in (int, float):
+        if isinstance(value, str):
+            try:
+                value = kind(value)
+            except ValueError:
+                raise ValueError(f"{where}: expected {'an integer' if kind is int else 'a number'}, "
+                                 f"got {value!r}") from None
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                kind is int and value != int(value)):
+            raise ValueError(f"{where}: expected {'an integer' if kind is int else 'a number'}, got {value!r}")
+        value = kind(value)
+    elif kind in (None, str):
+        if isinstance(value, (bool, int, float)):
+            value = str(value)
+        elif isinstance(value, dict):
+            raise ValueError(f"{where}: expected a value or a list, got a mapping")
+    elif isinstance(value, str):  # the option's own converter (a seed list, a layer range, ...)
+        try:
+            value = kind(value)
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+            raise ValueError(f"{where}: {e}") from None
+    if action.choices is not None and not isinstance(value, list) and value not in action.choices:
+        raise ValueError(f"{where}: {value!r}: choose one of {', '.join(map(str, action.choices))}")
+    return value
 
 
 def write_config(spec, path, header: str | None = None, extra: dict | None = None) -> Path:

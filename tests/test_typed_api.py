@@ -340,3 +340,44 @@ def test_a_fit_killed_midway_is_not_taken_for_a_finished_one(home, monkeypatch):
     monkeypatch.setattr(fit, "run_clip", real)
     again = fit.fit_run(None, spec, out)
     assert not again.reused and (out / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("text, setting", [
+    ("epochs: ten\n", "epochs"), ("epochs: 2.5\n", "epochs"), ("epochs: true\n", "epochs"),
+    ("epochs: [1, 2]\n", "epochs"), ("context: abc\n", "context"), ("no_progress: 'false'\n", "no_progress"),
+    ("refit: 'no'\n", "refit"), ("", "holds no settings"), ("# only a comment\n", "holds no settings")])
+def test_a_bad_config_value_is_refused_naming_the_file_and_setting(tmp_path, capsys, text, setting):
+    """argparse leaves non-string defaults unconverted: before the check, ``epochs: true`` fitted 1 epoch,
+    ``refit: 'no'`` refitted, ``epochs: [1, 2]`` raised a TypeError deep in the spec, and an empty file
+    fitted the defaults."""
+    from heads.fit import parse_args
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--config", str(path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"--config {path}: " in err and setting in err and "Traceback" not in err
+
+
+def test_config_values_are_converted_as_their_options_are(tmp_path):
+    from heads.fit import parse_args, spec_from_args
+
+    path = tmp_path / "ok.yaml"
+    path.write_text("epochs: 3.0\nstore: 5\nlayers: 2\nlr: [0.001, 0.01]\nno_progress: true\n")
+    args = parse_args(["--config", str(path)])
+    assert (args.epochs, args.store, args.layers, args.no_progress) == (3, "5", "2", True)
+    assert type(args.epochs) is int
+    spec, _ = spec_from_args(args)
+    assert spec.epochs == 3 and spec.layers == "2"
+
+
+def test_a_folder_or_binary_file_as_config_is_refused_by_name(tmp_path, capsys):
+    from heads.fit import parse_args
+
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00binary")
+    for path in (tmp_path, tmp_path / "bin.yaml"):
+        with pytest.raises(SystemExit) as e:
+            parse_args(["--config", str(path)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"--config {path}: " in err and "Traceback" not in err
