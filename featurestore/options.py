@@ -51,6 +51,32 @@ class SpecError(ValueError):
         return f"{flag_of(self.setting)}: {self.reason}"
 
 
+def int_setting(name: str, value, minimum: int | None = None) -> int:
+    """``value`` of setting ``name`` as an int (``3``, ``"3"``, ``3.0``); anything else (``"ten"``, ``2.5``,
+    ``True``, a list) or one below ``minimum`` raises :class:`SpecError` naming the setting."""
+    want = "an integer" + (f" >= {minimum}" if minimum is not None else "")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise SpecError(name, f"{value!r}: expected {want}")
+    try:
+        out = int(value) if not isinstance(value, float) else int(value) if value == int(value) else None
+    except (ValueError, OverflowError):
+        out = None
+    if out is None or (minimum is not None and out < minimum):
+        raise SpecError(name, f"{value!r}: expected {want}")
+    return out
+
+
+def float_setting(name: str, value) -> float:
+    """``value`` of setting ``name`` as a float (``0.15``, ``"0.15"``, ``1``); anything else raises
+    :class:`SpecError` naming the setting."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise SpecError(name, f"{value!r}: expected a number")
+    try:
+        return float(value)
+    except ValueError:
+        raise SpecError(name, f"{value!r}: expected a number") from None
+
+
 def flag_of(name: str) -> str:
     """``class_weight`` -> ``--class-weight``."""
     return "--" + name.replace("_", "-")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from featurestore.options import SpecError, option
+from featurestore.options import SpecError, float_setting, int_setting, option
 from heads.protocol import FILE, SCORE_CHOICES, SELECT_CHOICES
 from heads.tasks import DEFAULT_POOL, POOLS, TaskError, make_task
 
@@ -89,7 +89,8 @@ class ProtocolSettings:
             raise SpecError("score_split", f"{self.score_split!r}: choose one of {', '.join(SCORE_CHOICES)}")
         if self.select_split not in SELECT_CHOICES:
             raise SpecError("select_split", f"{self.select_split!r}: choose one of {', '.join(SELECT_CHOICES)}")
-        if not 0.0 < float(self.holdout_fraction) < 1.0:
+        object.__setattr__(self, "holdout_fraction", float_setting("holdout_fraction", self.holdout_fraction))
+        if not 0.0 < self.holdout_fraction < 1.0:
             raise SpecError("holdout_fraction", f"{self.holdout_fraction}: expected a share between 0 and 1")
 
     def plan(self, task, store, backbone, seed: int):
@@ -140,29 +141,31 @@ class FitSpec(ProtocolSettings):
 
     def __post_init__(self):
         fix = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - normalising a frozen spec once
+        if not isinstance(self.backbone, str) or not self.backbone.strip():
+            raise SpecError("backbone", f"{self.backbone!r}: expected a backbone name (crepe, logmel, mert, ...)")
+        if self.task is not None and not isinstance(self.task, str):
+            raise SpecError("task", f"{self.task!r}: expected singer, technique, transcription, label:<column> or "
+                                    "notes:<column>")
+        if not isinstance(self.no_progress, bool):
+            raise SpecError("no_progress", f"{self.no_progress!r}: expected True or False")
+        if self.device is not None and (not isinstance(self.device, str) or not self.device):
+            raise SpecError("device", f"{self.device!r}: expected a torch device (cpu, cuda, cuda:1)")
         if self.head not in HEADS:
             raise SpecError("head", f"{self.head!r}: choose one of {', '.join(HEADS)}")
         fix("task", self.task or default_task(self.head))
         for name in ("lr", *HEAD_OPTIONS):
             fix(name, grid_text(name, getattr(self, name)))
         fix("layers", check_layers_text(self.layers))
-        fix("context", float(self.context or 0.0))
+        fix("context", float_setting("context", self.context or 0.0))
         if self.pool == DEFAULT_POOL:
             fix("pool", None)  # the default pooling: the same run as not naming one
-        try:
-            fix("seed", int(self.seed))
-        except (TypeError, ValueError):
-            raise SpecError("seed", f"{self.seed!r}: expected an integer >= 0") from None
-        if self.seed < 0:
-            raise SpecError("seed", f"{self.seed}: expected an integer >= 0")
+        fix("seed", int_setting("seed", self.seed, minimum=0))
         self.check_protocol()
         self._check_head_settings()
         self._check_task()
         if self.head in TORCH_HEADS:
             fix("lr", DEFAULT_LR if self.lr is None else self.lr)
-            fix("epochs", DEFAULT_EPOCHS if self.epochs is None else int(self.epochs))
-            if self.epochs < 1:
-                raise SpecError("epochs", f"{self.epochs}: expected at least 1")
+            fix("epochs", DEFAULT_EPOCHS if self.epochs is None else int_setting("epochs", self.epochs, minimum=1))
             if any(float(v) <= 0 for v in self.lr.split(",")):
                 raise SpecError("lr", f"{self.lr!r}: learning rates must be > 0")
 

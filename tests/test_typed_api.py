@@ -381,3 +381,25 @@ def test_a_folder_or_binary_file_as_config_is_refused_by_name(tmp_path, capsys):
             parse_args(["--config", str(path)])
         err = capsys.readouterr().err
         assert e.value.code == 2 and f"--config {path}: " in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kw, setting", [
+    ({"epochs": "ten"}, "epochs"), ({"epochs": [1]}, "epochs"), ({"epochs": 2.5}, "epochs"), ({"epochs": True}, "epochs"),
+    ({"epochs": 0}, "epochs"), ({"seed": 1.5}, "seed"), ({"seed": True}, "seed"), ({"context": "abc"}, "context"),
+    ({"holdout_fraction": "a"}, "holdout_fraction"), ({"backbone": None}, "backbone"), ({"backbone": " "}, "backbone"),
+    ({"task": 5}, "task"), ({"no_progress": "no"}, "no_progress"), ({"device": 0}, "device")])
+def test_fitspec_refuses_a_wrong_type_from_python_by_name(kw, setting):
+    """Before: ValueError/TypeError from int()/float() naming no setting, or silent truncation
+    (``epochs=2.5`` -> 2, ``seed=True`` -> 1), or a None backbone failing deep in the registry."""
+    from heads.fit_spec import FitSpec
+
+    with pytest.raises(SpecError) as e:
+        FitSpec(**kw)
+    assert e.value.setting == setting
+
+
+def test_fitspec_still_takes_numbers_as_text():
+    from heads.fit_spec import FitSpec
+
+    spec = FitSpec(head="crf", epochs="3", seed=2.0, context="0.15", holdout_fraction="0.2")
+    assert (spec.epochs, spec.seed, spec.context, spec.holdout_fraction) == (3, 2, 0.15, 0.2)
