@@ -73,7 +73,11 @@ def build_parser(spec: TaskSpec) -> tuple[argparse.ArgumentParser, dict[str, arg
             c.add_argument("--overwrite", action="store_true", help="rebuild a store whose settings differ")
             add_store_format_arguments(c)
         if name == "fit":
-            add_options(c, FitSpec, skip={"task"}, defaults=fit_defaults)
+            # a task's own class weights (technique: paper): the formatter shows it as the default, so the
+            # spec's "not given: none" would contradict it
+            cw_help = {"class_weight": "clip heads: balanced = n/(C n_c); paper = 1/n_c^0.2"} \
+                if spec.default_class_weight else None
+            add_options(c, FitSpec, skip={"task"}, defaults=fit_defaults, help=cw_help)
             c.add_argument("--seeds", default=None,
                            help="comma-separated seeds (0,1,2): one run per seed; results.md gives their mean ± "
                                 "sample sd")
@@ -94,7 +98,9 @@ def build_parser(spec: TaskSpec) -> tuple[argparse.ArgumentParser, dict[str, arg
                                 "(the split that chose the model is refused)")
         if name == "finetune":
             add_options(c, FinetuneSpec, skip={"task"},
-                        defaults={"head": spec.default_head, "class_weight": spec.default_class_weight})
+                        defaults={"head": spec.default_head, "class_weight": spec.default_class_weight},
+                        help={"resume": "continue the unfinished run in its run folder (WORKDIR/runs/<backbone>@"
+                                        "<task>-<mode>-<head>) from its last checkpoint"})
             add_config_options(c)
         if name == "reextract":
             c.add_argument("--backbone", default="crepe", help="the base backbone of the finetune run")

@@ -403,3 +403,36 @@ def test_fitspec_still_takes_numbers_as_text():
 
     spec = FitSpec(head="crf", epochs="3", seed=2.0, context="0.15", holdout_fraction="0.2")
     assert (spec.epochs, spec.seed, spec.context, spec.holdout_fraction) == (3, 2, 0.15, 0.2)
+
+
+def _option_helps(parser) -> dict[str, str]:
+    """{option: its help as printed} from a parser's --help text."""
+    text = parser.format_help().split("options:", 1)[1]
+    out, current = {}, None
+    for line in text.splitlines():
+        m = re.match(r"  (-[-\w]+)", line)
+        if m:
+            current = m.group(1)
+            out[current] = line[len(m.group(0)):]
+        elif current:
+            out[current] += " " + line.strip()
+    return {k: " ".join(v.split()) for k, v in out.items()}
+
+
+def test_every_pipeline_option_names_its_default_once():
+    """technique's fit said "--class-weight ... not given: none (default: paper)"; the pipelines' finetune
+    --resume pointed at an --out it does not have."""
+    from heads.fit import build_parser as fit_parser
+    from pipelines import singer, technique, transcription
+    from pipelines.command import build_parser
+
+    parsers = {"heads.fit": fit_parser()}
+    for task in (singer, technique, transcription):
+        for name, sub in build_parser(task.SPEC)[1].items():
+            parsers[f"{task.SPEC.name} {name}"] = sub
+    for where, parser in parsers.items():
+        for opt, text in _option_helps(parser).items():
+            assert not ("not given:" in text and "(default:" in text), (where, opt, text)
+            if where.endswith("finetune"):
+                assert "--out" not in text, (where, opt, text)
+    assert "(default: paper)" in _option_helps(parsers["technique fit"])["--class-weight"]
