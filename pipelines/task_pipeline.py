@@ -197,6 +197,11 @@ class TaskPipeline:
             rd = self.run_folder(run).path
         else:
             rd = Path(getattr(run, "path", run))
+        if rd.is_file():
+            raise PipelineError(f"{rd} is a file, not a run folder (a run folder, WORKDIR/runs/<run>, holds "
+                                f"{HEAD_FILE})")
+        if not rd.is_dir():
+            raise PipelineError(f"no run folder {rd}")
         if not (rd / HEAD_FILE).is_file():
             if (rd / LEGACY_FILE).is_file():
                 raise PipelineError(legacy_message(rd / LEGACY_FILE))
@@ -212,9 +217,19 @@ class TaskPipeline:
         from heads.results_log import append_result
         from heads.runs import read_metrics
 
+        from featurestore.store import BackboneNotInStore
+        from heads.runs import RunFolder
+
         rd = self.find_run(run)
         store = self.open_store()
-        result = self.task.evaluate(store, rd, options or self.options(), score_split)
+        try:
+            result = self.task.evaluate(store, rd, options or self.options(), score_split)
+        except BackboneNotInStore as e:
+            if not RunFolder(rd).is_finetune:
+                raise
+            raise PipelineError(f"{rd} is a fine-tuning run whose backbone is not in {self.store_path} yet: write "
+                                f"it there with reextract (python -m pipelines.{self.task.name} reextract "
+                                f"--workdir {self.workdir} ...), then evaluate") from e
         fit = read_metrics(rd) or {}
         context = (fit.get("options") or {}).get("context") or 0.0
         head = fit.get("head") or rd.name

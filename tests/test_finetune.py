@@ -259,6 +259,11 @@ def test_demo_pipeline_finetune_reextract_probe_cluster(tiny_hubert, tmp_path, m
     m = json.loads((run / "metrics.json").read_text())
     assert m["backbone"] == name and m["protocol"]["scored_split"] == "test"
     assert 0.0 <= m["mean"]["COnP"]["f1"] <= 1.0 and len(m["layer_weights"]) == 3
+    # evaluated before its backbone is in the store: told to reextract (not to featurestore.build a
+    # fine-tuned name it cannot build), nothing written
+    capsys.readouterr()
+    assert TR.main(TR.SPEC, ["evaluate", "--run", str(run)] + common) == 2
+    assert "reextract" in capsys.readouterr().err and not (run / "evaluation.json").exists()
     assert TR.main(TR.SPEC, ["reextract", "--backbone", str(tiny_hubert), "--head", "crf"] + common) == 0
     st = open_store(work / "store.zarr")
     assert name in st.backbones and st.shape(name) == st.shape(tiny_hubert.name)

@@ -436,3 +436,18 @@ def test_every_pipeline_option_names_its_default_once():
             if where.endswith("finetune"):
                 assert "--out" not in text, (where, opt, text)
     assert "(default: paper)" in _option_helps(parsers["technique fit"])["--class-weight"]
+
+
+def test_evaluate_run_that_is_a_file_or_missing_says_so(home, capsys):
+    """``--run`` at a file or a missing path said "no fitted head in ...: run fit first"."""
+    from pipelines import singer
+    from pipelines.command import main
+
+    w = home / "w"
+    assert main(singer.SPEC, ["prepare", "--workdir", str(w), "--demo"]) == 0
+    (home / "notes.txt").write_text("x")
+    for run, says in ((home / "notes.txt", "is a file, not a run folder"), (home / "nope", "no run folder")):
+        capsys.readouterr()
+        assert main(singer.SPEC, ["evaluate", "--workdir", str(w), "--run", str(run)]) == 2
+        assert says in capsys.readouterr().err
+    assert not (w / "results.md").exists()
