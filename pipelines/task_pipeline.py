@@ -201,7 +201,7 @@ class TaskPipeline:
             raise PipelineError(f"{rd} is a file, not a run folder (a run folder, WORKDIR/runs/<run>, holds "
                                 f"{HEAD_FILE})")
         if not rd.is_dir():
-            raise PipelineError(f"no run folder {rd}")
+            raise PipelineError(f"no run folder {rd}: run fit first")
         if not (rd / HEAD_FILE).is_file():
             if (rd / LEGACY_FILE).is_file():
                 raise PipelineError(legacy_message(rd / LEGACY_FILE))
