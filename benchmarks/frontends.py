@@ -543,7 +543,7 @@ class ComparisonSpec:
     no_progress: bool = option(False, "no progress bars", identity=False)
 
     def __post_init__(self):
-        from heads.fit_spec import HEADS
+        from heads.fit_spec import HEADS, FitSpec
         from heads.tasks import parse_seeds
 
         for name in ("tasks", "backbones", "heads", "seeds"):
@@ -562,8 +562,10 @@ class ComparisonSpec:
             for b in self.backbone_list:
                 check_backbone(b)
         parse_seeds(self.seeds)  # SpecError naming seeds
-        if self.epochs is not None and self.epochs < 1:
-            raise SpecError("epochs", f"must be >= 1 (got {self.epochs})")
+        # lr and epochs go to every torch head's fit: checked as a fit checks them, before anything runs
+        # (an lr of [0.1, x] used to build every store and fail every fit)
+        fit = FitSpec(head="linear", lr=self.lr, epochs=self.epochs)
+        object.__setattr__(self, "lr", None if self.lr is None else fit.lr)
         if self.store and not Path(self.store).is_dir():
             raise SpecError("store", f"{self.store}: no such folder")
 

@@ -451,3 +451,23 @@ def test_evaluate_run_that_is_a_file_or_missing_says_so(home, capsys):
         assert main(singer.SPEC, ["evaluate", "--workdir", str(w), "--run", str(run)]) == 2
         assert says in capsys.readouterr().err
     assert not (w / "results.md").exists()
+
+
+@pytest.mark.parametrize("line, setting", [("lr: [0.1, x]", "--lr"), ("lr: 0", "--lr"), ("epochs: 0", "--epochs")])
+def test_a_grid_with_a_bad_fit_setting_is_refused_before_anything_runs(home, capsys, line, setting):
+    """``lr: [0.1, x]`` in a grid used to build every store and fail every fit (exit 1)."""
+    from benchmarks import frontends
+
+    (home / "grid.yaml").write_text(f"workdir: cmp\ndemo: true\ntasks: [singer]\nbackbones: [logmel]\n{line}\n")
+    with pytest.raises(SystemExit) as e:  # refused as a bad option is: status 2
+        frontends.main(["--config", str(home / "grid.yaml")])
+    assert e.value.code == 2 and setting in capsys.readouterr().err and not (home / "cmp").exists()
+
+
+def test_a_grid_lr_list_is_the_fits_grid():
+    from benchmarks.frontends import ComparisonSpec
+
+    assert ComparisonSpec(workdir="c", lr=[0.01, 0.1]).lr == "0.01,0.1"
+    with pytest.raises(SpecError) as e:
+        ComparisonSpec(workdir="c", lr="1e-3,fast")
+    assert e.value.setting == "lr"
