@@ -485,9 +485,12 @@ class StoreLock:
                 break
             waited = time.monotonic() - start
             if self.timeout is not None and waited >= self.timeout:
+                # timeout 0 (a run folder: a second fit stops at once) never waited: say it is busy
+                wait = "is busy: its lock is" if self.timeout == 0 else \
+                    f"gave up after {waited:.0f} s waiting for the lock on it:"
                 raise LockTimeout(
-                    f"gave up after {waited:.0f} s waiting for the lock on {self.store_path}, held by "
-                    f"{describe_holder(holder)} (lock file {backend.path}); run again once that process is done")
+                    f"{self.store_path} {wait} held by {describe_holder(holder)} (lock file {backend.path}); "
+                    f"run again once that process is done")
             key = (holder or {}).get("pid"), (holder or {}).get("host"), (holder or {}).get("what")
             if key != announced:
                 announced = key

@@ -313,7 +313,8 @@ def test_two_fits_into_one_run_folder_the_second_stops_naming_the_first(home, ca
         with pytest.raises(LockTimeout, match="another fit of this folder"):
             fit.fit_run(None, spec, out)
         assert fit.main(["--backbone", "crepe", "--head", "logreg", "--out", str(out), "--no-progress"]) == 2
-        assert "another fit of this folder" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "another fit of this folder" in err and f"{out} is busy" in err and "gave up after" not in err
         assert not (out / "metrics.json").exists()
     rec = fit.fit_run(None, spec, out)
     assert not rec.reused and (out / "metrics.json").is_file() and (out / "config.yaml").is_file()
