@@ -88,9 +88,13 @@ def seed_suffix(seed: int | None) -> str:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``--seeds 0,1,2`` -> [0, 1, 2] (distinct integers >= 0); ValueError naming the option otherwise."""
+    """``--seeds 0,1,2`` (or a config file's list, ``seeds: [0, 1, 2]``) -> [0, 1, 2] (distinct integers
+    >= 0); SpecError naming seeds otherwise."""
+    items = list(text) if isinstance(text, (list, tuple)) else str(text).split(",")
     try:
-        seeds = [int(v) for v in str(text).split(",") if v.strip()]
+        if any(isinstance(v, (bool, float)) for v in items):
+            raise ValueError
+        seeds = [int(v) for v in items if str(v).strip()]
     except ValueError:
         raise SpecError("seeds", f"{text!r}: expected comma-separated integers such as 0,1,2") from None
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):

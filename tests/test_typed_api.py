@@ -472,3 +472,18 @@ def test_a_grid_lr_list_is_the_fits_grid():
     with pytest.raises(SpecError) as e:
         ComparisonSpec(workdir="c", lr="1e-3,fast")
     assert e.value.setting == "lr"
+
+
+def test_seeds_as_a_yaml_list_in_a_fit_config(tmp_path):
+    """grid.yaml takes ``seeds: [0, 1, 2]``; heads.fit's config refused the same list."""
+    from heads.fit import parse_args, spec_from_args
+    from heads.tasks import parse_seeds
+
+    path = tmp_path / "fit.yaml"
+    path.write_text("head: logreg\nseeds: [0, 2]\n")
+    spec, seeds = spec_from_args(parse_args(["--config", str(path)]))
+    assert seeds == [0, 2] and spec.seed == 0
+    assert parse_seeds((1, 3)) == parse_seeds("1,3") == [1, 3]
+    for bad in ([0, 0], [0, 1.5], [True], [], [-1]):
+        with pytest.raises(SpecError):
+            parse_seeds(bad)
