@@ -410,9 +410,7 @@ def _finetune_in(store, spec: FinetuneSpec, out, device: str, ranks, on_checkpoi
         box = [state]
         torch.distributed.broadcast_object_list(box, src=0)
         state = box[0]
-    if state == "done":
-        print(f"{out} is already fine-tuned with these settings (see {out / 'metrics.json'}); overwrite (--overwrite) "
-              "to train again", file=sys.stderr)
+    if state == "done":  # the commands say so (record.state): a library call prints nothing
         report = json.loads((out / "metrics.json").read_text()) if leader else None
         return FinetuneRecord(out, (report or {}).get("backbone", name), "already done", report, 0.0)
     for note in plan.notes if leader else []:
@@ -589,7 +587,10 @@ def main(argv=None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
         return 2
-    if record.state != "already done" and record.report is not None:
+    if record.state == "already done":
+        print(f"{record.run} is already fine-tuned with these settings (see {record.run / 'metrics.json'}); "
+              "--overwrite to train again", file=sys.stderr)
+    elif record.report is not None:
         print(summary_table(record.report))
         print(f"run folder: {record.run}\nnext: python -m heads.reextract --run {record.run}")
     return 0

@@ -259,6 +259,13 @@ def test_demo_pipeline_finetune_reextract_probe_cluster(tiny_hubert, tmp_path, m
     m = json.loads((run / "metrics.json").read_text())
     assert m["backbone"] == name and m["protocol"]["scored_split"] == "test"
     assert 0.0 <= m["mean"]["COnP"]["f1"] <= 1.0 and len(m["layer_weights"]) == 3
+    # the same finetune again: found done, said once (the library used to print it too, to stderr)
+    capsys.readouterr()
+    assert TR.main(TR.SPEC, ["finetune", "--backbone", str(tiny_hubert), "--head", "crf", "--epochs", "2",
+                             "--stage1-epochs", "1", "--batch-size", "4", "--num-workers", "0", "--crop-seconds",
+                             "2"] + common) == 0
+    io = capsys.readouterr()
+    assert (io.out + io.err).count("already fine-tuned") == 1
     # evaluated before its backbone is in the store: told to reextract (not to featurestore.build a
     # fine-tuned name it cannot build), nothing written
     capsys.readouterr()

@@ -108,6 +108,10 @@ def test_print_config_then_config_gives_the_same_spec_and_finds_the_run_done(fin
     assert {f: (out / f).stat().st_mtime_ns for f in stamp} == stamp
     record = FT.finetune_run(crepe_store, spec, out)
     assert record.state == "already done" and record.train_seconds == 0.0 and record.run == out
+    io = capsys.readouterr()  # a library call prints nothing: the commands say "already fine-tuned", once
+    assert io.out == io.err == ""
+    assert FT.main(["--config", str(out / "config.yaml"), "--store", str(crepe_store), "--out", str(out)]) == 0
+    assert capsys.readouterr().err.count("already fine-tuned") == 1
     assert record.backbone == "crepe-tiny@sid-ft" and record.report == json.loads((out / "metrics.json").read_text())
     # a setting that changes the result is not "done": refused naming it
     with pytest.raises(FineTuneError, match=r"seed: 0 -> 3"):
