@@ -128,7 +128,9 @@ def parse_args(spec: TaskSpec, argv=None) -> argparse.Namespace:
             cls = FitSpec
         else:
             from heads.finetune_spec import FinetuneSpec as cls
-        names = field_names(cls) | field_names(spec.options, command) | {"store", "seeds", "refit"}
+        # seeds and refit are fit's own options: in a finetune config they would be dropped unread
+        names = field_names(cls) | field_names(spec.options, command) | {"store"} | (
+            {"seeds", "refit"} if command == "fit" else set())
         return parse_with_config(p, argv, names=names, target=subs[command])
     return p.parse_args(argv)
 

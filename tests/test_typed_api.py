@@ -487,3 +487,17 @@ def test_seeds_as_a_yaml_list_in_a_fit_config(tmp_path):
     for bad in ([0, 0], [0, 1.5], [True], [], [-1]):
         with pytest.raises(SpecError):
             parse_seeds(bad)
+
+
+@pytest.mark.parametrize("line", ["seeds: 0,1", "refit: true"])
+def test_a_finetune_config_with_fits_own_options_is_refused(tmp_path, capsys, line):
+    """``pipelines.<task> finetune --config`` took fit's seeds and refit and dropped them unread."""
+    from pipelines import singer
+    from pipelines.command import parse_args
+
+    (tmp_path / "ft.yaml").write_text(line + "\n")
+    with pytest.raises(SystemExit) as e:
+        parse_args(singer.SPEC, ["finetune", "--workdir", str(tmp_path / "w"), "--config", str(tmp_path / "ft.yaml")])
+    assert e.value.code == 2 and line.split(":")[0] in capsys.readouterr().err
+    args = parse_args(singer.SPEC, ["fit", "--workdir", str(tmp_path / "w"), "--config", str(tmp_path / "ft.yaml")])
+    assert (args.seeds, args.refit) in (("0,1", False), (None, True))
