@@ -183,7 +183,8 @@ class TaskPipeline:
 
         self._check_spec(spec)
         if not self.store_path.exists():
-            raise PipelineError(f"{self.store_path} is missing: run build first")
+            first = "build" if (self.workdir / "manifest.csv").is_file() else "prepare, then build"
+            raise PipelineError(f"{self.store_path} is missing: run {first} first")
         return fit_run(self.store_path, spec, self.run_folder(spec).path, refit=refit)
 
     # -- evaluate, predict ---------------------------------------------------------------------

@@ -501,3 +501,16 @@ def test_a_finetune_config_with_fits_own_options_is_refused(tmp_path, capsys, li
     assert e.value.code == 2 and line.split(":")[0] in capsys.readouterr().err
     args = parse_args(singer.SPEC, ["fit", "--workdir", str(tmp_path / "w"), "--config", str(tmp_path / "ft.yaml")])
     assert (args.seeds, args.refit) in (("0,1", False), (None, True))
+
+
+def test_fit_in_an_unprepared_work_folder_says_prepare_first(home):
+    """A fit in an empty work folder said "run build first", and build then said "run prepare first"."""
+    from pipelines.task_pipeline import PipelineError, TaskPipeline
+
+    pipe = TaskPipeline("singer", home / "w")
+    with pytest.raises(PipelineError, match="run prepare, then build first"):
+        pipe.fit(pipe.fit_spec(backbone="logmel"))
+    pipe.prepare(demo=True)
+    with pytest.raises(PipelineError, match="run build first"):
+        pipe.fit(pipe.fit_spec(backbone="logmel"))
+    assert not (home / "w" / "runs").exists()
