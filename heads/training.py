@@ -49,8 +49,9 @@ def train_module(module: torch.nn.Module, *, loss_fn: Callable, batches: Callabl
     """
     opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     best, best_epoch, best_state, history, wait = -np.inf, -1, copy.deepcopy(module.state_dict()), [], 0
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-    for epoch in bar:
+    # counted by hand: an iterated tqdm only publishes its count every 0.1 s, so fast epochs showed 0/N
+    bar = tqdm(total=epochs, desc=desc, disable=not progress, leave=False, dynamic_ncols=True, unit="epoch")
+    for epoch in range(epochs):
         t0 = time.perf_counter()
         module.train()
         total, n = 0.0, 0
@@ -67,6 +68,7 @@ def train_module(module: torch.nn.Module, *, loss_fn: Callable, batches: Callabl
         history.append({"epoch": epoch, "loss": total / max(n, 1), "val": metric,
                         "train_s": t1 - t0, "val_s": time.perf_counter() - t1})
         log_epoch(desc, history[-1], module, opt)  # TensorBoard, when heads.tracking has a log open
+        bar.update(1)
         bar.set_postfix(loss=f"{total / max(n, 1):.4f}", val=f"{metric:.4f}")
         if metric > best:
             best, best_epoch, best_state, wait = metric, epoch, copy.deepcopy(module.state_dict()), 0

@@ -514,3 +514,19 @@ def test_fit_in_an_unprepared_work_folder_says_prepare_first(home):
     with pytest.raises(PipelineError, match="run build first"):
         pipe.fit(pipe.fit_spec(backbone="logmel"))
     assert not (home / "w" / "runs").exists()
+
+
+def test_the_epoch_bar_counts_fast_epochs(capsys):
+    """The lr bars of heads.fit showed ``0/3`` through every epoch (an iterated tqdm publishes its count
+    only every 0.1 s)."""
+    import torch
+
+    from heads.training import train_module
+
+    module = torch.nn.Linear(2, 1)
+    x, y = torch.ones(4, 2), torch.zeros(4, 1)
+    train_module(module, loss_fn=lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(), batches=lambda g: [(x, y)],
+                 evaluate=lambda m: 0.0, lr=1e-2, epochs=3, patience=10, generator=torch.Generator(),
+                 progress=True, desc="lr=0.01")
+    err = capsys.readouterr().err
+    assert "1/3" in err and "2/3" in err and "3/3" in err
