@@ -45,8 +45,7 @@ from heads.protocol import protocol_label, selection_label
 from heads.results_log import append_result
 from heads.tasks import DEFAULT_POOL, TaskError, parse_seeds, seed_suffix
 
-from heads.fit_spec import (DEFAULT_EPOCHS, DEFAULT_LR, FRAME_HEADS, HEAD_OPTIONS, HEADS, TORCH_HEADS,  # noqa: F401
-                             FitSpec, ProtocolSettings)
+from heads.fit_spec import FRAME_HEADS, HEADS, TORCH_HEADS, FitSpec, ProtocolSettings  # noqa: F401 (re-exported)
 from heads.runs import RunError, RunFolder, RunRecord, store_path
 
 #: The clip heads' estimator classes by name (the frame heads: :func:`frame_head_class`).

@@ -206,10 +206,15 @@ def fit_specs_from_args(spec: TaskSpec, args: argparse.Namespace, keep=None) -> 
     seeds = parse_seeds(seeds_text) if seeds_text is not None else [args.seed or 0]
     values = {k: v for k, v in vars(args).items() if k in field_names(FitSpec) and (keep is None or k in keep)}
     values.update(task=spec.heads_task, device=getattr(args, "device", None) or "cpu")
-    if values.get("head") not in CLIP_HEADS and values.get("class_weight") == spec.default_class_weight:
-        values.pop("class_weight", None)  # the task's default weighting is for clip heads (one given is refused)
+    values["class_weight"] = _class_weight(spec, values.get("head"), values.get("class_weight"))
     base = FitSpec(**{**values, "seed": seeds[0]})
     return [dataclasses.replace(base, seed=s) for s in seeds]
+
+
+def _class_weight(spec: TaskSpec, head: str | None, given: str | None) -> str | None:
+    """The class weighting a parsed command asks for: the task's default weighting is for clip heads, so
+    with a frame head it is dropped (one given explicitly stays, and the spec refuses it)."""
+    return None if head not in CLIP_HEADS and given == spec.default_class_weight else given
 
 
 def _check_config_store(pipe, given: str | None) -> None:
@@ -270,9 +275,7 @@ def finetune_spec_from_args(spec: TaskSpec, args: argparse.Namespace):
     from pipelines.task_pipeline import TaskPipeline
 
     pipe = TaskPipeline(spec, args.workdir)
-    values = {"task": spec.heads_task}
-    if args.head not in CLIP_HEADS and args.class_weight == spec.default_class_weight:
-        values["class_weight"] = None  # the task's default weighting is for clip heads (one given is refused)
+    values = {"task": spec.heads_task, "class_weight": _class_weight(spec, args.head, args.class_weight)}
     values["name"] = args.name or pipe.finetuned_backbone(args.backbone, args.mode)
     return from_namespace(FinetuneSpec, args, **values)
 

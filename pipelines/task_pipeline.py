@@ -143,12 +143,18 @@ class TaskPipeline:
     def fit_spec(self, **settings):
         """A FitSpec for this task: ``task`` is the pipeline's; the head and (clip heads) the class
         weighting default to the task's (``default_head``, ``default_class_weight``)."""
-        from heads.fit_spec import CLIP_HEADS, FitSpec
+        from heads.fit_spec import FitSpec
+
+        return FitSpec(**self._task_settings(settings))
+
+    def _task_settings(self, settings: dict) -> dict:
+        """``settings`` with this task's task, and its default head and (clip heads) class weighting."""
+        from heads.fit_spec import CLIP_HEADS
 
         settings = {"head": self.task.default_head, **settings, "task": self.task.heads_task}
         if settings["head"] in CLIP_HEADS:
             settings.setdefault("class_weight", self.task.default_class_weight)
-        return FitSpec(**settings)
+        return settings
 
     def _check_spec(self, spec) -> None:
         from featurestore.options import SpecError
@@ -268,11 +274,8 @@ class TaskPipeline:
     def finetune_spec(self, **settings):
         """A FinetuneSpec for this task (task, and default head and class weighting, as :meth:`fit_spec`)."""
         from heads.finetune_spec import FinetuneSpec
-        from heads.fit_spec import CLIP_HEADS
 
-        settings = {"head": self.task.default_head, **settings, "task": self.task.heads_task}
-        if settings["head"] in CLIP_HEADS:
-            settings.setdefault("class_weight", self.task.default_class_weight)
+        settings = self._task_settings(settings)
         settings.setdefault("name", self.finetuned_backbone(settings.get("backbone", "crepe"),
                                                             settings.get("mode", "two-stage")))
         return FinetuneSpec(**settings)
